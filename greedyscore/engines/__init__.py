@@ -1,0 +1,43 @@
+"""load_engine(backend, model): a registry with lazy imports, so a CPU install never needs lmdeploy."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ..errors import EngineUnavailable
+from .base import Engine, Generation
+
+BACKENDS = ("auto", "transformers", "lmdeploy")
+
+__all__ = ["BACKENDS", "Engine", "Generation", "load_engine", "pick_backend"]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pick_backend(backend: str) -> str:
+    """auto -> lmdeploy when CUDA and lmdeploy are both present, else transformers."""
+    if backend not in BACKENDS:
+        raise EngineUnavailable(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if _cuda_available() and importlib.util.find_spec("lmdeploy") is not None:
+        return "lmdeploy"
+    return "transformers"
+
+
+def load_engine(backend: str = "auto", model: str | None = None, **options) -> Engine:
+    """Load `model` (None = the embedded SmolLM2-135M-Instruct) on `backend`."""
+    chosen = pick_backend(backend)
+    if chosen == "lmdeploy":
+        from .lmdeploy import LMDeployEngine
+
+        return LMDeployEngine.load(model, **options)
+    from .transformers import TransformersEngine
+
+    return TransformersEngine.load(model, **options)

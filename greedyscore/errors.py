@@ -1,0 +1,29 @@
+"""Domain exceptions: raised inside, turned into one-line messages only at the edges (CLI, UI)."""
+
+
+class GreedyScoreError(Exception):
+    """Base class: its message is shown to the user as it is, so it says what to do."""
+
+
+class BadInput(GreedyScoreError, ValueError):
+    """Empty prompt, unknown role, out-of-range setting."""
+
+
+class InputTooLong(BadInput):
+    """The prompt (plus the tokens asked for) does not fit the model's context."""
+
+
+class ModelNotFound(GreedyScoreError):
+    """A --model path that does not exist or holds no model."""
+
+
+class EngineUnavailable(GreedyScoreError):
+    """A backend that cannot run here (no CUDA, lmdeploy not installed)."""
+
+
+class AlignmentError(GreedyScoreError):
+    """Prompt ids we rebuilt differ from what the engine consumed: scores would be shifted."""
+
+
+class Busy(GreedyScoreError):
+    """The shared engine's queue is full."""

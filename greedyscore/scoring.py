@@ -1,0 +1,236 @@
+"""Pure maths on logits: what a token's probability is, and the per-reply numbers.
+
+Every score here is taken from the engine's *raw* logits, before any penalty, temperature or
+top-k renormalisation, as a float32 log-softmax over the full vocabulary. That is the model's
+true probability of the token, which is what LMDeploy's greedy path (top_k=1 -> logprob 0.0)
+does not give.
+
+Memory: logits are consumed in chunks of rows, so extra memory is O(chunk x vocab), never
+O((prompt + reply) x vocab) as in the seed recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .types import Alternative, ReplyStats, ScoredToken
+
+CHUNK_ROWS = 16  # rows of [vocab] scored at once: 16 x 49k x 4 B = 3 MB per temporary
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """Scores of n chosen tokens, one row per step; tensors stay in this layer."""
+
+    logprob: torch.Tensor  # [n] float32, log p(chosen)
+    rank: torch.Tensor  # [n] int64, 1 = most likely
+    entropy: torch.Tensor  # [n] float32, nats
+    margin: torch.Tensor  # [n] float32, p_top1 - p_top2
+    top_ids: torch.Tensor  # [n, k] int64, most likely first
+    top_logprobs: torch.Tensor  # [n, k] float32
+
+    def __len__(self) -> int:
+        return int(self.logprob.shape[0])
+
+    def slice(self, start: int, stop: int) -> StepScores:
+        """Rows start..stop-1 (e.g. one request's steps out of a batch)."""
+        return StepScores(*(t[start:stop] for t in self._fields()))
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.logprob, self.rank, self.entropy, self.margin, self.top_ids, self.top_logprobs)
+
+    @staticmethod
+    def cat(parts: Sequence[StepScores]) -> StepScores:
+        """Concatenate along steps. Example: StepScores.cat([a, b]) has len(a) + len(b) rows."""
+        cols = zip(*(p._fields() for p in parts))
+        return StepScores(*(torch.cat(list(c)) for c in cols))
+
+
+def score_rows(logits: torch.Tensor, chosen: torch.Tensor, top_k: int) -> StepScores:
+    """Score one chunk: logits [c, vocab] (any dtype), chosen [c] -> StepScores of c rows.
+
+    Steps: float32 log-softmax; gather the chosen token; rank = 1 + #tokens strictly more
+    likely; entropy -sum p log p; top max(k, 2) for the alternatives and the margin.
+    Example: score_rows(torch.tensor([[0., 0., 1.]]), torch.tensor([2]), 2).rank -> tensor([1])
+    """
+    lp = torch.log_softmax(logits.float(), dim=-1)  # [c, vocab]
+    chosen = chosen.to(lp.device).long().view(-1, 1)
+    chosen_lp = lp.gather(1, chosen)  # [c, 1]
+    rank = (lp > chosen_lp).sum(dim=-1) + 1
+    entropy = -(lp.exp() * lp).nan_to_num(0.0).sum(dim=-1)
+    k = max(int(top_k), 2)
+    top_lp, top_ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    top_p = top_lp.exp()
+    margin = top_p[:, 0] - top_p[:, 1]
+    return StepScores(
+        logprob=chosen_lp.squeeze(1).cpu(),
+        rank=rank.cpu(),
+        entropy=entropy.cpu(),
+        margin=margin.cpu(),
+        top_ids=top_ids[:, :top_k].cpu(),
+        top_logprobs=top_lp[:, :top_k].cpu(),
+    )
+
+
+def score_chunks(chunks: Iterable[torch.Tensor], chosen: torch.Tensor, top_k: int) -> StepScores:
+    """Score logits that arrive in row chunks ([c_i, vocab], sum c_i = len(chosen))."""
+    parts, start = [], 0
+    for chunk in chunks:
+        stop = start + chunk.shape[0]
+        parts.append(score_rows(chunk, chosen[start:stop], top_k))
+        start = stop
+    if start != len(chosen):
+        raise ValueError(f"got logits for {start} positions, expected {len(chosen)}")
+    if not parts:
+        return empty_scores(top_k)
+    return StepScores.cat(parts)
+
+
+def score_logits(logits: torch.Tensor, chosen: torch.Tensor, top_k: int) -> StepScores:
+    """Score a whole [n, vocab] tensor, CHUNK_ROWS rows at a time."""
+    return score_chunks(logits.split(CHUNK_ROWS), chosen, top_k)
+
+
+def empty_scores(top_k: int) -> StepScores:
+    z = torch.zeros(0)
+    return StepScores(z, z.long(), z, z, torch.zeros(0, top_k).long(), torch.zeros(0, top_k))
+
+
+def seed_recipe_probs(full_logits: torch.Tensor, n_prompt: int, reply_ids: Sequence[int]) -> list[float]:
+    """The known workaround, kept as a reference: softmax over [prompt+reply, vocab], row n_prompt-1+i.
+
+    Example: seed_recipe_probs(model(prompt + reply).logits[0], len(prompt), reply)
+    """
+    probs = torch.softmax(full_logits.float(), dim=-1)
+    return [float(probs[n_prompt - 1 + i, t]) for i, t in enumerate(reply_ids)]
+
+
+def reply_stats(logprobs: Sequence[float]) -> ReplyStats:
+    """Example: reply_stats([0.0, -math.log(2)]).perplexity -> sqrt(2)."""
+    n = len(logprobs)
+    if n == 0:
+        return ReplyStats(0, 0.0, 1.0, 1.0)
+    mean = sum(logprobs) / n
+    return ReplyStats(n_tokens=n, mean_logprob=mean, perplexity=math.exp(-mean), min_prob=math.exp(min(logprobs)))
+
+
+def token_texts(
+    ids: Sequence[int], decode: Callable[[Sequence[int]], str], is_special: Callable[[int], bool]
+) -> list[tuple[str, int]]:
+    """Each token's share of the decoded text, as (text, joined).
+
+    Byte-level tokens that end inside a multi-byte character (Chinese, emoji) get text "" and
+    the token that completes the character carries it, with `joined` = how many tokens before
+    it belong to the same character. Non-special texts join exactly to decode(non-special ids).
+    Example: ids of "你" split in two bytes-tokens -> [("", 0), ("你", 1)].
+    """
+    out: list[tuple[str, int]] = []
+    plain: list[int] = []  # non-special ids so far
+    emitted = ""  # decode(plain[:n_done])
+    n_done = 0
+    pending = 0
+    last_plain = max((i for i, t in enumerate(ids) if not is_special(t)), default=-1)
+    for i, tok in enumerate(ids):
+        if is_special(tok):
+            out.append((decode([tok]), 0))
+            continue
+        plain.append(tok)
+        # decode a short window that starts at an emitted boundary: O(n) overall
+        start = max(0, n_done - 4)
+        base = decode(plain[start:n_done]) if start < n_done else ""
+        window = decode(plain[start:])
+        if window.endswith("\ufffd") and i != last_plain and pending < 8 and window.startswith(base):
+            out.append(("", 0))
+            pending += 1
+            continue
+        piece = window[len(base):] if window.startswith(base) else decode(plain)[len(emitted):]
+        out.append((piece, pending))
+        emitted += piece
+        n_done = len(plain)
+        pending = 0
+    if emitted != decode(plain):  # a tokenizer whose windows do not compose: exact O(n^2) path
+        return _token_texts_exact(ids, decode, is_special)
+    return out
+
+
+def _token_texts_exact(
+    ids: Sequence[int], decode: Callable[[Sequence[int]], str], is_special: Callable[[int], bool]
+) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    plain: list[int] = []
+    emitted, pending = "", 0
+    for tok in ids:
+        if is_special(tok):
+            out.append((decode([tok]), 0))
+            continue
+        plain.append(tok)
+        full = decode(plain)
+        if full.endswith("\ufffd") and pending < 8:
+            out.append(("", 0))
+            pending += 1
+            continue
+        out.append((full[len(emitted):] if full.startswith(emitted) else full, pending))
+        emitted, pending = full, 0
+    if pending:  # text ends inside a character: the reply itself holds U+FFFD there
+        full = decode(plain)
+        j = len(out) - 1
+        out[j] = (full[len(emitted):], pending - 1)
+    return out
+
+
+def build_tokens(
+    ids: Sequence[int],
+    scores: StepScores,
+    texts: Sequence[tuple[str, int]],
+    is_special: Callable[[int], bool],
+    display: Callable[[int], str],
+    rescored: StepScores | None = None,
+    tolerance: float = 1e-3,
+) -> list[ScoredToken]:
+    """Turn tensors into ScoredTokens (the boundary where tensors become lists).
+
+    With `rescored` (verification), a token is a near tie when rescoring ranks it below 1
+    or its probability differs by more than `tolerance`.
+    """
+    n = len(ids)
+    if len(scores) != n or len(texts) != n or (rescored is not None and len(rescored) != n):
+        raise ValueError(f"length mismatch: ids={n} scores={len(scores)} texts={len(texts)}")
+    logprob = scores.logprob.tolist()
+    rank = scores.rank.tolist()
+    entropy = scores.entropy.tolist()
+    margin = scores.margin.tolist()
+    top_ids = scores.top_ids.tolist()
+    top_p = scores.top_logprobs.exp().tolist()
+    r_lp = rescored.logprob.tolist() if rescored is not None else None
+    r_rank = rescored.rank.tolist() if rescored is not None else None
+    out = []
+    for i, tok in enumerate(ids):
+        prob = math.exp(logprob[i])
+        extra: dict = {}
+        if r_lp is not None and r_rank is not None:
+            rp = math.exp(r_lp[i])
+            extra = dict(
+                rescored_prob=rp,
+                rescored_rank=int(r_rank[i]),
+                near_tie=bool(r_rank[i] != 1 or abs(rp - prob) > tolerance),
+            )
+        out.append(
+            ScoredToken(
+                id=int(tok),
+                text=texts[i][0],
+                special=bool(is_special(tok)),
+                prob=prob,
+                logprob=float(logprob[i]),
+                rank=int(rank[i]),
+                entropy=float(entropy[i]),
+                margin=float(margin[i]),
+                top=tuple(Alternative(int(a), display(int(a)), float(p)) for a, p in zip(top_ids[i], top_p[i])),
+                joined=texts[i][1],
+                **extra,
+            )
+        )
+    return out

@@ -1,0 +1,130 @@
+"""Frozen dataclasses that flow between layers: engines -> scoring -> service -> render/CLI.
+
+No torch and no gradio here: the UI and the CLI see only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One OpenAI-style chat message."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A candidate token at one step: its id, display text and probability."""
+
+    id: int
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class ScoredToken:
+    """One token with its true model probability (float32 softmax of raw logits).
+
+    `text` is the token's share of the reply: the texts of non-special tokens join exactly
+    to the reply. A token that ends inside a multi-byte character has text "" and the
+    completing token carries the whole character (`joined` > 0 counts the tokens before it).
+    """
+
+    id: int
+    text: str
+    special: bool
+    prob: float
+    logprob: float
+    rank: int  # 1 = the most likely token at this step
+    entropy: float  # nats, over the full vocabulary
+    margin: float  # p_top1 - p_top2
+    top: tuple[Alternative, ...]
+    joined: int = 0
+    # Verification (rescoring the generated sequence): None when not verified.
+    rescored_prob: float | None = None
+    rescored_rank: int | None = None
+    near_tie: bool = False
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    """Whole-reply numbers over all scored tokens (the end-of-turn token included)."""
+
+    n_tokens: int
+    mean_logprob: float
+    perplexity: float
+    min_prob: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    generate_s: float
+    score_s: float
+
+
+@dataclass(frozen=True)
+class ScoredReply:
+    """What one chat turn or one teacher-forced scoring gives: text, tokens, numbers."""
+
+    model: str
+    backend: str
+    text: str
+    prompt_token_ids: tuple[int, ...]
+    tokens: tuple[ScoredToken, ...]
+    stats: ReplyStats
+    timings: Timings
+    finish_reason: str = "stop"  # "stop" | "length"
+    verified: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. engine/rescoring disagreements
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's JSON schema (a stable contract); extra keys may be added, none removed."""
+        tokens = []
+        for t in self.tokens:
+            d = {
+                "id": t.id,
+                "text": t.text,
+                "special": t.special,
+                "prob": t.prob,
+                "logprob": t.logprob,
+                "rank": t.rank,
+                "entropy": t.entropy,
+                "margin": t.margin,
+                "top": [asdict(a) for a in t.top],
+            }
+            if self.verified:
+                d.update(rescored_prob=t.rescored_prob, rescored_rank=t.rescored_rank, near_tie=t.near_tie)
+            tokens.append(d)
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "text": self.text,
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "tokens": tokens,
+            "stats": asdict(self.stats),
+            "timings": asdict(self.timings),
+            "finish_reason": self.finish_reason,
+            "verified": self.verified,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Per-request settings, validated by `Settings.check` against the engine's context."""
+
+    max_new_tokens: int = 128
+    top_k: int = 5
+    verify: bool = False
+    tolerance: float = 1e-3  # verification: |p_single_pass - p_rescored| above this is flagged
+
+
+MAX_TOP_K = 20
