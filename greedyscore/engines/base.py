@@ -48,8 +48,13 @@ class Engine(Protocol):
         top_k: int,
         on_ids: OnIds | None = None,
         cancel: threading.Event | None = None,
+        messages: Sequence[Message] | None = None,
     ) -> Generation:
-        """Greedy decoding (argmax of raw logits) until a stop id or max_new_tokens."""
+        """Greedy decoding (argmax of raw logits) until a stop id or max_new_tokens.
+
+        `messages` are the ones prompt_ids were built from: an engine that templates them itself
+        (LMDeploy's pipeline) must check it consumed exactly len(prompt_ids) tokens.
+        """
 
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None

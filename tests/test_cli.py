@@ -1,0 +1,130 @@
+"""The CLI contract, checked from outside: a real subprocess, JSON schema, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN_KEYS = {"id", "text", "special", "prob", "logprob", "rank", "entropy", "margin", "top"}
+
+
+def cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "greedyscore", *args], capture_output=True, text=True, input=stdin,
+        env=full_env, timeout=300, cwd=ROOT,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("greedyscore: error:")]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n.lower() in lines[0].lower(), lines[0]
+
+
+def test_chat_json_schema(engine):
+    proc = cli("chat", "--json", "--max-new-tokens", "12", "--top-k", "3", "--backend", "transformers", "你好")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert {"model", "backend", "text", "prompt_token_ids", "tokens", "stats", "timings"} <= set(d)
+    assert d["backend"] == "transformers" and d["model"] == "SmolLM2-135M-Instruct"
+    assert set(d["stats"]) == {"n_tokens", "mean_logprob", "perplexity", "min_prob"}
+    assert set(d["timings"]) == {"generate_s", "score_s"}
+    assert 0 < len(d["tokens"]) <= 12 and d["stats"]["n_tokens"] == len(d["tokens"])
+    for t in d["tokens"]:
+        assert TOKEN_KEYS <= set(t)
+        assert len(t["top"]) == 3 and set(t["top"][0]) == {"id", "text", "prob"}
+        assert math.isclose(t["prob"], math.exp(t["logprob"]), rel_tol=1e-9)
+    assert "".join(t["text"] for t in d["tokens"] if not t["special"]) == d["text"]
+    assert d["prompt_token_ids"] == engine.prompt_ids([__import__("greedyscore").Message("user", "你好")])
+
+
+def test_chat_messages_file_and_stdin(tmp_path):
+    msgs = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of Italy?"}]
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps(msgs))
+    a = cli("chat", "--json", "--max-new-tokens", "6", "--messages", str(f))
+    b = cli("chat", "--json", "--max-new-tokens", "6", "--messages", "-", stdin=json.dumps(msgs))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert json.loads(a.stdout)["tokens"] == json.loads(b.stdout)["tokens"]
+
+
+def test_score_json():
+    proc = cli("score", "--json", "--top-k", "2", "Paris is the capital of France.")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["text"] == "Paris is the capital of France." and d["tokens"][0]["text"] == "Paris"
+
+
+def test_terminal_output_has_legend_and_stats():
+    proc = cli("chat", "--max-new-tokens", "8", "Say hello")
+    assert proc.returncode == 0, proc.stderr
+    assert "perplexity" in proc.stdout.lower()
+    assert "%" in proc.stdout
+
+
+def test_help_lists_commands_and_examples():
+    proc = cli("--help")
+    assert proc.returncode == 0 and "chat" in proc.stdout and "examples:" in proc.stdout
+    proc = cli("chat", "--help")
+    assert "--max-new-tokens" in proc.stdout and "--messages" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (("chat", ""), ("empty prompt",)),
+        (("chat", "   "), ("empty prompt",)),
+        (("chat",), ("empty prompt",)),
+        (("chat", "--max-new-tokens", "0", "hi"), ("max_new_tokens", "positive")),
+        (("chat", "--max-new-tokens", "-3", "hi"), ("max_new_tokens",)),
+        (("chat", "--max-new-tokens", "100000", "hi"), ("beyond", "8,192")),
+        (("chat", "--top-k", "21", "hi"), ("top_k", "20")),
+        (("chat", "--model", "/nonexistent/model", "hi"), ("not found", "/nonexistent/model")),
+        (("chat", "--model", "/tmp/nope.gguf", "hi"), ("not found",)),
+        (("score", ""), ("empty text",)),
+    ],
+)
+def test_bad_input_one_line(args, needles):
+    assert_one_line_error(cli(*args), *needles)
+
+
+def test_unknown_role(tmp_path):
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps([{"role": "wizard", "content": "hi"}]))
+    assert_one_line_error(cli("chat", "--messages", str(f)), "unknown role", "wizard")
+
+
+def test_bad_messages_file(tmp_path):
+    f = tmp_path / "m.json"
+    f.write_text("{not json")
+    assert_one_line_error(cli("chat", "--messages", str(f)), "not valid json")
+    assert_one_line_error(cli("chat", "--messages", str(tmp_path / "missing.json")), "cannot read")
+
+
+def test_prompt_longer_than_context_says_both_lengths():
+    long_prompt = "hello " * 9000  # ~9,000 tokens > 8,192
+    proc = cli("chat", "--max-new-tokens", "4", long_prompt)
+    assert_one_line_error(proc, "tokens", "8,192")
+    assert any(ch.isdigit() for ch in proc.stderr.split("is", 1)[1].split("tokens")[0])
+
+
+def test_prompt_plus_new_tokens_beyond_context():
+    proc = cli("chat", "--max-new-tokens", "4000", "hello " * 5000)
+    assert_one_line_error(proc, "max_new_tokens", "8,192")
+
+
+def test_lmdeploy_without_cuda_says_what_to_do():
+    proc = cli("chat", "--backend", "lmdeploy", "hi")
+    assert_one_line_error(proc, "lmdeploy")
+    assert "transformers" in proc.stderr or "make gpu" in proc.stderr
