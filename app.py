@@ -1,0 +1,76 @@
+"""greedyscore web demo: `python app.py` serves http://127.0.0.1:7860 on the embedded model.
+
+Every option can also come from the environment (GREEDYSCORE_MODEL, GREEDYSCORE_BACKEND,
+GREEDYSCORE_HOST, GREEDYSCORE_PORT, GREEDYSCORE_SHARE, GREEDYSCORE_AUTH,
+GREEDYSCORE_MAX_NEW_TOKENS, GREEDYSCORE_MAX_QUEUE, GREEDYSCORE_CONCURRENCY), so this file and
+requirements.txt run as a Hugging Face Space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"GREEDYSCORE_{name}", default)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from greedyscore.engines import BACKENDS
+
+    p = argparse.ArgumentParser(
+        description="greedyscore web demo: chat, and see every token's true probability.",
+        epilog="Each option can also be set as GREEDYSCORE_<OPTION> (e.g. GREEDYSCORE_PORT=8080).",
+    )
+    p.add_argument("--model", default=env("MODEL"),
+                   help="local HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--backend", default=env("BACKEND", "auto"), choices=BACKENDS,
+                   help="auto = lmdeploy when CUDA and lmdeploy are present (default: %(default)s)")
+    p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="default: %(default)s (0.0.0.0 to serve a LAN)")
+    p.add_argument("--port", type=int, default=int(env("PORT", "7860")), help="default: %(default)s")
+    p.add_argument("--share", action="store_true", default=env("SHARE", "") in ("1", "true", "yes"),
+                   help="also open a public gradio.live link")
+    p.add_argument("--auth", default=env("AUTH"), metavar="USER:PASS", help="require a login")
+    p.add_argument("--max-new-tokens", type=int, default=int(env("MAX_NEW_TOKENS", "128")),
+                   help="default reply length in the UI (default: %(default)s)")
+    p.add_argument("--max-queue", type=int, default=int(env("MAX_QUEUE", "64")),
+                   help="requests waiting beyond this get 'busy, try again' (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=int(env("CONCURRENCY", "8")),
+                   help="model requests served at once, batched together (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.auth and ":" not in args.auth:
+        p.error("--auth must be USER:PASS")
+    if args.max_new_tokens <= 0 or args.max_queue <= 0 or args.concurrency <= 0:
+        p.error("--max-new-tokens, --max-queue and --concurrency must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from greedyscore.engines import load_engine
+    from greedyscore.errors import GreedyScoreError
+    from greedyscore.service import Service
+    from greedyscore.ui import UIConfig, build_demo, launch_kwargs
+
+    try:
+        engine = load_engine(args.backend, args.model)  # once, before the first request
+    except GreedyScoreError as ex:
+        print(f"greedyscore: error: {ex}", file=sys.stderr)
+        return 1
+    service = Service(engine)
+    cap = max(args.max_new_tokens, min(1024, engine.context_length - 1))
+    config = UIConfig(max_new_tokens=args.max_new_tokens, max_new_tokens_cap=cap, concurrency=args.concurrency)
+    demo = build_demo(service, config)
+    demo.queue(max_size=args.max_queue)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    print(f"greedyscore: serving {engine.model_name} ({engine.backend}) on http://{args.host}:{args.port}",
+          file=sys.stderr, flush=True)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

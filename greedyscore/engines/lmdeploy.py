@@ -1,0 +1,281 @@
+"""LMDeploy engine: greedy generation on a `lmdeploy.Pipeline` (TurboMind or PyTorch engine), CUDA only.
+
+LMDeploy's greedy path reports no usable score (top_k=1 renormalises every logprob to 0.0), so
+this engine hands over no single-pass scores: the service rescores exactly the generated ids
+with `score_ids`, which reads the raw logits of one prefill (`AsyncEngine.async_get_logits`).
+With the PyTorch engine in `logprobs_mode='raw_logprobs'` the engine's own full-vocabulary
+log-softmax comes back too, and `compare_engine_logprobs` cross-checks it against the rescoring.
+
+Everything from lmdeploy is imported inside functions: importing greedyscore never needs it.
+Tested on CPU against `tests/lmdeploy_standin.py` (lmdeploy's real Pipeline/AsyncEngine code over a
+transformers stand-in for the GPU engine) and on a GPU by `tests/test_gpu.py` (`make test-gpu`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from ..errors import AlignmentError, EngineUnavailable, GreedyScoreError
+from ..models import resolve_model
+from ..scoring import StepScores, empty_scores, score_logits
+from ..types import Message
+from .base import Generation, OnIds
+from .transformers import _byte_level_bytes
+
+ENGINES = ("turbomind", "pytorch")
+INSTALL_HINT = "run `make gpu` (or `pip install -r requirements-gpu.txt`) on a machine with a CUDA GPU"
+
+
+class LMDeployEngine:
+    """The Engine protocol over an lmdeploy `Pipeline` (injected, so tests can pass a stand-in)."""
+
+    def __init__(self, pipe: Any, model_name: str, backend_name: str) -> None:
+        self.pipe = pipe
+        self.model_name = model_name
+        self.backend = f"lmdeploy-{backend_name}"
+        engine = pipe.async_engine
+        self.chat_template = engine.chat_template  # lmdeploy.model chat template (what the pipeline uses)
+        self.tokenizer = engine.tokenizer  # lmdeploy.tokenizer.Tokenizer
+        self.hf = engine.tokenizer.model.model  # the transformers tokenizer underneath
+        # raw_logprobs: the PyTorch engine's logprobs=K are a true log-softmax of the raw logits
+        self.raw_logprobs = backend_name == "pytorch" and (
+            getattr(getattr(pipe, "backend_config", None), "logprobs_mode", None) == "raw_logprobs"
+        )
+        self.context_length = _context_length(engine, self.hf)
+        self.stop_ids = _stop_ids(engine)
+        self._special = frozenset(int(i) for i in self.hf.all_special_ids)
+        self.display = lru_cache(maxsize=65536)(self._display)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | None = None,
+        engine: str | None = "turbomind",
+        cache_max_entry_count: float | None = None,
+        **_: Any,
+    ) -> LMDeployEngine:
+        """Build a pipeline with prefix caching off (async_get_logits needs all rows recomputed).
+
+        Steps: check lmdeploy and CUDA; resolve the model dir; pick the engine (None: TurboMind
+        when built, else PyTorch); `lmdeploy.pipeline(dir, backend_config=...)`. The PyTorch
+        engine gets `logprobs_mode='raw_logprobs'` so its own logprobs can be cross-checked.
+        `cache_max_entry_count` is the share of free GPU memory for the KV cache (lmdeploy: 0.8).
+        """
+        lmdeploy = _import_lmdeploy()
+        if not torch.cuda.is_available():
+            raise EngineUnavailable("lmdeploy needs a CUDA GPU; on a CPU use --backend transformers")
+        if engine is None:
+            from lmdeploy import turbomind
+
+            engine = "turbomind" if turbomind.is_available() else "pytorch"
+        if engine not in ENGINES:
+            raise EngineUnavailable(f"unknown lmdeploy engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        name, source = resolve_model(model)
+        extra = {} if cache_max_entry_count is None else {"cache_max_entry_count": cache_max_entry_count}
+        if engine == "pytorch":
+            config: Any = lmdeploy.PytorchEngineConfig(
+                logprobs_mode="raw_logprobs", enable_prefix_caching=False, **extra
+            )
+        else:
+            config = lmdeploy.TurbomindEngineConfig(enable_prefix_caching=False, **extra)
+        t0 = time.perf_counter()
+        print(f"greedyscore: loading {name} on lmdeploy {engine} ...", file=sys.stderr, flush=True)
+        try:
+            pipe = lmdeploy.pipeline(source, backend_config=config, log_level="ERROR")
+        except Exception as ex:  # lmdeploy raises many kinds (unsupported arch, CUDA, out of memory)
+            first = f"{type(ex).__name__}: {ex}".splitlines()[0]
+            raise EngineUnavailable(f"lmdeploy {engine} could not start {name}: {first}") from ex
+        actual = getattr(pipe.async_engine, "backend", engine)  # TurboMind falls back to PyTorch
+        if actual != engine:
+            print(f"greedyscore: lmdeploy fell back from {engine} to {actual}", file=sys.stderr, flush=True)
+        print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        return cls(pipe, name, actual)
+
+    def close(self) -> None:
+        """Stop the pipeline's loop thread and free the engine."""
+        self.pipe.close()
+
+    # --- ids and text -------------------------------------------------------------------
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """Exactly what 0.18's pipeline consumes (MultimodalProcessor._get_text_prompt_input)."""
+        prompt = self.chat_template.messages2prompt(_dicts(messages))
+        return [int(i) for i in self.tokenizer.encode(prompt, add_bos=True)]
+
+    def text_ids(self, text: str) -> tuple[list[int], list[int]]:
+        ids = self.hf(text, add_special_tokens=False)["input_ids"]
+        bos = self.hf.bos_token_id
+        return ([int(bos)] if bos is not None else []), [int(i) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special
+
+    def _display(self, token_id: int) -> str:
+        text = self.decode([token_id])
+        if "\ufffd" not in text:
+            return text
+        raw = _byte_level_bytes(self.hf.convert_ids_to_tokens(token_id))
+        return "".join(f"\\x{b:02x}" for b in raw) if raw is not None else text
+
+    # --- generation and scoring ----------------------------------------------------------
+    def gen_config(self, max_new_tokens: int, top_k: int) -> Any:
+        """Greedy (do_sample=False -> top_k=1), stop token kept, raw logprobs where they are true."""
+        from lmdeploy import GenerationConfig
+
+        return GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            include_stop_str_in_output=True,  # else 0.18 drops the stop id from token_ids and logprobs
+            logprobs=top_k if self.raw_logprobs else None,
+        )
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        top_k: int,
+        on_ids: OnIds | None = None,
+        cancel: threading.Event | None = None,
+        messages: Sequence[Message] | None = None,
+    ) -> Generation:
+        """Greedy decoding through `Pipeline.stream_infer`, which templates `messages` itself.
+
+        Steps: stream the messages with our own session (so Stop can abort it); on the first
+        response check `input_token_len == len(prompt_ids)`; collect the incremental token_ids
+        (and raw logprobs) of each response, passing new ids to `on_ids`; the last response
+        carries the finish reason and, with include_stop_str_in_output, the stop id.
+        Returns no single-pass scores: the service rescores the ids with `score_ids`.
+        """
+        if messages is None:
+            raise ValueError("LMDeployEngine.generate needs the messages: the pipeline templates them itself")
+        if cancel is not None and cancel.is_set():
+            return Generation([], "abort")
+        n_prompt = len(prompt_ids)
+        session = self.pipe.session()
+        stream = self.pipe.stream_infer(
+            [_dicts(messages)], sessions=session, gen_config=self.gen_config(max_new_tokens, top_k)
+        )
+        token_ids: list[int] = []
+        logprobs: list[dict[int, float]] = []
+        reason, checked = "length", False
+        for resp in stream:
+            if resp.finish_reason == "error":
+                raise GreedyScoreError(f"lmdeploy failed: {resp.error_message or resp.error_code or 'unknown error'}")
+            if not checked:
+                checked = True
+                if resp.input_token_len != n_prompt:
+                    session.abort()
+                    raise AlignmentError(
+                        f"lmdeploy consumed {resp.input_token_len} prompt tokens but greedyscore built "
+                        f"{n_prompt}: the chat templates differ, so scores would be shifted"
+                    )
+            new = [int(t) for t in resp.token_ids or []]
+            token_ids += new
+            if resp.logprobs:
+                logprobs += resp.logprobs
+            if new and on_ids is not None:
+                on_ids(new)
+            if resp.finish_reason is not None:
+                reason = resp.finish_reason
+                break
+            if cancel is not None and cancel.is_set():
+                session.abort()  # the engine stops this request; its remaining responses are not read
+                reason = "abort"
+                break
+        gen = Generation(token_ids, reason, steps=None, engine_logprobs=logprobs if self.raw_logprobs else None)
+        if self.raw_logprobs and len(logprobs) != len(token_ids):
+            gen.notes.append(f"lmdeploy returned {len(logprobs)} logprob rows for {len(token_ids)} tokens")
+        return gen
+
+    def score_ids(
+        self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
+    ) -> StepScores:
+        """Teacher-forced scores from one prefill's raw logits (float32 log-softmax, no penalties).
+
+        Steps: `async_get_logits([context + target[:-1]])` on the pipeline's own event loop
+        -> [n, vocab] CPU tensor in the model dtype; rows len(context)-1 .. end predict the
+        targets; `score_logits` turns them into float32 scores chunk by chunk. `cache` is unused.
+        """
+        if not context_ids:
+            raise ValueError("teacher forcing needs at least one context token")
+        if not target_ids:
+            return empty_scores(top_k)
+        ids = [int(i) for i in context_ids] + [int(i) for i in target_ids[:-1]]
+        coro = self.pipe.async_engine.async_get_logits([ids])
+        logits = asyncio.run_coroutine_threadsafe(coro, self.pipe.internal_thread.loop).result()[0]
+        rows = logits[len(context_ids) - 1 :]  # [len(target), vocab]
+        if rows.shape[0] != len(target_ids):
+            raise AlignmentError(f"lmdeploy returned {logits.shape[0]} logit rows for {len(ids)} ids")
+        return score_logits(rows, torch.tensor([int(t) for t in target_ids]), top_k)
+
+
+def compare_engine_logprobs(
+    engine_logprobs: Sequence[dict[int, float]], token_ids: Sequence[int], steps: StepScores, tol: float
+) -> list[str]:
+    """Where the engine's own logprob of each chosen token disagrees with our scores.
+
+    Compared as probabilities, |exp(engine) - exp(ours)| > tol (the tolerance Settings uses), so
+    fp16 noise on very unlikely tokens is not flagged. A row without the chosen id is reported.
+    Example: compare_engine_logprobs([{5: -0.1}], [5], steps_with_logprob_minus_0_1, 1e-3) -> []
+    """
+    if len(steps) != len(token_ids):
+        raise ValueError(f"length mismatch: ids={len(token_ids)} scores={len(steps)}")
+    ours = steps.logprob.tolist()
+    notes = []
+    for i, tok in enumerate(token_ids):
+        row = engine_logprobs[i] if i < len(engine_logprobs) else None
+        engine_lp = None if row is None else row.get(int(tok))
+        if engine_lp is None:
+            notes.append(f"token {i} (id {tok}): the engine gave no logprob for it")
+            continue
+        p_engine, p_ours = math.exp(engine_lp), math.exp(ours[i])
+        if abs(p_engine - p_ours) > tol:
+            notes.append(f"token {i} (id {tok}): engine p={p_engine:.6f} vs rescored p={p_ours:.6f}")
+    if len(engine_logprobs) > len(token_ids):
+        notes.append(f"the engine gave {len(engine_logprobs)} logprob rows for {len(token_ids)} tokens")
+    return notes
+
+
+def _import_lmdeploy() -> Any:
+    try:
+        import lmdeploy
+    except (ImportError, OSError) as ex:  # OSError: a CUDA library it links against is missing
+        raise EngineUnavailable(f"lmdeploy is not installed ({ex}): {INSTALL_HINT}") from ex
+    return lmdeploy
+
+
+def _dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _context_length(engine: Any, hf: Any) -> int:
+    """The engine's session_len (prompt + reply), else the model config's."""
+    session_len = getattr(engine, "session_len", None)
+    if session_len:
+        return int(session_len)
+    cfg = getattr(engine, "hf_cfg", None)
+    return int(getattr(cfg, "max_position_embeddings", 0) or hf.model_max_length)
+
+
+def _stop_ids(engine: Any) -> frozenset[int]:
+    """What 0.18 stops greedy decoding on (AsyncEngine._determine_gen_config): the chat template's
+    stop words, the tokenizer's eos and the generation config's eos."""
+    stop: set[int] = set(getattr(engine, "stop_words", None) or [])
+    eos = engine.tokenizer.eos_token_id
+    if eos is not None:
+        stop.add(eos)
+    gen_eos = (getattr(engine, "hf_gen_cfg", None) or {}).get("eos_token_id")
+    if gen_eos is not None:
+        stop.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return frozenset(int(s) for s in stop)

@@ -1,0 +1,235 @@
+"""Scored tokens -> escaped HTML: coloured token spans with CSS-only tooltips, a legend, stats.
+
+Every string that comes from the model or the user goes through `html.escape(..., quote=True)`
+(text and attributes alike) after invisible characters are made visible; `gr.HTML` passes
+strings through unchanged, so this module is the only guard.
+
+Class names (styled by assets/greedyscore.css, exported here as `CSS`):
+  gs-reply, gs-tokens, gs-empty     containers
+  gs-token                          one per scored token: tabindex=0, data-* numbers, aria-label
+  gs-low                            value below the threshold: underlined (not colour alone)
+  gs-near-tie                       verification disagrees: dotted outline + tooltip line
+  gs-special                        special token (e.g. <|im_end|>)
+  gs-cont                           a token ending inside a multi-byte character (text "")
+  gs-ws, gs-ctl                     visible marks for newline/tab and for control characters
+  gs-tip (+ gs-tip-tok, gs-tip-id, gs-tip-p, gs-tip-nums, gs-tip-note, gs-tip-tie)  tooltip
+  gs-alts, gs-alt, gs-alt-t, gs-alt-b, gs-alt-p, gs-alt-more, gs-chosen             top-k bars
+  gs-legend (+ -title, -scale, -bar, -threshold, -ticks, -tick, -keys), gs-key, gs-key-sample
+  gs-stats, gs-chip, gs-warn        whole-reply numbers
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..types import ScoredReply, ScoredToken
+from .colors import (
+    DEFAULT_PALETTE,
+    MODE_LABELS,
+    check_mode,
+    check_palette,
+    color_for,
+    legend_html,
+    text_color,
+    threshold_text,
+    token_value,
+)
+from .text import char_mark, num, pct, seconds, spoken, sub_invisible, visible
+
+CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "greedyscore.css"
+CSS: str = CSS_PATH.read_text(encoding="utf-8")
+
+__all__ = ["CSS", "CSS_PATH", "legend_html", "page_html", "reply_html", "stats_html", "tokens_html"]
+
+
+def esc(s: str) -> str:
+    """Example: esc('<a href="x">') -> '&lt;a href=&quot;x&quot;&gt;'"""
+    return html.escape(s, quote=True)
+
+
+def _html_mark(ch: str) -> str:
+    if ch == "\n":
+        return '<span class="gs-ws" aria-hidden="true">\u21b5</span>\n'  # mark, then a real break
+    if ch == "\t":
+        return '<span class="gs-ws" aria-hidden="true">\u21e5</span>\t'
+    return f'<span class="gs-ctl">{esc(char_mark(ch))}</span>'
+
+
+def body_html(text: str) -> str:
+    """A token's text as HTML: escaped, whitespace kept, newlines/tabs/control chars marked.
+
+    Example: body_html("a<b\\n") -> 'a&lt;b<span class="gs-ws" aria-hidden="true">↵</span>\\n'
+    """
+    return sub_invisible(esc(text), _html_mark)
+
+
+def _alt_row(text: str, prob: float, chosen: bool) -> str:
+    shown = esc(visible(text, spaces=True)) if text else "\u2205"
+    cls = "gs-alt gs-chosen" if chosen else "gs-alt"
+    return (
+        f'<span class="{cls}"><span class="gs-alt-t">{shown}</span>'
+        f'<span class="gs-alt-b"><span style="width:{max(0.0, min(1.0, prob)) * 100:.1f}%"></span></span>'
+        f'<span class="gs-alt-p">{pct(prob)}</span></span>'
+    )
+
+
+def _alternatives(t: ScoredToken) -> str:
+    rows = [_alt_row(a.text, a.prob, a.id == t.id) for a in t.top]
+    if t.top and all(a.id != t.id for a in t.top):
+        rows.append(f'<span class="gs-alt-more">\u22ef chosen token, rank {t.rank}:</span>')
+        rows.append(_alt_row(t.text, t.prob, True))
+    return f'<span class="gs-alts">{"".join(rows)}</span>' if rows else ""
+
+
+def _notes(t: ScoredToken) -> str:
+    notes: list[tuple[str, str]] = []  # (class, plain text)
+    if t.joined > 0:
+        notes.append(("gs-tip-note", f"completes a character split over {t.joined + 1} tokens (the thin marks before it)"))
+    elif t.text == "" and not t.special:
+        notes.append(("gs-tip-note", "ends inside a multi-byte character: it shows on the token that completes it"))
+    if t.rescored_prob is not None:
+        rescored = pct(t.rescored_prob) + (f" (rank {t.rescored_rank})" if t.rescored_rank is not None else "")
+        if t.near_tie:
+            notes.append((
+                "gs-tip-note gs-tip-tie",
+                f"near tie: rescoring the whole sequence gives {rescored}; batched/cached arithmetic can flip "
+                "the argmax when two tokens are this close",
+            ))
+        else:
+            notes.append(("gs-tip-note", f"verified: rescoring the whole sequence gives {rescored}"))
+    return "".join(f'<span class="{cls}">{esc(text)}</span>' for cls, text in notes)
+
+
+def tooltip_html(t: ScoredToken) -> str:
+    """The hover/focus card: probability, logprob, entropy, margin, rank, top-k bars, notes."""
+    shown = esc(visible(t.text, spaces=True)) if t.text else "(partial character)"
+    kind = " \u00b7 special" if t.special else ""
+    return (
+        f'<span class="gs-tip" role="tooltip">'
+        f'<span class="gs-tip-tok">{shown} <span class="gs-tip-id">id {t.id}{kind}</span></span>'
+        f'<span class="gs-tip-p">{pct(t.prob)}</span>'
+        f'<span class="gs-tip-nums">logprob {num(t.logprob)} \u00b7 entropy {num(t.entropy, 3)} nats'
+        f" \u00b7 margin {pct(t.margin)} \u00b7 rank {t.rank}</span>"
+        f"{_alternatives(t)}{_notes(t)}</span>"
+    )
+
+
+def token_html(
+    t: ScoredToken, i: int, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
+) -> str:
+    """One focusable token span with its numbers as data-* attributes and its tooltip."""
+    value = token_value(t, color_by)
+    bg = color_for(value, palette)
+    near_tie = t.rescored_prob is not None and t.near_tie
+    cls = "gs-token"
+    if t.special:
+        cls += " gs-special"
+    if t.text == "":
+        cls += " gs-cont"
+    if value < threshold:
+        cls += " gs-low"
+    if near_tie:
+        cls += " gs-near-tie"
+    label = f"{spoken(t.text)}, {pct(t.prob)}" + (", near tie" if near_tie else "")
+    extra = ""
+    if t.rescored_prob is not None:
+        extra += f' data-rescored-prob="{t.rescored_prob!r}"'
+    if t.rescored_rank is not None:
+        extra += f' data-rescored-rank="{t.rescored_rank}"'
+    if t.joined:
+        extra += f' data-joined="{t.joined}"'
+    return (
+        f'<span class="{cls}" tabindex="0" role="group" data-i="{i}" data-id="{t.id}"'
+        f' data-prob="{float(t.prob)!r}" data-logprob="{float(t.logprob)!r}"'
+        f' data-entropy="{float(t.entropy)!r}" data-margin="{float(t.margin)!r}" data-rank="{t.rank}"{extra}'
+        f' aria-label="{esc(label)}" style="background:{bg};color:{text_color(bg)}">'
+        f"{body_html(t.text)}{tooltip_html(t)}</span>"
+    )
+
+
+def tokens_html(
+    tokens: Sequence[ScoredToken], color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
+) -> str:
+    """All tokens in order inside one pre-wrap block (no legend)."""
+    check_mode(color_by)
+    check_palette(palette)
+    if not tokens:
+        return '<div class="gs-tokens"><span class="gs-empty">(no tokens)</span></div>'
+    spans = [token_html(t, i, color_by, palette, threshold) for i, t in enumerate(tokens)]
+    return f'<div class="gs-tokens">{"".join(spans)}</div>'
+
+
+def reply_html(
+    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
+) -> str:
+    """The legend followed by the reply's tokens: what a `gr.HTML` output shows."""
+    return (
+        f'<div class="gs-reply">{legend_html(color_by, palette, threshold)}'
+        f"{tokens_html(reply.tokens, color_by, palette, threshold)}</div>"
+    )
+
+
+def _chip(t: ScoredToken, color_by: str, palette: str) -> str:
+    bg = color_for(token_value(t, color_by), palette)
+    shown = esc(visible(t.text, spaces=True)) if t.text else "(partial character)"
+    return f'<span class="gs-chip" style="background:{bg};color:{text_color(bg)}">{shown} {pct(t.prob)}</span>'
+
+
+def stats_rows(
+    reply: ScoredReply, threshold: float = 0.5, color_by: str = "prob", palette: str = DEFAULT_PALETTE
+) -> list[tuple[str, str]]:
+    """(label, HTML value) pairs for the whole-reply table; values are already escaped."""
+    check_mode(color_by)
+    toks, s, tm = reply.tokens, reply.stats, reply.timings
+    values = [token_value(t, color_by) for t in toks]
+    below = sum(v < threshold for v in values)
+    worst = sorted(range(len(toks)), key=values.__getitem__)[:5]
+    rate = f" \u00b7 {s.n_tokens / tm.generate_s:.1f} tok/s" if tm.generate_s > 0 else ""
+    if reply.verified:
+        ties = sum(bool(t.near_tie) for t in toks)
+        tie_text = f"{ties} of {len(toks)} (rescoring the whole sequence)"
+    else:
+        tie_text = "not verified"
+    finish = esc(reply.finish_reason)
+    if reply.finish_reason == "length":
+        finish = f'<span class="gs-warn">{finish}: stopped at the token limit, the reply is cut</span>'
+    rows = [
+        ("tokens", str(s.n_tokens)),
+        ("mean logprob", num(s.mean_logprob)),
+        ("perplexity", num(s.perplexity)),
+        ("min probability", pct(s.min_prob)),
+        ("below threshold", f"{below} ({esc(threshold_text(color_by, threshold))})"),
+        (
+            f"least confident ({esc(MODE_LABELS[color_by].split(':')[0])})",
+            "".join(_chip(toks[i], color_by, palette) for i in worst) or "\u2013",
+        ),
+        ("near ties", tie_text),
+        ("finish", finish),
+        ("time", f"generate {seconds(tm.generate_s)} \u00b7 score {seconds(tm.score_s)}{rate}"),
+        ("model", f"{esc(reply.model)} \u00b7 {esc(reply.backend)}"),
+    ]
+    if reply.notes:
+        rows.append(("notes", "<br>".join(esc(n) for n in reply.notes)))
+    return rows
+
+
+def stats_html(
+    reply: ScoredReply, threshold: float = 0.5, color_by: str = "prob", palette: str = DEFAULT_PALETTE
+) -> str:
+    """Whole-reply numbers as a small table (tokens, mean logprob, perplexity, weakest tokens...)."""
+    rows = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in stats_rows(reply, threshold, color_by, palette))
+    return f'<table class="gs-stats">{rows}</table>'
+
+
+def page_html(
+    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
+) -> str:
+    """A standalone HTML document (CSS inlined): for saving a reply to a file."""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>greedyscore \u2013 {esc(reply.model)}</title><style>{CSS}</style></head><body>"
+        f"{reply_html(reply, color_by, palette, threshold)}{stats_html(reply, threshold, color_by, palette)}"
+        "</body></html>"
+    )

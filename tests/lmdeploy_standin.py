@@ -1,0 +1,188 @@
+"""A CPU stand-in for LMDeploy's GPU engine only: everything above it is lmdeploy 0.18's own code.
+
+`StandinPipeline` is a real `lmdeploy.Pipeline` whose `AsyncEngine` builds `TransformersBackend`
+instead of TurboMind / the PyTorch engine. So `stream_infer`, `_infer`, `AsyncEngine.preprocess`
+(chat template + `Tokenizer.encode(prompt, add_bos=True)`), `AsyncEngine.generate` (incremental
+token_ids, the stop id held back unless include_stop_str_in_output, finish_reason),
+`async_get_logits`, `Session.abort` and `_EventLoopThread` all run unchanged; only the
+forward passes are transformers on CPU.
+
+`TransformersBackend` mirrors the engine surface those call (read from lmdeploy 0.18):
+- `engine_config` (the backend config, `max_batch_size` filled in), `create_instance()`, `close()`
+  (pytorch.engine.Engine / turbomind.TurboMind);
+- `EngineInstance.async_stream_infer(session_id, input_ids, gen_config, multimodal, adapter_name,
+  stream_output, **kwargs)` yielding `EngineOutput`s whose token_ids are the *new* ids of each
+  step (SUCCESS), the last step's ids coming with FINISH, CANCEL after `async_cancel`, and
+  INPUT_LENGTH_ERROR for a too-long input (pytorch/engine/engine_instance.py);
+- `output_logits='all'`: logits of every input position, CPU, model dtype (what async_get_logits reads);
+- logprobs: with `logprobs_mode='raw_logprobs'` (PyTorch engine) a dict {chosen id: logprob, then
+  the top-K} from a float32 log-softmax of the raw logits (logits_process.compute_logprobs);
+  TurboMind renormalises after top-k, so greedy gives {chosen id: 0.0}; otherwise None.
+
+Greedy only (AsyncEngine turns do_sample=False into top_k=1); sampling is not modelled.
+Knob: `shift=n` makes the engine consume n extra BOS tokens, as a template mismatch would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import torch
+from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
+from lmdeploy.messages import EngineOutput, ResponseType
+from lmdeploy.pipeline import Pipeline, _EventLoopThread
+from lmdeploy.serve.core.async_engine import AsyncEngine, PreprocessedRequest
+
+
+class TransformersBackend:
+    """Stands in for `turbomind.TurboMind` / `pytorch.engine.Engine`: a transformers model on CPU."""
+
+    def __init__(self, model: Any, engine_config: Any, backend: str) -> None:
+        self.model = model
+        self.backend = backend
+        if engine_config.max_batch_size is None:
+            engine_config.max_batch_size = 4
+        self.engine_config = engine_config
+        self.max_session_len = engine_config.session_len
+        self.lock = threading.Lock()  # one forward at a time
+        self.requests: list[dict[str, Any]] = []  # what the AsyncEngine sent, for tests to inspect
+        self.cancelled: set[int] = set()  # session ids async_cancel was called for
+
+    def create_instance(self) -> StandinInstance:
+        return StandinInstance(self)
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def raw_logprobs(self) -> bool:
+        return self.backend == "pytorch" and getattr(self.engine_config, "logprobs_mode", None) == "raw_logprobs"
+
+    def forward(self, ids: list[int], cache: Any) -> torch.Tensor:
+        """Logits [len(ids), vocab] (model dtype, CPU) of ids appended to `cache`."""
+        with self.lock, torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+        return out.logits[0]
+
+    def logprob_row(self, logits: torch.Tensor, chosen: int, k: int) -> dict[int, float]:
+        """One step's logprobs as the engine reports them (chosen id first, then the top-k)."""
+        if not self.raw_logprobs:
+            return {chosen: 0.0}  # TurboMind: renormalised over the kept top_k=1 token
+        lp = torch.log_softmax(logits.float(), dim=-1)  # [vocab]
+        row = {chosen: float(lp[chosen])}
+        if k > 0:
+            vals, idx = lp.topk(k)
+            row.update(zip(idx.tolist(), vals.tolist()))
+        return row
+
+
+class StandinInstance:
+    """Stands in for `EngineInstance` (PyTorch) / `TurboMindInstance`: one request at a time."""
+
+    def __init__(self, engine: TransformersBackend) -> None:
+        self.engine = engine
+
+    async def async_cancel(self, session_id: int) -> None:
+        self.engine.cancelled.add(session_id)
+
+    async def async_stream_infer(
+        self,
+        session_id: int,
+        input_ids: list[int],
+        gen_config: GenerationConfig | None = None,
+        multimodal: Any = None,
+        adapter_name: str | None = None,
+        stream_output: bool = False,
+        **kwargs: Any,
+    ):
+        """Greedy steps; yields EngineOutput(SUCCESS, [new id]) per step when streaming, the last
+        ids with FINISH (all of them when not streaming), or CANCEL once cancelled."""
+        from transformers import DynamicCache
+
+        engine = self.engine
+        gen_config = gen_config or GenerationConfig()
+        engine.requests.append(dict(session_id=session_id, input_ids=list(input_ids), gen_config=gen_config))
+        if len(input_ids) > engine.max_session_len:
+            yield EngineOutput(ResponseType.INPUT_LENGTH_ERROR, [])
+            return
+        cache = DynamicCache(config=engine.model.config)
+        logits = await asyncio.to_thread(engine.forward, list(input_ids), cache)  # [n, vocab]
+        all_logits = logits if gen_config.output_logits == "all" else None
+        if gen_config.max_new_tokens == 0:  # PyTorch engine's scoring-only request (async_get_logits)
+            yield EngineOutput(ResponseType.FINISH, [], logits=all_logits)
+            return
+        stop_ids = set() if gen_config.ignore_eos else set(gen_config.stop_token_ids or [])
+        want_lp = gen_config.logprobs is not None and (engine.raw_logprobs or engine.backend == "turbomind")
+        pending: list[int] = []  # ids not yet sent (all of them when not streaming)
+        pending_lp: list[dict[int, float]] = []
+        last = logits[-1]
+        for step in range(gen_config.max_new_tokens):
+            if session_id in engine.cancelled:
+                yield EngineOutput(ResponseType.CANCEL, [])
+                return
+            tok = int(last.argmax())
+            pending.append(tok)
+            if want_lp:
+                pending_lp.append(engine.logprob_row(last, tok, gen_config.logprobs))
+            if tok in stop_ids or step + 1 == gen_config.max_new_tokens:
+                break
+            if stream_output:
+                yield EngineOutput(ResponseType.SUCCESS, pending, logprobs=pending_lp or None)
+                pending, pending_lp = [], []
+            last = (await asyncio.to_thread(engine.forward, [tok], cache))[-1]
+        yield EngineOutput(ResponseType.FINISH, pending, logprobs=pending_lp or None, logits=all_logits)
+
+
+class StandinAsyncEngine(AsyncEngine):
+    """lmdeploy's AsyncEngine, building TransformersBackend instead of a GPU engine."""
+
+    def __init__(self, model_path: str, model: Any, backend: str, backend_config: Any, shift: int = 0) -> None:
+        self._standin_model = model
+        self.shift = shift
+        super().__init__(model_path, backend=backend, backend_config=backend_config)
+
+    def _build_turbomind(self, model_path: str, backend_config: Any = None, **kwargs: Any) -> TransformersBackend:
+        return TransformersBackend(self._standin_model, backend_config, "turbomind")
+
+    def _build_pytorch(self, model_path: str, backend_config: Any = None, **kwargs: Any) -> TransformersBackend:
+        return TransformersBackend(self._standin_model, backend_config, "pytorch")
+
+    async def preprocess(self, *args: Any, **kwargs: Any) -> PreprocessedRequest:
+        request = await super().preprocess(*args, **kwargs)
+        if self.shift:  # the knob: the engine consumes a prompt other than the one greedyscore built
+            ids = [self.tokenizer.bos_token_id] * self.shift + list(request.inputs["input_ids"])
+            request.inputs["input_ids"] = ids
+            request.input_token_len = len(ids)
+        return request
+
+
+class StandinPipeline(Pipeline):
+    """`lmdeploy.Pipeline` over TransformersBackend; __init__ mirrors Pipeline.__init__ minus the
+    model download and autoget_backend_config (which would look for TurboMind / CUDA)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        model: Any,
+        backend: str = "pytorch",
+        backend_config: Any = None,
+        shift: int = 0,
+    ) -> None:
+        if backend_config is None:
+            backend_config = (
+                PytorchEngineConfig(logprobs_mode="raw_logprobs", enable_prefix_caching=False, enable_metrics=False)
+                if backend == "pytorch"
+                else TurbomindEngineConfig(enable_prefix_caching=False)
+            )
+        self.async_engine = StandinAsyncEngine(model_path, model, backend, backend_config, shift)
+        self.internal_thread = _EventLoopThread(daemon=True)
+        self.limiter = None
+        self.session_mgr = self.async_engine.session_mgr
+        self.backend_config = self.async_engine.backend_config
+        self.async_engine.start_loop(self.internal_thread.loop, use_async_api=False)
+
+    @property
+    def backend(self) -> TransformersBackend:
+        return self.async_engine.engine
