@@ -9,12 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from .engines.base import Engine, Generation
-from .errors import BadInput, InputTooLong
-from .scoring import StepScores, build_tokens, reply_stats, token_texts
+from .batching import Batcher
+from .engines.base import Engine, GenerateRequest, Generation
+from .errors import BadInput, Busy, InputTooLong
+from .scoring import StepScores, build_tokens, empty_scores, reply_stats, token_texts
 from .types import MAX_TOP_K, ROLES, Message, ScoredReply, Settings, Timings
 
+T = TypeVar("T")
 OnText = Callable[[str], None]  # called with the reply text so far while it streams
 CHARS_PER_TOKEN_CAP = 16  # a message longer than context x this cannot fit: refuse before tokenizing
 
@@ -63,11 +66,37 @@ def check_messages(messages: Sequence[Message]) -> None:
 
 
 class Service:
-    """Owns the engine; every request goes through here, one at a time per engine lock."""
+    """Owns the one engine shared by every visitor and API client.
 
-    def __init__(self, engine: Engine) -> None:
+    A batching engine (transformers) is driven by a Batcher: one worker thread, requests that
+    arrive together generate as one batch. A concurrent engine (LMDeploy's async pipeline
+    batches by itself) is called directly from each request's thread. Both are bounded:
+    beyond `max_pending` waiting requests, `Busy`.
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 16, max_pending: int = 64) -> None:
         self.engine = engine
-        self.lock = threading.Lock()
+        self.batcher = Batcher(engine, max_batch, max_pending) if hasattr(engine, "generate_batch") else None
+        self._slots = threading.BoundedSemaphore(max_pending)
+
+    def _model(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run model work where it belongs: on the batcher's thread, or here for a concurrent engine."""
+        if self.batcher is not None:
+            return self.batcher.call(fn, *args, **kwargs)
+        if not self._slots.acquire(blocking=False):
+            raise Busy("the server is busy: try again in a moment")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._slots.release()
+
+    def _generate(self, request: GenerateRequest, messages: Sequence[Message]) -> Generation:
+        if self.batcher is not None:
+            return self.batcher.generate(request)
+        return self._model(
+            self.engine.generate, request.prompt_ids, request.max_new_tokens, request.top_k,
+            request.on_ids, request.cancel, messages,
+        )
 
     @property
     def model_name(self) -> str:
@@ -120,17 +149,14 @@ class Service:
         """
         self.check_settings(settings)
         self.check_messages(messages)
-        engine = self.engine
-        with self.lock:
-            prompt = engine.prompt_ids(messages)
-            self._check_fit(len(prompt), settings.max_new_tokens)
-            t0 = time.perf_counter()
-            gen = engine.generate(
-                prompt, settings.max_new_tokens, settings.top_k, self._streamer(on_text), cancel, messages
-            )
-            t1 = time.perf_counter()
-            steps, rescored = self._scores(prompt, gen, settings)
-            t2 = time.perf_counter()
+        prompt = self.engine.prompt_ids(messages)
+        self._check_fit(len(prompt), settings.max_new_tokens)
+        t0 = time.perf_counter()
+        request = GenerateRequest(prompt, settings.max_new_tokens, settings.top_k, self._streamer(on_text), cancel)
+        gen = self._generate(request, messages)
+        t1 = time.perf_counter()
+        steps, rescored = self._scores(prompt, gen, settings)
+        t2 = time.perf_counter()
         return self._reply(prompt, gen.token_ids, steps, rescored, settings, gen, t1 - t0, t2 - t1)
 
     def score_text(self, text: str, settings: Settings = Settings(), prompt: str | None = None) -> ScoredReply:
@@ -140,18 +166,17 @@ class Service:
             raise BadInput("empty text: paste some text to score")
         self._check_chars(len(text) + len(prompt or ""))
         engine = self.engine
-        with self.lock:
-            if prompt is None:
-                context, target = engine.text_ids(text)
-                if not context:  # no BOS: the first token has nothing to be predicted from
-                    context, target = target[:1], target[1:]
-            else:
-                context = engine.prompt_ids([Message("user", prompt)])
-                target = engine.text_ids(text)[1]
-            self._check_fit(len(context) + len(target), 0, "text")
-            t0 = time.perf_counter()
-            steps = engine.score_ids(context, target, settings.top_k)
-            t1 = time.perf_counter()
+        if prompt is None:
+            context, target = engine.text_ids(text)
+            if not context:  # no BOS: the first token has nothing to be predicted from
+                context, target = target[:1], target[1:]
+        else:
+            context = engine.prompt_ids([Message("user", prompt)])
+            target = engine.text_ids(text)[1]
+        self._check_fit(len(context) + len(target), 0, "text")
+        t0 = time.perf_counter()
+        steps = self._model(engine.score_ids, context, target, settings.top_k)
+        t1 = time.perf_counter()
         gen = Generation(target, "stop")
         return self._reply(context, target, steps, None, settings, gen, 0.0, t1 - t0)
 
@@ -162,12 +187,11 @@ class Service:
             raise BadInput("empty conversation: give at least one message with text")
         check_messages([*messages, Message("user", "x")])  # roles only: any last turn may be scored
         self._check_chars(sum(len(m.content) for m in messages))
-        with self.lock:
-            ids = self.engine.prompt_ids(messages)
-            self._check_fit(len(ids), 0, "conversation")
-            t0 = time.perf_counter()
-            steps = self.engine.score_ids(ids[:1], ids[1:], settings.top_k)
-            t1 = time.perf_counter()
+        ids = self.engine.prompt_ids(messages)
+        self._check_fit(len(ids), 0, "conversation")
+        t0 = time.perf_counter()
+        steps = self._model(self.engine.score_ids, ids[:1], ids[1:], settings.top_k)
+        t1 = time.perf_counter()
         gen = Generation(ids[1:], "stop")
         return self._reply(ids[:1], ids[1:], steps, None, settings, gen, 0.0, t1 - t0)
 
@@ -188,12 +212,14 @@ class Service:
         """Single-pass scores when present, else rescoring; plus the verification rescoring."""
         steps = gen.steps
         rescored = None
+        if not gen.token_ids:
+            return steps if steps is not None else empty_scores(settings.top_k), None
         if steps is None:  # the engine gave no usable logits (LMDeploy): rescore exactly its ids
-            steps = self.engine.score_ids(prompt, gen.token_ids, settings.top_k)
+            steps = self._model(self.engine.score_ids, prompt, gen.token_ids, settings.top_k)
             if settings.verify:
                 rescored = steps
         elif settings.verify:
-            rescored = self.engine.score_ids(prompt, gen.token_ids, settings.top_k, cache=gen.cache)
+            rescored = self._model(self.engine.score_ids, prompt, gen.token_ids, settings.top_k, cache=gen.cache)
         if gen.engine_logprobs is not None:
             from .engines.lmdeploy import compare_engine_logprobs
 

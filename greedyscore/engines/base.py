@@ -29,6 +29,18 @@ class Generation:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class GenerateRequest:
+    """One row of a batched greedy generation."""
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    top_k: int
+    on_ids: OnIds | None = None
+    cancel: threading.Event | None = None
+
+
+
 class Engine(Protocol):
     model_name: str
     backend: str

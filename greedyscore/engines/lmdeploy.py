@@ -80,13 +80,14 @@ class LMDeployEngine:
         if engine not in ENGINES:
             raise EngineUnavailable(f"unknown lmdeploy engine {engine!r}: choose one of {', '.join(ENGINES)}")
         name, source = resolve_model(model)
-        extra = {} if cache_max_entry_count is None else {"cache_max_entry_count": cache_max_entry_count}
+        # metrics off: a Prometheus logger per pipeline (and prometheus_client) that we never read
+        extra: dict[str, Any] = dict(enable_prefix_caching=False, enable_metrics=False)
+        if cache_max_entry_count is not None:
+            extra["cache_max_entry_count"] = cache_max_entry_count
         if engine == "pytorch":
-            config: Any = lmdeploy.PytorchEngineConfig(
-                logprobs_mode="raw_logprobs", enable_prefix_caching=False, **extra
-            )
+            config: Any = lmdeploy.PytorchEngineConfig(logprobs_mode="raw_logprobs", **extra)
         else:
-            config = lmdeploy.TurbomindEngineConfig(enable_prefix_caching=False, **extra)
+            config = lmdeploy.TurbomindEngineConfig(**extra)
         t0 = time.perf_counter()
         print(f"greedyscore: loading {name} on lmdeploy {engine} ...", file=sys.stderr, flush=True)
         try:

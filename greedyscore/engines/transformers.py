@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -20,7 +20,7 @@ from ..errors import ModelNotFound
 from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks, score_rows
 from ..types import Message
-from .base import Generation, OnIds
+from .base import GenerateRequest, Generation, OnIds
 
 SCORE_CHUNK_TOKENS = 64  # teacher forcing feeds this many tokens per forward: [64, vocab] logits at most
 
@@ -32,9 +32,9 @@ class StepRecorder:
     is exactly what it would be without it.
     """
 
-    def __init__(self, top_k: int, on_ids: OnIds | None = None) -> None:
+    def __init__(self, top_k: int, on_step: Callable[[list[int]], None] | None = None) -> None:
         self.top_k = top_k
-        self.on_ids = on_ids
+        self.on_step = on_step  # called with each step's chosen ids, one per batch row
         self._pending: torch.Tensor | None = None  # [batch, vocab], raw logits of the last step
         self.parts: list[StepScores] = []  # one per step, each [batch] rows
 
@@ -47,8 +47,8 @@ class StepRecorder:
         if self._pending is not None:
             self.parts.append(score_rows(self._pending, chosen, self.top_k))
             self._pending = None
-            if self.on_ids is not None and chosen.shape[0] == 1:
-                self.on_ids([int(chosen[0])])
+            if self.on_step is not None:
+                self.on_step(chosen.tolist())
 
     def finish(self, last_chosen: torch.Tensor) -> list[StepScores]:
         """Score the final step; -> per batch row, StepScores over all steps."""
@@ -60,14 +60,38 @@ class StepRecorder:
         return [StepScores.cat([s.slice(b, b + 1) for s in steps]) for b in range(batch)]
 
 
-class _Cancel:
-    """Stopping criterion that ends generation when the event is set (Stop button)."""
+class _RowStops:
+    """Per-row stopping: a row ends at its own max_new_tokens, or when its cancel event is set."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, requests: Sequence[GenerateRequest], start: int) -> None:
+        self.start = start  # padded prompt length
+        self.limits = torch.tensor([r.max_new_tokens for r in requests])
+        self.cancels = [r.cancel for r in requests]
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = (input_ids.shape[1] - self.start) >= self.limits
+        cancelled = torch.tensor([bool(c is not None and c.is_set()) for c in self.cancels])
+        return (done | cancelled).to(input_ids.device)
+
+
+class _RowStreams:
+    """Hands each row its new ids as they come, until that row's stop id or limit."""
+
+    def __init__(self, requests: Sequence[GenerateRequest], stop_ids: frozenset[int]) -> None:
+        self.requests = requests
+        self.stop_ids = stop_ids
+        self.counts = [0] * len(requests)
+        self.done = [False] * len(requests)
+
+    def __call__(self, chosen: list[int]) -> None:
+        for b, tok in enumerate(chosen):
+            req = self.requests[b]
+            if self.done[b]:
+                continue
+            self.counts[b] += 1
+            self.done[b] = tok in self.stop_ids or self.counts[b] >= req.max_new_tokens
+            if req.on_ids is not None:
+                req.on_ids([tok])
 
 
 class TransformersEngine:
@@ -133,7 +157,6 @@ class TransformersEngine:
         return "".join(f"\\x{b:02x}" for b in raw) if raw is not None else text
 
     # --- generation and scoring ----------------------------------------------------------
-    @torch.inference_mode()
     def generate(
         self,
         prompt_ids: Sequence[int],
@@ -143,36 +166,54 @@ class TransformersEngine:
         cancel: threading.Event | None = None,
         messages: Sequence[Message] | None = None,
     ) -> Generation:
-        """Steps: greedy `generate` with the StepRecorder (raw logits, no processors), then
-        score the last step; the returned KV cache serves verification."""
+        """One request: a batch of one, whose KV cache is kept for verification."""
+        return self.generate_batch([GenerateRequest(prompt_ids, max_new_tokens, top_k, on_ids, cancel)])[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        """Greedy decoding of several prompts at once.
+
+        Steps: left-pad the prompts (attention mask, pad id); one `generate` with the
+        StepRecorder (raw logits, no logits processors) and per-row stops; cut each row at its
+        stop id or its own max_new_tokens; its scores are those of the sequence it generated.
+        """
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        recorder = StepRecorder(top_k, on_ids)
-        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        width = max(len(r.prompt_ids) for r in requests)
+        rows = [[self.pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests]
+        mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests]
+        ids = torch.tensor(rows, device=self.device)
+        recorder = StepRecorder(max(r.top_k for r in requests), _RowStreams(requests, self.stop_ids))
         config = GenerationConfig(
             do_sample=False,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(r.max_new_tokens for r in requests),
             eos_token_id=sorted(self.stop_ids),
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
             use_cache=True,
         )
-        stopping = StoppingCriteriaList([_Cancel(cancel)]) if cancel is not None else None
         out = self.model.generate(
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=torch.tensor(mask, device=self.device),
             generation_config=config,
             logits_processor=LogitsProcessorList([recorder]),
-            stopping_criteria=stopping,
+            stopping_criteria=StoppingCriteriaList([_RowStops(requests, width)]),
         )
-        new = out.sequences[0, ids.shape[1]:]
-        steps = recorder.finish(out.sequences[:, -1])[0] if len(new) else empty_scores(top_k)
-        token_ids = [int(t) for t in new]
-        if cancel is not None and cancel.is_set():
-            reason = "abort"
-        else:
-            reason = "stop" if token_ids and token_ids[-1] in self.stop_ids else "length"
-        return Generation(token_ids, reason, steps=steps, cache=out.cache)
+        per_row = recorder.finish(out.sequences[:, -1])
+        gens = []
+        for b, req in enumerate(requests):
+            new = [int(t) for t in out.sequences[b, width:]][: req.max_new_tokens]
+            end = next((i + 1 for i, t in enumerate(new) if t in self.stop_ids), len(new))
+            new = new[:end]
+            steps = per_row[b].slice(0, len(new))
+            steps = StepScores(steps.logprob, steps.rank, steps.entropy, steps.margin,
+                               steps.top_ids[:, : req.top_k], steps.top_logprobs[:, : req.top_k])
+            if req.cancel is not None and req.cancel.is_set():
+                reason = "abort"
+            else:
+                reason = "stop" if new and new[-1] in self.stop_ids else "length"
+            gens.append(Generation(new, reason, steps=steps, cache=out.cache if len(requests) == 1 else None))
+        return gens
 
     @torch.inference_mode()
     def score_ids(
