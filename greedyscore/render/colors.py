@@ -27,6 +27,7 @@ MODE_LABELS: dict[str, str] = {
     "margin": "margin: top-1 minus top-2 probability",
     "entropy": "entropy of the next-token distribution (nats)",
 }
+MODE_SHORT: dict[str, str] = {"prob": "probability", "margin": "margin", "entropy": "entropy"}
 ENTROPY_CAP = math.log(20)  # nats; at or above this a step counts as fully uncertain
 
 PALETTES: dict[str, tuple[str, ...]] = {  # evenly spaced stops, low confidence first
@@ -84,7 +85,7 @@ def interpolate(stops: tuple[str, ...], x: float) -> str:
     i = min(int(x), len(stops) - 2)
     f = x - i
     a, b = _rgb(stops[i]), _rgb(stops[i + 1])
-    r, g, bl = (round(ca + (cb - ca) * f) for ca, cb in zip(a, b))
+    r, g, bl = (round(ca + (cb - ca) * f) for ca, cb in zip(a, b, strict=True))
     return f"#{r:02x}{g:02x}{bl:02x}"
 
 
@@ -143,7 +144,7 @@ def ticks(mode: str = "prob") -> list[tuple[float, str]]:
     if mode == "entropy":
         labels = [f"{(1 - p) * ENTROPY_CAP:.1f}" for p in pos]
         labels[0] = "\u2265" + labels[0]
-        return list(zip(pos, labels))
+        return list(zip(pos, labels, strict=True))
     return [(p, f"{p * 100:.0f}%") for p in pos]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..types import ScoredReply, ScoredToken
 from .colors import (
     DEFAULT_PALETTE,
-    MODE_LABELS,
+    MODE_SHORT,
     check_mode,
     check_palette,
     color_for,
@@ -36,9 +36,9 @@ from .colors import (
     threshold_text,
     token_value,
 )
-from .text import char_mark, num, pct, seconds, spoken, sub_invisible, visible
+from .text import char_mark, html_visible, num, pct, seconds, spoken, sub_invisible
 
-CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "greedyscore.css"
+CSS_PATH = Path(__file__).with_name("greedyscore.css")  # package data; assets/greedyscore.css links here
 CSS: str = CSS_PATH.read_text(encoding="utf-8")
 
 __all__ = ["CSS", "CSS_PATH", "legend_html", "page_html", "reply_html", "stats_html", "tokens_html"]
@@ -66,7 +66,7 @@ def body_html(text: str) -> str:
 
 
 def _alt_row(text: str, prob: float, chosen: bool) -> str:
-    shown = esc(visible(text, spaces=True)) if text else "\u2205"
+    shown = html_visible(text, "\u2205")
     cls = "gs-alt gs-chosen" if chosen else "gs-alt"
     return (
         f'<span class="{cls}"><span class="gs-alt-t">{shown}</span>'
@@ -86,17 +86,14 @@ def _alternatives(t: ScoredToken) -> str:
 def _notes(t: ScoredToken) -> str:
     notes: list[tuple[str, str]] = []  # (class, plain text)
     if t.joined > 0:
-        notes.append(("gs-tip-note", f"completes a character split over {t.joined + 1} tokens (the thin marks before it)"))
+        notes.append(("gs-tip-note", f"completes a character split over {t.joined + 1} tokens (the marks before it)"))
     elif t.text == "" and not t.special:
         notes.append(("gs-tip-note", "ends inside a multi-byte character: it shows on the token that completes it"))
     if t.rescored_prob is not None:
         rescored = pct(t.rescored_prob) + (f" (rank {t.rescored_rank})" if t.rescored_rank is not None else "")
         if t.near_tie:
-            notes.append((
-                "gs-tip-note gs-tip-tie",
-                f"near tie: rescoring the whole sequence gives {rescored}; batched/cached arithmetic can flip "
-                "the argmax when two tokens are this close",
-            ))
+            why = "batched/cached arithmetic can flip the argmax when two tokens are this close"
+            notes.append(("gs-tip-note gs-tip-tie", f"near tie: rescoring the whole sequence gives {rescored}; {why}"))
         else:
             notes.append(("gs-tip-note", f"verified: rescoring the whole sequence gives {rescored}"))
     return "".join(f'<span class="{cls}">{esc(text)}</span>' for cls, text in notes)
@@ -104,7 +101,7 @@ def _notes(t: ScoredToken) -> str:
 
 def tooltip_html(t: ScoredToken) -> str:
     """The hover/focus card: probability, logprob, entropy, margin, rank, top-k bars, notes."""
-    shown = esc(visible(t.text, spaces=True)) if t.text else "(partial character)"
+    shown = html_visible(t.text, "(partial character)")
     kind = " \u00b7 special" if t.special else ""
     return (
         f'<span class="gs-tip" role="tooltip">'
@@ -135,7 +132,7 @@ def token_html(
     label = f"{spoken(t.text)}, {pct(t.prob)}" + (", near tie" if near_tie else "")
     extra = ""
     if t.rescored_prob is not None:
-        extra += f' data-rescored-prob="{t.rescored_prob!r}"'
+        extra += f' data-rescored-prob="{float(t.rescored_prob)!r}"'
     if t.rescored_rank is not None:
         extra += f' data-rescored-rank="{t.rescored_rank}"'
     if t.joined:
@@ -144,7 +141,7 @@ def token_html(
         f'<span class="{cls}" tabindex="0" role="group" data-i="{i}" data-id="{t.id}"'
         f' data-prob="{float(t.prob)!r}" data-logprob="{float(t.logprob)!r}"'
         f' data-entropy="{float(t.entropy)!r}" data-margin="{float(t.margin)!r}" data-rank="{t.rank}"{extra}'
-        f' aria-label="{esc(label)}" style="background:{bg};color:{text_color(bg)}">'
+        f' aria-label="{esc(label)}" style="background:{bg};color:{text_color(bg)};--gs-bg:{bg}">'
         f"{body_html(t.text)}{tooltip_html(t)}</span>"
     )
 
@@ -173,7 +170,7 @@ def reply_html(
 
 def _chip(t: ScoredToken, color_by: str, palette: str) -> str:
     bg = color_for(token_value(t, color_by), palette)
-    shown = esc(visible(t.text, spaces=True)) if t.text else "(partial character)"
+    shown = html_visible(t.text, "(partial character)")
     return f'<span class="gs-chip" style="background:{bg};color:{text_color(bg)}">{shown} {pct(t.prob)}</span>'
 
 
@@ -202,7 +199,7 @@ def stats_rows(
         ("min probability", pct(s.min_prob)),
         ("below threshold", f"{below} ({esc(threshold_text(color_by, threshold))})"),
         (
-            f"least confident ({esc(MODE_LABELS[color_by].split(':')[0])})",
+            f"least confident (by {MODE_SHORT[color_by]})",
             "".join(_chip(toks[i], color_by, palette) for i in worst) or "\u2013",
         ),
         ("near ties", tie_text),
@@ -219,7 +216,9 @@ def stats_html(
     reply: ScoredReply, threshold: float = 0.5, color_by: str = "prob", palette: str = DEFAULT_PALETTE
 ) -> str:
     """Whole-reply numbers as a small table (tokens, mean logprob, perplexity, weakest tokens...)."""
-    rows = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in stats_rows(reply, threshold, color_by, palette))
+    rows = "".join(
+        f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in stats_rows(reply, threshold, color_by, palette)
+    )
     return f'<table class="gs-stats">{rows}</table>'
 
 

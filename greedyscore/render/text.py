@@ -2,15 +2,17 @@
 
 A token text can hold anything a model emits: newlines, tabs, control bytes, zero-width and
 bidi-override characters. Shown raw they vanish, break the layout or (in a terminal) inject
-escape sequences, so every renderer shows them through `visible` first. Nothing here escapes
-HTML: callers escape the result for their medium.
+escape sequences, so every renderer shows them through `visible` first, then escapes the result
+for its medium (`html_visible` for HTML and Plotly's HTML-like labels).
 """
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Callable
+from functools import lru_cache
 
 # Invisible or layout-breaking: C0/C1 controls, DEL, zero-width and bidi controls, line/paragraph
 # separators, BOM, interlinear annotation marks, lone surrogates (they cannot be encoded as UTF-8).
@@ -52,6 +54,15 @@ def visible(text: str, spaces: bool = False) -> str:
     """
     out = INVISIBLE_RE.sub(_mark_match, text)
     return out.replace(" ", SPACE_MARK) if spaces else out
+
+
+@lru_cache(maxsize=1 << 16)
+def html_visible(text: str, empty: str = "\u2205") -> str:
+    """`visible(text, spaces=True)`, HTML-escaped; cached because top-k texts repeat a lot.
+
+    Example: html_visible(" <b>") -> "␣&lt;b&gt;"; html_visible("") -> "∅"
+    """
+    return html.escape(visible(text, spaces=True), quote=True) if text else empty
 
 
 def sub_invisible(text: str, repl: Callable[[str], str]) -> str:

@@ -1,0 +1,63 @@
+"""Pure rendering: ScoredToken/ScoredReply -> HTML, Plotly figures, ANSI text, CSV.
+
+No model, torch or gradio here. Plotly is imported only when a figure is asked for, so the CLI's
+terminal output does not pay for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .colors import (
+    DEFAULT_PALETTE,
+    ENTROPY_CAP,
+    MODES,
+    PALETTES,
+    color_for,
+    legend_html,
+    plotly_colorscale,
+    text_color,
+    token_value,
+)
+from .export import parse_top, tokens_csv
+from .html import CSS, CSS_PATH, page_html, reply_html, stats_html, tokens_html
+from .terminal import reply_ansi
+from .text import pct, visible
+
+if TYPE_CHECKING:
+    from .chart import confidence_figure, histogram_figure
+
+__all__ = [
+    "CSS",
+    "CSS_PATH",
+    "DEFAULT_PALETTE",
+    "ENTROPY_CAP",
+    "MODES",
+    "PALETTES",
+    "color_for",
+    "confidence_figure",
+    "histogram_figure",
+    "legend_html",
+    "page_html",
+    "parse_top",
+    "pct",
+    "plotly_colorscale",
+    "reply_ansi",
+    "reply_html",
+    "stats_html",
+    "text_color",
+    "token_value",
+    "tokens_csv",
+    "tokens_html",
+    "visible",
+]
+
+_LAZY = {"confidence_figure", "histogram_figure"}  # need plotly
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import chart
+
+        return getattr(chart, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
