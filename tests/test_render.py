@@ -278,7 +278,9 @@ def test_chosen_token_outside_top_k_is_still_shown():
 
 def test_css_is_the_asset_file():
     assert CSS == CSS_PATH.read_text(encoding="utf-8")
-    assert CSS_PATH.name == "greedyscore.css" and CSS_PATH.parent.name == "assets"
+    assets = CSS_PATH.parents[2] / "assets" / "greedyscore.css"
+    assert assets.read_text(encoding="utf-8") == CSS  # the assets/ copy is a link to the packaged file
+    assert ".gs-token:hover .gs-tip" in CSS and ".gs-token:focus .gs-tip" in CSS
 
 
 def test_empty_reply_renders():
