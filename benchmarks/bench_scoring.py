@@ -1,0 +1,133 @@
+"""Cost of scoring on top of greedy generation: plain vs ours (single pass, +verification) vs the seed recipe.
+
+Prompt lengths 32 / 512 / 2,000 tokens, 128 new tokens, embedded model, float32 CPU. Times are
+medians of interleaved repeats in one run; memory is the peak RSS a method adds over plain
+generation at the same length, each measured in a fresh process.
+
+    python benchmarks/bench_scoring.py [--repeats 3] [--lengths 32,512,2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import filler_prompt, fixed_length_engine, git_rev, machine, median, table, write_section  # noqa: E402
+
+NEW = 128
+METHODS = ("plain", "single", "verify", "seed")
+
+
+@torch.inference_mode()
+def run(engine, method: str, prompt: list[int]) -> None:
+    """One request by `method`; all produce the same 128 greedy tokens."""
+    from transformers import GenerationConfig
+
+    if method == "plain":
+        config = GenerationConfig(do_sample=False, max_new_tokens=NEW, eos_token_id=sorted(engine.stop_ids),
+                                  pad_token_id=engine.pad_id)
+        ids = torch.tensor([prompt])
+        engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return
+    if method == "seed":  # generate, then the whole sequence again and a softmax over [prompt+reply, vocab]
+        config = GenerationConfig(do_sample=False, max_new_tokens=NEW, eos_token_id=sorted(engine.stop_ids),
+                                  pad_token_id=engine.pad_id)
+        ids = torch.tensor([prompt])
+        seq = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        probs = torch.softmax(engine.model(seq).logits[0].float(), dim=-1)
+        reply = seq[0, len(prompt):]
+        _ = probs[torch.arange(len(prompt) - 1, seq.shape[1] - 1), reply].tolist()
+        return
+    gen = engine.generate(prompt, NEW, 5)
+    assert len(gen.token_ids) == NEW
+    if method == "verify":
+        engine.score_ids(prompt, gen.token_ids, 5, cache=gen.cache)
+
+
+def rss_peak_mb(fn) -> float:
+    """Peak resident memory while fn runs, sampled every 0.5 ms from /proc/self/statm."""
+    page = os.sysconf("SC_PAGE_SIZE") / 2**20
+    peak, done = [0.0], threading.Event()
+
+    def sample() -> None:
+        with open("/proc/self/statm") as f:
+            while not done.is_set():
+                f.seek(0)
+                peak[0] = max(peak[0], int(f.read().split()[1]) * page)
+                time.sleep(0.0005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    return peak[0]
+
+
+def memory_child(method: str, length: int) -> None:
+    """In a fresh process: the peak of `method` minus the peak of plain generation (run twice first,
+    so the allocator already holds what plain generation needs)."""
+    engine = fixed_length_engine()
+    prompt = filler_prompt(engine, length)
+    run(engine, "plain", prompt)
+    base = rss_peak_mb(lambda: run(engine, "plain", prompt))
+    peak = rss_peak_mb(lambda: run(engine, method, prompt))
+    print(json.dumps({"extra_mb": max(0.0, peak - base)}))
+
+
+def memory(method: str, length: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", method, str(length)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--lengths", default="32,512,2000")
+    ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]))
+        return
+    lengths = [int(x) for x in args.lengths.split(",")]
+    engine = fixed_length_engine()
+    rows = []
+    for length in lengths:
+        prompt = filler_prompt(engine, length)
+        assert len(prompt) == length, len(prompt)
+        run(engine, "single", prompt)  # warm-up
+        times: dict[str, list[float]] = {m: [] for m in METHODS}
+        for _ in range(args.repeats):  # interleaved, so drift hits every method alike
+            for m in METHODS:
+                t0 = time.perf_counter()
+                run(engine, m, prompt)
+                times[m].append(time.perf_counter() - t0)
+        plain = median(times["plain"])
+        mem = {m: memory(m, length) for m in ("single", "verify", "seed")}
+        row = [str(length), f"{plain:.2f}"]
+        for m in ("single", "verify", "seed"):
+            t = median(times[m])
+            row += [f"{t:.2f} ({(t / plain - 1) * 100:+.1f}%)", f"{mem[m]:.0f}"]
+        rows.append(row)
+        print(" | ".join(row), flush=True)
+    header = ["prompt tokens", "plain s", "single pass s", "MB", "+verify s", "MB", "seed recipe s", "MB"]
+    body = (f"Machine: {machine()}. Commit {git_rev()}. 128 new tokens, median of {args.repeats} interleaved "
+            f"runs; MB = peak resident memory added over plain generation at that length (fresh process each, sampled every 0.5 ms).\n\n" + table(header, rows))
+    print(body)
+    write_section("Scoring overhead (bench_scoring.py)", body)
+
+
+if __name__ == "__main__":
+    main()

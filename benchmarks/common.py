@@ -1,0 +1,75 @@
+"""Shared by the benchmark scripts: a fixed-length engine, machine facts, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def fixed_length_engine():
+    """The embedded model whose stop ids are replaced by one it never emits (the last vocab id),
+    so every run generates exactly max_new_tokens and the methods compare like for like."""
+    from greedyscore.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine.load(None, device="cpu")
+    engine.stop_ids = frozenset({engine.model.config.vocab_size - 1})
+    return engine
+
+
+def filler_prompt(engine, n_tokens: int) -> list[int]:
+    """A chat prompt of exactly n_tokens ids (a user message padded with prose, then cut)."""
+    from greedyscore.types import Message
+
+    words = ("the history of the river valley and its towns, markets, bridges and songs " * 400).split()
+    head = engine.prompt_ids([Message("user", "Summarise this text.")])
+    body = engine.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    tail = engine.prompt_ids([Message("user", "x")])[-5:]  # "<|im_end|>\n<|im_start|>assistant\n"
+    return head[:-5] + body[: n_tokens - len(head)] + tail
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or add) the section `## name` in RESULTS.md, keeping the others."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
+    section = f"## {name}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text)
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=RESULTS.parent).stdout.strip() or "?"
+    except OSError:
+        return "?"
