@@ -21,9 +21,11 @@ $(VENV)/.test: $(VENV)/.app requirements-test.txt
 	$(BIN)/pip install --no-deps $(LMDEPLOY)
 	touch $@
 
-# Debian's chromium for the browser tests (Playwright's own browser download does not work offline).
+# Debian's chromium (+ CJK and emoji fonts) for the browser tests: Playwright's own browser download
+# does not work offline.
+BROWSER_PKGS := chromium chromium-driver fonts-wqy-zenhei fonts-noto-color-emoji
 browser:
-	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+	@dpkg -s $(BROWSER_PKGS) >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q $(BROWSER_PKGS); }
 
 demo: $(VENV)/.app
 	$(BIN)/python app.py
@@ -46,8 +48,10 @@ test-gpu:
 lint: $(VENV)/.test
 	$(BIN)/ruff check greedyscore tests benchmarks app.py
 
-bench: $(VENV)/.app
+bench: $(VENV)/.test browser
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_render.py
+	$(BIN)/python benchmarks/bench_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

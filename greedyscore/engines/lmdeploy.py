@@ -169,7 +169,8 @@ class LMDeployEngine:
         )
         token_ids: list[int] = []
         logprobs: list[dict[int, float]] = []
-        reason, checked = "length", False
+        reason: str | None = None
+        checked = False
         for resp in stream:
             if resp.finish_reason == "error":
                 raise GreedyScoreError(f"lmdeploy failed: {resp.error_message or resp.error_code or 'unknown error'}")
@@ -194,6 +195,8 @@ class LMDeployEngine:
                 session.abort()  # the engine stops this request; its remaining responses are not read
                 reason = "abort"
                 break
+        if reason is None:  # the stream ended without a final response
+            reason = "stop" if token_ids and token_ids[-1] in self.stop_ids else "length"
         gen = Generation(token_ids, reason, steps=None, engine_logprobs=logprobs if self.raw_logprobs else None)
         if self.raw_logprobs and len(logprobs) != len(token_ids):
             gen.notes.append(f"lmdeploy returned {len(logprobs)} logprob rows for {len(token_ids)} tokens")

@@ -1,0 +1,103 @@
+"""The launched app over real HTTP with gradio_client: endpoints, escaping, errors, load."""
+
+from __future__ import annotations
+
+import math
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import Client
+
+HOSTILE = '<script>alert("x")</script> <img src=x onerror=alert(1)> "quoted" & \'single\' &amp;'
+VIEW = ("probability", "cividis", 0.5)  # colour by, palette, threshold
+
+
+@pytest.fixture(scope="module")
+def client(app_server) -> Client:
+    return Client(app_server, verbose=False)
+
+
+def chat(client: Client, message: str, history=None, max_new=8, top_k=3, verify=True, view=VIEW):
+    return client.predict(message, history or [], max_new, top_k, verify, *view, api_name="/chat")
+
+
+def test_chat_endpoint(client, engine):
+    html, fig, tokens, stats = chat(client, "What is the capital of France?", max_new=12)
+    assert html.count('class="gs-token') >= 1 and "data-prob=" in html
+    assert tokens["model"] == "SmolLM2-135M-Instruct" and tokens["tokens"]
+    assert len(tokens["tokens"][0]["top"]) == 3
+    assert "perplexity" in stats.lower()
+    plot = fig["plot"] if isinstance(fig, dict) and "plot" in fig else fig
+    assert "bar" in str(plot)  # a Plotly figure with the bars came back
+
+
+def test_chat_with_history(client):
+    history = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada!"}]
+    _, _, tokens, _ = chat(client, "What is my name?", history=history, max_new=8)
+    assert tokens["tokens"]
+
+
+def test_score_text_escapes_hostile_strings(client):
+    html, fig, tokens, stats = client.predict(HOSTILE, "", 3, *VIEW, api_name="/score_text")
+    assert tokens["text"] == HOSTILE
+    for out in (html, stats):
+        assert "<script" not in out.lower() and "<img" not in out.lower()
+        assert "onerror=alert" not in out or "&lt;img" in out
+    assert "&lt;script&gt;" in html
+
+
+def test_hostile_chat_message_is_escaped(client):
+    html, _, tokens, stats = chat(client, HOSTILE, max_new=16)
+    assert "<script" not in html.lower() and "<img" not in html.lower() and "<script" not in stats.lower()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("", [], 8, 3, False, *VIEW), "empty"),
+        (("hi", [], 0, 3, False, *VIEW), "max_new_tokens"),
+        (("hi", [], 8, 99, False, *VIEW), "top_k"),
+        (("hi", [], 8, 3, False, "rainbow", "cividis", 0.5), "colour"),
+        (("hi", [], 8, 3, False, "probability", "cividis", 7.0), "threshold"),
+        (("x" * 100_000, [], 8, 3, False, *VIEW), "context"),
+        (("hi", [{"role": "wizard", "content": "?"}], 8, 3, False, *VIEW), "role"),
+    ],
+)
+def test_bad_input_gives_clear_error_and_keeps_serving(client, args, needle):
+    with pytest.raises(Exception) as info:
+        client.predict(*args, api_name="/chat")
+    assert needle in str(info.value).lower()
+    _, _, tokens, _ = chat(client, "Say OK.", max_new=3)
+    assert tokens["tokens"]
+
+
+def test_load_sixteen_clients(app_server, engine):
+    """16 concurrent clients x 3 requests, normal and hostile: every one answered, scores right."""
+    prompts = ["What is 2+2?", "你好", "Name a colour.", "🍎 or 🍌?", "<script>alert(1)</script>",
+               "ctrl \x00\x07\x1b[31m chars", "", "x" * 100_000, "Write one word."]
+    rng = random.Random(0)
+    jobs = [(c, rng.choice(prompts)) for c in range(16) for _ in range(3)]
+    clients = [Client(app_server, verbose=False) for _ in range(16)]
+
+    def run(job):
+        c, prompt = job
+        try:
+            return prompt, chat(clients[c], prompt, max_new=6, top_k=2, verify=False)[2]
+        except Exception as ex:  # noqa: BLE001
+            return prompt, ex
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(run, jobs, timeout=600))
+    assert len(results) == len(jobs)
+    for prompt, res in results:
+        if isinstance(res, Exception):
+            assert prompt in ("", "x" * 100_000), (prompt, res)  # only the bad inputs fail
+            assert "empty" in str(res).lower() or "context" in str(res).lower()
+            continue
+        ids = [t["id"] for t in res["tokens"]]
+        solo = engine.score_ids(res["prompt_token_ids"], ids, 2)
+        for t, lp in zip(res["tokens"], solo.logprob.tolist()):
+            assert abs(t["prob"] - math.exp(lp)) < 1e-4
+    _, _, tokens, _ = chat(clients[0], "Still there?", max_new=3)
+    assert tokens["tokens"]

@@ -1,0 +1,108 @@
+"""A real browser (Debian's chromium, driven by Playwright) on the launched app."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run `make test` (it installs Debian's chromium)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def send(page, text: str) -> None:
+    box = page.locator("#gs-msg textarea")
+    box.fill(text)
+    page.locator("#gs-send").click()
+
+
+def test_chat_tokens_tooltip_chart_screenshot(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    page.goto(app_server)
+    page.get_by_text("SmolLM2-135M-Instruct").first.wait_for()  # the page says which model answers
+    send(page, "What is the capital of France?")
+    page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+    tokens = page.locator("#gs-reply .gs-token")
+    assert tokens.count() >= 3
+    first = tokens.first
+    for attr in ("data-prob", "data-logprob", "data-entropy", "data-margin", "data-rank", "aria-label", "tabindex"):
+        assert first.get_attribute(attr) is not None, attr
+    assert re.search(r"\d+(\.\d+)?%", first.get_attribute("aria-label"))
+    # hover: the tooltip shows alternatives with percentages
+    first.hover()
+    tip = first.locator(".gs-tip")
+    tip.wait_for(state="visible", timeout=5000)
+    alts = tip.locator(".gs-alt-p")
+    assert alts.count() >= 2
+    assert all(re.fullmatch(r"\s*\d+(\.\d+)?%\s*", alts.nth(i).inner_text()) for i in range(alts.count()))
+    # keyboard focus shows it too
+    page.mouse.move(0, 0)
+    tokens.nth(1).focus()
+    tokens.nth(1).locator(".gs-tip").wait_for(state="visible", timeout=5000)
+    # the Plotly chart rendered (SVG bars)
+    page.locator("#gs-chart .js-plotly-plot .bars path, #gs-chart .js-plotly-plot .point path").first.wait_for(
+        timeout=30_000
+    )
+    assert page.locator("#gs-stats").inner_text().lower().count("perplexity") == 1
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    first.hover()
+    (ROOT / "assets").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "assets" / "screenshot.png"), full_page=True)
+    page.close()
+
+
+def test_hostile_message_runs_nothing(browser, app_server):
+    page = browser.new_page()
+    page.goto(app_server)
+    send(page, 'Repeat exactly: <img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>')
+    page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__pwned") is None
+    page.close()
+
+
+def test_empty_message_shows_an_error_and_app_keeps_serving(browser, app_server):
+    page = browser.new_page()
+    page.goto(app_server)
+    send(page, "   ")
+    page.get_by_text("empty prompt").first.wait_for(timeout=30_000)
+    send(page, "Say OK.")
+    page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+    page.close()
+
+
+def test_two_sessions_never_see_each_other(browser, app_server):
+    """Two browser contexts chat at the same time; each page holds only its own conversation."""
+    ctx_a, ctx_b = browser.new_context(), browser.new_context()
+    a, b = ctx_a.new_page(), ctx_b.new_page()
+    a.goto(app_server)
+    b.goto(app_server)
+    secret_a, secret_b = "Pineapple-7731 is my code.", "Walrus-5512 is my code."
+    # Playwright's sync API is not thread-safe: start both, then wait on both.
+    send(a, secret_a)
+    send(b, secret_b)
+    for page in (a, b):
+        page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+    a.wait_for_timeout(300)
+    text_a, text_b = a.locator("#gs-chatbot").inner_text(), b.locator("#gs-chatbot").inner_text()
+    assert "Pineapple-7731" in text_a and "Walrus-5512" not in text_a
+    assert "Walrus-5512" in text_b and "Pineapple-7731" not in text_b
+    ctx_a.close()
+    ctx_b.close()
