@@ -124,7 +124,8 @@ def main() -> None:
         print(" | ".join(row), flush=True)
     header = ["prompt tokens", "plain s", "single pass s", "MB", "+verify s", "MB", "seed recipe s", "MB"]
     body = (f"Machine: {machine()}. Commit {git_rev()}. 128 new tokens, median of {args.repeats} interleaved "
-            f"runs; MB = peak resident memory added over plain generation at that length (fresh process each, sampled every 0.5 ms).\n\n" + table(header, rows))
+            f"runs; MB = peak resident memory added over plain generation at that length "
+            f"(fresh process each, sampled every 0.5 ms).\n\n" + table(header, rows))
     print(body)
     write_section("Scoring overhead (bench_scoring.py)", body)
 

@@ -60,7 +60,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_section(name: str, body: str) -> None:
     """Replace (or add) the section `## name` in RESULTS.md, keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
+    empty = "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else empty
     section = f"## {name}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section

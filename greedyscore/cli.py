@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score}")
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON object (a stable schema) instead of colours")
+    common.add_argument("--json", action="store_true",
+                        help="print one JSON object (a stable schema) instead of colours")
     common.add_argument("--model", default=os.environ.get("GREEDYSCORE_MODEL"),
                         help="local HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
     common.add_argument("--backend", default=os.environ.get("GREEDYSCORE_BACKEND", "auto"), choices=BACKENDS,

@@ -40,7 +40,8 @@ def app_server():
     port = _free_port()
     log = open(root / ".pytest_cache" / "app-server.log", "w") if (root / ".pytest_cache").is_dir() else None
     proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--concurrency", "16", "--max-queue", "64", "--max-new-tokens", "32"],
+        [sys.executable, "app.py", "--port", str(port), "--concurrency", "16", "--max-queue", "64",
+         "--max-new-tokens", "32"],
         cwd=root, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"},
         stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
