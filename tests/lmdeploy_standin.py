@@ -34,6 +34,9 @@ from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfi
 from lmdeploy.messages import EngineOutput, ResponseType
 from lmdeploy.pipeline import Pipeline, _EventLoopThread
 from lmdeploy.serve.core.async_engine import AsyncEngine, PreprocessedRequest
+from lmdeploy.utils import get_logger
+
+logger = get_logger("lmdeploy")
 
 
 class TransformersBackend:
@@ -74,7 +77,7 @@ class TransformersBackend:
         row = {chosen: float(lp[chosen])}
         if k > 0:
             vals, idx = lp.topk(k)
-            row.update(zip(idx.tolist(), vals.tolist()))
+            row.update(zip(idx.tolist(), vals.tolist(), strict=True))
         return row
 
 
@@ -169,12 +172,14 @@ class StandinPipeline(Pipeline):
         backend: str = "pytorch",
         backend_config: Any = None,
         shift: int = 0,
+        log_level: str = "WARNING",
     ) -> None:
+        logger.setLevel(log_level)
         if backend_config is None:
             backend_config = (
                 PytorchEngineConfig(logprobs_mode="raw_logprobs", enable_prefix_caching=False, enable_metrics=False)
                 if backend == "pytorch"
-                else TurbomindEngineConfig(enable_prefix_caching=False)
+                else TurbomindEngineConfig(enable_prefix_caching=False, enable_metrics=False)
             )
         self.async_engine = StandinAsyncEngine(model_path, model, backend, backend_config, shift)
         self.internal_thread = _EventLoopThread(daemon=True)

@@ -1,0 +1,321 @@
+"""LMDeployEngine on CPU: lmdeploy 0.18's real template, tokenizer and Pipeline/AsyncEngine code,
+with only the GPU engine replaced by a transformers stand-in (tests/lmdeploy_standin.py).
+
+Oracle: the TransformersEngine on the same embedded model (same ids, same probabilities).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import threading
+
+import pytest
+import torch
+from lmdeploy import GenerationConfig
+from lmdeploy.model import get_chat_template
+from lmdeploy.tokenizer import Tokenizer
+from lmdeploy_standin import StandinPipeline
+
+from greedyscore.engines import load_engine
+from greedyscore.engines.lmdeploy import LMDeployEngine, compare_engine_logprobs
+from greedyscore.engines.transformers import TransformersEngine
+from greedyscore.errors import AlignmentError, EngineUnavailable, GreedyScoreError
+from greedyscore.models import EMBEDDED_NAME, resolve_model
+from greedyscore.scoring import score_rows
+from greedyscore.types import Message
+
+IM_END = 2  # <|im_end|> in SmolLM2
+N_NEW = 24
+CONVERSATIONS = {
+    "english": [Message("user", "What is 2+2? Answer with one number.")],
+    "chinese": [Message("user", "你好，请介绍一下你自己")],
+    "multi-turn": [
+        Message("user", "My name is Ada."),
+        Message("assistant", "Nice to meet you, Ada!"),
+        Message("user", "What is my name?"),
+    ],
+    "system": [Message("system", "You answer in French."), Message("user", "What is the capital of Italy?")],
+    "emoji": [Message("user", "Reply with three fruit emoji 🍎🍌")],
+    "markup": [Message("user", "Is <b>x</b> < y?\n\nSay yes\tor no.")],
+}
+GENERATE_CASES = ["english", "chinese", "emoji"]
+
+
+def _dicts(messages: list[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    return resolve_model(None)[1]
+
+
+@pytest.fixture(scope="session")
+def tf() -> TransformersEngine:
+    return TransformersEngine.load(None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lmdeploy_text(model_dir):
+    """lmdeploy's own chat template and tokenizer for the model dir (what AsyncEngine builds)."""
+    return get_chat_template(model_dir), Tokenizer(model_dir)
+
+
+@pytest.fixture(scope="module")
+def pipes(model_dir, tf):
+    """One stand-in pipeline per lmdeploy engine, sharing the transformers model."""
+    made = {name: StandinPipeline(model_dir, tf.model, backend=name) for name in ("pytorch", "turbomind")}
+    yield made
+    for pipe in made.values():
+        pipe.close()
+
+
+@pytest.fixture(scope="module", params=["pytorch", "turbomind"])
+def lm(request, pipes) -> LMDeployEngine:
+    return LMDeployEngine(pipes[request.param], EMBEDDED_NAME, request.param)
+
+
+@pytest.fixture(scope="module")
+def tf_generations(tf):
+    """TransformersEngine's greedy generation per case (computed once)."""
+    cache = {}
+
+    def get(case: str, n_new: int = N_NEW):
+        if (case, n_new) not in cache:
+            ids = tf.prompt_ids(CONVERSATIONS[case])
+            cache[case, n_new] = tf.generate(ids, n_new, 5)
+        return cache[case, n_new]
+
+    return get
+
+
+# --- (a) prompt ids: lmdeploy's template + tokenizer == transformers' apply_chat_template -------------
+@pytest.mark.parametrize("case", list(CONVERSATIONS))
+def test_lmdeploy_prompt_ids_equal_hf_chat_template(case, lmdeploy_text, tf, pipes):
+    messages = CONVERSATIONS[case]
+    template, tokenizer = lmdeploy_text
+    ids = tokenizer.encode(template.messages2prompt(_dicts(messages)), add_bos=True)
+    assert ids == tf.prompt_ids(messages)
+    assert LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch").prompt_ids(messages) == ids
+    # and what the pipeline itself consumes (AsyncEngine.preprocess, run unchanged)
+    pipe = pipes["pytorch"]
+    session = pipe.session()
+    coro = pipe.async_engine.preprocess(messages=_dicts(messages), session_id=session)
+    request = asyncio.run_coroutine_threadsafe(coro, pipe.internal_thread.loop).result()
+    pipe.session_mgr.remove(session)
+    assert request.inputs["input_ids"] == ids and request.input_token_len == len(ids)
+
+
+# --- lmdeploy 0.18's own stream semantics, as read in AsyncEngine.generate --------------------------
+@pytest.mark.parametrize("include_stop", [False, True])
+def test_stream_token_ids_are_incremental_and_stop_id_needs_include_stop(include_stop, pipes, tf_generations):
+    expected = tf_generations("english").token_ids
+    assert expected[-1] == IM_END
+    config = GenerationConfig(do_sample=False, max_new_tokens=N_NEW, include_stop_str_in_output=include_stop)
+    responses = list(pipes["pytorch"].stream_infer([_dicts(CONVERSATIONS["english"])], gen_config=config))
+    ids = [t for r in responses for t in r.token_ids]
+    assert ids == (expected if include_stop else expected[:-1])
+    assert [r.finish_reason for r in responses[:-1]] == [None] * (len(responses) - 1)
+    assert responses[-1].finish_reason == "stop"
+    assert responses[-1].generate_token_len == len(ids)
+
+
+# --- (b) generation and scores equal the TransformersEngine's -----------------------------------------
+@pytest.mark.parametrize("case", GENERATE_CASES)
+def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
+    messages = CONVERSATIONS[case]
+    prompt = lm.prompt_ids(messages)
+    reference = tf_generations(case)
+    streamed: list[int] = []
+    gen = lm.generate(prompt, N_NEW, 5, on_ids=streamed.extend, messages=messages)
+
+    assert gen.token_ids == reference.token_ids
+    assert streamed == gen.token_ids
+    assert gen.finish_reason == reference.finish_reason
+    if gen.finish_reason == "stop":
+        assert gen.token_ids[-1] == IM_END and IM_END in lm.stop_ids
+    assert gen.steps is None  # LMDeploy hands over no usable scores: the service rescores
+
+    steps = lm.score_ids(prompt, gen.token_ids, 5)
+    p_ours, p_ref = steps.logprob.exp(), reference.steps.logprob.exp()
+    assert torch.allclose(p_ours, p_ref, atol=1e-4, rtol=0)
+    assert torch.equal(steps.rank, reference.steps.rank)
+    assert torch.equal(steps.top_ids[:, :2], reference.steps.top_ids[:, :2])
+    assert torch.allclose(steps.entropy, reference.steps.entropy, atol=1e-3)
+
+    if lm.backend == "lmdeploy-pytorch":  # raw_logprobs: the engine's own numbers agree
+        assert gen.engine_logprobs is not None and len(gen.engine_logprobs) == len(gen.token_ids)
+        assert compare_engine_logprobs(gen.engine_logprobs, gen.token_ids, steps, 1e-4) == []
+    else:  # TurboMind's greedy logprobs are 0.0: never requested, never reported
+        assert gen.engine_logprobs is None
+
+
+def test_english_stops_with_im_end(lm):
+    messages = CONVERSATIONS["english"]
+    gen = lm.generate(lm.prompt_ids(messages), N_NEW, 5, messages=messages)
+    assert gen.finish_reason == "stop" and gen.token_ids[-1] == IM_END
+    assert lm.decode(gen.token_ids[-1:]) == "<|im_end|>" and lm.is_special(IM_END)
+
+
+def test_length_limit_has_no_stop_token(lm, tf_generations):
+    messages = CONVERSATIONS["chinese"]
+    gen = lm.generate(lm.prompt_ids(messages), 3, 5, messages=messages)
+    assert gen.finish_reason == "length"
+    assert gen.token_ids == tf_generations("chinese", 3).token_ids and IM_END not in gen.token_ids
+
+
+def test_score_ids_short_context_matches_transformers(lm, tf):
+    """score_messages scores a whole conversation after its first token."""
+    ids = lm.prompt_ids(CONVERSATIONS["multi-turn"])
+    ours = lm.score_ids(ids[:1], ids[1:], 3)
+    ref = tf.score_ids(ids[:1], ids[1:], 3)
+    assert torch.allclose(ours.logprob.exp(), ref.logprob.exp(), atol=1e-4, rtol=0)
+    assert len(lm.score_ids(ids, [], 3)) == 0
+    with pytest.raises(ValueError):
+        lm.score_ids([], ids, 3)
+
+
+def test_tokenizer_helpers_match_transformers(lm, tf):
+    text = "Hi 你好 🍎 <b>\n"
+    assert lm.text_ids(text) == tf.text_ids(text)
+    _, ids = tf.text_ids(text)
+    assert lm.decode(ids) == tf.decode(ids) == text
+    for token_id in [*ids, IM_END, 1]:
+        assert lm.display(token_id) == tf.display(token_id)
+        assert lm.is_special(token_id) == tf.is_special(token_id)
+    assert any(lm.display(t).startswith("\\x") for t in ids)  # a byte token of 你 or 🍎
+    assert lm.stop_ids == tf.stop_ids == frozenset({IM_END})
+    assert lm.context_length == 8192
+    assert lm.model_name == EMBEDDED_NAME
+
+
+def test_cancel_stops_and_aborts_the_session(pipes, tf_generations):
+    lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
+    messages = CONVERSATIONS["chinese"]
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def on_ids(new: list[int]) -> None:
+        seen.extend(new)
+        if len(seen) >= 3:
+            cancel.set()
+
+    backend = pipes["pytorch"].backend
+    before = set(backend.cancelled)
+    gen = lm.generate(lm.prompt_ids(messages), N_NEW, 5, on_ids=on_ids, cancel=cancel, messages=messages)
+    assert gen.finish_reason == "abort"
+    assert gen.token_ids == tf_generations("chinese").token_ids[:3]
+    assert backend.cancelled - before  # Session.abort reached the engine (async_cancel)
+    # the pipeline is still usable afterwards
+    again = lm.generate(lm.prompt_ids(messages), 3, 5, messages=messages)
+    assert again.token_ids == tf_generations("chinese").token_ids[:3]
+    assert lm.generate([1], 3, 5, cancel=cancel, messages=messages).finish_reason == "abort"
+
+
+def test_concurrent_requests_from_many_threads(pipes, tf_generations):
+    """The service calls a concurrent engine from each request's thread: sessions must not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
+    cases = ["english", "chinese", "emoji", "english"]
+
+    def run(case: str) -> tuple[list[int], list[float]]:
+        messages = CONVERSATIONS[case]
+        prompt = lm.prompt_ids(messages)
+        gen = lm.generate(prompt, 8, 3, messages=messages)
+        return gen.token_ids, lm.score_ids(prompt, gen.token_ids, 3).logprob.tolist()
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(pool.map(run, cases))
+    for case, (ids, logprobs) in zip(cases, results, strict=True):
+        reference = tf_generations(case, 8)
+        assert ids == reference.token_ids
+        assert logprobs == pytest.approx(reference.steps.logprob.tolist(), abs=1e-4)
+
+
+def test_service_chat_over_lmdeploy_matches_transformers(lm, tf):
+    from greedyscore.service import Service
+    from greedyscore.types import Settings
+
+    settings = Settings(max_new_tokens=16, top_k=3, verify=True)
+    messages = CONVERSATIONS["english"]
+    ours, ref = Service(lm).chat(messages, settings), Service(tf).chat(messages, settings)
+    assert [t.id for t in ours.tokens] == [t.id for t in ref.tokens]
+    assert all(abs(a.prob - b.prob) < 1e-4 for a, b in zip(ours.tokens, ref.tokens, strict=True))
+    assert ours.text == ref.text and ours.backend == lm.backend
+    assert ours.notes == ()
+
+
+# --- (c) the alignment guard ----------------------------------------------------------------------
+def test_shifted_prompt_raises_alignment_error(model_dir, tf):
+    pipe = StandinPipeline(model_dir, tf.model, backend="pytorch", shift=1)
+    try:
+        lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
+        messages = CONVERSATIONS["chinese"]  # a long reply: still running when the guard aborts it
+        prompt = lm.prompt_ids(messages)
+        seen: list[int] = []
+        with pytest.raises(AlignmentError) as info:
+            lm.generate(prompt, N_NEW, 5, on_ids=seen.extend, messages=messages)
+        assert f"{len(prompt) + 1} prompt tokens" in str(info.value) and str(len(prompt)) in str(info.value)
+        assert seen == []  # nothing shifted ever reached the caller
+        assert pipe.backend.cancelled  # the request was aborted
+    finally:
+        pipe.close()
+
+
+def test_engine_error_response_raises(model_dir, tf):
+    """A prompt longer than session_len comes back as finish_reason 'error' with a message."""
+    from lmdeploy import PytorchEngineConfig
+
+    config = PytorchEngineConfig(session_len=16, logprobs_mode="raw_logprobs", enable_metrics=False)
+    pipe = StandinPipeline(model_dir, tf.model, backend="pytorch", backend_config=config)
+    try:
+        lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
+        assert lm.context_length == 16
+        messages = CONVERSATIONS["english"]
+        with pytest.raises(GreedyScoreError, match="context length"):
+            lm.generate(lm.prompt_ids(messages), 4, 5, messages=messages)
+    finally:
+        pipe.close()
+
+
+# --- (d) load without CUDA / without lmdeploy -----------------------------------------------------
+def test_load_without_cuda_says_use_transformers(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EngineUnavailable, match=r"CUDA GPU; on a CPU use --backend transformers"):
+        LMDeployEngine.load(None, engine="pytorch")
+    with pytest.raises(EngineUnavailable, match="CUDA"):
+        load_engine("lmdeploy")
+
+
+def test_load_without_lmdeploy_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lmdeploy", None)  # import lmdeploy -> ImportError
+    with pytest.raises(EngineUnavailable) as info:
+        LMDeployEngine.load(None)
+    message = str(info.value)
+    assert "make gpu" in message and "pip install -r requirements-gpu.txt" in message
+    assert "\n" not in message
+
+
+# --- (e) compare_engine_logprobs ------------------------------------------------------------------
+def _steps(logits: list[list[float]], chosen: list[int]):
+    return score_rows(torch.tensor(logits), torch.tensor(chosen), 2)
+
+
+def test_compare_engine_logprobs_flags_only_disagreements():
+    steps = _steps([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]], [2, 0])
+    lps = steps.logprob.tolist()
+    matching = [{2: lps[0], 1: -1.4}, {0: lps[1]}]
+    assert compare_engine_logprobs(matching, [2, 0], steps, 1e-4) == []
+
+    injected = [{2: lps[0]}, {0: math.log(math.exp(lps[1]) - 0.01)}]
+    notes = compare_engine_logprobs(injected, [2, 0], steps, 1e-3)
+    assert len(notes) == 1 and notes[0].startswith("token 1 (id 0)")
+    assert compare_engine_logprobs(injected, [2, 0], steps, 0.02) == []  # within a looser tolerance
+
+    missing = compare_engine_logprobs([{1: -0.5}], [2, 0], steps, 1e-3)
+    assert len(missing) == 2 and all("no logprob" in n for n in missing)
+    with pytest.raises(ValueError):
+        compare_engine_logprobs(matching, [2], steps, 1e-3)
