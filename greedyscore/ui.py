@@ -72,8 +72,8 @@ class View:
 def _settings(max_new_tokens: Any, top_k: Any, verify: Any) -> Settings:
     try:
         return Settings(max_new_tokens=int(max_new_tokens), top_k=int(top_k), verify=bool(verify))
-    except (TypeError, ValueError) as ex:
-        raise BadInput(f"bad setting: {ex}") from ex
+    except (TypeError, ValueError, OverflowError) as ex:
+        raise BadInput(f"max_new_tokens and top_k must be whole numbers, got {max_new_tokens!r}, {top_k!r}") from ex
 
 
 def render_outputs(reply: ScoredReply | None, view: View) -> tuple[str, Any, Any, str]:
@@ -270,7 +270,10 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
 
         # API-only components: named endpoints for gradio_client
         with gr.Row(visible=False):
-            api_msg, api_history = gr.Textbox(), gr.JSON()
+            # plain inputs, so out-of-range settings reach our validation and its messages
+            api_msg, api_prompt, api_history = gr.Textbox(), gr.Textbox(), gr.JSON()
+            api_max_new, api_top_k, api_verify = gr.Number(precision=0), gr.Number(precision=0), gr.Checkbox()
+            api_color, api_palette, api_threshold = gr.Textbox(), gr.Textbox(), gr.Number()
             api_html, api_fig, api_tokens, api_stats = gr.HTML(), gr.Plot(), gr.JSON(), gr.HTML()
             api_btn, api_score_btn = gr.Button(), gr.Button()
 
@@ -291,9 +294,10 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
         score_outputs = [score_html, score_fig, score_hist, score_stats, score_reply, score_json, score_csv]
         score_btn.click(score_ui, [score_in, score_prompt, top_k, *view_inputs], score_outputs,
                         api_visibility="private", **model)
-        api_btn.click(chat_api, [api_msg, api_history, max_new, top_k, verify, *view_inputs],
+        api_view = [api_color, api_palette, api_threshold]
+        api_btn.click(chat_api, [api_msg, api_history, api_max_new, api_top_k, api_verify, *api_view],
                       [api_html, api_fig, api_tokens, api_stats], api_name="chat", **model)
-        api_score_btn.click(score_api, [score_in, score_prompt, top_k, *view_inputs],
+        api_score_btn.click(score_api, [api_msg, api_prompt, api_top_k, *api_view],
                             [api_html, api_fig, api_tokens, api_stats], api_name="score_text", **model)
     return demo
 
