@@ -24,8 +24,9 @@ $(VENV)/.test: $(VENV)/.app requirements-test.txt
 # Debian's chromium (+ CJK and emoji fonts) for the browser tests: Playwright's own browser download
 # does not work offline.
 BROWSER_PKGS := chromium chromium-driver fonts-wqy-zenhei fonts-noto-color-emoji
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
-	@dpkg -s $(BROWSER_PKGS) >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q $(BROWSER_PKGS); }
+	@dpkg -s $(BROWSER_PKGS) >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(BROWSER_PKGS); }
 
 demo: $(VENV)/.app
 	$(BIN)/python app.py

@@ -30,17 +30,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default=env("BACKEND", "auto"), choices=BACKENDS,
                    help="auto = lmdeploy when CUDA and lmdeploy are present (default: %(default)s)")
     p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="default: %(default)s (0.0.0.0 to serve a LAN)")
-    p.add_argument("--port", type=int, default=int(env("PORT", "7860")), help="default: %(default)s")
+    p.add_argument("--port", type=int, default=env("PORT", "7860"), help="default: %(default)s")
     p.add_argument("--share", action="store_true", default=env("SHARE", "") in ("1", "true", "yes"),
                    help="also open a public gradio.live link")
     p.add_argument("--auth", default=env("AUTH"), metavar="USER:PASS", help="require a login")
-    p.add_argument("--max-new-tokens", type=int, default=int(env("MAX_NEW_TOKENS", "128")),
+    p.add_argument("--max-new-tokens", type=int, default=env("MAX_NEW_TOKENS", "128"),
                    help="default reply length in the UI (default: %(default)s)")
-    p.add_argument("--max-queue", type=int, default=int(env("MAX_QUEUE", "64")),
+    p.add_argument("--max-queue", type=int, default=env("MAX_QUEUE", "64"),
                    help="requests waiting beyond this get 'busy, try again' (default: %(default)s)")
-    p.add_argument("--concurrency", type=int, default=int(env("CONCURRENCY", "8")),
+    p.add_argument("--concurrency", type=int, default=env("CONCURRENCY", "8"),
                    help="model requests served at once, batched together (default: %(default)s)")
-    args = p.parse_args(argv)
+    args = p.parse_args(argv)  # argparse applies type=int to string defaults too: bad env -> usage error
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
     if args.max_new_tokens <= 0 or args.max_queue <= 0 or args.concurrency <= 0:

@@ -29,10 +29,12 @@ def filler_prompt(engine, n_tokens: int) -> list[int]:
     from greedyscore.types import Message
 
     words = ("the history of the river valley and its towns, markets, bridges and songs " * 400).split()
-    head = engine.prompt_ids([Message("user", "Summarise this text.")])
+    head = engine.prompt_ids([Message("system", "Be brief."), Message("user", "Summarise:")])
+    if n_tokens < len(head):
+        raise ValueError(f"a chat prompt needs at least {len(head)} tokens")
     body = engine.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
-    tail = engine.prompt_ids([Message("user", "x")])[-5:]  # "<|im_end|>\n<|im_start|>assistant\n"
-    return head[:-5] + body[: n_tokens - len(head)] + tail
+    end = len(head) - 1 - head[::-1].index(engine.tokenizer.eos_token_id)  # <|im_end|> of the user turn
+    return head[:end] + body[: n_tokens - len(head)] + head[end:]
 
 
 def machine() -> str:

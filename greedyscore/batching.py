@@ -12,9 +12,10 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .engines.base import Generation
@@ -43,7 +44,7 @@ class Batcher:
         self.max_batch = max_batch
         self.window_s = window_s  # wait this long for company before starting a batch
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_pending)
-        self.batch_sizes: list[int] = []  # observed, for tests and benchmarks
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches, for tests and benchmarks
         self._thread = threading.Thread(target=self._run, daemon=True, name="greedyscore-batcher")
         self._thread.start()
 
@@ -105,8 +106,9 @@ class Batcher:
                 return
             log.warning("batch of %d failed (%s); running its requests one by one", len(live), ex)
             for j in live:  # isolate the failing request: the others still get their replies
-                try:
-                    j.future.set_result(self.engine.generate_batch([j.request])[0])
+                try:  # not streamed again: the text so far would be repeated
+                    solo = replace(j.request, on_ids=None)
+                    j.future.set_result(self.engine.generate_batch([solo])[0])
                 except BaseException as solo_ex:  # noqa: BLE001
                     j.future.set_exception(solo_ex)
             return

@@ -128,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(ex, BadInput) else 1
     except KeyboardInterrupt:
         return 130
+    except Exception as ex:  # noqa: BLE001 - the edge: one line, never a traceback
+        first = (str(ex).strip().splitlines() or [""])[0]
+        print(f"greedyscore: error: {type(ex).__name__}: {first} (the model or engine failed; "
+              f"check --model, or report this with the command you ran)", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(reply.to_json(), ensure_ascii=False))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .batching import Batcher
@@ -214,6 +215,8 @@ class Service:
         rescored = None
         if not gen.token_ids:
             return steps if steps is not None else empty_scores(settings.top_k), None
+        if gen.finish_reason == "abort":  # stopped by the user: skip verification
+            settings = replace(settings, verify=False)
         if steps is None:  # the engine gave no usable logits (LMDeploy): rescore exactly its ids
             steps = self._model(self.engine.score_ids, prompt, gen.token_ids, settings.top_k)
             if settings.verify:

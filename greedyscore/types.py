@@ -6,9 +6,8 @@ No torch and no gradio here: the UI and the CLI see only these.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 
@@ -119,7 +118,7 @@ class ScoredReply:
 
 @dataclass(frozen=True)
 class Settings:
-    """Per-request settings, validated by `Settings.check` against the engine's context."""
+    """Per-request settings, validated by `service.check_settings` against the engine's context."""
 
     max_new_tokens: int = 128
     top_k: int = 5

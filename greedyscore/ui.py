@@ -6,10 +6,14 @@ owns (history, last reply) lives in per-session `gr.State`; the Service is the o
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import queue
+import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from .render import (
     stats_html,
     tokens_csv,
 )
+from .render.colors import check_mode, check_palette
 from .service import Service, parse_messages
 from .types import MAX_TOP_K, Message, ScoredReply, Settings
 
@@ -59,11 +64,8 @@ class View:
 
     @staticmethod
     def make(color_by: str, palette: str, threshold: float) -> View:
-        mode = COLOR_MODES.get(color_by, color_by)
-        if mode not in COLOR_MODES.values():
-            raise BadInput(f"unknown colour mode {color_by!r}: use prob, margin or entropy")
-        if palette not in PALETTES:
-            raise BadInput(f"unknown palette {palette!r}: use one of {', '.join(PALETTES)}")
+        mode = check_mode(COLOR_MODES.get(color_by, color_by))  # UI label or mode name
+        check_palette(palette)
         if threshold is None or not 0.0 <= float(threshold) <= 1.0:
             raise BadInput(f"threshold must be between 0 and 1, got {threshold!r}")
         return View(mode, palette, float(threshold))
@@ -88,9 +90,21 @@ def render_outputs(reply: ScoredReply | None, view: View) -> tuple[str, Any, Any
     )
 
 
+EXPORT_ROOT = Path(tempfile.gettempdir()) / f"greedyscore-exports-{os.getpid()}"
+EXPORT_TTL_S = 3600.0  # a download link lives this long; older exports are deleted
+
+
 def export_files(reply: ScoredReply) -> tuple[str, str]:
-    """Write the reply's tokens as JSON (the CLI's schema) and CSV; -> their paths."""
-    folder = Path(tempfile.mkdtemp(prefix="greedyscore-"))
+    """Write the reply's tokens as JSON (the CLI's schema) and CSV; -> their paths.
+
+    Each export gets its own folder under EXPORT_ROOT; folders older than EXPORT_TTL_S go, so
+    a long-lived server does not fill its disk."""
+    EXPORT_ROOT.mkdir(exist_ok=True)
+    now = time.time()
+    for old in EXPORT_ROOT.iterdir():
+        if now - old.stat().st_mtime > EXPORT_TTL_S:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(dir=EXPORT_ROOT))
     j, c = folder / "tokens.json", folder / "tokens.csv"
     j.write_text(json.dumps(reply.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
     c.write_text(tokens_csv(reply), encoding="utf-8")
@@ -105,6 +119,24 @@ def _history_messages(history: list[dict] | None) -> list[Message]:
     return parse_messages(clean)
 
 
+def _shown(history: list[dict]) -> list[dict]:
+    """What the Chatbot displays: escaped copies (it renders HTML even without markdown)."""
+    return [{"role": h["role"], "content": html.escape(str(h["content"]), quote=True)} for h in history]
+
+
+def _parse_conversation(text: str) -> list[Message]:
+    try:
+        data = json.loads(text or "")
+    except json.JSONDecodeError as ex:
+        raise BadInput(f'the conversation must be JSON [{{"role", "content"}}, ...]: {ex.msg}') from ex
+    return parse_messages(data)
+
+
+def _api_outputs(reply: ScoredReply, view: View) -> tuple[str, Any, dict, str]:
+    page, fig, _, stats = render_outputs(reply, view)
+    return page, fig, reply.to_json(), stats
+
+
 def _content_text(content: Any) -> Any:
     if isinstance(content, list):  # gradio may hand content as [{"type": "text", "text": ...}]
         return "".join(c.get("text", "") if isinstance(c, dict) else str(c) for c in content)
@@ -112,8 +144,9 @@ def _content_text(content: Any) -> Any:
 
 
 def run_streaming(service: Service, messages: list[Message], settings: Settings) -> Iterator[tuple[str, Any]]:
-    """Run one chat turn in a worker thread; yield ("text", so_far) while it streams, then
-    ("reply", ScoredReply) or ("error", exception). Closing the iterator (Stop) cancels it."""
+    """Run one chat turn in a worker thread; yield ("text", so_far) while it streams (and
+    ("tick", None) while it waits), then ("reply", ScoredReply) or ("error", exception).
+    Closing the iterator (Stop) cancels the generation, which then frees its batch slot."""
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
 
@@ -127,9 +160,12 @@ def run_streaming(service: Service, messages: list[Message], settings: Settings)
     threading.Thread(target=work, daemon=True, name="greedyscore-chat").start()
     try:
         while True:
-            kind, value = events.get()
+            try:
+                kind, value = events.get(timeout=0.25)
+            except queue.Empty:  # yield anyway: a Stop (closing this iterator) is seen within 0.25 s
+                kind, value = "tick", None
             yield kind, value
-            if kind != "text":
+            if kind in ("reply", "error"):
                 return
     finally:
         cancel.set()
@@ -149,6 +185,8 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
     # --- callbacks (no model logic: Service and render do the work) -------------------------
     def chat_stream(message: str, history: list[dict], max_new: float, top_k: float, verify: bool,
                     color_by: str, palette: str, threshold: float):
+        """UI turn: `history` is this session's raw conversation (gr.State); the Chatbot only
+        ever gets escaped copies, so a message shows as text and runs nothing."""
         try:
             view = View.make(color_by, palette, threshold)
             settings = _settings(max_new, top_k, verify)
@@ -157,20 +195,20 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
             service.check_settings(settings)
         except GreedyScoreError as ex:
             raise gr.Error(str(ex)) from ex
-        shown = [*(history or []), {"role": "user", "content": message}]
-        yield shown, "", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        asked = [*(history or []), {"role": "user", "content": message}]
+        skip = gr.skip()
+        yield _shown(asked), "", skip, skip, skip, skip, skip, skip, skip, skip
         for kind, value in run_streaming(service, messages, settings):
-            if kind == "text":
-                partial = [*shown, {"role": "assistant", "content": value}]
-                yield partial, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            if kind == "tick":
+                yield (skip,) * 10
+            elif kind == "text":
+                yield _shown([*asked, {"role": "assistant", "content": value}]), *(skip,) * 9
             elif kind == "error":
                 raise _user_error(value)
             else:
                 reply: ScoredReply = value
-                html, fig, hist, stats = render_outputs(reply, view)
-                final = [*shown, {"role": "assistant", "content": reply.text}]
-                j, c = export_files(reply)
-                yield final, "", html, fig, hist, stats, reply, j, c
+                final = [*asked, {"role": "assistant", "content": reply.text}]
+                yield _shown(final), "", *render_outputs(reply, view), reply, *export_files(reply), final
 
     def rerender(reply: ScoredReply | None, color_by: str, palette: str, threshold: float):
         try:
@@ -178,14 +216,21 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
         except GreedyScoreError as ex:
             raise gr.Error(str(ex)) from ex
 
-    def score_ui(text: str, prompt: str, top_k: float, color_by: str, palette: str, threshold: float):
+    def score(text: str, prompt: str, conversation: bool, top_k: float, color_by: str, palette: str,
+              threshold: float) -> tuple[ScoredReply, View]:
         try:
             view = View.make(color_by, palette, threshold)
-            reply = service.score_text(text or "", _settings(1, top_k, False), prompt=(prompt or None))
+            settings = _settings(1, top_k, False)
+            if conversation:
+                return service.score_messages(_parse_conversation(text), settings), view
+            return service.score_text(text or "", settings, prompt=(prompt or None)), view
         except Exception as ex:  # noqa: BLE001
             raise _user_error(ex) from ex
-        j, c = export_files(reply)
-        return (*render_outputs(reply, view), reply, j, c)
+
+    def score_ui(text: str, prompt: str, conversation: bool, top_k: float, color_by: str, palette: str,
+                 threshold: float):
+        reply, view = score(text, prompt, conversation, top_k, color_by, palette, threshold)
+        return (*render_outputs(reply, view), reply, *export_files(reply))
 
     def chat_api(message: str, history: Any, max_new: float, top_k: float, verify: bool,
                  color_by: str, palette: str, threshold: float):
@@ -197,22 +242,17 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
             reply = service.chat([*past, Message("user", message or "")], settings)
         except Exception as ex:  # noqa: BLE001
             raise _user_error(ex) from ex
-        html, fig, _, stats = render_outputs(reply, view)
-        return html, fig, reply.to_json(), stats
+        return _api_outputs(reply, view)
 
     def score_api(text: str, prompt: str, top_k: float, color_by: str, palette: str, threshold: float):
         """API: teacher-forced scoring of text -> (token HTML, figure, tokens JSON, stats HTML)."""
-        try:
-            view = View.make(color_by, palette, threshold)
-            reply = service.score_text(text or "", _settings(1, top_k, False), prompt=(prompt or None))
-        except Exception as ex:  # noqa: BLE001
-            raise _user_error(ex) from ex
-        html, fig, _, stats = render_outputs(reply, view)
-        return html, fig, reply.to_json(), stats
+        return _api_outputs(*score(text, prompt, False, top_k, color_by, palette, threshold))
 
     # --- layout -------------------------------------------------------------------------------
     model_line = f"**Model:** `{service.model_name}` · **backend:** `{service.backend}` · greedy decoding"
-    with gr.Blocks(title="greedyscore: what the model was sure of", fill_width=True) as demo:
+    blocks = dict(title="greedyscore: what the model was sure of", fill_width=True,
+                  delete_cache=(int(EXPORT_TTL_S), int(EXPORT_TTL_S)))  # gradio's copies of the exports too
+    with gr.Blocks(**blocks) as demo:
         gr.Markdown(
             "# greedyscore\nEvery token of a greedy reply with its **true model probability** "
             "(float32 softmax of the raw logits). Hover or focus a token for its alternatives.\n\n" + model_line,
@@ -231,7 +271,8 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
         view_inputs = [color_by, palette, threshold]
 
         with gr.Tab("Chat"):
-            chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="gs-chatbot")
+            chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="gs-chatbot", render_markdown=False)
+            history = gr.State([])  # this session's raw conversation
             with gr.Row():
                 msg = gr.Textbox(placeholder="Ask something…", show_label=False, scale=8, elem_id="gs-msg",
                                  max_lines=8)
@@ -248,13 +289,17 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
                     chat_hist = gr.Plot(elem_id="gs-hist", show_label=False)
             chat_stats = gr.HTML(elem_id="gs-stats")
             with gr.Row():
-                chat_json = gr.File(label="tokens (JSON)", interactive=False)
+                chat_json = gr.File(label="tokens (JSON)", interactive=False, elem_id="gs-json")
                 chat_csv = gr.File(label="tokens (CSV)", interactive=False)
             last_reply = gr.State(None)
 
         with gr.Tab("Score text"):
             score_in = gr.Textbox(lines=6, label="Text to score (teacher-forced)", elem_id="gs-score-text")
-            score_prompt = gr.Textbox(lines=1, label="…as the assistant's reply to (optional user message)")
+            with gr.Row():
+                score_prompt = gr.Textbox(lines=1, label="…as the assistant's reply to (optional user message)",
+                                          scale=4)
+                score_conv = gr.Checkbox(label='the text is a conversation: JSON [{"role", "content"}, ...]',
+                                         scale=2)
             score_btn = gr.Button("Score", variant="primary", elem_id="gs-score-btn")
             score_html = gr.HTML(elem_id="gs-score-reply")
             with gr.Tabs():
@@ -279,20 +324,22 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
 
         # --- events ---------------------------------------------------------------------------
         model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
-        chat_outputs = [chatbot, msg, chat_html, chat_fig, chat_hist, chat_stats, last_reply, chat_json, chat_csv]
-        chat_inputs = [msg, chatbot, max_new, top_k, verify, *view_inputs]
+        chat_outputs = [chatbot, msg, chat_html, chat_fig, chat_hist, chat_stats, last_reply, chat_json, chat_csv,
+                        history]
+        chat_inputs = [msg, history, max_new, top_k, verify, *view_inputs]
         ev_send = send.click(chat_stream, chat_inputs, chat_outputs, api_visibility="private", **model)
         ev_submit = msg.submit(chat_stream, chat_inputs, chat_outputs, api_visibility="private", **model)
         stop.click(None, cancels=[ev_send, ev_submit], api_visibility="private")
-        clear.click(lambda: ([], None, *render_outputs(None, View())), None,
-                    [chatbot, last_reply, chat_html, chat_fig, chat_hist, chat_stats], api_visibility="private")
+        clear.click(lambda: ([], [], None, *render_outputs(None, View())), None,
+                    [chatbot, history, last_reply, chat_html, chat_fig, chat_hist, chat_stats],
+                    api_visibility="private")
         for comp in view_inputs:
             comp.change(rerender, [last_reply, *view_inputs], [chat_html, chat_fig, chat_hist, chat_stats],
                         api_visibility="private")
             comp.change(rerender, [score_reply, *view_inputs], [score_html, score_fig, score_hist, score_stats],
                         api_visibility="private")
         score_outputs = [score_html, score_fig, score_hist, score_stats, score_reply, score_json, score_csv]
-        score_btn.click(score_ui, [score_in, score_prompt, top_k, *view_inputs], score_outputs,
+        score_btn.click(score_ui, [score_in, score_prompt, score_conv, top_k, *view_inputs], score_outputs,
                         api_visibility="private", **model)
         api_view = [api_color, api_palette, api_threshold]
         api_btn.click(chat_api, [api_msg, api_history, api_max_new, api_top_k, api_verify, *api_view],
@@ -302,6 +349,9 @@ def build_demo(service: Service, config: UIConfig = UIConfig()) -> gr.Blocks:
     return demo
 
 
+CHATBOT_CSS = "#gs-chatbot .message-content, #gs-chatbot .message-content * { white-space: pre-wrap; }"
+
+
 def launch_kwargs() -> dict[str, Any]:
     """What `launch()` needs besides host/port: in Gradio 6 the CSS is a launch argument."""
-    return {"css": CSS}
+    return {"css": CSS + "\n" + CHATBOT_CSS}

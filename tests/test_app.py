@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import random
-from html.parser import HTMLParser
 from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
 
 import pytest
 from gradio_client import Client
@@ -19,6 +21,13 @@ def client(app_server) -> Client:
     return Client(app_server, verbose=False)
 
 
+def array_len(a) -> int:
+    """Length of a Plotly JSON array: a list, or a typed array {"dtype", "bdata": base64}."""
+    if isinstance(a, dict):
+        return len(base64.b64decode(a["bdata"])) // int(a["dtype"][1:])
+    return len(a)
+
+
 def chat(client: Client, message: str, history=None, max_new=8, top_k=3, verify=True, view=VIEW):
     return client.predict(message, history or [], max_new, top_k, verify, *view, api_name="/chat")
 
@@ -29,8 +38,9 @@ def test_chat_endpoint(client, engine):
     assert tokens["model"] == "SmolLM2-135M-Instruct" and tokens["tokens"]
     assert len(tokens["tokens"][0]["top"]) == 3
     assert "perplexity" in stats.lower()
-    plot = fig["plot"] if isinstance(fig, dict) and "plot" in fig else fig
-    assert "bar" in str(plot)  # a Plotly figure with the bars came back
+    plot = json.loads(fig["plot"]) if isinstance(fig, dict) else json.loads(fig)
+    bars = [trace for trace in plot["data"] if trace["type"] == "bar"]
+    assert len(bars) == 1 and array_len(bars[0]["y"]) == len(tokens["tokens"])  # one bar per token
 
 
 def test_chat_with_history(client):

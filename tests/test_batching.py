@@ -128,3 +128,16 @@ def test_stop_cancels_a_running_generation(engine):
                          Settings(max_new_tokens=200), on_text=on_text, cancel=cancel)
     assert reply.finish_reason == "abort"
     assert len(reply.tokens) < 10
+
+
+def test_batched_verification_reuses_each_rows_prompt_cache(engine):
+    """Verification of a batched reply cuts its row out of the batch KV cache; it must equal a
+    fresh teacher-forced rescoring."""
+    prompts = [engine.prompt_ids([Message("user", p)]) for p in PROMPTS[:3]]
+    gens = engine.generate_batch([GenerateRequest(p, 8, 3) for p in prompts])
+    assert all(g.cache is not None for g in gens)
+    for prompt, gen in zip(prompts, gens):
+        cached = engine.score_ids(prompt, gen.token_ids, 3, cache=gen.cache)
+        fresh = engine.score_ids(prompt, gen.token_ids, 3)
+        assert float((cached.logprob.exp() - fresh.logprob.exp()).abs().max()) < 1e-4
+        assert cached.top_ids[:, 0].tolist() == fresh.top_ids[:, 0].tolist()

@@ -75,6 +75,9 @@ def test_hostile_message_runs_nothing(browser, app_server):
     page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
     page.wait_for_timeout(500)
     assert page.evaluate("window.__pwned") is None
+    shown = page.locator("#gs-chatbot").inner_text()
+    assert '<img src=x onerror="window.__pwned=1">' in shown and "<script>" in shown  # text, not markup
+    assert page.locator("#gs-chatbot img, #gs-reply img").count() == 0
     page.close()
 
 
@@ -88,21 +91,37 @@ def test_empty_message_shows_an_error_and_app_keeps_serving(browser, app_server)
     page.close()
 
 
-def test_two_sessions_never_see_each_other(browser, app_server):
-    """Two browser contexts chat at the same time; each page holds only its own conversation."""
+def json_href(page) -> str | None:
+    link = page.locator("#gs-json a")
+    return link.first.get_attribute("href") if link.count() else None
+
+
+def test_two_sessions_never_see_each_other(browser, app_server, engine):
+    """Two browser contexts chat at the same time; then the prompt the model actually got for
+    session A's second turn (from A's JSON export) holds A's words and none of B's."""
     ctx_a, ctx_b = browser.new_context(), browser.new_context()
     a, b = ctx_a.new_page(), ctx_b.new_page()
     a.goto(app_server)
     b.goto(app_server)
-    secret_a, secret_b = "Pineapple-7731 is my code.", "Walrus-5512 is my code."
     # Playwright's sync API is not thread-safe: start both, then wait on both.
-    send(a, secret_a)
-    send(b, secret_b)
+    send(a, "Pineapple-7731 is my code.")
+    send(b, "Walrus-5512 is my code.")
     for page in (a, b):
         page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
-    a.wait_for_timeout(300)
+        page.wait_for_function("() => document.querySelector('#gs-json a') !== null", timeout=60_000)
     text_a, text_b = a.locator("#gs-chatbot").inner_text(), b.locator("#gs-chatbot").inner_text()
     assert "Pineapple-7731" in text_a and "Walrus-5512" not in text_a
     assert "Walrus-5512" in text_b and "Pineapple-7731" not in text_b
+    first = json_href(a)
+    send(a, "What is my code?")
+    a.wait_for_function(
+        "(first) => { const l = document.querySelector('#gs-json a'); return l && l.href !== first; }",
+        arg=a.locator("#gs-json a").first.evaluate("l => l.href"), timeout=120_000,
+    )
+    assert json_href(a) != first
+    data = a.request.get(a.locator("#gs-json a").first.evaluate("l => l.href")).json()
+    prompt = engine.decode(data["prompt_token_ids"])
+    assert "Pineapple-7731" in prompt and "What is my code?" in prompt
+    assert "Walrus-5512" not in prompt
     ctx_a.close()
     ctx_b.close()

@@ -144,3 +144,23 @@ def test_prompt_tokens_scored(service, engine):
     reply = service.score_messages(messages, Settings(top_k=2))
     ids = engine.prompt_ids(messages)
     assert [t.id for t in reply.tokens] == ids[1:]
+
+
+def test_model_defaults_never_touch_the_logits(engine):
+    """A model whose generation_config asks for penalties still decodes and scores on raw logits."""
+    from greedyscore.engines.transformers import TransformersEngine
+    from greedyscore.service import Service
+
+    engine.model.generation_config.repetition_penalty = 1.5
+    engine.model.generation_config.no_repeat_ngram_size = 2
+    penalised = TransformersEngine(engine.model, engine.tokenizer, "penalised")  # as if loaded so
+    assert engine.model.generation_config.repetition_penalty in (None, 1.0)
+    reply = Service(penalised).chat([Message("user", "Repeat: la la la la la la")], Settings(max_new_tokens=16))
+    ids = [t.id for t in reply.tokens]
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([list(reply.prompt_token_ids) + ids])).logits[0]
+    n = len(reply.prompt_token_ids)
+    raw = torch.log_softmax(logits[n - 1 : n - 1 + len(ids)].double(), -1)
+    assert raw.argmax(-1).tolist() == ids  # greedy on raw logits
+    for i, tok in enumerate(reply.tokens):
+        assert abs(tok.prob - math.exp(float(raw[i, tok.id]))) < 1e-4

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -395,20 +395,19 @@ def test_histogram_counts_every_token():
     assert [s.x0 for s in fig.layout.shapes if s.name == "threshold"] == [0.5]
 
 
-def test_two_thousand_tokens_render_fast():
+def test_two_thousand_tokens_render_as_one_element_each_and_one_trace():
+    """Long replies stay a flat list of spans and a single bar trace (timings: benchmarks/bench_render.py)."""
     tokens = []
     for i in range(2000):
         p = 0.01 + 0.98 * ((i * 37) % 100) / 100  # spread over (0, 1), some below the threshold
         top = tuple(Alternative(i * 10 + k, f" w{k}<", p / (k + 1)) for k in range(5))
         tokens.append(tok(" word\n" if i % 50 == 0 else " word", p, id=i * 10, top=top))
     reply = make_reply(tokens)
-    reply_html(reply), confidence_figure(reply.tokens)  # warm-up: Plotly's validators load lazily
-    best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        reply_html(reply), stats_html(reply), confidence_figure(reply.tokens)
-        best = min(best, time.perf_counter() - t0)
-    assert best < 0.3, f"{best * 1000:.0f} ms"  # ~55 ms on a 2-core CPU; generous for loaded CI
+    page = reply_html(reply)
+    assert len(re.findall(r'class="gs-token[ "]', page)) == 2000
+    fig = confidence_figure(reply.tokens)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 1 and len(bars[0].y) == 2000
 
 
 # --- terminal and CSV -------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -29,13 +28,13 @@ from ..models import resolve_model
 from ..scoring import StepScores, empty_scores, score_logits
 from ..types import Message
 from .base import Generation, OnIds
-from .transformers import _byte_level_bytes
+from .hf_text import HFTextMixin
 
 ENGINES = ("turbomind", "pytorch")
 INSTALL_HINT = "run `make gpu` (or `pip install -r requirements-gpu.txt`) on a machine with a CUDA GPU"
 
 
-class LMDeployEngine:
+class LMDeployEngine(HFTextMixin):
     """The Engine protocol over an lmdeploy `Pipeline` (injected, so tests can pass a stand-in)."""
 
     def __init__(self, pipe: Any, model_name: str, backend_name: str) -> None:
@@ -52,8 +51,7 @@ class LMDeployEngine:
         )
         self.context_length = _context_length(engine, self.hf)
         self.stop_ids = _stop_ids(engine)
-        self._special = frozenset(int(i) for i in self.hf.all_special_ids)
-        self.display = lru_cache(maxsize=65536)(self._display)
+        self._init_text(self.hf)
 
     @classmethod
     def load(
@@ -110,24 +108,6 @@ class LMDeployEngine:
         """Exactly what 0.18's pipeline consumes (MultimodalProcessor._get_text_prompt_input)."""
         prompt = self.chat_template.messages2prompt(_dicts(messages))
         return [int(i) for i in self.tokenizer.encode(prompt, add_bos=True)]
-
-    def text_ids(self, text: str) -> tuple[list[int], list[int]]:
-        ids = self.hf(text, add_special_tokens=False)["input_ids"]
-        bos = self.hf.bos_token_id
-        return ([int(bos)] if bos is not None else []), [int(i) for i in ids]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def is_special(self, token_id: int) -> bool:
-        return token_id in self._special
-
-    def _display(self, token_id: int) -> str:
-        text = self.decode([token_id])
-        if "\ufffd" not in text:
-            return text
-        raw = _byte_level_bytes(self.hf.convert_ids_to_tokens(token_id))
-        return "".join(f"\\x{b:02x}" for b in raw) if raw is not None else text
 
     # --- generation and scoring ----------------------------------------------------------
     def gen_config(self, max_new_tokens: int, top_k: int) -> Any:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks, score_rows
 from ..types import Message
 from .base import GenerateRequest, Generation, OnIds
+from .hf_text import HFTextMixin
 
 SCORE_CHUNK_TOKENS = 64  # teacher forcing feeds this many tokens per forward: [64, vocab] logits at most
 
@@ -94,7 +95,30 @@ class _RowStreams:
                 req.on_ids([tok])
 
 
-class TransformersEngine:
+@dataclass(frozen=True)
+class _RowCache:
+    """One row's prompt positions out of a left-padded batch KV cache, cut out only when
+    verification asks for them (a copy per row would cost memory nobody may use)."""
+
+    cache: Any  # the batch's DynamicCache: [batch, heads, padded_len + steps, head_dim] per layer
+    row: int
+    pad: int  # left padding of this row
+
+    def prompt_cache(self, n_keep: int) -> Any:
+        """A DynamicCache of this row's first n_keep prompt positions (None if it cannot be cut)."""
+        from transformers import DynamicCache
+
+        layers = getattr(self.cache, "layers", None)
+        if not layers or any(getattr(layer, "is_sliding", False) for layer in layers):
+            return None
+        cut = slice(self.pad, self.pad + n_keep)
+        return DynamicCache(ddp_cache_data=[
+            (layer.keys[self.row : self.row + 1, :, cut].clone(), layer.values[self.row : self.row + 1, :, cut].clone())
+            for layer in layers
+        ])
+
+
+class TransformersEngine(HFTextMixin):
     backend = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, model_name: str) -> None:
@@ -110,8 +134,16 @@ class TransformersEngine:
                 stop.update(src if isinstance(src, list) else [src])
         self.stop_ids = frozenset(int(s) for s in stop)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids)
-        self._special = frozenset(int(i) for i in tokenizer.all_special_ids)
-        self.display = lru_cache(maxsize=65536)(self._display)
+        # generate() fills unset options from the model's generation_config: keep only the special
+        # ids, so no repetition penalty, min length or n-gram ban from a model's defaults ever
+        # touches the logits. Greedy is then the argmax of the raw logits, and so are the scores.
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id, eos_token_id=sorted(self.stop_ids),
+            pad_token_id=self.pad_id,
+        )
+        self._init_text(tokenizer)
 
     @classmethod
     def load(cls, model: str | None = None, device: str | None = None, **_: Any) -> TransformersEngine:
@@ -137,24 +169,6 @@ class TransformersEngine:
         if hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return [int(i) for i in ids]
-
-    def text_ids(self, text: str) -> tuple[list[int], list[int]]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ([int(bos)] if bos is not None else []), [int(i) for i in ids]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def is_special(self, token_id: int) -> bool:
-        return token_id in self._special
-
-    def _display(self, token_id: int) -> str:
-        text = self.decode([token_id])
-        if "\ufffd" not in text:
-            return text
-        raw = _byte_level_bytes(self.tokenizer.convert_ids_to_tokens(token_id))
-        return "".join(f"\\x{b:02x}" for b in raw) if raw is not None else text
 
     # --- generation and scoring ----------------------------------------------------------
     def generate(
@@ -212,7 +226,8 @@ class TransformersEngine:
                 reason = "abort"
             else:
                 reason = "stop" if new and new[-1] in self.stop_ids else "length"
-            gens.append(Generation(new, reason, steps=steps, cache=out.cache if len(requests) == 1 else None))
+            cache = out.cache if len(requests) == 1 else _RowCache(out.cache, b, width - len(req.prompt_ids))
+            gens.append(Generation(new, reason, steps=steps, cache=cache))
         return gens
 
     @torch.inference_mode()
@@ -231,11 +246,16 @@ class TransformersEngine:
         from transformers import DynamicCache
 
         n_ctx = len(context_ids)
-        if cache is not None:
+        if isinstance(cache, _RowCache):
+            cache = cache.prompt_cache(n_ctx - 1)
+        elif cache is not None:
             extra = cache.get_seq_length() - (n_ctx - 1)
             if extra > 0:
-                cache.crop(-extra)  # keep the prompt's first n_ctx - 1 positions
-        else:
+                try:
+                    cache.crop(-extra)  # keep the prompt's first n_ctx - 1 positions
+                except (ValueError, NotImplementedError):  # e.g. sliding-window layers
+                    cache = None
+        if cache is None:
             cache = DynamicCache(config=self.model.config)
             if n_ctx > 1:
                 prefix = torch.tensor([list(context_ids[:-1])], device=self.device)
@@ -250,28 +270,3 @@ class TransformersEngine:
                 yield from out.logits[0].split(CHUNK_ROWS)
 
         return score_chunks(chunks(), chosen, top_k)
-
-
-@lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
-    """Inverse of the GPT-2 byte-level alphabet (printable stand-ins for the 256 bytes)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
-
-
-def _byte_level_bytes(token: str | None) -> bytes | None:
-    """Example: _byte_level_bytes("ä½") -> b"\\xe4\\xbd"; None when not a byte-level token."""
-    if token is None:
-        return None
-    table = _unicode_to_byte()
-    if token.startswith("<0x") and token.endswith(">") and len(token) == 6:  # SentencePiece byte fallback
-        return bytes([int(token[3:5], 16)])
-    if all(ch in table for ch in token):
-        return bytes(table[ch] for ch in token)
-    return None
