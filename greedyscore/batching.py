@@ -39,10 +39,17 @@ class _Job:
 class Batcher:
     """Bounded queue + worker. `generate` and `call` block the caller until their job is done."""
 
-    def __init__(self, engine: BatchEngine, max_batch: int = 16, max_pending: int = 64, window_s: float = 0.02):
+    def __init__(
+        self, engine: BatchEngine, max_batch: int = 16, max_pending: int = 64, window_s: float = 0.02,
+        regroup_s: float = 0.15,
+    ):
         self.engine = engine
         self.max_batch = max_batch
         self.window_s = window_s  # wait this long for company before starting a batch
+        # After a batch of n, its users come back one by one (each scores and renders its reply
+        # first): wait up to regroup_s for n of them, so a steady crowd keeps batching as one.
+        self.regroup_s = regroup_s
+        self._last_batch = 1
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_pending)
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches, for tests and benchmarks
         self._thread = threading.Thread(target=self._run, daemon=True, name="greedyscore-batcher")
@@ -68,8 +75,11 @@ class Batcher:
                 self._run_call(first)
                 continue
             batch, later = [first], []
-            deadline = time.perf_counter() + self.window_s
+            expect = self._last_batch
+            deadline = time.perf_counter() + (self.regroup_s if expect > 1 else self.window_s)
             while len(batch) < self.max_batch:
+                if len(batch) >= expect:  # everyone expected is here: only a brief wait for more
+                    deadline = min(deadline, time.perf_counter() + self.window_s)
                 try:
                     job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
@@ -98,6 +108,7 @@ class Batcher:
         if not live:
             return
         self.batch_sizes.append(len(live))
+        self._last_batch = len(live)
         try:
             results = self.engine.generate_batch([j.request for j in live])
         except BaseException as ex:  # noqa: BLE001
