@@ -52,38 +52,48 @@ def python_times(reply, repeats: int = 7) -> dict[str, float]:
 
 
 def browser_times(reply) -> dict[str, float]:
+    """Chromium: the token HTML page alone, then the chart drawn by an already loaded Plotly
+    (as in the app, where plotly.js is loaded once with the page)."""
     from playwright.sync_api import sync_playwright
 
     from greedyscore.render import confidence_figure, page_html
 
-    page_doc = page_html(reply)
-    chart = confidence_figure(reply.tokens).to_html(full_html=False, include_plotlyjs=True)
-    doc = page_doc.replace("</body>", chart + "</body>")
+    doc = page_html(reply)
+    fig_json = confidence_figure(reply.tokens).to_json()
+    shell = confidence_figure(reply.tokens[:1]).to_html(full_html=True, include_plotlyjs=True, div_id="warm")
     exe = shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
         page = b.new_page(viewport={"width": 1280, "height": 900})
         t0 = time.perf_counter()
         page.set_content(doc)
-        page.evaluate("document.body.offsetHeight")
-        page.locator(".js-plotly-plot .bars path").first.wait_for()
-        loaded = time.perf_counter() - t0
+        page.evaluate("document.body.offsetHeight")  # forces style and layout of every token
+        tokens_ms = (time.perf_counter() - t0) * 1000
         count = page.locator(".gs-token").count()
         last = page.locator(".gs-token").nth(count - 1)
         last.scroll_into_view_if_needed()
         t1 = time.perf_counter()
         last.hover()
         last.locator(".gs-tip").wait_for(state="visible")
-        hover = time.perf_counter() - t1
-        long_tasks = page.evaluate(
+        hover_ms = (time.perf_counter() - t1) * 1000
+        frame_ms = page.evaluate(
             """() => new Promise(r => { let n = 0; const t0 = performance.now();
                  function tick() { const d = performance.now(); requestAnimationFrame(() => {
                    n = Math.max(n, performance.now() - d); if (performance.now() - t0 < 1000) tick(); else r(n); }); }
                  tick(); })"""
         )
+        chart = b.new_page(viewport={"width": 1280, "height": 900})
+        chart.set_content(shell)
+        chart.locator("#warm .bars path").first.wait_for()
+        chart_ms = chart.evaluate(
+            """async (fig) => { fig = JSON.parse(fig); const div = document.createElement('div');
+                 document.body.appendChild(div); const t0 = performance.now();
+                 await Plotly.newPlot(div, fig.data, fig.layout); return performance.now() - t0; }""",
+            fig_json,
+        )
         b.close()
-    return {"tokens": count, "load_ms": loaded * 1000, "hover_ms": hover * 1000, "frame_ms": long_tasks,
-            "html_mb": len(doc.encode()) / 2**20}
+    return {"tokens": count, "tokens_ms": tokens_ms, "hover_ms": hover_ms, "frame_ms": frame_ms,
+            "chart_ms": chart_ms, "html_mb": len(doc.encode()) / 2**20}
 
 
 def main() -> None:
@@ -96,10 +106,11 @@ def main() -> None:
         ["confidence figure (Python)", f"{py['figure']:.0f} ms"],
         ["histogram (Python)", f"{py['histogram']:.0f} ms"],
         ["**all of the above** (target < 150 ms)", f"**{py['total']:.0f} ms**"],
-        ["page: HTML + Plotly chart parsed, laid out, bars drawn (chromium)", f"{br['load_ms']:.0f} ms"],
+        ["page: 2,000 token elements parsed, styled and laid out (chromium)", f"{br['tokens_ms']:.0f} ms"],
+        ["chart: Plotly.newPlot of the 2,000-bar figure, plotly.js already loaded", f"{br['chart_ms']:.0f} ms"],
         ["hover on the last token until its tooltip shows", f"{br['hover_ms']:.0f} ms"],
         ["longest animation frame in the next second (responsiveness)", f"{br['frame_ms']:.0f} ms"],
-        ["page size", f"{br['html_mb']:.1f} MB for {br['tokens']} token elements"],
+        ["token HTML size", f"{br['html_mb']:.1f} MB for {br['tokens']} token elements"],
     ]
     body = (f"Machine: {machine()}, headless Debian chromium. Commit {git_rev()}. A real 2,000-token "
             f"teacher-forced reply, top-5 alternatives; Python times are medians of 7.\n\n"

@@ -14,6 +14,7 @@ import threading
 
 import pytest
 import torch
+from cases import CONVERSATIONS
 
 from greedyscore.engines.lmdeploy import LMDeployEngine, compare_engine_logprobs
 from greedyscore.engines.transformers import TransformersEngine
@@ -37,16 +38,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP is not None, reason=SKIP 
 TOL = 2e-2  # |p_lmdeploy - p_float32| for fp16/bf16 logits
 N_NEW = 32
 FIRST_SAME = 4  # greedy ids that must agree before any near tie may part them
-CASES = {
-    "english": [Message("user", "What is the capital of France?")],
-    "chinese": [Message("user", "你好，请介绍一下你自己")],
-    "multi-turn": [
-        Message("user", "My name is Ada."),
-        Message("assistant", "Nice to meet you, Ada!"),
-        Message("user", "What is my name?"),
-    ],
-    "emoji": [Message("user", "Reply with three fruit emoji 🍎🍌")],
-}
+CASES = {k: CONVERSATIONS[k] for k in ("english", "chinese", "multi-turn", "emoji")}
 
 
 @pytest.fixture(scope="module")

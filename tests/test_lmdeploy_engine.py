@@ -13,6 +13,7 @@ import threading
 
 import pytest
 import torch
+from cases import CONVERSATIONS
 from lmdeploy import GenerationConfig
 from lmdeploy.model import get_chat_template
 from lmdeploy.tokenizer import Tokenizer
@@ -28,18 +29,6 @@ from greedyscore.types import Message
 
 IM_END = 2  # <|im_end|> in SmolLM2
 N_NEW = 24
-CONVERSATIONS = {
-    "english": [Message("user", "What is 2+2? Answer with one number.")],
-    "chinese": [Message("user", "你好，请介绍一下你自己")],
-    "multi-turn": [
-        Message("user", "My name is Ada."),
-        Message("assistant", "Nice to meet you, Ada!"),
-        Message("user", "What is my name?"),
-    ],
-    "system": [Message("system", "You answer in French."), Message("user", "What is the capital of Italy?")],
-    "emoji": [Message("user", "Reply with three fruit emoji 🍎🍌")],
-    "markup": [Message("user", "Is <b>x</b> < y?\n\nSay yes\tor no.")],
-}
 GENERATE_CASES = ["english", "chinese", "emoji"]
 
 

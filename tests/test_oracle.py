@@ -10,21 +10,12 @@ import math
 
 import pytest
 import torch
+from cases import CONVERSATIONS
 
 from greedyscore.scoring import seed_recipe_probs
 from greedyscore.types import Message, Settings
 
-CASES = {
-    "english": [Message("user", "What is the capital of France?")],
-    "chinese": [Message("user", "你好，请介绍一下你自己")],
-    "multi-turn": [
-        Message("user", "My name is Ada."),
-        Message("assistant", "Nice to meet you, Ada!"),
-        Message("user", "What is my name?"),
-    ],
-    "code": [Message("user", "Write a Python function that adds two numbers.")],
-    "emoji": [Message("user", "Reply with three fruit emoji 🍎🍌")],
-}
+CASES = {k: CONVERSATIONS[k] for k in ("english", "chinese", "multi-turn", "code", "emoji")}
 N_NEW = 24
 
 
