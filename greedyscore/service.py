@@ -1,4 +1,4 @@
-"""The one shared engine behind the CLI and the web demo: validation, locking, scoring.
+"""The one shared engine behind the CLI and the web demo: validation, batching, scoring.
 
 `Service.chat` is the whole pipeline of one turn; the UI and the CLI only call it and render
 the ScoredReply it returns.
