@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .engines.base import Generation
@@ -33,7 +33,6 @@ class _Job:
     future: Future
     request: Any = None  # a GenerateRequest: batched with others
     call: Callable[[], Any] | None = None  # any other model work: run alone
-    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:

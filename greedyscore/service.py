@@ -53,13 +53,17 @@ def check_settings(settings: Settings, context_length: int | None = None) -> Non
         raise BadInput(f"tolerance must be in [0, 1), got {settings.tolerance!r}")
 
 
+def check_roles(messages: Sequence[Message]) -> None:
+    for m in messages:
+        if m.role not in ROLES:
+            raise BadInput(f"unknown role {m.role!r}: use one of {', '.join(ROLES)}")
+
+
 def check_messages(messages: Sequence[Message]) -> None:
     """A conversation that can get a reply: known roles, ending in a non-empty user turn."""
     if not messages:
         raise BadInput("empty prompt: write a message first")
-    for m in messages:
-        if m.role not in ROLES:
-            raise BadInput(f"unknown role {m.role!r}: use one of {', '.join(ROLES)}")
+    check_roles(messages)
     if not messages[-1].content.strip():
         raise BadInput("empty prompt: write a message first")
     if messages[-1].role == "assistant":
@@ -186,7 +190,7 @@ class Service:
         self.check_settings(settings)
         if not messages or not any(m.content.strip() for m in messages):
             raise BadInput("empty conversation: give at least one message with text")
-        check_messages([*messages, Message("user", "x")])  # roles only: any last turn may be scored
+        check_roles(messages)  # any last turn may be scored
         self._check_chars(sum(len(m.content) for m in messages))
         ids = self.engine.prompt_ids(messages)
         self._check_fit(len(ids), 0, "conversation")

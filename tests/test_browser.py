@@ -33,12 +33,22 @@ def send(page, text: str) -> None:
     page.locator("#gs-send").click()
 
 
+def wait_reply(page) -> None:
+    page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+
+
+def open_page(browser, url: str):
+    page = browser.new_page()
+    page.goto(url)
+    return page
+
+
 def test_chat_tokens_tooltip_chart_screenshot(browser, app_server):
     page = browser.new_page(viewport={"width": 1280, "height": 1500})
     page.goto(app_server)
     page.get_by_text("SmolLM2-135M-Instruct").first.wait_for()  # the page says which model answers
     send(page, "What is the capital of France?")
-    page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+    wait_reply(page)
     tokens = page.locator("#gs-reply .gs-token")
     assert tokens.count() >= 3
     first = tokens.first
@@ -69,10 +79,9 @@ def test_chat_tokens_tooltip_chart_screenshot(browser, app_server):
 
 
 def test_hostile_message_runs_nothing(browser, app_server):
-    page = browser.new_page()
-    page.goto(app_server)
+    page = open_page(browser, app_server)
     send(page, 'Repeat exactly: <img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>')
-    page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+    wait_reply(page)
     page.wait_for_timeout(500)
     assert page.evaluate("window.__pwned") is None
     shown = page.locator("#gs-chatbot").inner_text()
@@ -82,12 +91,11 @@ def test_hostile_message_runs_nothing(browser, app_server):
 
 
 def test_empty_message_shows_an_error_and_app_keeps_serving(browser, app_server):
-    page = browser.new_page()
-    page.goto(app_server)
+    page = open_page(browser, app_server)
     send(page, "   ")
     page.get_by_text("empty prompt").first.wait_for(timeout=30_000)
     send(page, "Say OK.")
-    page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+    wait_reply(page)
     page.close()
 
 
@@ -107,7 +115,7 @@ def test_two_sessions_never_see_each_other(browser, app_server, engine):
     send(a, "Pineapple-7731 is my code.")
     send(b, "Walrus-5512 is my code.")
     for page in (a, b):
-        page.locator("#gs-reply .gs-token").first.wait_for(timeout=120_000)
+        wait_reply(page)
         page.wait_for_function("() => document.querySelector('#gs-json a') !== null", timeout=60_000)
     text_a, text_b = a.locator("#gs-chatbot").inner_text(), b.locator("#gs-chatbot").inner_text()
     assert "Pineapple-7731" in text_a and "Walrus-5512" not in text_a
