@@ -56,11 +56,26 @@ def resolve_model(model: str | None) -> tuple[str, str]:
     return model, model  # a hub id: from_pretrained fetches it where a network allows
 
 
+def content_key(path: Path, edge: int = 1 << 20) -> str:
+    """A key for a file's content, not its place: size + sha256 of its first and last MiB (a GGUF's
+    header and the end of its tensor data), so a second checkout or a copy of the same wheel finds
+    the conversion already done, and a different file does not.
+
+    Example: content_key(Path("a.gguf")) == content_key(Path("copy-of-a.gguf"))
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(edge))
+        if size > edge:
+            f.seek(max(edge, size - edge))
+            h.update(f.read(edge))
+    return h.hexdigest()[:16]
+
+
 def converted_dir(gguf: Path, name: str) -> Path:
-    """Convert `gguf` into a safetensors dir once; later calls return the cached dir."""
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
-    target = cache_dir() / f"{name}-{key}"
+    """Convert `gguf` into a safetensors dir once; later calls (any path to the same file) return it."""
+    target = cache_dir() / f"{name}-{content_key(gguf)}"
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
     _convert(gguf, target)
