@@ -102,7 +102,7 @@ def main() -> None:
               "batched p50/p95 s", "batched p95 vs 1 user"]
     body = (f"Machine: {machine()}. Commit {git_rev()}. Each user sends {args.requests} requests back to back, "
             f"{args.tokens} new tokens each, through Service.chat (single-pass scoring included).\n"
-            f"Batch sizes seen: max {max(batched.batcher.batch_sizes)}. The bare column is one plain transformers "
+            f"Batch sizes seen: max {max(batched.runner.batch_sizes)}. The bare column is one plain transformers "
             f"`generate` over n prompts without scoring or service: the ceiling batching can reach.\n\n"
             + table(header, rows))
     print(body)

@@ -47,7 +47,9 @@ def run(engine, method: str, prompt: list[int]) -> None:
         reply = seq[0, len(prompt):]
         _ = probs[torch.arange(len(prompt) - 1, seq.shape[1] - 1), reply].tolist()
         return
-    gen = engine.generate(prompt, NEW, 5)
+    from greedyscore.engines.base import GenerateRequest
+
+    gen = engine.generate_batch([GenerateRequest(tuple(prompt), NEW, 5)])[0]
     assert len(gen.token_ids) == NEW
     if method == "verify":
         engine.score_ids(prompt, gen.token_ids, 5, cache=gen.cache)

@@ -1,17 +1,18 @@
 """greedyscore: greedy replies with every token's true model probability.
 
 Example:
-    from greedyscore import load_service
+    from greedyscore import Message, load_service
     reply = load_service().chat([Message("user", "Hi!")])
     [(t.text, t.prob) for t in reply.tokens]
 """
 
 from __future__ import annotations
 
-from .types import Alternative, Message, ReplyStats, ScoredReply, ScoredToken, Settings, Timings
+from .types import Alternative, Message, ReplyStats, ScoredReply, ScoredToken, Settings, TextDelta, Timings
 
 __all__ = [
-    "Alternative", "Message", "ReplyStats", "ScoredReply", "ScoredToken", "Settings", "Timings", "load_service",
+    "Alternative", "Message", "ReplyStats", "ScoredReply", "ScoredToken", "Settings", "TextDelta", "Timings",
+    "load_service",
 ]
 __version__ = "0.1.0"
 

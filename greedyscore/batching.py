@@ -1,9 +1,14 @@
-"""One worker thread owns a batching engine: requests that arrive together run as one batch.
+"""Where model work runs: one worker thread that batches (transformers), or a bounded pool of
+concurrent calls into an engine that batches by itself (LMDeploy's async engine).
 
-Why a thread and not a lock: with a lock, 8 visitors wait for 8 generations one after the
-other; here their prompts go into one left-padded `generate`, which on a 2-core CPU gives ~5x
+Why a worker and not a lock: with a lock, 8 visitors wait for 8 generations one after the
+other; here their prompts go into one left-padded `generate`, which on a 2-core CPU gives ~4-5x
 the aggregate tokens/s. Other model work (rescoring, teacher forcing) runs between batches on
 the same thread, so the model is never used by two threads at once.
+
+Both runners have the same face: `submit(request) -> Future[Generation]` and a blocking
+`call(fn, ...)`; both run up to `max_batch` requests at once and hold up to `max_pending`
+waiting ones; beyond that, `Busy`.
 """
 
 from __future__ import annotations
@@ -14,29 +19,47 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .engines.base import Generation
+from .engines.base import GenerateRequest, Generation
 from .errors import Busy
 
 log = logging.getLogger("greedyscore")
+BUSY = "the server is busy: try again in a moment"
 
 
 class BatchEngine(Protocol):
-    def generate_batch(self, requests: Sequence[Any]) -> list[Generation]: ...
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]: ...
+
+
+class Runner(Protocol):
+    max_batch: int
+    max_pending: int
+    batch_sizes: deque[int]
+
+    def submit(self, request: GenerateRequest) -> Future: ...
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+
+
+def make_runner(engine: Any, max_batch: int, max_pending: int) -> Runner:
+    """The runner an engine asks for: `engine.concurrent` -> Concurrent, else a batching worker."""
+    if getattr(engine, "concurrent", False):
+        return Concurrent(engine, max_batch, max_pending)
+    return Batcher(engine, max_batch, max_pending)
 
 
 @dataclass
 class _Job:
     future: Future
-    request: Any = None  # a GenerateRequest: batched with others
+    request: GenerateRequest | None = None  # a generation: batched with others
     call: Callable[[], Any] | None = None  # any other model work: run alone
 
 
 class Batcher:
-    """Bounded queue + worker. `generate` and `call` block the caller until their job is done."""
+    """Bounded queue + one worker thread; requests that arrive together generate as one batch."""
 
     def __init__(
         self, engine: BatchEngine, max_batch: int = 16, max_pending: int = 64, window_s: float = 0.02,
@@ -44,6 +67,7 @@ class Batcher:
     ):
         self.engine = engine
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self.window_s = window_s  # wait this long for company before starting a batch
         # After a batch of n, its users come back one by one (each scores and renders its reply
         # first): wait up to regroup_s for n of them, so a steady crowd keeps batching as one.
@@ -54,17 +78,19 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, daemon=True, name="greedyscore-batcher")
         self._thread.start()
 
-    def generate(self, request: Any) -> Generation:
-        return self._submit(_Job(Future(), request=request)).result()
+    def submit(self, request: GenerateRequest) -> Future:
+        """Queue a generation; its Future resolves when its batch is done."""
+        return self._put(_Job(Future(), request=request))
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return self._submit(_Job(Future(), call=lambda: fn(*args, **kwargs))).result()
+        """Run fn on the worker, between batches; block until it is done."""
+        return self._put(_Job(Future(), call=lambda: fn(*args, **kwargs))).result()
 
-    def _submit(self, job: _Job) -> Future:
+    def _put(self, job: _Job) -> Future:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            raise Busy("the server is busy: try again in a moment") from None
+            raise Busy(BUSY) from None
         return job.future
 
     def _run(self) -> None:
@@ -100,9 +126,9 @@ class Batcher:
     def _run_batch(self, batch: list[_Job]) -> None:
         live = [j for j in batch if j.future.set_running_or_notify_cancel()]
         for j in list(live):
-            cancel = getattr(j.request, "cancel", None)
+            cancel = j.request.cancel
             if cancel is not None and cancel.is_set():  # stopped while waiting: no model time spent
-                j.future.set_result(Generation([], "abort"))
+                j.future.set_result(Generation((), "abort"))
                 live.remove(j)
         if not live:
             return
@@ -124,3 +150,44 @@ class Batcher:
             return
         for j, gen in zip(live, results):
             j.future.set_result(gen)
+
+
+class Concurrent:
+    """For an engine that batches by itself: up to `max_batch` requests in it at once, each from
+    a pool thread, and up to `max_pending` more waiting for a thread."""
+
+    def __init__(self, engine: BatchEngine, max_batch: int = 16, max_pending: int = 64) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # requests in the engine when each started
+        self._pool = ThreadPoolExecutor(max_batch, thread_name_prefix="greedyscore-engine")
+        self._slots = threading.BoundedSemaphore(max_batch + max_pending)
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def submit(self, request: GenerateRequest) -> Future:
+        return self._start(lambda: self.engine.generate_batch([request])[0], count=True)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._start(lambda: fn(*args, **kwargs)).result()
+
+    def _start(self, fn: Callable[[], Any], count: bool = False) -> Future:
+        if not self._slots.acquire(blocking=False):
+            raise Busy(BUSY)
+
+        def run() -> Any:
+            if count:
+                with self._lock:
+                    self._running += 1
+                    self.batch_sizes.append(self._running)
+            try:
+                return fn()
+            finally:
+                if count:
+                    with self._lock:
+                        self._running -= 1
+
+        future = self._pool.submit(run)
+        future.add_done_callback(lambda _: self._slots.release())
+        return future

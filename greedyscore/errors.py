@@ -27,3 +27,11 @@ class AlignmentError(GreedyScoreError):
 
 class Busy(GreedyScoreError):
     """The shared engine's queue is full."""
+
+
+class ModelFailed(GreedyScoreError):
+    """The engine raised on this request (a bug or a bad model): the server keeps serving."""
+
+
+class OutOfMemory(ModelFailed):
+    """The request needed more memory than the machine or GPU has."""

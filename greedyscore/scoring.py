@@ -118,70 +118,6 @@ def reply_stats(logprobs: Sequence[float]) -> ReplyStats:
     return ReplyStats(n_tokens=n, mean_logprob=mean, perplexity=math.exp(-mean), min_prob=math.exp(min(logprobs)))
 
 
-def token_texts(
-    ids: Sequence[int], decode: Callable[[Sequence[int]], str], is_special: Callable[[int], bool]
-) -> list[tuple[str, int]]:
-    """Each token's share of the decoded text, as (text, joined).
-
-    Byte-level tokens that end inside a multi-byte character (Chinese, emoji) get text "" and
-    the token that completes the character carries it, with `joined` = how many tokens before
-    it belong to the same character. Non-special texts join exactly to decode(non-special ids).
-    Example: ids of "你" split in two bytes-tokens -> [("", 0), ("你", 1)].
-    """
-    out: list[tuple[str, int]] = []
-    plain: list[int] = []  # non-special ids so far
-    emitted = ""  # decode(plain[:n_done])
-    n_done = 0
-    pending = 0
-    last_plain = max((i for i, t in enumerate(ids) if not is_special(t)), default=-1)
-    for i, tok in enumerate(ids):
-        if is_special(tok):
-            out.append((decode([tok]), 0))
-            continue
-        plain.append(tok)
-        # decode a short window that starts at an emitted boundary: O(n) overall
-        start = max(0, n_done - 4)
-        base = decode(plain[start:n_done]) if start < n_done else ""
-        window = decode(plain[start:])
-        if window.endswith("\ufffd") and i != last_plain and pending < 8 and window.startswith(base):
-            out.append(("", 0))
-            pending += 1
-            continue
-        piece = window[len(base):] if window.startswith(base) else decode(plain)[len(emitted):]
-        out.append((piece, pending))
-        emitted += piece
-        n_done = len(plain)
-        pending = 0
-    if emitted != decode(plain):  # a tokenizer whose windows do not compose: exact O(n^2) path
-        return _token_texts_exact(ids, decode, is_special)
-    return out
-
-
-def _token_texts_exact(
-    ids: Sequence[int], decode: Callable[[Sequence[int]], str], is_special: Callable[[int], bool]
-) -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
-    plain: list[int] = []
-    emitted, pending = "", 0
-    for tok in ids:
-        if is_special(tok):
-            out.append((decode([tok]), 0))
-            continue
-        plain.append(tok)
-        full = decode(plain)
-        if full.endswith("\ufffd") and pending < 8:
-            out.append(("", 0))
-            pending += 1
-            continue
-        out.append((full[len(emitted):] if full.startswith(emitted) else full, pending))
-        emitted, pending = full, 0
-    if pending:  # text ends inside a character: the reply itself holds U+FFFD there
-        full = decode(plain)
-        j = len(out) - 1
-        out[j] = (full[len(emitted):], pending - 1)
-    return out
-
-
 def build_tokens(
     ids: Sequence[int],
     scores: StepScores,
@@ -234,3 +170,30 @@ def build_tokens(
             )
         )
     return out
+
+
+def compare_engine_logprobs(
+    engine_logprobs: Sequence[dict[int, float]], token_ids: Sequence[int], steps: StepScores, tol: float
+) -> list[str]:
+    """Where an engine's own logprob of each chosen token disagrees with our scores.
+
+    Compared as probabilities, |exp(engine) - exp(ours)| > tol (the tolerance Settings uses), so
+    fp16 noise on very unlikely tokens is not flagged. A row without the chosen id is reported.
+    Example: compare_engine_logprobs([{5: -0.1}], [5], steps_with_logprob_minus_0_1, 1e-3) -> []
+    """
+    if len(steps) != len(token_ids):
+        raise ValueError(f"length mismatch: ids={len(token_ids)} scores={len(steps)}")
+    ours = steps.logprob.tolist()
+    notes = []
+    for i, tok in enumerate(token_ids):
+        row = engine_logprobs[i] if i < len(engine_logprobs) else None
+        engine_lp = None if row is None else row.get(int(tok))
+        if engine_lp is None:
+            notes.append(f"token {i} (id {tok}): the engine gave no logprob for it")
+            continue
+        p_engine, p_ours = math.exp(engine_lp), math.exp(ours[i])
+        if abs(p_engine - p_ours) > tol:
+            notes.append(f"token {i} (id {tok}): engine p={p_engine:.6f} vs rescored p={p_ours:.6f}")
+    if len(engine_logprobs) > len(token_ids):
+        notes.append(f"the engine gave {len(engine_logprobs)} logprob rows for {len(token_ids)} tokens")
+    return notes

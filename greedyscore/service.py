@@ -1,28 +1,37 @@
-"""The one shared engine behind the CLI and the web demo: validation, batching, scoring.
+"""The one shared engine behind the CLI and the web demo: validation, running, scoring.
 
-`Service.chat` is the whole pipeline of one turn; the UI and the CLI only call it and render
-the ScoredReply it returns.
+`Service.stream` is the whole pipeline of one turn (messages -> prompt ids -> engine -> scores
+-> ScoredReply); `Service.chat` is that stream drained. The UI and the CLI only loop over it and
+render what it yields.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .batching import Batcher
+import torch
+
+from .batching import make_runner
+from .detokenize import Detokenizer, token_texts
 from .engines.base import Engine, GenerateRequest, Generation
-from .errors import BadInput, Busy, InputTooLong
-from .scoring import StepScores, build_tokens, empty_scores, reply_stats, token_texts
-from .types import MAX_TOP_K, ROLES, Message, ScoredReply, Settings, Timings
+from .errors import BadInput, GreedyScoreError, InputTooLong, ModelFailed, OutOfMemory
+from .scoring import StepScores, build_tokens, compare_engine_logprobs, empty_scores, reply_stats
+from .types import MAX_TOP_K, ROLES, Message, ScoredReply, Settings, TextDelta, Timings
 
 T = TypeVar("T")
-OnText = Callable[[str], None]  # called with the reply text so far while it streams
 CHARS_PER_TOKEN_CAP = 16  # a message longer than context x this cannot fit: refuse before tokenizing
+HEARTBEAT_S = 0.25  # a stream yields at least this often, so its consumer can stop it
 
 
+# --- parsing and validation (no model needed) -----------------------------------------------------
 def parse_messages(raw: object) -> list[Message]:
     """OpenAI-style [{"role", "content"}] -> Messages, with a clear error for anything else.
 
@@ -38,19 +47,47 @@ def parse_messages(raw: object) -> list[Message]:
     return out
 
 
+def parse_messages_json(text: str, what: str = "the conversation") -> list[Message]:
+    """Example: parse_messages_json('[{"role": "user", "content": "hi"}]') -> [Message("user", "hi")]"""
+    try:
+        data = json.loads(text or "")
+    except json.JSONDecodeError as ex:
+        raise BadInput(f'{what} is not valid JSON [{{"role", "content"}}, ...]: {ex.msg} (line {ex.lineno})') from ex
+    return parse_messages(data)
+
+
+def _whole(name: str, value: Any) -> int:
+    """A whole number from a UI/API value (20 or 20.0); bools and fractions are input errors."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value % 1:
+        raise BadInput(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def parse_settings(max_new_tokens: Any, top_k: Any, verify: Any = False) -> Settings:
+    """Settings from loosely typed UI/API inputs, checked. Example: parse_settings(32.0, 5) -> Settings(32, 5)"""
+    if not isinstance(verify, bool):
+        raise BadInput(f"verify must be true or false, got {verify!r}")
+    settings = Settings(max_new_tokens=_whole("max_new_tokens", max_new_tokens), top_k=_whole("top_k", top_k),
+                        verify=verify)
+    check_settings(settings)
+    return settings
+
 
 def check_settings(settings: Settings, context_length: int | None = None) -> None:
     """Settings in range (the context check only once a model is known)."""
-    if not isinstance(settings.max_new_tokens, int) or settings.max_new_tokens <= 0:
-        raise BadInput(f"max_new_tokens must be a positive integer, got {settings.max_new_tokens!r}")
-    if context_length is not None and settings.max_new_tokens >= context_length:
-        raise BadInput(
-            f"max_new_tokens {settings.max_new_tokens:,} is beyond the model's context of {context_length:,} tokens"
-        )
-    if not isinstance(settings.top_k, int) or not 1 <= settings.top_k <= MAX_TOP_K:
-        raise BadInput(f"top_k must be between 1 and {MAX_TOP_K}, got {settings.top_k!r}")
-    if not 0 <= settings.tolerance < 1:
-        raise BadInput(f"tolerance must be in [0, 1), got {settings.tolerance!r}")
+    n = settings.max_new_tokens
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise BadInput(f"max_new_tokens must be a positive integer, got {n!r}")
+    if context_length is not None and n >= context_length:
+        raise BadInput(f"max_new_tokens {n:,} is beyond the model's context of {context_length:,} tokens")
+    k = settings.top_k
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+        raise BadInput(f"top_k must be a whole number between 1 and {MAX_TOP_K}, got {k!r}")
+    if not isinstance(settings.verify, bool):
+        raise BadInput(f"verify must be true or false, got {settings.verify!r}")
+    tol = settings.tolerance
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < 1:
+        raise BadInput(f"tolerance must be a number in [0, 1), got {tol!r}")
 
 
 def check_roles(messages: Sequence[Message]) -> None:
@@ -70,38 +107,34 @@ def check_messages(messages: Sequence[Message]) -> None:
         raise BadInput("the last message is the assistant's: end with a user message to get a reply")
 
 
+@contextmanager
+def model_errors() -> Iterator[None]:
+    """Whatever an engine raises becomes a domain error with a message a user can act on."""
+    try:
+        yield
+    except GreedyScoreError:
+        raise
+    except (MemoryError, torch.OutOfMemoryError) as ex:
+        raise OutOfMemory(
+            "the model ran out of memory on this request: try a shorter prompt or fewer new tokens"
+        ) from ex
+    except Exception as ex:  # noqa: BLE001 - the engine's own failure, reported to this request only
+        first = (str(ex).strip().splitlines() or [""])[0][:200]
+        raise ModelFailed(f"the model failed on this request ({type(ex).__name__}: {first}); please try again") from ex
+
+
 class Service:
     """Owns the one engine shared by every visitor and API client.
 
-    A batching engine (transformers) is driven by a Batcher: one worker thread, requests that
-    arrive together generate as one batch. A concurrent engine (LMDeploy's async pipeline
-    batches by itself) is called directly from each request's thread. Both are bounded:
-    beyond `max_pending` waiting requests, `Busy`.
+    A batching engine (transformers) is driven by one worker thread: requests that arrive
+    together generate as one batch of up to `max_batch`. An engine that batches by itself
+    (LMDeploy) is called from up to `max_batch` threads at once. Both are bounded: beyond
+    `max_pending` waiting requests, `Busy`.
     """
 
     def __init__(self, engine: Engine, max_batch: int = 16, max_pending: int = 64) -> None:
         self.engine = engine
-        self.batcher = Batcher(engine, max_batch, max_pending) if hasattr(engine, "generate_batch") else None
-        self._slots = threading.BoundedSemaphore(max_pending)
-
-    def _model(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run model work where it belongs: on the batcher's thread, or here for a concurrent engine."""
-        if self.batcher is not None:
-            return self.batcher.call(fn, *args, **kwargs)
-        if not self._slots.acquire(blocking=False):
-            raise Busy("the server is busy: try again in a moment")
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self._slots.release()
-
-    def _generate(self, request: GenerateRequest, messages: Sequence[Message]) -> Generation:
-        if self.batcher is not None:
-            return self.batcher.generate(request)
-        return self._model(
-            self.engine.generate, request.prompt_ids, request.max_new_tokens, request.top_k,
-            request.on_ids, request.cancel, messages,
-        )
+        self.runner = make_runner(engine, max_batch, max_pending)
 
     @property
     def model_name(self) -> str:
@@ -110,6 +143,10 @@ class Service:
     @property
     def backend(self) -> str:
         return self.engine.backend
+
+    @property
+    def score_source(self) -> str:
+        return self.engine.score_source
 
     # --- validation ----------------------------------------------------------------------
     def check_settings(self, settings: Settings) -> None:
@@ -138,32 +175,92 @@ class Service:
                 f"model's context of {ctx:,} tokens: lower max_new_tokens to {ctx - n_prompt:,} or shorten the {what}"
             )
 
-    # --- requests --------------------------------------------------------------------------
-    def chat(
+    # --- a chat turn ---------------------------------------------------------------------------
+    def stream(
         self,
         messages: Sequence[Message],
         settings: Settings = Settings(),
-        on_text: OnText | None = None,
         cancel: threading.Event | None = None,
-    ) -> ScoredReply:
-        """One greedy turn, scored.
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> Iterator[TextDelta | ScoredReply]:
+        """One greedy turn: TextDeltas while it generates, then the ScoredReply.
 
-        Steps: validate; template -> prompt ids; greedy generate (single-pass scores when the
-        engine hands over logits, else rescoring of exactly the generated ids); optional
-        verification rescoring that marks near ties; token texts; stats.
+        Steps: validate (here, before the first `next`: bad input raises at once); template ->
+        prompt ids; then, when iterated: submit the ids to the shared engine; decode the new ids
+        of each step into a TextDelta (a heartbeat every `heartbeat_s` when nothing comes);
+        score the generated ids (single pass when the engine handed over logits, else a
+        rescoring of exactly those ids; plus verification); yield the ScoredReply.
+        Setting `cancel`, or closing the stream early, stops the generation: the reply then ends
+        at the last token the model chose, with finish_reason "abort".
         """
         self.check_settings(settings)
         self.check_messages(messages)
         prompt = self.engine.prompt_ids(messages)
         self._check_fit(len(prompt), settings.max_new_tokens)
-        t0 = time.perf_counter()
-        request = GenerateRequest(prompt, settings.max_new_tokens, settings.top_k, self._streamer(on_text), cancel)
-        gen = self._generate(request, messages)
-        t1 = time.perf_counter()
-        steps, rescored = self._scores(prompt, gen, settings)
-        t2 = time.perf_counter()
-        return self._reply(prompt, gen.token_ids, steps, rescored, settings, gen, t1 - t0, t2 - t1)
+        return self._turn(prompt, settings, cancel or threading.Event(), heartbeat_s)
 
+    def chat(self, messages: Sequence[Message], settings: Settings = Settings(),
+             cancel: threading.Event | None = None) -> ScoredReply:
+        """`stream` drained: the ScoredReply of one turn."""
+        for event in self.stream(messages, settings, cancel):
+            if isinstance(event, ScoredReply):
+                return event
+        raise AssertionError("a stream always ends with its ScoredReply")
+
+    def _turn(
+        self, prompt: list[int], settings: Settings, cancel: threading.Event, heartbeat_s: float
+    ) -> Iterator[TextDelta | ScoredReply]:
+        events: queue.SimpleQueue[list[int] | Future] = queue.SimpleQueue()  # new ids, then the done Future
+        request = GenerateRequest(tuple(prompt), settings.max_new_tokens, settings.top_k, events.put, cancel)
+        detok = Detokenizer(self.engine.decode, self.engine.is_special)
+        t0 = time.perf_counter()
+        done = False
+        try:
+            future = self.runner.submit(request)
+            future.add_done_callback(events.put)
+            while True:
+                try:
+                    item = events.get(timeout=heartbeat_s)
+                except queue.Empty:
+                    yield TextDelta("", detok.text)
+                    continue
+                if isinstance(item, Future):
+                    break
+                before = detok.text
+                for tok in item:
+                    detok.push(tok)
+                if detok.text != before:
+                    yield TextDelta(detok.text[len(before) :], detok.text)
+            with model_errors():
+                gen = future.result()
+            generate_s = time.perf_counter() - t0
+            reply = self._scored_turn(prompt, gen, settings, generate_s)
+            done = True
+            yield reply
+        finally:
+            if not done:  # closed early (Stop) or failed: free the engine's row
+                cancel.set()
+
+    def _scored_turn(self, prompt: list[int], gen: Generation, settings: Settings, generate_s: float) -> ScoredReply:
+        """Scores of the ids the engine generated, plus verification and the engine's own check."""
+        t0 = time.perf_counter()
+        ids = list(gen.token_ids)
+        verify = settings.verify and gen.finish_reason != "abort" and bool(ids)  # a stopped reply is not verified
+        steps, rescored = gen.steps, None
+        if not ids:
+            steps = empty_scores(settings.top_k)
+        elif steps is None:  # the engine gave no usable logits (LMDeploy): rescore exactly its ids
+            steps = self._model(self.engine.score_ids, prompt, ids, settings.top_k)
+            rescored = steps if verify else None
+        elif verify:
+            rescored = self._model(self.engine.score_ids, prompt, ids, settings.top_k, cache=gen.cache)
+        notes = gen.notes
+        if gen.engine_logprobs is not None:
+            notes += tuple(compare_engine_logprobs(gen.engine_logprobs, ids, steps, settings.tolerance))
+        return self._reply(prompt, ids, steps, rescored, settings, gen.finish_reason, notes,
+                           Timings(generate_s, time.perf_counter() - t0))
+
+    # --- teacher forcing -------------------------------------------------------------------
     def score_text(self, text: str, settings: Settings = Settings(), prompt: str | None = None) -> ScoredReply:
         """Teacher-forced scores of `text`: plain text after BOS, or as the assistant's reply to `prompt`."""
         self.check_settings(settings)
@@ -178,12 +275,7 @@ class Service:
         else:
             context = engine.prompt_ids([Message("user", prompt)])
             target = engine.text_ids(text)[1]
-        self._check_fit(len(context) + len(target), 0, "text")
-        t0 = time.perf_counter()
-        steps = self._model(engine.score_ids, context, target, settings.top_k)
-        t1 = time.perf_counter()
-        gen = Generation(target, "stop")
-        return self._reply(context, target, steps, None, settings, gen, 0.0, t1 - t0)
+        return self._teacher_forced(context, target, settings, "text")
 
     def score_messages(self, messages: Sequence[Message], settings: Settings = Settings()) -> ScoredReply:
         """Teacher-forced scores of a whole conversation, every templated token after the first."""
@@ -193,45 +285,19 @@ class Service:
         check_roles(messages)  # any last turn may be scored
         self._check_chars(sum(len(m.content) for m in messages))
         ids = self.engine.prompt_ids(messages)
-        self._check_fit(len(ids), 0, "conversation")
+        return self._teacher_forced(ids[:1], ids[1:], settings, "conversation")
+
+    def _teacher_forced(self, context: list[int], target: list[int], settings: Settings, what: str) -> ScoredReply:
+        self._check_fit(len(context) + len(target), 0, what)
         t0 = time.perf_counter()
-        steps = self._model(self.engine.score_ids, ids[:1], ids[1:], settings.top_k)
-        t1 = time.perf_counter()
-        gen = Generation(ids[1:], "stop")
-        return self._reply(ids[:1], ids[1:], steps, None, settings, gen, 0.0, t1 - t0)
+        steps = self._model(self.engine.score_ids, context, target, settings.top_k)
+        return self._reply(context, target, steps, None, settings, "stop", (), Timings(0.0, time.perf_counter() - t0))
 
     # --- helpers ---------------------------------------------------------------------------
-    def _streamer(self, on_text: OnText | None) -> Callable[[list[int]], None] | None:
-        if on_text is None:
-            return None
-        ids: list[int] = []
-        engine = self.engine
-
-        def on_ids(new: list[int]) -> None:
-            ids.extend(t for t in new if not engine.is_special(t))
-            on_text(engine.decode(ids))
-
-        return on_ids
-
-    def _scores(self, prompt: list[int], gen: Generation, settings: Settings) -> tuple[StepScores, StepScores | None]:
-        """Single-pass scores when present, else rescoring; plus the verification rescoring."""
-        steps = gen.steps
-        rescored = None
-        if not gen.token_ids:
-            return steps if steps is not None else empty_scores(settings.top_k), None
-        if gen.finish_reason == "abort":  # stopped by the user: skip verification
-            settings = replace(settings, verify=False)
-        if steps is None:  # the engine gave no usable logits (LMDeploy): rescore exactly its ids
-            steps = self._model(self.engine.score_ids, prompt, gen.token_ids, settings.top_k)
-            if settings.verify:
-                rescored = steps
-        elif settings.verify:
-            rescored = self._model(self.engine.score_ids, prompt, gen.token_ids, settings.top_k, cache=gen.cache)
-        if gen.engine_logprobs is not None:
-            from .engines.lmdeploy import compare_engine_logprobs
-
-            gen.notes.extend(compare_engine_logprobs(gen.engine_logprobs, gen.token_ids, steps, settings.tolerance))
-        return steps, rescored
+    def _model(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Model work other than generation, where the runner puts it; engine failures made domain errors."""
+        with model_errors():
+            return self.runner.call(fn, *args, **kwargs)
 
     def _reply(
         self,
@@ -240,26 +306,26 @@ class Service:
         steps: StepScores,
         rescored: StepScores | None,
         settings: Settings,
-        gen: Generation,
-        generate_s: float,
-        score_s: float,
+        finish_reason: str,
+        notes: tuple[str, ...],
+        timings: Timings,
     ) -> ScoredReply:
+        """Tensors -> ScoredTokens (texts byte-faithful), stats; the time spent here counts as scoring."""
         t0 = time.perf_counter()
         engine = self.engine
         texts = token_texts(ids, engine.decode, engine.is_special)
         tokens = build_tokens(ids, steps, texts, engine.is_special, engine.display, rescored, settings.tolerance)
-        text = "".join(t.text for t in tokens if not t.special)
-        stats = reply_stats([t.logprob for t in tokens])
-        score_s += time.perf_counter() - t0
+        score_s = timings.score_s + time.perf_counter() - t0
         return ScoredReply(
             model=engine.model_name,
             backend=engine.backend,
-            text=text,
+            text="".join(t.text for t in tokens if not t.special),
             prompt_token_ids=tuple(prompt),
             tokens=tuple(tokens),
-            stats=stats,
-            timings=Timings(generate_s=round(generate_s, 4), score_s=round(score_s, 4)),
-            finish_reason=gen.finish_reason,
+            stats=reply_stats([t.logprob for t in tokens]),
+            timings=Timings(generate_s=round(timings.generate_s, 4), score_s=round(score_s, 4)),
+            finish_reason=finish_reason,
             verified=rescored is not None,
-            notes=tuple(gen.notes),
+            notes=notes,
+            score_source=engine.score_source,
         )

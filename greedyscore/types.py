@@ -80,9 +80,10 @@ class ScoredReply:
     tokens: tuple[ScoredToken, ...]
     stats: ReplyStats
     timings: Timings
-    finish_reason: str = "stop"  # "stop" | "length"
+    finish_reason: str = "stop"  # "stop" | "length" | "abort" (stopped by the user)
     verified: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. engine/rescoring disagreements
+    score_source: str = ""  # what the scores were computed from, e.g. "float32 logits (cpu), softmax in float32"
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's JSON schema (a stable contract); extra keys may be added, none removed."""
@@ -113,7 +114,20 @@ class ScoredReply:
             "finish_reason": self.finish_reason,
             "verified": self.verified,
             "notes": list(self.notes),
+            "score_source": self.score_source,
         }
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Reply text while a turn generates: `delta` is new since the last one, `text` all so far.
+
+    Special tokens are not in it; a character split over tokens arrives whole. An empty delta is
+    a heartbeat (nothing new yet), so a consumer gets control back and can stop the stream.
+    """
+
+    delta: str
+    text: str
 
 
 @dataclass(frozen=True)

@@ -16,3 +16,10 @@ CONVERSATIONS = {
     "system": [Message("system", "You answer in French."), Message("user", "What is the capital of Italy?")],
     "markup": [Message("user", "Is <b>x</b> < y?\n\nSay yes\tor no.")],
 }
+
+
+def generate(engine, prompt, max_new_tokens: int, top_k: int, on_ids=None, cancel=None):
+    """One request through an engine's only generation method, generate_batch."""
+    from greedyscore.engines.base import GenerateRequest
+
+    return engine.generate_batch([GenerateRequest(tuple(prompt), max_new_tokens, top_k, on_ids, cancel)])[0]

@@ -1,19 +1,19 @@
-"""Batched greedy generation and the shared-engine worker: correctness, isolation, faults, bounds."""
+"""Batched greedy generation on the real model: every row scores the sequence it generated, a
+stopped row ends at its last real token, and the service batches concurrent chats.
+
+(Scheduling logic without a model, and without timing luck, is in test_service.py.)"""
 
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import torch
 
-from greedyscore.batching import Batcher
 from greedyscore.engines.base import GenerateRequest
-from greedyscore.errors import Busy
+from greedyscore.errors import ModelFailed
 from greedyscore.service import Service
-from greedyscore.types import Message, Settings
+from greedyscore.types import Message, ScoredReply, Settings, TextDelta
 
 PROMPTS = [
     "What is the capital of France?",
@@ -43,7 +43,7 @@ def test_batched_streams_each_row_its_own_ids(engine):
     seen: list[list[int]] = [[], [], []]
     reqs = [GenerateRequest(p, 10, 2, on_ids=seen[i].extend) for i, p in enumerate(prompts)]
     gens = engine.generate_batch(reqs)
-    assert [g.token_ids for g in gens] == seen
+    assert [list(g.token_ids) for g in gens] == seen
 
 
 def test_concurrent_chats_are_batched_and_isolated(engine):
@@ -51,7 +51,7 @@ def test_concurrent_chats_are_batched_and_isolated(engine):
     msgs = [[Message("user", p)] for p in PROMPTS]
     with ThreadPoolExecutor(len(msgs)) as pool:
         replies = list(pool.map(lambda m: service.chat(m, Settings(max_new_tokens=10, top_k=3)), msgs))
-    assert max(service.batcher.batch_sizes) > 1
+    assert max(service.runner.batch_sizes) > 1
     for m, reply in zip(msgs, replies):
         assert list(reply.prompt_token_ids) == engine.prompt_ids(m)  # each got its own prompt back
         ids = [t.id for t in reply.tokens]
@@ -83,51 +83,75 @@ def test_fault_in_one_request_leaves_others_and_next_working(engine):
     def run(m):
         try:
             return service.chat(m, Settings(max_new_tokens=6))
-        except RuntimeError as ex:
+        except ModelFailed as ex:
             return ex
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(run, jobs))
-    assert isinstance(results[0], RuntimeError)
+    assert isinstance(results[0], ModelFailed) and "injected failure" in str(results[0])
     assert all(r.tokens for r in results[1:])
     assert service.chat([Message("user", "Hi")], Settings(max_new_tokens=4)).tokens  # still serving
-
-
-def test_bounded_queue_says_busy():
-    gate = threading.Event()
-
-    class Slow:
-        def generate_batch(self, requests):
-            gate.wait(10)
-            return []
-
-    batcher = Batcher(Slow(), max_batch=1, max_pending=1, window_s=0)
-    t = threading.Thread(target=lambda: batcher.call(gate.wait, 10), daemon=True)
-    t.start()
-    time.sleep(0.2)  # the worker now holds the first job; the queue has room for one
-    threading.Thread(target=lambda: batcher.call(lambda: None), daemon=True).start()
-    time.sleep(0.2)
-    with pytest.raises(Busy, match="busy"):
-        batcher.call(lambda: None)
-    gate.set()
-    t.join(5)
-    assert batcher.call(lambda: 42) == 42
 
 
 def test_stop_cancels_a_running_generation(engine):
     service = Service(engine)
     cancel = threading.Event()
-    seen = []
+    settings = Settings(max_new_tokens=200)
+    messages = [Message("user", "Tell me a long story about a dragon.")]
+    deltas = 0
+    for event in service.stream(messages, settings, cancel=cancel):
+        if isinstance(event, TextDelta) and event.delta:
+            deltas += 1
+            if deltas == 3:
+                cancel.set()
+        elif isinstance(event, ScoredReply):
+            reply = event
+    assert reply.finish_reason == "abort" and 3 <= len(reply.tokens) < 10
+    full = service.chat(messages, Settings(max_new_tokens=len(reply.tokens)))
+    assert [t.id for t in reply.tokens] == [t.id for t in full.tokens]  # the tokens it had really chosen
 
-    def on_text(text):
-        seen.append(text)
+
+def _two_rows(engine, limits, on_ids=(None, None), cancels=(None, None)):
+    prompts = [engine.prompt_ids([Message("user", p)]) for p in ("Tell me a long story about a dragon.",
+                                                                  "Write a haiku about the sea.")]
+    return engine.generate_batch([GenerateRequest(tuple(p), n, 3, f, c)
+                                  for p, n, f, c in zip(prompts, limits, on_ids, cancels)])
+
+
+def test_a_stopped_row_of_a_batch_ends_at_its_last_real_token(engine):
+    """Stop on one row of two: the row is not padded with the pad id (for SmolLM2 <|im_end|>, an
+    end of turn the model never chose), and the other row is untouched."""
+    reference = _two_rows(engine, (40, 40))
+    assert len(reference[0].token_ids) > 8 and engine.pad_id in engine.stop_ids
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def on_ids(new: list[int]) -> None:
+        seen.extend(new)
         if len(seen) == 3:
-            cancel.set()
+            cancel.set()  # seen by the stopping check after the 4th token is chosen
 
-    reply = service.chat([Message("user", "Tell me a long story about a dragon.")],
-                         Settings(max_new_tokens=200), on_text=on_text, cancel=cancel)
-    assert reply.finish_reason == "abort"
-    assert len(reply.tokens) < 10
+    stopped, other = _two_rows(engine, (40, 40), on_ids=(on_ids, None), cancels=(cancel, None))
+    assert stopped.finish_reason == "abort"
+    assert list(stopped.token_ids) == seen == list(reference[0].token_ids[:4])
+    assert not any(t in engine.stop_ids for t in stopped.token_ids)
+    assert len(stopped.steps) == 4 and torch.allclose(stopped.steps.logprob, reference[0].steps.logprob[:4])
+    assert other.token_ids == reference[1].token_ids and other.finish_reason == reference[1].finish_reason
+
+
+def test_abort_only_when_really_cut_short(engine):
+    """A row that reached its limit before its cancel was seen finished by "length", not "abort"."""
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def on_ids(new: list[int]) -> None:
+        seen.extend(new)
+        if len(seen) == 3:
+            cancel.set()  # its last token: the row is already done
+
+    done, other = _two_rows(engine, (3, 12), on_ids=(on_ids, None), cancels=(cancel, None))
+    assert cancel.is_set() and len(done.token_ids) == 3 and done.finish_reason == "length"
+    assert len(other.token_ids) > 3
 
 
 def test_batched_verification_reuses_each_rows_prompt_cache(engine):

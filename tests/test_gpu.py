@@ -14,11 +14,12 @@ import threading
 
 import pytest
 import torch
-from cases import CONVERSATIONS
+from cases import CONVERSATIONS, generate
 
-from greedyscore.engines.lmdeploy import LMDeployEngine, compare_engine_logprobs
+from greedyscore.engines.lmdeploy import LMDeployEngine
 from greedyscore.engines.transformers import TransformersEngine
 from greedyscore.errors import EngineUnavailable
+from greedyscore.scoring import compare_engine_logprobs
 from greedyscore.types import Message, Settings
 
 
@@ -69,8 +70,8 @@ def test_prompt_ids_equal_transformers(lm, oracle, case):
 def test_generated_ids_and_scores_match_float32_oracle(lm, oracle, case):
     messages = CASES[case]
     prompt = lm.prompt_ids(messages)
-    gen = lm.generate(prompt, N_NEW, 5, messages=messages)  # raises AlignmentError on a shifted prompt
-    ref = oracle.generate(prompt, N_NEW, 5)
+    gen = generate(lm, prompt, N_NEW, 5)  # raises AlignmentError if lmdeploy consumed other ids
+    ref = generate(oracle, prompt, N_NEW, 5)
     first = min(FIRST_SAME, len(ref.token_ids))
     assert gen.token_ids[:first] == ref.token_ids[:first]
     if gen.finish_reason == "stop":
@@ -101,7 +102,7 @@ def test_reported_probabilities_are_not_turbomind_zeros(lm):
     dicts = [{"role": m.role, "content": m.content} for m in messages]
     resp = lm.pipe(dicts, gen_config=GenerationConfig(do_sample=False, max_new_tokens=16, logprobs=1))
     reply = Service(lm).chat(messages, Settings(max_new_tokens=16, top_k=1))
-    assert [t.id for t in reply.tokens][: len(resp.token_ids)] == resp.token_ids
+    assert [t.id for t in reply.tokens][: len(resp.token_ids)] == list(resp.token_ids)
     assert min(t.prob for t in reply.tokens) < 0.99  # a real reply has uncertain tokens
     if lm.backend == "lmdeploy-turbomind" and resp.logprobs:
         engine_lps = [row.get(t, 0.0) for row, t in zip(resp.logprobs, resp.token_ids, strict=False)]
@@ -120,7 +121,13 @@ def test_cancel_aborts_the_request(lm):
         if len(seen) >= 2:
             cancel.set()
 
-    gen = lm.generate(lm.prompt_ids(messages), 256, 1, on_ids=on_ids, cancel=cancel, messages=messages)
+    gen = generate(lm, lm.prompt_ids(messages), 256, 1, on_ids=on_ids, cancel=cancel)
     assert gen.finish_reason == "abort" and 2 <= len(gen.token_ids) < 256
-    after = lm.generate(lm.prompt_ids(CASES["english"]), 4, 1, messages=CASES["english"])
+    after = generate(lm, lm.prompt_ids(CASES["english"]), 4, 1)
     assert len(after.token_ids) >= 1  # the pipeline still serves requests
+
+
+def test_score_source_says_half_precision_logits(lm):
+    """LMDeploy runs the model in fp16/bf16: the UI must not claim float32 logits."""
+    assert lm.score_source.split()[0] in ("float16", "bfloat16"), lm.score_source
+    assert lm.score_source.endswith("softmax in float32")

@@ -7,24 +7,24 @@ Oracle: the TransformersEngine on the same embedded model (same ids, same probab
 from __future__ import annotations
 
 import asyncio
-import math
+import copy
 import sys
 import threading
 
 import pytest
 import torch
-from cases import CONVERSATIONS
+from cases import CONVERSATIONS, generate
 from lmdeploy import GenerationConfig
 from lmdeploy.model import get_chat_template
 from lmdeploy.tokenizer import Tokenizer
 from lmdeploy_standin import StandinPipeline
 
 from greedyscore.engines import load_engine
-from greedyscore.engines.lmdeploy import LMDeployEngine, compare_engine_logprobs
+from greedyscore.engines.lmdeploy import LMDeployEngine
 from greedyscore.engines.transformers import TransformersEngine
 from greedyscore.errors import AlignmentError, EngineUnavailable, GreedyScoreError
 from greedyscore.models import EMBEDDED_NAME, resolve_model
-from greedyscore.scoring import score_rows
+from greedyscore.scoring import compare_engine_logprobs
 from greedyscore.types import Message
 
 IM_END = 2  # <|im_end|> in SmolLM2
@@ -74,7 +74,7 @@ def tf_generations(tf):
     def get(case: str, n_new: int = N_NEW):
         if (case, n_new) not in cache:
             ids = tf.prompt_ids(CONVERSATIONS[case])
-            cache[case, n_new] = tf.generate(ids, n_new, 5)
+            cache[case, n_new] = generate(tf, ids, n_new, 5)
         return cache[case, n_new]
 
     return get
@@ -104,7 +104,7 @@ def test_stream_token_ids_are_incremental_and_stop_id_needs_include_stop(include
     assert expected[-1] == IM_END
     config = GenerationConfig(do_sample=False, max_new_tokens=N_NEW, include_stop_str_in_output=include_stop)
     responses = list(pipes["pytorch"].stream_infer([_dicts(CONVERSATIONS["english"])], gen_config=config))
-    ids = [t for r in responses for t in r.token_ids]
+    ids = tuple(t for r in responses for t in r.token_ids)
     assert ids == (expected if include_stop else expected[:-1])
     assert [r.finish_reason for r in responses[:-1]] == [None] * (len(responses) - 1)
     assert responses[-1].finish_reason == "stop"
@@ -118,10 +118,10 @@ def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
     prompt = lm.prompt_ids(messages)
     reference = tf_generations(case)
     streamed: list[int] = []
-    gen = lm.generate(prompt, N_NEW, 5, on_ids=streamed.extend, messages=messages)
+    gen = generate(lm, prompt, N_NEW, 5, on_ids=streamed.extend)
 
     assert gen.token_ids == reference.token_ids
-    assert streamed == gen.token_ids
+    assert tuple(streamed) == gen.token_ids
     assert gen.finish_reason == reference.finish_reason
     if gen.finish_reason == "stop":
         assert gen.token_ids[-1] == IM_END and IM_END in lm.stop_ids
@@ -143,14 +143,14 @@ def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
 
 def test_english_stops_with_im_end(lm):
     messages = CONVERSATIONS["english"]
-    gen = lm.generate(lm.prompt_ids(messages), N_NEW, 5, messages=messages)
+    gen = generate(lm, lm.prompt_ids(messages), N_NEW, 5)
     assert gen.finish_reason == "stop" and gen.token_ids[-1] == IM_END
     assert lm.decode(gen.token_ids[-1:]) == "<|im_end|>" and lm.is_special(IM_END)
 
 
 def test_length_limit_has_no_stop_token(lm, tf_generations):
     messages = CONVERSATIONS["chinese"]
-    gen = lm.generate(lm.prompt_ids(messages), 3, 5, messages=messages)
+    gen = generate(lm, lm.prompt_ids(messages), 3, 5)
     assert gen.finish_reason == "length"
     assert gen.token_ids == tf_generations("chinese", 3).token_ids and IM_END not in gen.token_ids
 
@@ -193,14 +193,14 @@ def test_cancel_stops_and_aborts_the_session(pipes, tf_generations):
 
     backend = pipes["pytorch"].backend
     before = set(backend.cancelled)
-    gen = lm.generate(lm.prompt_ids(messages), N_NEW, 5, on_ids=on_ids, cancel=cancel, messages=messages)
+    gen = generate(lm, lm.prompt_ids(messages), N_NEW, 5, on_ids=on_ids, cancel=cancel)
     assert gen.finish_reason == "abort"
     assert gen.token_ids == tf_generations("chinese").token_ids[:3]
     assert backend.cancelled - before  # Session.abort reached the engine (async_cancel)
     # the pipeline is still usable afterwards
-    again = lm.generate(lm.prompt_ids(messages), 3, 5, messages=messages)
+    again = generate(lm, lm.prompt_ids(messages), 3, 5)
     assert again.token_ids == tf_generations("chinese").token_ids[:3]
-    assert lm.generate([1], 3, 5, cancel=cancel, messages=messages).finish_reason == "abort"
+    assert generate(lm, [1], 3, 5, cancel=cancel).finish_reason == "abort"
 
 
 def test_concurrent_requests_from_many_threads(pipes, tf_generations):
@@ -213,7 +213,7 @@ def test_concurrent_requests_from_many_threads(pipes, tf_generations):
     def run(case: str) -> tuple[list[int], list[float]]:
         messages = CONVERSATIONS[case]
         prompt = lm.prompt_ids(messages)
-        gen = lm.generate(prompt, 8, 3, messages=messages)
+        gen = generate(lm, prompt, 8, 3)
         return gen.token_ids, lm.score_ids(prompt, gen.token_ids, 3).logprob.tolist()
 
     with ThreadPoolExecutor(len(cases)) as pool:
@@ -239,19 +239,30 @@ def test_service_chat_over_lmdeploy_matches_transformers(lm, tf):
 
 # --- (c) the alignment guard ----------------------------------------------------------------------
 def test_shifted_prompt_raises_alignment_error(model_dir, tf):
+    """The guard: an engine that consumed other ids than ours (the stand-in's preprocess adds a BOS)."""
     pipe = StandinPipeline(model_dir, tf.model, backend="pytorch", shift=1)
     try:
         lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
-        messages = CONVERSATIONS["chinese"]  # a long reply: still running when the guard aborts it
-        prompt = lm.prompt_ids(messages)
+        prompt = lm.prompt_ids(CONVERSATIONS["chinese"])
         seen: list[int] = []
+        before = len(pipe.backend.requests)
         with pytest.raises(AlignmentError) as info:
-            lm.generate(prompt, N_NEW, 5, on_ids=seen.extend, messages=messages)
+            generate(lm, prompt, N_NEW, 5, on_ids=seen.extend)
         assert f"{len(prompt) + 1} prompt tokens" in str(info.value) and str(len(prompt)) in str(info.value)
-        assert seen == []  # nothing shifted ever reached the caller
-        assert pipe.backend.cancelled  # the request was aborted
+        assert seen == [] and len(pipe.backend.requests) == before  # refused before anything ran
     finally:
         pipe.close()
+
+
+def test_engine_generates_from_exactly_the_ids_given(pipes, tf):
+    """Generation runs on token ids: the engine consumes ours, whatever their source (here a plain
+    text with no chat template), and greedy continues them exactly as transformers does."""
+    lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
+    context, target = lm.text_ids("Once upon a time, in a small village,")
+    prompt = context + target
+    gen = generate(lm, prompt, 8, 3)
+    assert pipes["pytorch"].backend.requests[-1]["input_ids"] == prompt
+    assert gen.token_ids == generate(tf, prompt, 8, 3).token_ids
 
 
 def test_engine_error_response_raises(model_dir, tf):
@@ -265,7 +276,7 @@ def test_engine_error_response_raises(model_dir, tf):
         assert lm.context_length == 16
         messages = CONVERSATIONS["english"]
         with pytest.raises(GreedyScoreError, match="context length"):
-            lm.generate(lm.prompt_ids(messages), 4, 5, messages=messages)
+            generate(lm, lm.prompt_ids(messages), 4, 5)
     finally:
         pipe.close()
 
@@ -288,23 +299,19 @@ def test_load_without_lmdeploy_says_how_to_install(monkeypatch):
     assert "\n" not in message
 
 
-# --- (e) compare_engine_logprobs ------------------------------------------------------------------
-def _steps(logits: list[list[float]], chosen: list[int]):
-    return score_rows(torch.tensor(logits), torch.tensor(chosen), 2)
+# --- (e) what the UI says the scores come from ------------------------------------------------------
+def test_score_source_names_the_logits_dtype_the_engine_returns(model_dir, tf, pipes):
+    lm = LMDeployEngine(pipes["turbomind"], EMBEDDED_NAME, "turbomind")
+    assert lm.score_source.startswith("float32 logits") and "turbomind" in lm.score_source
+    half = copy.deepcopy(tf.model).to(torch.bfloat16)  # as LMDeploy runs a model on a GPU
+    pipe = StandinPipeline(model_dir, half, backend="pytorch")
+    try:
+        lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
+        assert lm.score_source == "bfloat16 logits from LMDeploy's pytorch engine, softmax in float32"
+        from greedyscore.service import Service
+        from greedyscore.types import Settings
 
-
-def test_compare_engine_logprobs_flags_only_disagreements():
-    steps = _steps([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]], [2, 0])
-    lps = steps.logprob.tolist()
-    matching = [{2: lps[0], 1: -1.4}, {0: lps[1]}]
-    assert compare_engine_logprobs(matching, [2, 0], steps, 1e-4) == []
-
-    injected = [{2: lps[0]}, {0: math.log(math.exp(lps[1]) - 0.01)}]
-    notes = compare_engine_logprobs(injected, [2, 0], steps, 1e-3)
-    assert len(notes) == 1 and notes[0].startswith("token 1 (id 0)")
-    assert compare_engine_logprobs(injected, [2, 0], steps, 0.02) == []  # within a looser tolerance
-
-    missing = compare_engine_logprobs([{1: -0.5}], [2, 0], steps, 1e-3)
-    assert len(missing) == 2 and all("no logprob" in n for n in missing)
-    with pytest.raises(ValueError):
-        compare_engine_logprobs(matching, [2], steps, 1e-3)
+        reply = Service(lm).chat(CONVERSATIONS["english"], Settings(max_new_tokens=4))
+        assert reply.score_source == lm.score_source and reply.to_json()["score_source"] == lm.score_source
+    finally:
+        pipe.close()

@@ -15,7 +15,7 @@ from cases import CONVERSATIONS
 from greedyscore.scoring import seed_recipe_probs
 from greedyscore.types import Message, Settings
 
-CASES = {k: CONVERSATIONS[k] for k in ("english", "chinese", "multi-turn", "code", "emoji")}
+CASES = CONVERSATIONS  # every shared case: English, Chinese, multi-turn, code, emoji, system, markup
 N_NEW = 24
 
 
@@ -130,11 +130,21 @@ def test_teacher_forced_long_text_chunks(service, engine):
     assert float((got - want).abs().max()) < 1e-4
 
 
-def test_prompt_tokens_scored(service, engine):
+def test_conversation_scores_match_full_forward(service, engine):
+    """score_messages: the ids of the templated conversation after its first, and each one's
+    logprob, rank and entropy against a plain float64 log-softmax of one forward pass."""
     messages = CASES["multi-turn"]
     reply = service.score_messages(messages, Settings(top_k=2))
     ids = engine.prompt_ids(messages)
     assert [t.id for t in reply.tokens] == ids[1:]
+    with torch.inference_mode():
+        lp = torch.log_softmax(engine.model(torch.tensor([ids])).logits[0].double(), -1)  # [n, vocab]
+    for i, tok in enumerate(reply.tokens):
+        row = lp[i]
+        assert abs(tok.logprob - float(row[tok.id])) < 1e-4
+        assert tok.rank == int((row > row[tok.id]).sum()) + 1
+        assert abs(tok.entropy - float(-(row.exp() * row).sum())) < 1e-3
+    assert max(t.rank for t in reply.tokens) > 1  # real text is not all argmax: ranks are exercised
 
 
 def test_model_defaults_never_touch_the_logits(engine):

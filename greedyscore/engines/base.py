@@ -1,14 +1,15 @@
 """The Engine protocol: what the service needs from any model runtime.
 
-An engine does I/O with a model: chat template -> prompt ids, greedy generation, and logits
-of given ids (teacher forcing). It never decides what a score means: that is `scoring`.
+An engine does I/O with a model on token ids: chat template -> prompt ids, greedy generation of
+those exact ids, and logits of given ids (teacher forcing). It never decides what a score means:
+that is `scoring`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..scoring import StepScores
@@ -17,28 +18,34 @@ from ..types import Message
 OnIds = Callable[[list[int]], None]  # called with the newly generated ids, as they come
 
 
-@dataclass
-class Generation:
-    """One greedy generation: the ids the engine produced, stop token included."""
-
-    token_ids: list[int]
-    finish_reason: str  # "stop" | "length" | "abort"
-    steps: StepScores | None = None  # single-pass scores, when the engine handed over logits
-    engine_logprobs: list[dict[int, float]] | None = None  # the engine's own (lmdeploy raw_logprobs)
-    cache: Any = None  # opaque prompt KV cache for verification rescoring
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
+@dataclass(frozen=True)
 class GenerateRequest:
-    """One row of a batched greedy generation."""
+    """One greedy generation from token ids (one row of a batch).
 
-    prompt_ids: Sequence[int]
+    `on_ids` and `cancel` are called/polled from the engine's own thread.
+    """
+
+    prompt_ids: tuple[int, ...]
     max_new_tokens: int
     top_k: int
     on_ids: OnIds | None = None
     cancel: threading.Event | None = None
 
+
+@dataclass(frozen=True)
+class Generation:
+    """What one greedy generation produced: the ids the model chose, stop token included.
+
+    finish_reason: "stop" (a stop id), "length" (max_new_tokens), "abort" (cancelled before
+    either: the ids end at the last token the model really chose).
+    """
+
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    steps: StepScores | None = None  # single-pass scores, when the engine handed over logits
+    engine_logprobs: tuple[dict[int, float], ...] | None = None  # the engine's own (lmdeploy raw_logprobs)
+    cache: Any = None  # opaque prompt KV cache for verification rescoring
+    notes: tuple[str, ...] = ()
 
 
 class Engine(Protocol):
@@ -46,6 +53,12 @@ class Engine(Protocol):
     backend: str
     context_length: int
     stop_ids: frozenset[int]
+    # True: the engine schedules concurrent requests itself (LMDeploy's async engine), so the
+    # service calls it from many threads. False: one thread owns the model and batches for it.
+    concurrent: bool
+    # What a score is computed from on this engine, for the UI and CLI to say (e.g. "float32
+    # logits (cpu), log-softmax in float32").
+    score_source: str
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of the chat-templated messages, generation prompt appended."""
@@ -53,20 +66,9 @@ class Engine(Protocol):
     def text_ids(self, text: str) -> tuple[list[int], list[int]]:
         """(context, target) ids for teacher-forced scoring of plain text: context is BOS or []."""
 
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        top_k: int,
-        on_ids: OnIds | None = None,
-        cancel: threading.Event | None = None,
-        messages: Sequence[Message] | None = None,
-    ) -> Generation:
-        """Greedy decoding (argmax of raw logits) until a stop id or max_new_tokens.
-
-        `messages` are the ones prompt_ids were built from: an engine that templates them itself
-        (LMDeploy's pipeline) must check it consumed exactly len(prompt_ids) tokens.
-        """
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        """Greedy decoding (argmax of raw logits) of each request's prompt ids, until a stop id,
+        its max_new_tokens or its cancel event; one Generation per request, in order."""
 
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None

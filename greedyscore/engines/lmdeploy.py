@@ -1,10 +1,13 @@
 """LMDeploy engine: greedy generation on a `lmdeploy.Pipeline` (TurboMind or PyTorch engine), CUDA only.
 
-LMDeploy's greedy path reports no usable score (top_k=1 renormalises every logprob to 0.0), so
-this engine hands over no single-pass scores: the service rescores exactly the generated ids
-with `score_ids`, which reads the raw logits of one prefill (`AsyncEngine.async_get_logits`).
-With the PyTorch engine in `logprobs_mode='raw_logprobs'` the engine's own full-vocabulary
-log-softmax comes back too, and `compare_engine_logprobs` cross-checks it against the rescoring.
+Generation runs on token ids: greedyscore builds the prompt ids (the pipeline's own template and
+tokenizer) and hands exactly those to `AsyncEngine.preprocess(..., input_ids=ids)`, so the ids
+scored are by construction the ids the engine consumed. LMDeploy's greedy path reports no usable
+score (top_k=1 renormalises every logprob to 0.0), so this engine hands over no single-pass
+scores: the service rescores exactly the generated ids with `score_ids`, which reads the raw
+logits of one prefill (`AsyncEngine.async_get_logits`). With the PyTorch engine in
+`logprobs_mode='raw_logprobs'` the engine's own full-vocabulary log-softmax comes back too, and
+`scoring.compare_engine_logprobs` cross-checks it against the rescoring.
 
 Everything from lmdeploy is imported inside functions: importing greedyscore never needs it.
 Tested on CPU against `tests/lmdeploy_standin.py` (lmdeploy's real Pipeline/AsyncEngine code over a
@@ -14,7 +17,6 @@ transformers stand-in for the GPU engine) and on a GPU by `tests/test_gpu.py` (`
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 import threading
 import time
@@ -27,7 +29,7 @@ from ..errors import AlignmentError, EngineUnavailable, GreedyScoreError
 from ..models import resolve_model
 from ..scoring import StepScores, empty_scores, score_logits
 from ..types import Message
-from .base import Generation, OnIds
+from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
 
 ENGINES = ("turbomind", "pytorch")
@@ -36,6 +38,8 @@ INSTALL_HINT = "run `make gpu` (or `pip install -r requirements-gpu.txt`) on a m
 
 class LMDeployEngine(HFTextMixin):
     """The Engine protocol over an lmdeploy `Pipeline` (injected, so tests can pass a stand-in)."""
+
+    concurrent = True  # LMDeploy's async engine batches concurrent requests itself
 
     def __init__(self, pipe: Any, model_name: str, backend_name: str) -> None:
         self.pipe = pipe
@@ -52,6 +56,10 @@ class LMDeployEngine(HFTextMixin):
         self.context_length = _context_length(engine, self.hf)
         self.stop_ids = _stop_ids(engine)
         self._init_text(self.hf)
+        # say what the scores are computed from: the dtype of the logits this engine really returns
+        probe = self._logits([int(self.hf.bos_token_id or 0), *self.text_ids("Hi")[1]])
+        dtype = str(probe.dtype).removeprefix("torch.")
+        self.score_source = f"{dtype} logits from LMDeploy's {backend_name} engine, softmax in float32"
 
     @classmethod
     def load(
@@ -121,66 +129,71 @@ class LMDeployEngine(HFTextMixin):
             logprobs=top_k if self.raw_logprobs else None,
         )
 
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        top_k: int,
-        on_ids: OnIds | None = None,
-        cancel: threading.Event | None = None,
-        messages: Sequence[Message] | None = None,
-    ) -> Generation:
-        """Greedy decoding through `Pipeline.stream_infer`, which templates `messages` itself.
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        """Each request runs as its own request on the pipeline's event loop (LMDeploy batches
+        concurrent requests itself); -> one Generation per request, in order."""
+        loop = self.pipe.internal_thread.loop
+        futures = [asyncio.run_coroutine_threadsafe(self._generate(r), loop) for r in requests]
+        return [f.result() for f in futures]
 
-        Steps: stream the messages with our own session (so Stop can abort it); on the first
-        response check `input_token_len == len(prompt_ids)`; collect the incremental token_ids
-        (and raw logprobs) of each response, passing new ids to `on_ids`; the last response
-        carries the finish reason and, with include_stop_str_in_output, the stop id.
+    async def _generate(self, req: GenerateRequest) -> Generation:
+        """Greedy decoding of exactly req.prompt_ids through `AsyncEngine.preprocess(input_ids=...)`
+        and `AsyncEngine.generate`.
+
+        Steps: preprocess our ids (no template: the ids scored are by construction the ids
+        consumed); check `input_token_len == len(prompt_ids)` (a guard against a preprocess that
+        adds tokens); watch the cancel event (Stop -> `Session.async_abort`); collect the
+        incremental token_ids (and raw logprobs) of each output, passing new ids to `on_ids`; the
+        last output carries the finish reason and, with include_stop_str_in_output, the stop id.
         Returns no single-pass scores: the service rescores the ids with `score_ids`.
         """
-        if messages is None:
-            raise ValueError("LMDeployEngine.generate needs the messages: the pipeline templates them itself")
-        if cancel is not None and cancel.is_set():
-            return Generation([], "abort")
-        n_prompt = len(prompt_ids)
+        from lmdeploy.serve.core.exceptions import RequestError
+
+        if req.cancel is not None and req.cancel.is_set():
+            return Generation((), "abort")
+        engine = self.pipe.async_engine
         session = self.pipe.session()
-        stream = self.pipe.stream_infer(
-            [_dicts(messages)], sessions=session, gen_config=self.gen_config(max_new_tokens, top_k)
-        )
+        prompt = [int(i) for i in req.prompt_ids]
+        try:
+            request = await engine.preprocess(None, session, self.gen_config(req.max_new_tokens, req.top_k),
+                                              input_ids=prompt)
+        except RequestError as ex:
+            raise GreedyScoreError(f"lmdeploy refused the request: {ex.message}") from ex
+        if request.input_token_len != len(prompt):
+            self.pipe.session_mgr.remove(session)
+            raise AlignmentError(
+                f"lmdeploy consumed {request.input_token_len} prompt tokens but greedyscore built "
+                f"{len(prompt)}: scores would be shifted"
+            )
+        cancel = req.cancel or threading.Event()
+        watcher = asyncio.create_task(_abort_on(cancel, session))  # Stop while the engine is busy elsewhere
         token_ids: list[int] = []
         logprobs: list[dict[int, float]] = []
         reason: str | None = None
-        checked = False
-        for resp in stream:
-            if resp.finish_reason == "error":
-                raise GreedyScoreError(f"lmdeploy failed: {resp.error_message or resp.error_code or 'unknown error'}")
-            if not checked:
-                checked = True
-                if resp.input_token_len != n_prompt:
-                    session.abort()
-                    raise AlignmentError(
-                        f"lmdeploy consumed {resp.input_token_len} prompt tokens but greedyscore built "
-                        f"{n_prompt}: the chat templates differ, so scores would be shifted"
-                    )
-            new = [int(t) for t in resp.token_ids or []]
-            token_ids += new
-            if resp.logprobs:
-                logprobs += resp.logprobs
-            if new and on_ids is not None:
-                on_ids(new)
-            if resp.finish_reason is not None:
-                reason = resp.finish_reason
-                break
-            if cancel is not None and cancel.is_set():
-                session.abort()  # the engine stops this request; its remaining responses are not read
-                reason = "abort"
-                break
-        if reason is None:  # the stream ended without a final response
-            reason = "stop" if token_ids and token_ids[-1] in self.stop_ids else "length"
-        gen = Generation(token_ids, reason, steps=None, engine_logprobs=logprobs if self.raw_logprobs else None)
+        try:
+            async for out in engine.generate(request, stream_response=True):
+                new = [int(t) for t in out.token_ids or []]
+                token_ids += new
+                if out.logprobs:
+                    logprobs += out.logprobs
+                if new and req.on_ids is not None:
+                    req.on_ids(new)
+                if out.finish_reason is not None:
+                    reason = out.finish_reason
+                elif cancel.is_set() and not watcher.done():  # Stop seen between two tokens: abort now
+                    watcher.cancel()
+                    await session.async_abort()  # the engine ends it; its last output says "abort"
+        except RequestError as ex:
+            raise GreedyScoreError(f"lmdeploy failed: {ex.message}") from ex
+        finally:
+            watcher.cancel()
+        if reason in (None, "error"):
+            raise GreedyScoreError("lmdeploy ended the request without a finish reason")
+        notes: tuple[str, ...] = ()
         if self.raw_logprobs and len(logprobs) != len(token_ids):
-            gen.notes.append(f"lmdeploy returned {len(logprobs)} logprob rows for {len(token_ids)} tokens")
-        return gen
+            notes = (f"lmdeploy returned {len(logprobs)} logprob rows for {len(token_ids)} tokens",)
+        return Generation(tuple(token_ids), reason, steps=None,
+                          engine_logprobs=tuple(logprobs) if self.raw_logprobs else None, notes=notes)
 
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
@@ -196,39 +209,23 @@ class LMDeployEngine(HFTextMixin):
         if not target_ids:
             return empty_scores(top_k)
         ids = [int(i) for i in context_ids] + [int(i) for i in target_ids[:-1]]
-        coro = self.pipe.async_engine.async_get_logits([ids])
-        logits = asyncio.run_coroutine_threadsafe(coro, self.pipe.internal_thread.loop).result()[0]
+        logits = self._logits(ids)  # [len(ids), vocab]
         rows = logits[len(context_ids) - 1 :]  # [len(target), vocab]
         if rows.shape[0] != len(target_ids):
             raise AlignmentError(f"lmdeploy returned {logits.shape[0]} logit rows for {len(ids)} ids")
         return score_logits(rows, torch.tensor([int(t) for t in target_ids]), top_k)
 
+    def _logits(self, ids: list[int]) -> torch.Tensor:
+        """Raw logits [len(ids), vocab] of one prefill, CPU, in the model's dtype."""
+        coro = self.pipe.async_engine.async_get_logits([ids])
+        return asyncio.run_coroutine_threadsafe(coro, self.pipe.internal_thread.loop).result()[0]
 
-def compare_engine_logprobs(
-    engine_logprobs: Sequence[dict[int, float]], token_ids: Sequence[int], steps: StepScores, tol: float
-) -> list[str]:
-    """Where the engine's own logprob of each chosen token disagrees with our scores.
 
-    Compared as probabilities, |exp(engine) - exp(ours)| > tol (the tolerance Settings uses), so
-    fp16 noise on very unlikely tokens is not flagged. A row without the chosen id is reported.
-    Example: compare_engine_logprobs([{5: -0.1}], [5], steps_with_logprob_minus_0_1, 1e-3) -> []
-    """
-    if len(steps) != len(token_ids):
-        raise ValueError(f"length mismatch: ids={len(token_ids)} scores={len(steps)}")
-    ours = steps.logprob.tolist()
-    notes = []
-    for i, tok in enumerate(token_ids):
-        row = engine_logprobs[i] if i < len(engine_logprobs) else None
-        engine_lp = None if row is None else row.get(int(tok))
-        if engine_lp is None:
-            notes.append(f"token {i} (id {tok}): the engine gave no logprob for it")
-            continue
-        p_engine, p_ours = math.exp(engine_lp), math.exp(ours[i])
-        if abs(p_engine - p_ours) > tol:
-            notes.append(f"token {i} (id {tok}): engine p={p_engine:.6f} vs rescored p={p_ours:.6f}")
-    if len(engine_logprobs) > len(token_ids):
-        notes.append(f"the engine gave {len(engine_logprobs)} logprob rows for {len(token_ids)} tokens")
-    return notes
+async def _abort_on(cancel: threading.Event, session: Any, every_s: float = 0.05) -> None:
+    """Abort the session once `cancel` is set (polled: it is a thread event, set from any thread)."""
+    while not cancel.is_set():
+        await asyncio.sleep(every_s)
+    await session.async_abort()
 
 
 def _import_lmdeploy() -> Any:

@@ -8,7 +8,6 @@ no second forward runs. Verification rescoring reuses the prompt's KV cache.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from ..errors import ModelNotFound
 from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks, score_rows
 from ..types import Message
-from .base import GenerateRequest, Generation, OnIds
+from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
 
 SCORE_CHUNK_TOKENS = 64  # teacher forcing feeds this many tokens per forward: [64, vocab] logits at most
@@ -62,32 +61,45 @@ class StepRecorder:
 
 
 class _RowStops:
-    """Per-row stopping: a row ends at its own max_new_tokens, or when its cancel event is set."""
+    """Per-row stopping: a row ends at its own max_new_tokens, or when its cancel event is set.
+
+    A row stopped by its cancel event keeps generating padding in the batch (HF pads finished
+    rows with the pad id, which for many chat models is the end-of-turn token): `cancelled_at`
+    records how many real tokens it had, so its reply ends at its last real token.
+    """
 
     def __init__(self, requests: Sequence[GenerateRequest], start: int) -> None:
         self.start = start  # padded prompt length
         self.limits = torch.tensor([r.max_new_tokens for r in requests])
         self.cancels = [r.cancel for r in requests]
+        self.cancelled_at: list[int | None] = [None] * len(requests)  # new tokens when cancel was seen
+        self._done = torch.zeros(len(requests), dtype=torch.bool)
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        done = (input_ids.shape[1] - self.start) >= self.limits
-        cancelled = torch.tensor([bool(c is not None and c.is_set()) for c in self.cancels])
-        return (done | cancelled).to(input_ids.device)
+        n_new = input_ids.shape[1] - self.start
+        for b, cancel in enumerate(self.cancels):
+            if cancel is not None and not self._done[b] and cancel.is_set():
+                self.cancelled_at[b] = n_new
+        self._done |= n_new >= self.limits
+        self._done |= torch.tensor([c is not None for c in self.cancelled_at])
+        return self._done.clone().to(input_ids.device)
 
 
 class _RowStreams:
-    """Hands each row its new ids as they come, until that row's stop id or limit."""
+    """Hands each row its new ids as they come, until that row's stop id, limit or cancel."""
 
-    def __init__(self, requests: Sequence[GenerateRequest], stop_ids: frozenset[int]) -> None:
+    def __init__(self, requests: Sequence[GenerateRequest], stop_ids: frozenset[int], stops: _RowStops) -> None:
         self.requests = requests
         self.stop_ids = stop_ids
+        self.stops = stops
         self.counts = [0] * len(requests)
         self.done = [False] * len(requests)
 
     def __call__(self, chosen: list[int]) -> None:
         for b, tok in enumerate(chosen):
             req = self.requests[b]
-            if self.done[b]:
+            cut = self.stops.cancelled_at[b]
+            if self.done[b] or (cut is not None and self.counts[b] >= cut):
                 continue
             self.counts[b] += 1
             self.done[b] = tok in self.stop_ids or self.counts[b] >= req.max_new_tokens
@@ -120,12 +132,15 @@ class _RowCache:
 
 class TransformersEngine(HFTextMixin):
     backend = "transformers"
+    concurrent = False  # one thread owns the model: the service batches requests for it
 
     def __init__(self, model: Any, tokenizer: Any, model_name: str) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.device = next(model.parameters()).device
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.score_source = f"{dtype} logits ({self.device.type}), softmax in float32"
         cfg = model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", 0) or tokenizer.model_max_length)
         stop = set()
@@ -171,25 +186,14 @@ class TransformersEngine(HFTextMixin):
         return [int(i) for i in ids]
 
     # --- generation and scoring ----------------------------------------------------------
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        top_k: int,
-        on_ids: OnIds | None = None,
-        cancel: threading.Event | None = None,
-        messages: Sequence[Message] | None = None,
-    ) -> Generation:
-        """One request: a batch of one, whose KV cache is kept for verification."""
-        return self.generate_batch([GenerateRequest(prompt_ids, max_new_tokens, top_k, on_ids, cancel)])[0]
-
     @torch.inference_mode()
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """Greedy decoding of several prompts at once.
 
         Steps: left-pad the prompts (attention mask, pad id); one `generate` with the
         StepRecorder (raw logits, no logits processors) and per-row stops; cut each row at its
-        stop id or its own max_new_tokens; its scores are those of the sequence it generated.
+        stop id, its own max_new_tokens or the step its cancel was seen (never a pad token);
+        its scores are those of the sequence it generated.
         """
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -197,7 +201,8 @@ class TransformersEngine(HFTextMixin):
         rows = [[self.pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests]
         mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests]
         ids = torch.tensor(rows, device=self.device)
-        recorder = StepRecorder(max(r.top_k for r in requests), _RowStreams(requests, self.stop_ids))
+        stops = _RowStops(requests, width)
+        recorder = StepRecorder(max(r.top_k for r in requests), _RowStreams(requests, self.stop_ids, stops))
         config = GenerationConfig(
             do_sample=False,
             max_new_tokens=max(r.max_new_tokens for r in requests),
@@ -211,24 +216,32 @@ class TransformersEngine(HFTextMixin):
             attention_mask=torch.tensor(mask, device=self.device),
             generation_config=config,
             logits_processor=LogitsProcessorList([recorder]),
-            stopping_criteria=StoppingCriteriaList([_RowStops(requests, width)]),
+            stopping_criteria=StoppingCriteriaList([stops]),
         )
         per_row = recorder.finish(out.sequences[:, -1])
-        gens = []
-        for b, req in enumerate(requests):
-            new = [int(t) for t in out.sequences[b, width:]][: req.max_new_tokens]
-            end = next((i + 1 for i, t in enumerate(new) if t in self.stop_ids), len(new))
-            new = new[:end]
-            steps = per_row[b].slice(0, len(new))
-            steps = StepScores(steps.logprob, steps.rank, steps.entropy, steps.margin,
-                               steps.top_ids[:, : req.top_k], steps.top_logprobs[:, : req.top_k])
-            if req.cancel is not None and req.cancel.is_set():
-                reason = "abort"
-            else:
-                reason = "stop" if new and new[-1] in self.stop_ids else "length"
-            cache = out.cache if len(requests) == 1 else _RowCache(out.cache, b, width - len(req.prompt_ids))
-            gens.append(Generation(new, reason, steps=steps, cache=cache))
-        return gens
+        return [self._row(b, req, out, per_row[b], width, stops.cancelled_at[b], len(requests))
+                for b, req in enumerate(requests)]
+
+    def _row(
+        self, b: int, req: GenerateRequest, out: Any, steps: StepScores, width: int, cancelled_at: int | None,
+        batch: int,
+    ) -> Generation:
+        """Row b of a batched generate: its real tokens (up to a stop id, its limit or its cancel)."""
+        real = cancelled_at if cancelled_at is not None else req.max_new_tokens
+        new = [int(t) for t in out.sequences[b, width:]][:real]
+        end = next((i + 1 for i, t in enumerate(new) if t in self.stop_ids), len(new))
+        new = new[:end]
+        if new and new[-1] in self.stop_ids:
+            reason = "stop"
+        elif len(new) >= req.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "abort"  # cut short by its cancel event
+        steps = steps.slice(0, len(new))
+        steps = StepScores(steps.logprob, steps.rank, steps.entropy, steps.margin,
+                           steps.top_ids[:, : req.top_k], steps.top_logprobs[:, : req.top_k])
+        cache = out.cache if batch == 1 else _RowCache(out.cache, b, width - len(req.prompt_ids))
+        return Generation(tuple(new), reason, steps=steps, cache=cache)
 
     @torch.inference_mode()
     def score_ids(
