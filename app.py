@@ -37,9 +37,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=env("MAX_NEW_TOKENS", "128"),
                    help="default reply length in the UI (default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=env("MAX_QUEUE", "64"),
-                   help="requests waiting beyond this get 'busy, try again' (default: %(default)s)")
+                   help="requests waiting beyond this get 'busy, try again', in Gradio's queue and the "
+                        "shared engine's (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=env("CONCURRENCY", "8"),
-                   help="model requests served at once, batched together (default: %(default)s)")
+                   help="model requests served at once, generated as one batch (default: %(default)s)")
     args = p.parse_args(argv)  # argparse applies type=int to string defaults too: bad env -> usage error
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
@@ -48,11 +49,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def make_service(engine, args: argparse.Namespace):
+    """The shared Service sized by the flags: --concurrency requests per batch (Gradio runs that
+    many model events at once), --max-queue waiting requests before 'busy'."""
+    from greedyscore.service import Service
+
+    return Service(engine, max_batch=args.concurrency, max_pending=args.max_queue)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from greedyscore.engines import load_engine
     from greedyscore.errors import GreedyScoreError
-    from greedyscore.service import Service
     from greedyscore.ui import UIConfig, build_demo, launch_kwargs
 
     try:
@@ -60,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GreedyScoreError as ex:
         print(f"greedyscore: error: {ex}", file=sys.stderr)
         return 1
-    service = Service(engine)
+    service = make_service(engine, args)
     cap = max(args.max_new_tokens, min(1024, engine.context_length - 1))
     config = UIConfig(max_new_tokens=args.max_new_tokens, max_new_tokens_cap=cap, concurrency=args.concurrency)
     demo = build_demo(service, config)

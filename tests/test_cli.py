@@ -66,11 +66,26 @@ def test_score_json():
     assert d["text"] == "Paris is the capital of France." and d["tokens"][0]["text"] == "Paris"
 
 
-def test_terminal_output_has_legend_and_stats():
-    proc = cli("chat", "--max-new-tokens", "8", "Say hello")
-    assert proc.returncode == 0, proc.stderr
-    assert "perplexity" in proc.stdout.lower()
-    assert "%" in proc.stdout
+def test_terminal_output_shows_every_token_with_its_probability():
+    """The plain terminal output (stdout not a tty: no colours) against the JSON of the same greedy
+    turn: one [text|p%] per token in order, each percentage the token's probability, the stats."""
+    import re
+
+    args = ("chat", "--max-new-tokens", "12", "--top-k", "2", "Say hello")
+    plain, data = cli(*args), cli(*args, "--json")
+    assert plain.returncode == 0 and data.returncode == 0, plain.stderr + data.stderr
+    d = json.loads(data.stdout)
+    body, legend, stats = plain.stdout.rstrip("\n").rsplit("\n", 2)
+    cells = re.findall(r"[\[{]+(.*?)\|(>?[0-9.]+)%[\]}]+", body, re.S)
+    assert len(cells) == len(d["tokens"])
+    for (text, shown), t in zip(cells, d["tokens"]):
+        assert text.replace("\u21b5", "\n") == t["text"] or t["special"]
+        value = float(shown.lstrip(">"))
+        assert abs(value - 100 * t["prob"]) <= max(0.05, 0.01 * value), (shown, t["prob"])
+    assert legend.startswith("legend:")
+    s = d["stats"]
+    assert stats.startswith(f"{s['n_tokens']} tokens \u00b7 mean logprob ")
+    assert f"perplexity {s['perplexity']:.4g}" in stats and f"finish {d['finish_reason']}" in stats
 
 
 def test_help_lists_commands_and_examples():

@@ -17,7 +17,6 @@ import pytest
 from greedyscore.errors import BadInput
 from greedyscore.render import (
     CSS,
-    CSS_PATH,
     PALETTES,
     color_for,
     legend_html,
@@ -33,6 +32,7 @@ from greedyscore.render import (
 )
 from greedyscore.render.chart import confidence_figure, histogram_counts, histogram_figure
 from greedyscore.render.colors import _luminance
+from greedyscore.render.html import stats_rows
 from greedyscore.render.text import pct, visible
 from greedyscore.types import Alternative, ReplyStats, ScoredReply, ScoredToken, Timings
 
@@ -276,13 +276,6 @@ def test_chosen_token_outside_top_k_is_still_shown():
     assert "rank 40" in out and out.count("gs-chosen") == 1
 
 
-def test_css_is_the_asset_file():
-    assert CSS == CSS_PATH.read_text(encoding="utf-8")
-    assets = CSS_PATH.parents[2] / "assets" / "greedyscore.css"
-    assert assets.read_text(encoding="utf-8") == CSS  # the assets/ copy is a link to the packaged file
-    assert ".gs-token:hover .gs-tip" in CSS and ".gs-token:focus .gs-tip" in CSS
-
-
 def test_empty_reply_renders():
     reply = make_reply([])
     assert "no tokens" in reply_html(reply)
@@ -311,13 +304,13 @@ def test_legend_has_ticks_threshold_and_meaning():
 
 def test_stats_html_numbers():
     reply = sample_reply()
-    out = stats_html(reply, threshold=0.5)
+    out = stats_html(reply, "prob", threshold=0.5)
     doc = Doc(out)
     text = "".join(data for data in _texts(out))
     assert str(len(reply.tokens)) in text
     assert f"{reply.stats.perplexity:.4g}" in text and f"{reply.stats.mean_logprob:.4g}" in text
     assert pct(reply.stats.min_prob) in text
-    assert "3 (probability < 50%)" in text  # 0.08, 0.3, 0.4
+    assert "below threshold (by probability)" in text and "3 (probability < 50%)" in text  # 0.08, 0.3, 0.4
     assert "1 of 11" in text  # one near tie
     assert len([a for tag, a in doc.starts if "gs-chip" in (a.get("class") or "")]) == 5
     assert text.index("\u2423Paris 8.0%") < text.index("\u21e5x 30.0%")  # least confident first
@@ -395,6 +388,37 @@ def test_histogram_counts_every_token():
     assert [s.x0 for s in fig.layout.shapes if s.name == "threshold"] == [0.5]
 
 
+def _mixed_tokens() -> list[ScoredToken]:
+    """Confident by probability but close calls by margin, and the other way round."""
+    return [tok("a", 0.55, margin=0.10, entropy=2.5), tok("b", 0.95, margin=0.92, entropy=0.2),
+            tok("c", 0.30, margin=0.29, entropy=0.4), tok("d", 0.50, margin=0.02, entropy=1.5)]
+
+
+@pytest.mark.parametrize("mode", ["prob", "margin", "entropy"])
+@pytest.mark.parametrize("palette", list(PALETTES))
+def test_histogram_follows_the_colour_mode_and_palette(mode, palette):
+    tokens = _mixed_tokens()
+    fig = histogram_figure(tokens, mode, palette, 0.5)
+    bar = fig.data[0]
+    assert list(bar.y) == histogram_counts([token_value(t, mode) for t in tokens], 20)
+    assert list(bar.marker.color) == [color_for(x, palette) for x in bar.x]
+    assert list(fig.layout.xaxis.ticktext)[0] == ("\u22653.0" if mode == "entropy" else "0%")
+
+
+@pytest.mark.parametrize("mode,below,worst", [("prob", 1, "c"), ("margin", 3, "d"), ("entropy", 2, "a")])
+def test_stats_follow_the_colour_mode(mode, below, worst):
+    reply = make_reply(_mixed_tokens())
+    rows = dict(stats_rows(reply, mode, "cividis", 0.5))
+    label = {"prob": "probability", "margin": "margin", "entropy": "entropy"}[mode]
+    assert rows[f"below threshold (by {label})"].startswith(f"{below} (")
+    first_chip = _texts(rows[f"least confident (by {label})"])[0]
+    assert first_chip.startswith(f"{worst} ")
+    if mode == "margin":
+        assert first_chip == "d margin 2.0%"
+    if mode == "entropy":
+        assert first_chip == "a 2.5 nats"
+
+
 def test_two_thousand_tokens_render_as_one_element_each_and_one_trace():
     """Long replies stay a flat list of spans and a single bar trace (timings: benchmarks/bench_render.py)."""
     tokens = []
@@ -446,3 +470,36 @@ def test_csv_top_field_escapes_separators(text):
     t = tok(text, 0.5, top=(Alternative(1, text, 0.5), Alternative(2, "ok", 0.25)))
     rows = list(csv.reader(io.StringIO(tokens_csv(make_reply([t])))))
     assert rows[1][2] == text and parse_top(rows[1][9]) == [(text, 0.5), ("ok", 0.25)]
+
+
+def test_render_outputs_draw_everything_in_the_chosen_view():
+    """What the UI shows for a reply: the tokens, the chart, the histogram and the stats all
+    follow the same colour mode and palette."""
+    from greedyscore.render import View, render_outputs
+
+    reply = make_reply(_mixed_tokens())
+    page, fig, hist, stats = render_outputs(reply, View.make("margin (p1 − p2)", "viridis", 0.5))
+    assert "Colour: margin: top-1 minus top-2 probability" in "".join(_texts(page))
+    assert list(fig.data[0].y) == pytest.approx([t.margin for t in reply.tokens])
+    assert list(hist.data[0].y) == histogram_counts([t.margin for t in reply.tokens], 20)
+    assert list(hist.data[0].marker.color) == [color_for(x, "viridis") for x in hist.data[0].x]
+    assert "least confident (by margin)" in "".join(_texts(stats))
+
+
+@pytest.mark.parametrize("threshold", ["abc", None, True, float("nan"), 1.5, -0.1, [0.5]])
+def test_view_rejects_a_bad_threshold_as_an_input_error(threshold):
+    from greedyscore.render import View
+
+    with pytest.raises(BadInput, match="threshold must be a number between 0 and 1"):
+        View.make("probability", "cividis", threshold)
+
+
+def test_view_takes_labels_or_mode_names():
+    from greedyscore.render import View
+
+    assert View.make("probability", "cividis", "0.25") == View("prob", "cividis", 0.25)
+    assert View.make("entropy", "red-green", 1) == View("entropy", "red-green", 1.0)
+    with pytest.raises(BadInput, match="colour mode"):
+        View.make("rank", "cividis", 0.5)
+    with pytest.raises(BadInput, match="palette"):
+        View.make("prob", 3, 0.5)

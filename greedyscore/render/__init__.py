@@ -15,6 +15,7 @@ from .colors import (
     PALETTES,
     color_for,
     legend_html,
+    measure_text,
     plotly_colorscale,
     text_color,
     token_value,
@@ -23,11 +24,13 @@ from .export import parse_top, tokens_csv
 from .html import CSS, CSS_PATH, page_html, reply_html, stats_html, tokens_html
 from .terminal import reply_ansi
 from .text import pct, visible
+from .view import COLOR_MODES, View, render_outputs
 
 if TYPE_CHECKING:
     from .chart import confidence_figure, histogram_figure
 
 __all__ = [
+    "COLOR_MODES",
     "CSS",
     "CSS_PATH",
     "DEFAULT_PALETTE",
@@ -38,17 +41,20 @@ __all__ = [
     "confidence_figure",
     "histogram_figure",
     "legend_html",
+    "measure_text",
     "page_html",
     "parse_top",
     "pct",
     "plotly_colorscale",
     "reply_ansi",
+    "render_outputs",
     "reply_html",
     "stats_html",
     "text_color",
     "token_value",
     "tokens_csv",
     "tokens_html",
+    "View",
     "visible",
 ]
 

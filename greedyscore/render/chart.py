@@ -1,4 +1,4 @@
-"""Scored tokens -> Plotly figures: confidence per token (with entropy) and a probability histogram.
+"""Scored tokens -> Plotly figures: confidence per token (with entropy) and a histogram of it.
 
 One trace per series, built from arrays, so 2,000 tokens cost one Bar and one Scatter, not 2,000
 traces. Plotly renders hover and tick text as a subset of HTML, so token texts are escaped here
@@ -26,6 +26,7 @@ from .colors import (
     threshold_text,
     ticks,
     token_value,
+    value_text,
 )
 from .text import num, pct, visible
 
@@ -185,28 +186,36 @@ def histogram_counts(probs: Sequence[float], bins: int = 20) -> list[int]:
 
 
 def histogram_figure(
-    tokens: Sequence[ScoredToken], palette: str = DEFAULT_PALETTE, threshold: float | None = None, bins: int = 20
+    tokens: Sequence[ScoredToken],
+    color_by: str = "prob",
+    palette: str = DEFAULT_PALETTE,
+    threshold: float | None = None,
+    bins: int = 20,
 ) -> go.Figure:
-    """How many tokens fall in each probability bin, bars coloured by the same scale.
+    """How many tokens fall in each bin of the colour mode's confidence (as the tokens and the
+    chart are coloured), bars in the same palette, ticks in the mode's own units.
 
-    Example: sum(histogram_figure(tokens).data[0].y) == len(tokens)
+    Example: sum(histogram_figure(tokens, "margin").data[0].y) == len(tokens)
     """
-    counts = histogram_counts([t.prob for t in tokens], bins)
+    check_mode(color_by)
+    counts = histogram_counts([token_value(t, color_by) for t in tokens], bins)
     width = 1.0 / bins
     centers = [(i + 0.5) * width for i in range(bins)]
-    labels = [f"{i * width * 100:.0f}\u2013{(i + 1) * width * 100:.0f}%" for i in range(bins)]
+    edges = [value_text(color_by, i * width) for i in range(bins + 1)]
+    labels = [f"{edges[i]}\u2013{edges[i + 1]}" for i in range(bins)]
     bar = go.Bar(
         x=centers,
         y=counts,
         width=width * 0.95,
         marker=dict(color=[color_for(c, palette) for c in centers], line=dict(width=0)),
         customdata=labels,
-        hovertemplate="probability %{customdata}: %{y} tokens<extra></extra>",
+        hovertemplate=f"{MODE_SHORT[color_by]} %{{customdata}}: %{{y}} tokens<extra></extra>",
         name="tokens",
     )
     layout = dict(
-        title=dict(text=f"Token probabilities ({len(tokens)} tokens)"),
-        xaxis=dict(AXIS_STYLE, title=dict(text="probability of the chosen token"), range=[0, 1], tickformat=".0%"),
+        title=dict(text=f"Tokens by {_esc(Y_TITLES[color_by])} ({len(tokens)} tokens)"),
+        xaxis=dict(AXIS_STYLE, title=dict(text=_esc(Y_TITLES[color_by])), range=[0, 1], tickmode="array",
+                   tickvals=[p for p, _ in ticks(color_by)], ticktext=[_esc(label) for _, label in ticks(color_by)]),
         yaxis=dict(AXIS_STYLE, title=dict(text="tokens"), dtick=max(1, math.ceil(max(counts) / 8))),
         bargap=0,
         margin=dict(l=60, r=30, t=60, b=60),

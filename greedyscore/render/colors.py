@@ -20,6 +20,7 @@ from functools import cache
 
 from ..errors import BadInput
 from ..types import ScoredToken
+from .text import pct
 
 MODES: tuple[str, ...] = ("prob", "margin", "entropy")
 MODE_LABELS: dict[str, str] = {
@@ -70,6 +71,18 @@ def token_value(t: ScoredToken, mode: str = "prob") -> float:
     else:
         raise BadInput(f"unknown colour mode {mode!r}: use one of {', '.join(MODES)}")
     return 0.0 if math.isnan(v) else min(1.0, max(0.0, v))
+
+
+def measure_text(t: ScoredToken, mode: str = "prob") -> str:
+    """A token's number under a colour mode, in that mode's units.
+
+    Example: measure_text(t, "prob") -> "42.0%"; measure_text(t, "margin") -> "margin 3.2%"
+    """
+    if check_mode(mode) == "entropy":
+        return f"{t.entropy:.3g} nats"
+    if mode == "margin":
+        return f"margin {pct(t.margin)}"
+    return pct(t.prob)
 
 
 def _rgb(hex_color: str) -> tuple[int, int, int]:

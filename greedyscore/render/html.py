@@ -32,6 +32,7 @@ from .colors import (
     check_palette,
     color_for,
     legend_html,
+    measure_text,
     text_color,
     threshold_text,
     token_value,
@@ -171,13 +172,17 @@ def reply_html(
 def _chip(t: ScoredToken, color_by: str, palette: str) -> str:
     bg = color_for(token_value(t, color_by), palette)
     shown = html_visible(t.text, "(partial character)")
-    return f'<span class="gs-chip" style="background:{bg};color:{text_color(bg)}">{shown} {pct(t.prob)}</span>'
+    return (f'<span class="gs-chip" style="background:{bg};color:{text_color(bg)}">{shown} '
+            f"{esc(measure_text(t, color_by))}</span>")
 
 
 def stats_rows(
-    reply: ScoredReply, threshold: float = 0.5, color_by: str = "prob", palette: str = DEFAULT_PALETTE
+    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
 ) -> list[tuple[str, str]]:
-    """(label, HTML value) pairs for the whole-reply table; values are already escaped."""
+    """(label, HTML value) pairs for the whole-reply table; values are already escaped.
+
+    "below threshold" and "least confident" use the colour mode's measure, and say which.
+    """
     check_mode(color_by)
     toks, s, tm = reply.tokens, reply.stats, reply.timings
     values = [token_value(t, color_by) for t in toks]
@@ -192,12 +197,14 @@ def stats_rows(
     finish = esc(reply.finish_reason)
     if reply.finish_reason == "length":
         finish = f'<span class="gs-warn">{finish}: stopped at the token limit, the reply is cut</span>'
+    elif reply.finish_reason == "abort":
+        finish = f'<span class="gs-warn">{finish}: stopped by you, the reply is cut</span>'
     rows = [
         ("tokens", str(s.n_tokens)),
         ("mean logprob", num(s.mean_logprob)),
         ("perplexity", num(s.perplexity)),
         ("min probability", pct(s.min_prob)),
-        ("below threshold", f"{below} ({esc(threshold_text(color_by, threshold))})"),
+        (f"below threshold (by {MODE_SHORT[color_by]})", f"{below} ({esc(threshold_text(color_by, threshold))})"),
         (
             f"least confident (by {MODE_SHORT[color_by]})",
             "".join(_chip(toks[i], color_by, palette) for i in worst) or "\u2013",
@@ -207,17 +214,19 @@ def stats_rows(
         ("time", f"generate {seconds(tm.generate_s)} \u00b7 score {seconds(tm.score_s)}{rate}"),
         ("model", f"{esc(reply.model)} \u00b7 {esc(reply.backend)}"),
     ]
+    if reply.score_source:
+        rows.append(("scores from", esc(reply.score_source)))
     if reply.notes:
         rows.append(("notes", "<br>".join(esc(n) for n in reply.notes)))
     return rows
 
 
 def stats_html(
-    reply: ScoredReply, threshold: float = 0.5, color_by: str = "prob", palette: str = DEFAULT_PALETTE
+    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
 ) -> str:
     """Whole-reply numbers as a small table (tokens, mean logprob, perplexity, weakest tokens...)."""
     rows = "".join(
-        f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in stats_rows(reply, threshold, color_by, palette)
+        f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in stats_rows(reply, color_by, palette, threshold)
     )
     return f'<table class="gs-stats">{rows}</table>'
 
@@ -229,6 +238,6 @@ def page_html(
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>greedyscore \u2013 {esc(reply.model)}</title><style>{CSS}</style></head><body>"
-        f"{reply_html(reply, color_by, palette, threshold)}{stats_html(reply, threshold, color_by, palette)}"
+        f"{reply_html(reply, color_by, palette, threshold)}{stats_html(reply, color_by, palette, threshold)}"
         "</body></html>"
     )
