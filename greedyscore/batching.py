@@ -46,7 +46,7 @@ class Runner(Protocol):
 
 def make_runner(engine: Any, max_batch: int, max_pending: int) -> Runner:
     """The runner an engine asks for: `engine.concurrent` -> Concurrent, else a batching worker."""
-    if getattr(engine, "concurrent", False):
+    if engine.concurrent:
         return Concurrent(engine, max_batch, max_pending)
     return Batcher(engine, max_batch, max_pending)
 
