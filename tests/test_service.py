@@ -289,3 +289,29 @@ def test_app_flags_size_the_shared_engine():
     engine.hold.set()
     for s in streams[:4]:
         assert drain(s)[1].text == REPLIES["hi"]
+
+
+@pytest.mark.parametrize("regroup_s,expected", [(5.0, [3, 3]), (0.0, [3, 1, 1, 1])])
+def test_a_returning_crowd_is_regrouped(regroup_s, expected):
+    """After a batch of 3, its users come back one by one (each renders its reply first): the
+    worker waits up to regroup_s for all 3 instead of starting batches of 1. Arrivals are 0.1 s
+    apart, far inside (5 s) or outside (0 s) the regroup window."""
+    from greedyscore.batching import Batcher
+
+    engine = ScriptedEngine(REPLIES)
+    service = Service(engine)
+    service.runner = Batcher(engine, max_batch=8, window_s=0.0, regroup_s=regroup_s)
+    gate = threading.Event()
+    threading.Thread(target=service.runner.call, args=(gate.wait, 30)).start()
+    with ThreadPoolExecutor(3) as pool:
+        first = [pool.submit(service.chat, user(k), Settings(max_new_tokens=50)) for k in "abc"]
+        while service.runner._queue.qsize() < 3:
+            threading.Event().wait(0.01)
+        gate.set()
+        assert [f.result(10).text for f in first] == [REPLIES[k] for k in "abc"]
+        again = []
+        for k in "abc":
+            again.append(pool.submit(service.chat, user(k), Settings(max_new_tokens=50)))
+            threading.Event().wait(0.1)
+        assert [f.result(10).text for f in again] == [REPLIES[k] for k in "abc"]
+    assert list(service.runner.batch_sizes) == expected
