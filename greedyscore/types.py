@@ -84,6 +84,7 @@ class ScoredReply:
     verified: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. engine/rescoring disagreements
     score_source: str = ""  # what the scores were computed from, e.g. "float32 logits (cpu), softmax in float32"
+    forked_at: int | None = None  # a fork: tokens before this index are the original reply's, this one was swapped
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's JSON schema (a stable contract); extra keys may be added, none removed."""
@@ -102,6 +103,8 @@ class ScoredReply:
             }
             if self.verified:
                 d.update(rescored_prob=t.rescored_prob, rescored_rank=t.rescored_rank, near_tie=t.near_tie)
+            if self.forked_at is not None:
+                d["shared"] = len(tokens) < self.forked_at  # the prefix shared with the original reply
             tokens.append(d)
         return {
             "model": self.model,
@@ -115,6 +118,7 @@ class ScoredReply:
             "verified": self.verified,
             "notes": list(self.notes),
             "score_source": self.score_source,
+            **({"forked_at": self.forked_at} if self.forked_at is not None else {}),
         }
 
 

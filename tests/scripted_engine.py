@@ -37,6 +37,7 @@ class ScriptedEngine:
     model_name = "scripted"
     backend = "scripted"
     context_length = 4096
+    vocab_size = VOCAB
     stop_ids = frozenset({END})
     score_source = "scripted float32 logits, softmax in float32"
 

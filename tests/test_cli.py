@@ -143,3 +143,29 @@ def test_lmdeploy_without_cuda_says_what_to_do():
     proc = cli("chat", "--backend", "lmdeploy", "hi")
     assert_one_line_error(proc, "lmdeploy")
     assert "transformers" in proc.stderr or "make gpu" in proc.stderr
+
+
+def test_fork_json_marks_the_shared_prefix(engine):
+    chat = json.loads(cli("chat", "--json", "--max-new-tokens", "12", "What is the capital of France?").stdout)
+    ids = [t["id"] for t in chat["tokens"]]
+    runner_up = chat["tokens"][5]["top"][1]["id"]
+    proc = cli("fork", "--json", "--at", "5", "--token-id", str(runner_up), "--max-new-tokens", "8",
+               "--reply-ids", json.dumps(ids), "What is the capital of France?")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["forked_at"] == 5 and [t["id"] for t in d["tokens"][:5]] == ids[:5]
+    assert d["tokens"][5]["id"] == runner_up and d["tokens"][5]["rank"] > 1
+    assert [t["shared"] for t in d["tokens"]] == [i < 5 for i in range(len(d["tokens"]))]
+    assert d["prompt_token_ids"] == chat["prompt_token_ids"]
+    fresh = json.loads(cli("fork", "--json", "--at", "5", "--token-id", str(runner_up), "--max-new-tokens", "8",
+                           "What is the capital of France?").stdout)  # the original from a fresh greedy run
+    assert [t["id"] for t in fresh["tokens"]][:6] == [t["id"] for t in d["tokens"]][:6]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (("--at", "99", "--token-id", "60"), ("at must be a position", "0 to")),
+    (("--at", "1", "--token-id", "99999999"), ("unknown token id",)),
+    (("--at", "1", "--token-id", "60", "--reply-ids", "[1, 2"), ("--reply-ids", "json")),
+])
+def test_fork_bad_input_one_line(args, needles):
+    assert_one_line_error(cli("fork", "--max-new-tokens", "6", *args, "Hi"), *needles)

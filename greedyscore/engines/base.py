@@ -52,6 +52,7 @@ class Engine(Protocol):
     model_name: str
     backend: str
     context_length: int
+    vocab_size: int  # token ids are 0 .. vocab_size - 1
     stop_ids: frozenset[int]
     # True: the engine schedules concurrent requests itself (LMDeploy's async engine), so the
     # service calls it from many threads. False: one thread owns the model and batches for it.

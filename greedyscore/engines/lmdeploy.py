@@ -54,6 +54,8 @@ class LMDeployEngine(HFTextMixin):
             getattr(getattr(pipe, "backend_config", None), "logprobs_mode", None) == "raw_logprobs"
         )
         self.context_length = _context_length(engine, self.hf)
+        model_vocab = int(getattr(getattr(engine, "hf_cfg", None), "vocab_size", 0) or len(self.hf))
+        self.vocab_size = min(len(self.hf), model_vocab)
         self.stop_ids = _stop_ids(engine)
         self._init_text(self.hf)
         # say what the scores are computed from: the dtype of the logits this engine really returns

@@ -143,6 +143,7 @@ class TransformersEngine(HFTextMixin):
         self.score_source = f"{dtype} logits ({self.device.type}), softmax in float32"
         cfg = model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", 0) or tokenizer.model_max_length)
+        self.vocab_size = min(len(tokenizer), int(cfg.vocab_size))
         stop = set()
         for src in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
             if src is not None:

@@ -216,6 +216,8 @@ def stats_rows(
     ]
     if reply.score_source:
         rows.append(("scores from", esc(reply.score_source)))
+    if reply.forked_at is not None:
+        rows.append(("forked at", f"token {reply.forked_at} (the tokens before it are the original reply's)"))
     if reply.notes:
         rows.append(("notes", "<br>".join(esc(n) for n in reply.notes)))
     return rows

@@ -98,6 +98,8 @@ def stats_line(reply: ScoredReply, threshold: float = 0.5, color_by: str = "prob
     ]
     if reply.verified:
         parts.append(f"near ties {sum(bool(t.near_tie) for t in reply.tokens)}")
+    if reply.forked_at is not None:
+        parts.append(f"forked at token {reply.forked_at} (the tokens before it are the original reply's)")
     parts += [
         f"generate {seconds(tm.generate_s)}, score {seconds(tm.score_s)}",
         f"{visible(reply.model)} ({visible(reply.backend)})",
