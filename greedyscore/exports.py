@@ -14,6 +14,7 @@ import tempfile
 import time
 from os import scandir
 from pathlib import Path
+from typing import Any
 
 from .render import tokens_csv
 from .types import ScoredReply
@@ -29,13 +30,13 @@ class Exports:
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
 
-    def write(self, reply: ScoredReply) -> tuple[str, str]:
-        """-> paths of tokens.json and tokens.csv for this reply."""
+    def write(self, reply: ScoredReply, data: dict[str, Any] | None = None) -> tuple[str, str]:
+        """-> paths of tokens.json (`data`, default the reply's JSON) and tokens.csv for this reply."""
         self.prune()
         folder = self.root / secrets.token_urlsafe(16)
         folder.mkdir(mode=0o700)
         j, c = folder / "tokens.json", folder / "tokens.csv"
-        j.write_text(json.dumps(reply.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+        j.write_text(json.dumps(data or reply.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
         c.write_text(tokens_csv(reply), encoding="utf-8")
         return str(j), str(c)
 

@@ -56,7 +56,7 @@ def parse_messages_json(text: str, what: str = "the conversation") -> list[Messa
     return parse_messages(data)
 
 
-def _whole(name: str, value: Any) -> int:
+def whole_number(name: str, value: Any) -> int:
     """A whole number from a UI/API value (20 or 20.0); bools and fractions are input errors."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value % 1:
         raise BadInput(f"{name} must be a whole number, got {value!r}")
@@ -67,8 +67,8 @@ def parse_settings(max_new_tokens: Any, top_k: Any, verify: Any = False) -> Sett
     """Settings from loosely typed UI/API inputs, checked. Example: parse_settings(32.0, 5) -> Settings(32, 5)"""
     if not isinstance(verify, bool):
         raise BadInput(f"verify must be true or false, got {verify!r}")
-    settings = Settings(max_new_tokens=_whole("max_new_tokens", max_new_tokens), top_k=_whole("top_k", top_k),
-                        verify=verify)
+    settings = Settings(max_new_tokens=whole_number("max_new_tokens", max_new_tokens),
+                        top_k=whole_number("top_k", top_k), verify=verify)
     check_settings(settings)
     return settings
 
@@ -309,8 +309,8 @@ class Service:
         self.check_messages(messages)
         if not isinstance(reply_token_ids, list | tuple) or not reply_token_ids:
             raise BadInput("reply_token_ids must be the original reply's token ids, a non-empty list")
-        reply = [_whole("reply token id", t) for t in reply_token_ids]
-        at, token_id = _whole("at", at), _whole("token_id", token_id)
+        reply = [whole_number("reply token id", t) for t in reply_token_ids]
+        at, token_id = whole_number("at", at), whole_number("token_id", token_id)
         if not 0 <= at < len(reply):
             raise BadInput(f"at must be a position in the reply, 0 to {len(reply) - 1}, got {at}")
         vocab = self.engine.vocab_size

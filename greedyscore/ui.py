@@ -7,7 +7,7 @@ in per-session `gr.State`; the Service is the one shared object.
 
 from __future__ import annotations
 
-import html
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -15,10 +15,12 @@ from typing import Any
 
 import gradio as gr
 
-from .errors import GreedyScoreError
+from .conversation import Conversation
+from .errors import BadInput, GreedyScoreError
 from .exports import EXPORT_TTL_S, Exports
-from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_html, render_outputs
-from .service import Service, parse_messages, parse_messages_json, parse_settings
+from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_html, render_numbers, render_outputs
+from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
+from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
 EXAMPLES = [
@@ -62,25 +64,6 @@ def shown_as_gr_errors() -> Iterator[None]:
         yield
     except GreedyScoreError as ex:
         raise gr.Error(str(ex)) from ex
-
-
-def history_messages(history: list[dict] | None) -> list[Message]:
-    """Chatbot history (messages format; content a string or [{"type": "text", "text"}]) -> Messages."""
-    if not history:
-        return []
-    clean = [{"role": h.get("role"), "content": _content_text(h.get("content"))} for h in history]
-    return parse_messages(clean)
-
-
-def _content_text(content: Any) -> Any:
-    if isinstance(content, list):
-        return "".join(c.get("text", "") if isinstance(c, dict) else str(c) for c in content)
-    return content
-
-
-def _shown(history: list[dict]) -> list[dict]:
-    """What the Chatbot displays: escaped copies (it renders HTML even without markdown)."""
-    return [{"role": h["role"], "content": html.escape(str(h["content"]), quote=True)} for h in history]
 
 
 # --- layout ------------------------------------------------------------------------------------
@@ -149,45 +132,141 @@ def _redraw_on_view_change(controls: Controls, reply: gr.State, outputs: list) -
 
 
 def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig) -> None:
-    chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="gs-chatbot", render_markdown=False)
-    history = gr.State([])  # this session's raw conversation
+    conv_state = gr.State(Conversation())  # this session's turns, replies and fork trees
+    stopper = gr.State(None)  # the running turn's cancel event: Stop sets it, the turn then ends scored
+    conv = gr.HTML(conversation_html(Conversation(), DEFAULT_VIEW), elem_id="gs-reply", js_on_load=EXPLORE_JS,
+                   label="Conversation")
+    live = gr.HTML("", elem_id="gs-live")
     with gr.Row():
         msg = gr.Textbox(placeholder="Ask something…", show_label=False, scale=8, elem_id="gs-msg", max_lines=8)
         send = gr.Button("Send", variant="primary", scale=1, elem_id="gs-send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="gs-stop")
-        clear = gr.Button("Clear", scale=1)
+        clear = gr.Button("Clear", scale=1, elem_id="gs-clear")
     gr.Examples(EXAMPLES, inputs=[msg], label="Examples")
-    shown, fig, hist, stats, json_file, csv_file, last_reply = _reply_panel("reply", "reply")
-    drawn = [shown, fig, hist, stats]
+    gr.Markdown("Click a reply (or Tab to it and press Enter) to chart it; choose an alternative in a token's "
+                "tooltip to see where the other road leads.", elem_id="gs-hint")
+    with gr.Tabs():
+        with gr.Tab("Confidence along the reply"):
+            fig = gr.Plot(elem_id="gs-reply-chart", show_label=False)
+        with gr.Tab("Histogram"):
+            hist = gr.Plot(elem_id="gs-reply-hist", show_label=False)
+    stats = gr.HTML(elem_id="gs-reply-stats")
+    with gr.Accordion("Explore: the roads not taken", open=True):
+        forks = gr.HTML(fork_panel_html(Conversation(), DEFAULT_VIEW), elem_id="gs-forks", js_on_load=EXPLORE_JS)
+        fork_fig = gr.Plot(elem_id="gs-fork-chart", show_label=False)
+    with gr.Row():
+        json_file = gr.File(label="tokens and forks (JSON)", interactive=False, elem_id="gs-reply-json")
+        csv_file = gr.File(label="tokens (CSV)", interactive=False, elem_id="gs-reply-csv")
+    selected = [fig, hist, stats, json_file, csv_file]
+    skip = gr.skip()
 
-    def turn(message: str, past: list[dict], max_new: float, top_k: float, verify: bool,
+    def numbers(c: Conversation, view: View) -> tuple:
+        """Chart, histogram, stats and downloads of the selected turn."""
+        turn = c.current
+        if turn is None or turn.reply is None:
+            return None, None, "", None, None
+        return (*render_numbers(turn.reply, view), *exports.write(turn.reply, turn.to_json()))
+
+    def turn(message: str, c: Conversation, max_new: float, top_k: float, verify: bool,
              color_by: str, palette: str, threshold: float):
-        """One turn, streamed: plain text as it comes, then coloured tokens. `past` is this
-        session's raw conversation; the Chatbot only ever gets escaped copies."""
-        skip = gr.skip()
+        """One turn, streamed below the conversation as plain text, then coloured in place."""
         with shown_as_gr_errors():
             view = View.make(color_by, palette, threshold)
             settings = parse_settings(max_new, top_k, verify)
-            events = service.stream([*history_messages(past), Message("user", message or "")], settings)
-            asked = [*(past or []), {"role": "user", "content": message}]
-            yield _shown(asked), "", *(skip,) * 8
-            with closing(events):  # closing it (Stop cancels this event) stops the generation
+            cancel = threading.Event()
+            events = service.stream([*c.messages(), Message("user", message or "")], settings, cancel=cancel)
+            asked = c.ask(message)
+            yield asked, conversation_html(asked, view), live_html(""), "", *(skip,) * 7, cancel
+            with closing(events):
                 for event in events:
-                    if isinstance(event, TextDelta):  # an empty delta is a heartbeat: Stop is seen within it
-                        text = _shown([*asked, {"role": "assistant", "content": event.text}]) if event.delta else skip
-                        yield text, *(skip,) * 9
+                    if isinstance(event, TextDelta):  # an empty delta is a heartbeat
+                        yield *(skip,) * 2, live_html(event.text) if event.delta else skip, *(skip,) * 9
                         continue
-                    final = [*asked, {"role": "assistant", "content": event.text}]
-                    yield _shown(final), "", *render_outputs(event, view), event, *exports.write(event), final
+                    done = asked.answer(event)
+                    yield (done, conversation_html(done, view), "", "", *numbers(done, view),
+                           *fork_outputs(done, view), None)
+
+    def explore(c: Conversation, max_new: float, top_k: float, verify: bool, color_by: str, palette: str,
+                threshold: float, evt: gr.EventData):
+        """A click in the conversation or the fork panel: select a turn, show a fork, or fork."""
+        with shown_as_gr_errors():
+            view = View.make(color_by, palette, threshold)
+            data = evt._data or {}
+            action = data.get("action")
+            if action == "select":
+                c = c.select(_index(data.get("turn"), len(c.turns)))
+                yield c, skip, *numbers(c, view), *fork_outputs(c, view)
+                return
+            n, node = _source(data.get("source"), c)
+            if action == "show":
+                c = c.show(n, node)
+                yield c, skip, *(skip,) * 5, *fork_outputs(c, view)
+                return
+            if action != "fork":
+                return
+            at, token = whole_number("at", data.get("at")), whole_number("token", data.get("token"))
+            settings = parse_settings(max_new, top_k, verify)
+            c = c.select(n) if c.selected != n else c
+            parent = c.turns[n].path(node)
+            ids = [t.id for t in parent.tokens]
+            busy = f"forking at token {at}: {service.engine.display(token)!r} instead of {parent.tokens[at].text!r}…"
+            yield c, skip, *numbers(c, view), *fork_outputs(c, view, busy)
+            events = service.stream_fork(c.messages(n), ids, at, token, settings)
+            with closing(events):
+                for event in events:
+                    if isinstance(event, TextDelta):
+                        if event.delta:
+                            yield c, skip, *(skip,) * 5, fork_outputs(c, view, f"{busy} {event.text}")[0], skip
+                        continue
+                    c = c.add_fork(n, node, at, token, event)
+                    yield c, skip, *numbers(c, view), *fork_outputs(c, view)
+
+    def redraw(c: Conversation, color_by: str, palette: str, threshold: float):
+        with shown_as_gr_errors():
+            view = View.make(color_by, palette, threshold)
+            return conversation_html(c, view), *render_numbers(c.current.reply if c.current else None, view), \
+                *fork_outputs(c, view)
 
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency, api_visibility="private")
-    inputs = [msg, history, controls.max_new, controls.top_k, controls.verify, *controls.view]
-    outputs = [chatbot, msg, *drawn, last_reply, json_file, csv_file, history]
-    runs = [send.click(turn, inputs, outputs, **model), msg.submit(turn, inputs, outputs, **model)]
-    stop.click(None, cancels=runs, api_visibility="private")
-    clear.click(lambda: ([], [], None, *render_outputs(None, DEFAULT_VIEW)), None,
-                [chatbot, history, last_reply, *drawn], api_visibility="private")
-    _redraw_on_view_change(controls, last_reply, drawn)
+    inputs = [msg, conv_state, controls.max_new, controls.top_k, controls.verify, *controls.view]
+    outputs = [conv_state, conv, live, msg, *selected, forks, fork_fig, stopper]
+    send.click(turn, inputs, outputs, **model)
+    msg.submit(turn, inputs, outputs, **model)
+    stop.click(_stop, [stopper], None, queue=False, api_visibility="private")
+    clear.click(lambda: (Conversation(), conversation_html(Conversation(), DEFAULT_VIEW), "", None, None, "", None,
+                         None, fork_panel_html(Conversation(), DEFAULT_VIEW), None),
+                None, [conv_state, conv, live, fig, hist, stats, json_file, csv_file, forks, fork_fig],
+                api_visibility="private")
+    explore_inputs = [conv_state, controls.max_new, controls.top_k, controls.verify, *controls.view]
+    explore_outputs = [conv_state, conv, *selected, forks, fork_fig]
+    for source in (conv, forks):
+        source.click(explore, explore_inputs, explore_outputs, **model)
+    for comp in controls.view:
+        comp.change(redraw, [conv_state, *controls.view], [conv, fig, hist, stats, forks, fork_fig],
+                    api_visibility="private")
+
+
+def _stop(cancel: threading.Event | None) -> None:
+    """Stop: the running turn sees its cancel event and ends with the tokens it has, scored."""
+    if cancel is not None:
+        cancel.set()
+
+
+def _index(value: Any, n: int) -> int:
+    i = whole_number("turn", value)
+    if not 0 <= i < n:
+        raise BadInput("that reply is no longer in this conversation")
+    return i
+
+
+def _source(value: Any, c: Conversation) -> tuple[int, int]:
+    """"turn:node" from the page -> (turn index, node), checked against this session's conversation."""
+    try:
+        n, node = (int(x) for x in str(value).split(":"))
+        c.turns[n].path(node)
+    except (ValueError, IndexError, KeyError) as ex:
+        raise BadInput("that reply is no longer in this conversation") from ex
+    return n, node
 
 
 def _score_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig) -> None:
@@ -244,6 +323,20 @@ def _api(service: Service, config: UIConfig) -> None:
             reply = service.score_text(text or "", parse_settings(1, top_k), prompt=prompt or None)
             return api_outputs(reply, view)
 
+    def fork(messages: Any, reply_token_ids: Any, at: float, token_id: float,
+             max_new_tokens: float = API_DEFAULTS.max_new_tokens, top_k: float = API_DEFAULTS.top_k,
+             verify: bool = API_DEFAULTS.verify, color_by: str = DEFAULT_VIEW.color_by,
+             palette: str = DEFAULT_VIEW.palette, threshold: float = DEFAULT_VIEW.threshold):
+        """The reply had the model taken token_id at position at -> the same four outputs as /chat
+        (tokens JSON: "forked_at", and "shared" on the prefix). Empty reply ids: a fresh greedy reply."""
+        with shown_as_gr_errors():
+            view = View.make(color_by, palette, threshold)
+            settings = parse_settings(max_new_tokens, top_k, verify)
+            msgs = parse_messages(messages)
+            if not reply_token_ids:
+                reply_token_ids = [t.id for t in service.chat(msgs, settings).tokens]
+            return api_outputs(service.fork(msgs, reply_token_ids, at, token_id, settings), view)
+
     with gr.Row(visible=False):
         message = gr.Textbox(label="message")
         history = gr.JSON(value=[], label="history")
@@ -251,19 +344,20 @@ def _api(service: Service, config: UIConfig) -> None:
         top_k = gr.Number(value=API_DEFAULTS.top_k, label="top_k")
         verify = gr.Checkbox(value=API_DEFAULTS.verify, label="verify")
         prompt = gr.Textbox(value="", label="prompt")
+        messages, reply_ids = gr.JSON(label="messages"), gr.JSON(label="reply_token_ids")
+        at, token_id = gr.Number(label="at"), gr.Number(label="token_id")
         view = [gr.Textbox(value=DEFAULT_VIEW.color_by, label="color_by"),
                 gr.Textbox(value=DEFAULT_VIEW.palette, label="palette"),
                 gr.Number(value=DEFAULT_VIEW.threshold, label="threshold")]
         outputs = [gr.HTML(), gr.Plot(), gr.JSON(), gr.HTML()]
-        chat_btn, score_btn = gr.Button(), gr.Button()
+        chat_btn, score_btn, fork_btn = gr.Button(), gr.Button(), gr.Button()
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
     chat_btn.click(chat, [message, history, max_new, top_k, verify, *view], outputs, api_name="chat", **model)
     score_btn.click(score_text, [message, prompt, top_k, *view], outputs, api_name="score_text", **model)
-
-
-CHATBOT_CSS = "#gs-chatbot .message-content, #gs-chatbot .message-content * { white-space: pre-wrap; }"
+    fork_btn.click(fork, [messages, reply_ids, at, token_id, max_new, top_k, verify, *view], outputs,
+                   api_name="fork", **model)
 
 
 def launch_kwargs() -> dict[str, Any]:
     """What `launch()` needs besides host/port: in Gradio 6 the CSS is a launch argument."""
-    return {"css": CSS + "\n" + CHATBOT_CSS}
+    return {"css": CSS}

@@ -160,3 +160,20 @@ def test_load_sixteen_clients(app_server, engine):
             assert abs(t["prob"] - math.exp(lp)) < 1e-4
     _, _, tokens, _ = chat(clients[0], "Still there?", max_new=3)
     assert tokens["tokens"]
+
+
+def test_fork_endpoint(client, engine):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    _, _, original, _ = client.predict("What is the capital of France?", api_name="/chat")
+    ids = [t["id"] for t in original["tokens"]]
+    runner_up = original["tokens"][5]["top"][1]["id"]
+    html, fig, tokens, stats = client.predict(messages, ids, 5, runner_up, api_name="/fork")
+    assert tokens["forked_at"] == 5 and [t["id"] for t in tokens["tokens"][:5]] == ids[:5]
+    assert tokens["tokens"][5]["id"] == runner_up and "forked at" in stats
+    assert html.count("gs-shared") == 5 and html.count("gs-diverge") == 1
+    _, _, fresh, _ = client.predict(messages, [], 5, runner_up, api_name="/fork")  # a fresh greedy original
+    assert [t["id"] for t in fresh["tokens"][:6]] == [t["id"] for t in tokens["tokens"][:6]]
+    with pytest.raises(Exception, match="at must be a position in the reply"):
+        client.predict(messages, ids, 99, runner_up, api_name="/fork")
+    with pytest.raises(Exception, match="unknown token id"):
+        client.predict(messages, ids, 1, 10**9, api_name="/fork")

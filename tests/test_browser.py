@@ -127,9 +127,9 @@ def test_hostile_message_runs_nothing(browser, app_server):
     wait_reply(page)
     page.wait_for_timeout(500)
     assert page.evaluate("window.__pwned") is None
-    shown = page.locator("#gs-chatbot").inner_text()
+    shown = page.locator("#gs-reply .gs-turn-user").inner_text()
     assert '<img src=x onerror="window.__pwned=1">' in shown and "<script>" in shown  # text, not markup
-    assert page.locator("#gs-chatbot img, #gs-reply img").count() == 0
+    assert page.locator("#gs-reply img, #gs-forks img").count() == 0
     page.close()
 
 
@@ -160,7 +160,7 @@ def test_two_sessions_never_see_each_other(browser, app_server, engine):
     for page in (a, b):
         wait_reply(page)
         page.wait_for_function("() => document.querySelector('#gs-reply-json a') !== null", timeout=60_000)
-    text_a, text_b = a.locator("#gs-chatbot").inner_text(), b.locator("#gs-chatbot").inner_text()
+    text_a, text_b = a.locator("#gs-reply .gs-conv").inner_text(), b.locator("#gs-reply .gs-conv").inner_text()
     assert "Pineapple-7731" in text_a and "Walrus-5512" not in text_a
     assert "Walrus-5512" in text_b and "Pineapple-7731" not in text_b
     first = json_href(a)
@@ -178,21 +178,126 @@ def test_two_sessions_never_see_each_other(browser, app_server, engine):
     ctx_b.close()
 
 
-def test_stop_keeps_the_text_so_far_and_the_app_serves_on(browser, app_server):
-    """Stop during a long reply: streaming stops within a moment, the text so far stays, and the
-    next message gets a full, coloured reply."""
+def test_stop_ends_the_reply_where_it_is_and_scores_it(browser, app_server):
+    """Stop during a long reply: the reply ends at the tokens it has, coloured and marked as
+    stopped, and the next message gets a full reply."""
     page = open_page(browser, app_server)
     send(page, "Write a very long story about a dragon who learns to paint.")
-    bubble = page.locator("#gs-chatbot .message.bot, #gs-chatbot [data-testid='bot']").last
-    page.wait_for_function(
-        "() => { const b = document.querySelectorAll('#gs-chatbot [data-testid=\\'bot\\']');"
-        " return b.length && b[b.length - 1].innerText.trim().length > 10; }", timeout=120_000)
+    page.wait_for_function("() => { const l = document.querySelector('#gs-live');"
+                           " return l && l.innerText.trim().length > 10; }", timeout=120_000)
     page.locator("#gs-stop").click()
-    page.wait_for_timeout(1500)  # let a last in-flight update land
-    frozen = bubble.inner_text()
-    page.wait_for_timeout(2000)
-    assert bubble.inner_text() == frozen and len(frozen.strip()) > 10  # stopped, text kept
-    assert page.locator("#gs-reply .gs-token").count() == 0  # no scored reply for a stopped turn
+    page.locator("#gs-reply .gs-turn-note").wait_for(timeout=30_000)
+    assert "stopped" in page.locator("#gs-reply .gs-turn-note").inner_text()
+    assert page.locator("#gs-reply .gs-turn-reply .gs-token").count() >= 2
+    assert "abort" in page.locator("#gs-reply-stats").inner_text()
     send(page, "Say OK.")
-    wait_reply(page)
+    page.wait_for_function("() => document.querySelectorAll('#gs-reply .gs-turn-reply').length == 2",
+                           timeout=120_000)
+    page.close()
+
+
+# --- explore: the conversation coloured in place, forks --------------------------------------------
+TURN_TOKENS = "#gs-reply .gs-turn-reply .gs-token"
+
+
+def ask(page, text: str, n_turns: int) -> None:
+    send(page, text)
+    page.wait_for_function(f"() => document.querySelectorAll('#gs-reply .gs-turn-reply').length == {n_turns}",
+                           timeout=120_000)
+
+
+def assert_fork_shown(page, at: int) -> None:
+    page.locator("#gs-forks .gs-fork-cols").wait_for(timeout=120_000)
+    cols = page.locator("#gs-forks .gs-fork-col")
+    assert cols.count() == 2
+    fork = cols.nth(1)
+    shared = fork.locator(".gs-token.gs-shared")
+    assert shared.count() >= 1 and fork.locator(".gs-token.gs-diverge").count() == 1
+    assert fork.locator(".gs-token.gs-diverge").get_attribute("data-i") == str(at)
+    assert cols.nth(0).locator(".gs-token.gs-diverge").get_attribute("data-i") == str(at)
+    assert "total logprob" in fork.inner_text() and "perplexity" in fork.inner_text()
+    assert "part at token" in page.locator("#gs-forks .gs-rejoin").inner_text()
+    page.locator("#gs-fork-chart .js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=30_000)
+    assert page.locator("#gs-fork-chart .js-plotly-plot .scatterlayer .trace").count() == 2
+
+
+def test_click_an_alternative_to_fork_and_earlier_turns_stay_coloured(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app_server)
+    ask(page, "What is the capital of France?", 1)
+    first_reply = page.locator("#gs-reply .gs-turn-reply").first.inner_text()
+    token = page.locator(TURN_TOKENS).nth(1)
+    token.hover()
+    button = token.locator("button.gs-fork").first
+    button.wait_for(state="visible", timeout=5000)
+    chosen = button.locator(".gs-alt-t").inner_text()
+    button.click()
+    assert_fork_shown(page, 1)
+    fork_col = page.locator("#gs-forks .gs-fork-col").nth(1)
+    assert chosen in fork_col.locator(".gs-token.gs-diverge").inner_text().replace(" ", "\u2423")
+    assert "fork 1" in page.locator("#gs-forks .gs-tree").inner_text()
+    # a second turn: the first keeps its colours and numbers
+    ask(page, "And of Italy?", 2)
+    turns = page.locator("#gs-reply .gs-turn-reply")
+    assert turns.nth(0).locator(".gs-token").count() >= 3 and turns.nth(1).locator(".gs-token").count() >= 1
+    assert turns.nth(0).inner_text() == first_reply
+    # selecting the first turn points the stats and the export at it
+    n_first = turns.nth(0).locator(".gs-token").count()
+    turns.nth(0).locator(".gs-bubble").click(position={"x": 2, "y": 2})
+    page.wait_for_function("() => document.querySelector('#gs-reply .gs-turn-reply.gs-selected')"
+                           " === document.querySelectorAll('#gs-reply .gs-turn-reply')[0]")
+    page.wait_for_function("() => document.querySelector('#gs-forks .gs-tree') !== null", timeout=30_000)
+    data = page.request.get(page.locator("#gs-reply-json a").first.evaluate("l => l.href")).json()
+    assert data["user"] == "What is the capital of France?" and len(data["forks"]) == 1
+    assert data["forks"][0]["forked_at"] == 1 and data["forks"][0]["parent"] == 0
+    assert len(data["tokens"]) >= n_first
+    page.close()
+
+
+def test_keyboard_only_fork(browser, app_server):
+    """Tab to a token (its tooltip opens), Tab into its alternatives, Enter: the fork appears."""
+    page = open_page(browser, app_server)
+    ask(page, "What is the capital of France?", 1)
+    page.locator("#gs-msg textarea").focus()
+    for _ in range(80):
+        page.keyboard.press("Shift+Tab")
+        active = page.evaluate("() => { const a = document.activeElement; return a && a.matches("
+                               "'#gs-reply .gs-turn-reply .gs-token:not(.gs-special)') ? a.dataset.i : null; }")
+        if active is not None:
+            break
+    assert active is not None, "Shift+Tab never reached a token"
+    page.keyboard.press("Tab")
+    focused = page.evaluate("() => document.activeElement.matches('button.gs-fork')")
+    assert focused, "Tab from a token goes into its tooltip's alternatives"
+    page.keyboard.press("Enter")
+    assert_fork_shown(page, int(active))
+    page.close()
+
+
+def test_tooltips_stay_inside_the_window(browser, app_server):
+    page = browser.new_page(viewport={"width": 520, "height": 900})
+    page.goto(app_server)
+    ask(page, "Write one sentence about the sea.", 1)
+    tokens = page.locator(TURN_TOKENS)
+    rightmost = max(range(tokens.count()), key=lambda i: tokens.nth(i).bounding_box()["x"])
+    tokens.nth(rightmost).hover()
+    tip = tokens.nth(rightmost).locator(".gs-tip")
+    tip.wait_for(state="visible", timeout=5000)
+    box = tip.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 520, box
+    page.close()
+
+
+def test_a_split_character_is_one_element_with_every_fragment(browser, app_server):
+    page = open_page(browser, app_server)
+    ask(page, "Reply with three fruit emoji 🍎🍌", 1)
+    unit = page.locator("#gs-reply .gs-turn-reply .gs-unit").first
+    unit.wait_for(timeout=10_000)
+    n = int(unit.get_attribute("data-n"))
+    assert n >= 2 and "\ufffd" not in unit.inner_text()
+    unit.hover()
+    tip = unit.locator(".gs-tip")
+    tip.wait_for(state="visible", timeout=5000)
+    assert f"fragment {n} of {n}" in tip.inner_text() and tip.locator(".gs-frag").count() == n
+    assert page.locator("#gs-reply .gs-turn-reply .gs-cont").count() == 0  # no thin dotted fragments
     page.close()

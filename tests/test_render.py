@@ -32,7 +32,7 @@ from greedyscore.render import (
 )
 from greedyscore.render.chart import confidence_figure, histogram_counts, histogram_figure
 from greedyscore.render.colors import _luminance
-from greedyscore.render.html import stats_rows
+from greedyscore.render.html import stats_rows, units
 from greedyscore.render.text import pct, visible
 from greedyscore.types import Alternative, ReplyStats, ScoredReply, ScoredToken, Timings
 
@@ -207,17 +207,60 @@ def test_control_characters_are_shown_not_emitted():
 
 
 def test_every_token_gets_an_element_with_its_numbers():
+    """One element per token, except a character split over byte tokens: one element for all of them."""
     reply = sample_reply()
     doc = Doc(reply_html(reply))
-    assert len(doc.tokens) == len(reply.tokens)
-    for i, (t, p) in enumerate(zip(reply.tokens, doc.tokens, strict=True)):
-        a = p["attrs"]
-        assert a["tabindex"] == "0"
-        assert int(a["data-i"]) == i and int(a["data-id"]) == t.id
-        for name in ("prob", "logprob", "entropy", "margin"):
-            assert float(a[f"data-{name}"]) == pytest.approx(getattr(t, name), rel=1e-12)
-        assert int(a["data-rank"]) == t.rank
-        assert a["style"].startswith(f"background:{color_for(t.prob)}")
+    runs = units(reply.tokens)
+    assert runs[8] == (8, 10) and all(b - a == 1 for a, b in runs[:8] + runs[9:])
+    assert len(doc.tokens) == len(runs) == len(reply.tokens) - 1
+    for (start, stop), p in zip(runs, doc.tokens, strict=True):
+        a, parts = p["attrs"], reply.tokens[start:stop]
+        assert a["tabindex"] == "0" and int(a["data-i"]) == start
+        assert a["data-id"] == " ".join(str(t.id) for t in parts)
+        joint = math.prod(t.prob for t in parts)
+        assert float(a["data-prob"]) == pytest.approx(joint, rel=1e-12)
+        assert a["style"].startswith(f"background:{color_for(joint)}")
+        if stop - start == 1:
+            t = parts[0]
+            for name in ("logprob", "entropy", "margin"):
+                assert float(a[f"data-{name}"]) == pytest.approx(getattr(t, name), rel=1e-12)
+            assert int(a["data-rank"]) == t.rank
+        else:
+            assert int(a["data-n"]) == stop - start and p["body"] == "好"
+
+
+def test_a_split_character_is_one_unit_listing_each_fragment():
+    parts = [tok("", 0.5, id=7, top=(Alternative(7, "\\xe4\\xbd", 0.5), Alternative(8, "x", 0.2))),
+             tok("你", 0.8, id=9, joined=1, top=(Alternative(9, "\\xa0", 0.8), Alternative(3, "y", 0.1)))]
+    doc = Doc(tokens_html(parts + [tok("!", 0.9, id=5)]))
+    unit = doc.tokens[0]
+    assert "gs-unit" in unit["classes"] and "gs-cont" not in unit["classes"] and unit["body"] == "你"
+    assert unit["attrs"]["aria-label"] == "你, 2 tokens, 40.0%"
+    tip = unit["tip"]
+    for text in ("2 tokens", "40.0%", "fragment 1 of 2: \\xe4\\xbd", "50.0%", "fragment 2 of 2: \\xa0", "80.0%",
+                 "id 7", "id 9"):
+        assert text in tip, text
+    for mode in ("margin", "entropy"):  # the least confident fragment colours the unit
+        low = min(token_value(t, mode) for t in parts)
+        assert Doc(tokens_html(parts, mode)).tokens[0]["attrs"]["style"].startswith(f"background:{color_for(low)}")
+
+
+def test_alternatives_are_fork_buttons_when_asked():
+    tokens = [tok("The", 0.6, id=1), tok(" cat", 0.5, id=2, top=(Alternative(2, " cat", 0.5),
+                                                                   Alternative(3, " dog", 0.3)))]
+    plain = Doc(tokens_html(tokens))
+    assert not [a for tag, a in plain.starts if tag == "button"]
+    doc = Doc(tokens_html(tokens, fork=True))
+    buttons = [a for tag, a in doc.starts if tag == "button"]
+    assert [(b["data-at"], b["data-token"]) for b in buttons] == [("0", "1001"), ("1", "3")]  # never the chosen one
+    assert buttons[1]["aria-label"] == "continue with dog (30.0%) instead" and "gs-fork" in buttons[1]["class"]
+
+
+def test_a_forks_shared_prefix_is_dimmed_and_the_divergence_marked():
+    tokens = [tok(w, 0.9, id=i) for i, w in enumerate(["a", " b", " c", " d"])]
+    doc = Doc(tokens_html(tokens, shared_until=2))
+    marks = [("gs-shared" in p["classes"], "gs-diverge" in p["classes"]) for p in doc.tokens]
+    assert marks == [(True, False), (True, False), (False, True), (False, False)]
 
 
 def test_aria_label_format():
@@ -241,11 +284,11 @@ def test_special_low_near_tie_and_continuation_classes():
     assert "gs-special" in classes["10"] and "gs-special" not in classes["0"]
     assert "gs-low" in classes["5"] and "gs-low" in classes["7"] and "gs-low" not in classes["1"]
     assert "gs-near-tie" in classes["3"] and "gs-near-tie" not in classes["4"]
-    assert "gs-cont" in classes["8"]
+    assert "gs-unit" in classes["8"]
     tip3 = doc.tokens[3]["tip"]
     assert "near tie: rescoring the whole sequence gives 47.0% (rank 2)" in tip3
     assert "batched/cached arithmetic can flip the argmax" in tip3
-    assert "completes a character split over 2 tokens" in doc.tokens[9]["tip"]
+    assert "fragment 2 of 2" in doc.tokens[8]["tip"]
 
 
 def test_near_tie_needs_a_rescored_probability():
@@ -267,7 +310,6 @@ def test_tooltip_shows_numbers_and_marks_the_chosen_alternative():
     for s in ("95.1%", "logprob -0.05024", "entropy 0.25 nats", "margin 93.1%", "rank 1", "\u2423Lyon", "2.0%"):
         assert s in tip, s
     assert out.count("gs-chosen") == 1 and '<span class="gs-alt gs-chosen"><span class="gs-alt-t">\u2423Paris' in out
-    assert ".gs-token:hover .gs-tip, .gs-token:focus .gs-tip { display: block; }" in CSS
 
 
 def test_chosen_token_outside_top_k_is_still_shown():

@@ -24,7 +24,7 @@ from .export import parse_top, tokens_csv
 from .html import CSS, CSS_PATH, page_html, reply_html, stats_html, tokens_html
 from .terminal import reply_ansi
 from .text import pct, visible
-from .view import COLOR_MODES, View, render_outputs
+from .view import COLOR_MODES, View, render_numbers, render_outputs
 
 if TYPE_CHECKING:
     from .chart import confidence_figure, histogram_figure
@@ -47,6 +47,7 @@ __all__ = [
     "pct",
     "plotly_colorscale",
     "reply_ansi",
+    "render_numbers",
     "render_outputs",
     "reply_html",
     "stats_html",

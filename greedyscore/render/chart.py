@@ -224,3 +224,38 @@ def histogram_figure(
         **PLAIN_LAYOUT,
     )
     return go.Figure(data=[bar], layout=layout)
+
+
+def fork_figure(
+    parent: Sequence[ScoredToken], fork: Sequence[ScoredToken], forked_at: int, rejoin: tuple[int, int] | None,
+    color_by: str = "prob", names: tuple[str, str] = ("the reply", "the fork"),
+) -> go.Figure:
+    """Both roads on one x axis (token position from the reply's start): each token's confidence
+    in the colour mode, a dashed line where they part, a dotted one where they meet again.
+
+    Example: len(fork_figure(a, b, 3, None).data) == 2
+    """
+    check_mode(color_by)
+    traces = []
+    for tokens, name, color, dash in ((parent, names[0], "#495057", "solid"), (fork, names[1], "#e8590c", "dot")):
+        traces.append(go.Scatter(
+            x=np.arange(len(tokens)), y=np.array([token_value(t, color_by) for t in tokens], dtype=float),
+            name=_esc(name), mode="lines+markers", line=dict(color=color, width=1.5, dash=dash),
+            marker=dict(size=5), customdata=_hover_rows(tokens),
+            hovertemplate="<b>%{customdata[0]}</b><br>probability %{customdata[1]} \u00b7 margin %{customdata[3]}"
+                          f"<extra>{_esc(name)}</extra>",
+        ))
+    shapes = [dict(type="line", name="forked", xref="x", x0=forked_at, x1=forked_at, yref="paper", y0=0, y1=1,
+                   line=dict(color="#e8590c", width=1.5, dash="dash"))]
+    if rejoin is not None:
+        shapes.append(dict(type="line", name="rejoined", xref="x", x0=rejoin[0], x1=rejoin[0], yref="paper", y0=0,
+                           y1=1, line=dict(color="#2b8a3e", width=1.5, dash="dot")))
+    layout = dict(
+        title=dict(text=f"Two roads from token {forked_at} ({_esc(Y_TITLES[color_by])})"),
+        xaxis=dict(AXIS_STYLE, title=dict(text="token position in the reply")),
+        yaxis=dict(AXIS_STYLE, title=dict(text=Y_TITLES[color_by]), range=[0, 1.05],
+                   tickformat=None if color_by == "entropy" else ".0%"),
+        hovermode="closest", margin=dict(l=60, r=30, t=60, b=50), shapes=shapes,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0), **PLAIN_LAYOUT,
+    )
+    return go.Figure(data=traces, layout=layout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from functools import cache
 
 from ..errors import BadInput
@@ -71,6 +72,17 @@ def token_value(t: ScoredToken, mode: str = "prob") -> float:
     else:
         raise BadInput(f"unknown colour mode {mode!r}: use one of {', '.join(MODES)}")
     return 0.0 if math.isnan(v) else min(1.0, max(0.0, v))
+
+
+def unit_value(parts: Sequence[ScoredToken], mode: str = "prob") -> float:
+    """A multi-token character's confidence: the product of its fragments' probabilities (the
+    character's probability), or under margin/entropy its least confident fragment.
+
+    Example: unit_value([t(p=0.5), t(p=0.8)], "prob") -> 0.4
+    """
+    if check_mode(mode) == "prob":
+        return math.exp(sum(t.logprob for t in parts))
+    return min(token_value(t, mode) for t in parts)
 
 
 def measure_text(t: ScoredToken, mode: str = "prob") -> str:

@@ -10,7 +10,10 @@ Class names (styled by assets/greedyscore.css, exported here as `CSS`):
   gs-low                            value below the threshold: underlined (not colour alone)
   gs-near-tie                       verification disagrees: dotted outline + tooltip line
   gs-special                        special token (e.g. <|im_end|>)
-  gs-cont                           a token ending inside a multi-byte character (text "")
+  gs-unit (+ gs-frag in its tooltip) a character split over several byte tokens, drawn as one
+  gs-cont                           a lone token ending inside a multi-byte character (text "")
+  gs-shared, gs-diverge             a fork's prefix shared with the original, and where it parts
+  gs-fork                           an alternative that is a button: data-at, data-token
   gs-ws, gs-ctl                     visible marks for newline/tab and for control characters
   gs-tip (+ gs-tip-tok, gs-tip-id, gs-tip-p, gs-tip-nums, gs-tip-note, gs-tip-tie)  tooltip
   gs-alts, gs-alt, gs-alt-t, gs-alt-b, gs-alt-p, gs-alt-more, gs-chosen             top-k bars
@@ -21,6 +24,7 @@ Class names (styled by assets/greedyscore.css, exported here as `CSS`):
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from .colors import (
     text_color,
     threshold_text,
     token_value,
+    unit_value,
 )
 from .text import char_mark, html_visible, num, pct, seconds, spoken, sub_invisible
 
@@ -66,18 +71,25 @@ def body_html(text: str) -> str:
     return sub_invisible(esc(text), _html_mark)
 
 
-def _alt_row(text: str, prob: float, chosen: bool) -> str:
+def _alt_row(text: str, prob: float, chosen: bool, fork_at: int | None = None, token_id: int = 0) -> str:
+    """One alternative: text, bar, percentage. With fork_at, a button that forks the reply there."""
     shown = html_visible(text, "\u2205")
-    cls = "gs-alt gs-chosen" if chosen else "gs-alt"
-    return (
-        f'<span class="{cls}"><span class="gs-alt-t">{shown}</span>'
+    inner = (
+        f'<span class="gs-alt-t">{shown}</span>'
         f'<span class="gs-alt-b"><span style="width:{max(0.0, min(1.0, prob)) * 100:.1f}%"></span></span>'
-        f'<span class="gs-alt-p">{pct(prob)}</span></span>'
+        f'<span class="gs-alt-p">{pct(prob)}</span>'
     )
+    if chosen:
+        return f'<span class="gs-alt gs-chosen">{inner}</span>'
+    if fork_at is None:
+        return f'<span class="gs-alt">{inner}</span>'
+    label = esc(f"continue with {spoken(text)} ({pct(prob)}) instead")
+    return (f'<button type="button" class="gs-alt gs-fork" data-at="{fork_at}" data-token="{token_id}"'
+            f' title="{label}" aria-label="{label}">{inner}</button>')
 
 
-def _alternatives(t: ScoredToken) -> str:
-    rows = [_alt_row(a.text, a.prob, a.id == t.id) for a in t.top]
+def _alternatives(t: ScoredToken, fork_at: int | None = None) -> str:
+    rows = [_alt_row(a.text, a.prob, a.id == t.id, fork_at, a.id) for a in t.top]
     if t.top and all(a.id != t.id for a in t.top):
         rows.append(f'<span class="gs-alt-more">\u22ef chosen token, rank {t.rank}:</span>')
         rows.append(_alt_row(t.text, t.prob, True))
@@ -86,10 +98,8 @@ def _alternatives(t: ScoredToken) -> str:
 
 def _notes(t: ScoredToken) -> str:
     notes: list[tuple[str, str]] = []  # (class, plain text)
-    if t.joined > 0:
-        notes.append(("gs-tip-note", f"completes a character split over {t.joined + 1} tokens (the marks before it)"))
-    elif t.text == "" and not t.special:
-        notes.append(("gs-tip-note", "ends inside a multi-byte character: it shows on the token that completes it"))
+    if t.text == "" and not t.special:
+        notes.append(("gs-tip-note", "ends inside a multi-byte character"))
     if t.rescored_prob is not None:
         rescored = pct(t.rescored_prob) + (f" (rank {t.rescored_rank})" if t.rescored_rank is not None else "")
         if t.near_tie:
@@ -100,62 +110,139 @@ def _notes(t: ScoredToken) -> str:
     return "".join(f'<span class="{cls}">{esc(text)}</span>' for cls, text in notes)
 
 
-def tooltip_html(t: ScoredToken) -> str:
-    """The hover/focus card: probability, logprob, entropy, margin, rank, top-k bars, notes."""
-    shown = html_visible(t.text, "(partial character)")
+def _numbers(t: ScoredToken, fork_at: int | None, head: str) -> str:
+    """One token's block in a tooltip: its text and id, probability, numbers, alternatives, notes."""
     kind = " \u00b7 special" if t.special else ""
     return (
-        f'<span class="gs-tip" role="tooltip">'
-        f'<span class="gs-tip-tok">{shown} <span class="gs-tip-id">id {t.id}{kind}</span></span>'
+        f'<span class="gs-tip-tok">{head} <span class="gs-tip-id">id {t.id}{kind}</span></span>'
         f'<span class="gs-tip-p">{pct(t.prob)}</span>'
         f'<span class="gs-tip-nums">logprob {num(t.logprob)} \u00b7 entropy {num(t.entropy, 3)} nats'
         f" \u00b7 margin {pct(t.margin)} \u00b7 rank {t.rank}</span>"
-        f"{_alternatives(t)}{_notes(t)}</span>"
+        f"{_alternatives(t, fork_at)}{_notes(t)}"
     )
 
 
+def tooltip_html(t: ScoredToken, fork_at: int | None = None) -> str:
+    """The hover/focus card: probability, logprob, entropy, margin, rank, top-k bars, notes.
+    With fork_at (the token's position), each alternative is a button that forks the reply there."""
+    head = html_visible(t.text, "(partial character)")
+    return f'<span class="gs-tip" role="tooltip">{_numbers(t, fork_at, head)}</span>'
+
+
+def _classes(tokens: Sequence[ScoredToken], value: float, threshold: float, extra: str) -> str:
+    cls = "gs-token" + extra
+    if any(t.special for t in tokens):
+        cls += " gs-special"
+    if value < threshold:
+        cls += " gs-low"
+    if any(t.rescored_prob is not None and t.near_tie for t in tokens):
+        cls += " gs-near-tie"
+    return cls
+
+
 def token_html(
-    t: ScoredToken, i: int, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
+    t: ScoredToken, i: int, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5,
+    fork: bool = False, extra_class: str = "",
 ) -> str:
     """One focusable token span with its numbers as data-* attributes and its tooltip."""
     value = token_value(t, color_by)
     bg = color_for(value, palette)
     near_tie = t.rescored_prob is not None and t.near_tie
-    cls = "gs-token"
-    if t.special:
-        cls += " gs-special"
-    if t.text == "":
-        cls += " gs-cont"
-    if value < threshold:
-        cls += " gs-low"
-    if near_tie:
-        cls += " gs-near-tie"
+    cls = _classes([t], value, threshold, (" gs-cont" if t.text == "" else "") + extra_class)
     label = f"{spoken(t.text)}, {pct(t.prob)}" + (", near tie" if near_tie else "")
     extra = ""
     if t.rescored_prob is not None:
         extra += f' data-rescored-prob="{float(t.rescored_prob)!r}"'
     if t.rescored_rank is not None:
         extra += f' data-rescored-rank="{t.rescored_rank}"'
-    if t.joined:
-        extra += f' data-joined="{t.joined}"'
     return (
         f'<span class="{cls}" tabindex="0" role="group" data-i="{i}" data-id="{t.id}"'
         f' data-prob="{float(t.prob)!r}" data-logprob="{float(t.logprob)!r}"'
         f' data-entropy="{float(t.entropy)!r}" data-margin="{float(t.margin)!r}" data-rank="{t.rank}"{extra}'
         f' aria-label="{esc(label)}" style="background:{bg};color:{text_color(bg)};--gs-bg:{bg}">'
-        f"{body_html(t.text)}{tooltip_html(t)}</span>"
+        f"{body_html(t.text)}{tooltip_html(t, i if fork else None)}</span>"
     )
 
 
-def tokens_html(
-    tokens: Sequence[ScoredToken], color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
+def unit_html(
+    parts: Sequence[ScoredToken], i: int, color_by: str = "prob", palette: str = DEFAULT_PALETTE,
+    threshold: float = 0.5, fork: bool = False, extra_class: str = "",
 ) -> str:
-    """All tokens in order inside one pre-wrap block (no legend)."""
+    """A character split over several byte tokens, drawn as one unit with its character. Its
+    colour is the character's confidence (probability: the product of the fragments'; margin
+    and entropy: the least confident fragment); its tooltip lists every fragment's numbers."""
+    text = parts[-1].text
+    value = unit_value(parts, color_by)
+    bg = color_for(value, palette)
+    joint = math.exp(sum(t.logprob for t in parts))
+    cls = _classes(parts, value, threshold, " gs-unit" + extra_class)
+    label = f"{spoken(text)}, {len(parts)} tokens, {pct(joint)}"
+    heads = [f"fragment {k + 1} of {len(parts)}: {esc(display_bytes(t))}" for k, t in enumerate(parts)]
+    blocks = "".join(
+        f'<span class="gs-frag">{_numbers(t, i + k if fork else None, head)}</span>'
+        for k, (t, head) in enumerate(zip(parts, heads))
+    )
+    tip = (
+        f'<span class="gs-tip" role="tooltip"><span class="gs-tip-tok">{html_visible(text, "(partial character)")}'
+        f' <span class="gs-tip-id">{len(parts)} tokens</span></span>'
+        f'<span class="gs-tip-p">{pct(joint)}</span>'
+        f'<span class="gs-tip-nums">the character: its fragments\u2019 probabilities multiplied</span>{blocks}</span>'
+    )
+    return (
+        f'<span class="{cls}" tabindex="0" role="group" data-i="{i}" data-n="{len(parts)}"'
+        f' data-id="{" ".join(str(t.id) for t in parts)}" data-prob="{joint!r}"'
+        f' data-logprob="{sum(t.logprob for t in parts)!r}" aria-label="{esc(label)}"'
+        f' style="background:{bg};color:{text_color(bg)};--gs-bg:{bg}">{body_html(text)}{tip}</span>'
+    )
+
+
+def display_bytes(t: ScoredToken) -> str:
+    """A fragment's own bytes as the model's vocabulary shows them (its first alternative that is it)."""
+    return next((a.text for a in t.top if a.id == t.id), f"id {t.id}")
+
+
+def units(tokens: Sequence[ScoredToken]) -> list[tuple[int, int]]:
+    """(start, stop) runs to draw as one element: a character's fragments (text "" tokens, then
+    the token whose `joined` counts them) form one run; every other token is its own run.
+
+    Example: units([<"">, <"你", joined=1>, <"!">]) -> [(0, 2), (2, 3)]
+    """
+    runs, i, n = [], 0, len(tokens)
+    while i < n:
+        j = i
+        while j < n and tokens[j].text == "" and not tokens[j].special:
+            j += 1
+        if i < j < n and tokens[j].joined == j - i:
+            runs.append((i, j + 1))
+            i = j + 1
+        else:
+            runs.append((i, i + 1))
+            i += 1
+    return runs
+
+
+def tokens_html(
+    tokens: Sequence[ScoredToken], color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5,
+    fork: bool = False, shared_until: int | None = None,
+) -> str:
+    """All tokens in order inside one pre-wrap block (no legend); split characters as units.
+
+    fork: alternatives in tooltips are buttons (data-at, data-token) that fork the reply there.
+    shared_until: a fork's shared prefix (dimmed) ends here, and this token is where it diverges.
+    """
     check_mode(color_by)
     check_palette(palette)
     if not tokens:
         return '<div class="gs-tokens"><span class="gs-empty">(no tokens)</span></div>'
-    spans = [token_html(t, i, color_by, palette, threshold) for i, t in enumerate(tokens)]
+    spans = []
+    for start, stop in units(tokens):
+        extra = ""
+        if shared_until is not None:
+            extra = " gs-shared" if stop <= shared_until else " gs-diverge" if start <= shared_until < stop else ""
+        if stop - start == 1:
+            spans.append(token_html(tokens[start], start, color_by, palette, threshold, fork, extra))
+        else:
+            spans.append(unit_html(tokens[start:stop], start, color_by, palette, threshold, fork, extra))
     return f'<div class="gs-tokens">{"".join(spans)}</div>'
 
 
@@ -165,7 +252,7 @@ def reply_html(
     """The legend followed by the reply's tokens: what a `gr.HTML` output shows."""
     return (
         f'<div class="gs-reply">{legend_html(color_by, palette, threshold)}'
-        f"{tokens_html(reply.tokens, color_by, palette, threshold)}</div>"
+        f"{tokens_html(reply.tokens, color_by, palette, threshold, shared_until=reply.forked_at)}</div>"
     )
 
 

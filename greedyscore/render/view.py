@@ -40,12 +40,18 @@ class View:
 
 def render_outputs(reply: ScoredReply | None, view: View) -> tuple[str, Any, Any, str]:
     """-> (token HTML with legend, confidence figure, histogram, stats HTML); the legend alone before any reply."""
+    if reply is None:
+        return legend_html(view.color_by, view.palette, view.threshold), None, None, ""
+    return (reply_html(reply, view.color_by, view.palette, view.threshold), *render_numbers(reply, view))
+
+
+def render_numbers(reply: ScoredReply | None, view: View) -> tuple[Any, Any, str]:
+    """-> (confidence figure, histogram, stats HTML) of a reply; empty before any reply."""
     from .chart import confidence_figure, histogram_figure
 
     if reply is None:
-        return legend_html(view.color_by, view.palette, view.threshold), None, None, ""
+        return None, None, ""
     return (
-        reply_html(reply, view.color_by, view.palette, view.threshold),
         confidence_figure(reply.tokens, view.color_by, view.palette, view.threshold),
         histogram_figure(reply.tokens, view.color_by, view.palette, view.threshold),
         stats_html(reply, view.color_by, view.palette, view.threshold),

@@ -1,0 +1,112 @@
+"""A visitor's conversation as data: the turns, their scored replies and each reply's fork tree.
+
+Pure and immutable (each change returns a new Conversation), so the UI keeps one per session in
+`gr.State` and the renderers and the export read it; no model and no gradio here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .types import Message, ScoredReply
+
+ORIGINAL = 0  # the node id of a turn's own reply in its fork tree
+
+
+@dataclass(frozen=True)
+class ForkNode:
+    """The reply had the model taken `token_id` at `at` in the path `parent` (ORIGINAL or a fork)."""
+
+    id: int
+    parent: int
+    at: int
+    token_id: int
+    reply: ScoredReply
+
+
+@dataclass(frozen=True)
+class Turn:
+    user: str
+    reply: ScoredReply | None = None  # None while it is being generated (or if it never finished)
+    forks: tuple[ForkNode, ...] = ()
+
+    def path(self, node: int) -> ScoredReply:
+        """The reply of a node of this turn's tree (ORIGINAL: the turn's own reply)."""
+        if node == ORIGINAL and self.reply is not None:
+            return self.reply
+        for f in self.forks:
+            if f.id == node:
+                return f.reply
+        raise KeyError(f"no path {node} in this turn")
+
+    def fork(self, node: int) -> ForkNode:
+        return next(f for f in self.forks if f.id == node)
+
+    def children(self, node: int) -> list[ForkNode]:
+        return [f for f in self.forks if f.parent == node]
+
+    def find(self, parent: int, at: int, token_id: int) -> ForkNode | None:
+        """The fork already computed for this choice, if any."""
+        return next((f for f in self.forks if (f.parent, f.at, f.token_id) == (parent, at, token_id)), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The turn's reply in the CLI schema, with its fork tree (each fork: parent, at, token_id, reply)."""
+        if self.reply is None:
+            return {"user": self.user, "reply": None, "forks": []}
+        return {
+            "user": self.user,
+            **self.reply.to_json(),
+            "forks": [{"id": f.id, "parent": f.parent, "at": f.at, "token_id": f.token_id, **f.reply.to_json()}
+                      for f in self.forks],
+        }
+
+
+@dataclass(frozen=True)
+class Conversation:
+    turns: tuple[Turn, ...] = ()
+    selected: int | None = None  # the turn whose chart, stats and export are shown
+    shown: int = ORIGINAL  # in the selected turn: the fork shown beside its parent (ORIGINAL: none)
+
+    def messages(self, turn: int | None = None) -> list[Message]:
+        """The messages that produced `turn` (None: those for a new turn after all of them).
+        Turns that never got a reply are left out; forks never change the conversation."""
+        end = len(self.turns) if turn is None else turn
+        out: list[Message] = []
+        for t in self.turns[:end]:
+            if t.reply is not None:
+                out += [Message("user", t.user), Message("assistant", t.reply.text)]
+        if turn is not None:
+            out.append(Message("user", self.turns[turn].user))
+        return out
+
+    def ask(self, user: str) -> Conversation:
+        return replace(self, turns=(*self.turns, Turn(user)))
+
+    def answer(self, reply: ScoredReply) -> Conversation:
+        """The last turn's reply; it becomes the selected turn."""
+        last = replace(self.turns[-1], reply=reply)
+        return Conversation((*self.turns[:-1], last), len(self.turns) - 1, ORIGINAL)
+
+    def select(self, turn: int) -> Conversation:
+        if not (0 <= turn < len(self.turns) and self.turns[turn].reply is not None):
+            raise KeyError(f"no reply at turn {turn}")
+        return replace(self, selected=turn, shown=ORIGINAL)
+
+    def show(self, turn: int, node: int) -> Conversation:
+        self.turns[turn].path(node)  # raises for an unknown node
+        return replace(self, selected=turn, shown=node)
+
+    def add_fork(self, turn: int, parent: int, at: int, token_id: int, reply: ScoredReply) -> Conversation:
+        """Add the fork to the turn's tree (or reuse the same one) and show it."""
+        t = self.turns[turn]
+        node = t.find(parent, at, token_id)
+        if node is None:
+            node = ForkNode(1 + max((f.id for f in t.forks), default=0), parent, at, token_id, reply)
+            t = replace(t, forks=(*t.forks, node))
+        turns = (*self.turns[:turn], t, *self.turns[turn + 1 :])
+        return Conversation(turns, turn, node.id)
+
+    @property
+    def current(self) -> Turn | None:
+        return self.turns[self.selected] if self.selected is not None else None

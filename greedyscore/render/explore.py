@@ -1,0 +1,171 @@
+"""The conversation coloured in place, and a reply's forks beside it: pure HTML from a Conversation.
+
+Interactive elements carry data attributes that `EXPLORE_JS` turns into Gradio events (the
+renderers stay pure; the UI wires the events):
+  [data-turn=N]          an assistant turn: click or Enter selects it (chart, stats, export)
+  [data-source=N:P]      tokens of path P (0 = the reply, else a fork id) of turn N
+  button.gs-fork         an alternative: data-at, data-token -> fork path P there
+  button[data-show=N:P]  show fork P of turn N beside its parent
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from ..compare import ForkComparison, PathCost, compare_fork, forks_that_matter
+from ..conversation import ORIGINAL, Conversation, Turn
+from ..types import ScoredReply
+from .colors import legend_html
+from .html import tokens_html
+from .text import html_visible, num, pct, spoken
+from .view import View
+
+EXPLORE_JS: str = Path(__file__).with_name("explore.js").read_text(encoding="utf-8")  # gr.HTML js_on_load
+FORK_POINTS = 3  # how many "forks that matter" to list
+SNIPPET_CHARS = 60
+
+
+def esc(s: str) -> str:
+    return html.escape(s, quote=True)
+
+
+def conversation_html(conv: Conversation, view: View) -> str:
+    """The legend, then every turn: the user's words as text, each reply as coloured tokens."""
+    turns = "".join(_turn_html(n, t, view, n == conv.selected) for n, t in enumerate(conv.turns))
+    empty = '<div class="gs-conv-empty">Ask something: the reply appears here, every token coloured.</div>'
+    return (f'<div class="gs-reply">{legend_html(view.color_by, view.palette, view.threshold)}'
+            f'<div class="gs-conv">{turns or empty}</div></div>')
+
+
+def _turn_html(n: int, turn: Turn, view: View, selected: bool) -> str:
+    user = f'<div class="gs-turn gs-turn-user"><div class="gs-bubble">{esc(turn.user)}</div></div>'
+    if turn.reply is None:
+        return user
+    note = ""
+    if turn.reply.finish_reason == "abort":
+        note = '<div class="gs-turn-note">stopped: the reply ends where you stopped it</div>'
+    elif turn.reply.finish_reason == "length":
+        note = '<div class="gs-turn-note">cut at the token limit</div>'
+    cls = "gs-turn gs-turn-reply" + (" gs-selected" if selected else "")
+    return (
+        f'{user}<div class="{cls}" data-turn="{n}" data-source="{n}:{ORIGINAL}" tabindex="0" role="group"'
+        f' aria-label="reply {n + 1}: Enter shows its chart and numbers">'
+        f'<div class="gs-bubble">{tokens_html(turn.reply.tokens, view.color_by, view.palette, view.threshold, True)}'
+        f"{note}</div></div>"
+    )
+
+
+def live_html(text: str | None) -> str:
+    """The reply being generated, as plain text until it is scored ("" when none)."""
+    if text is None:
+        return ""
+    body = esc(text) if text else '<span class="gs-typing">…</span>'
+    bubble = f'<div class="gs-turn gs-turn-reply"><div class="gs-bubble">{body}</div></div>'
+    return f'<div class="gs-conv gs-live">{bubble}</div>'
+
+
+def fork_panel_html(conv: Conversation, view: View, busy: str = "") -> str:
+    """For the selected reply: the forks that matter, its fork tree, the shown fork beside its parent."""
+    turn = conv.current
+    if turn is None or turn.reply is None:
+        return '<div class="gs-forks gs-empty">Forks: choose an alternative in any token\u2019s tooltip.</div>'
+    n = conv.selected
+    parts = [_points_html(n, turn), _tree_html(n, turn, conv.shown)]
+    if busy:
+        parts.append(f'<div class="gs-fork-busy" role="status">{esc(busy)}</div>')
+    if conv.shown != ORIGINAL:
+        node = turn.fork(conv.shown)
+        parent = turn.path(node.parent)
+        parts.append(_beside_html(n, node.parent, parent, node.id, node.reply, view))
+    return f'<div class="gs-forks">{"".join(parts)}</div>'
+
+
+def fork_outputs(conv: Conversation, view: View, busy: str = "") -> tuple[str, Any]:
+    """-> (the fork panel's HTML, the figure of the shown fork beside its parent, or None)."""
+    from .chart import fork_figure
+
+    figure = None
+    turn = conv.current
+    if turn is not None and conv.shown != ORIGINAL:
+        node = turn.fork(conv.shown)
+        parent = turn.path(node.parent)
+        cmp = compare_fork(parent, node.reply)
+        names = ("the reply" if node.parent == ORIGINAL else f"fork {node.parent}", f"fork {node.id}")
+        figure = fork_figure(parent.tokens, node.reply.tokens, node.at, cmp.rejoin, view.color_by, names)
+    return fork_panel_html(conv, view, busy), figure
+
+
+def _points_html(n: int, turn: Turn) -> str:
+    reply = turn.reply
+    assert reply is not None
+    items = []
+    for p in forks_that_matter(reply, FORK_POINTS):
+        done = turn.find(ORIGINAL, p.at, p.runner_up.id)
+        leads = f" leads to: \u201c{esc(_snippet(done.reply))}\u201d" if done else " \u2192 compute this road"
+        text = (f"at {html_visible(p.chosen)} ({pct(p.prob)}) the runner-up {html_visible(p.runner_up.text)} "
+                f"({pct(p.runner_up.prob)}){leads}")
+        label = esc(f"fork at token {p.at}: {spoken(p.runner_up.text)} instead of {spoken(p.chosen)}")
+        items.append(f'<li><button type="button" class="gs-fork gs-point" data-at="{p.at}" '
+                     f'data-token="{p.runner_up.id}" aria-label="{label}">{text}</button></li>')
+    body = "".join(items) or "<li>no close calls: every token had a single clear choice</li>"
+    return (f'<div class="gs-points" data-source="{n}:{ORIGINAL}"><span class="gs-h">Forks that matter</span>'
+            f'<span class="gs-sub">the {FORK_POINTS} closest calls (smallest margin p1 \u2212 p2)</span>'
+            f"<ol>{body}</ol></div>")
+
+
+def _snippet(reply: ScoredReply) -> str:
+    start = reply.forked_at or 0
+    text = "".join(t.text for t in reply.tokens[start:] if not t.special)
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "\u2026"
+
+
+def _tree_html(n: int, turn: Turn, shown: int) -> str:
+    def branch(node: int) -> str:
+        items = []
+        for f in turn.children(node):
+            was = turn.path(f.parent).tokens[f.at].text
+            now = f.reply.tokens[f.at].text
+            cost = sum(t.logprob for t in f.reply.tokens)
+            cls = ' class="gs-shown"' if f.id == shown else ""
+            items.append(
+                f'<li><button type="button" data-show="{n}:{f.id}"{cls}>fork {f.id}: at token {f.at} '
+                f"{html_visible(was)} \u2192 {html_visible(now)} \u00b7 total logprob {num(cost)}</button>"
+                f"{branch(f.id)}</li>"
+            )
+        return f"<ul>{''.join(items)}</ul>" if items else ""
+
+    tree = branch(ORIGINAL)
+    if not tree:
+        return ""
+    return f'<div class="gs-tree"><span class="gs-h">Fork tree</span>{tree}</div>'
+
+
+def _beside_html(n: int, parent_id: int, parent: ScoredReply, fork_id: int, fork: ScoredReply, view: View) -> str:
+    cmp = compare_fork(parent, fork)
+    at = cmp.forked_at
+    name = "the reply" if parent_id == ORIGINAL else f"fork {parent_id}"
+    cols = (
+        _column(n, parent_id, parent, at, f"{name} (took {html_visible(parent.tokens[at].text)})", cmp.original, view)
+        + _column(n, fork_id, fork, at, f"fork {fork_id} (took {html_visible(fork.tokens[at].text)})", cmp.fork, view)
+    )
+    return (f'<div class="gs-beside"><div class="gs-fork-cols">{cols}</div>'
+            f'<p class="gs-rejoin">{_rejoin_text(cmp, parent, fork)}</p></div>')
+
+
+def _column(n: int, node: int, reply: ScoredReply, at: int, title: str, cost: PathCost, view: View) -> str:
+    tokens = tokens_html(reply.tokens, view.color_by, view.palette, view.threshold, True, shared_until=at)
+    return (
+        f'<div class="gs-fork-col" data-source="{n}:{node}"><div class="gs-fork-head"><b>{title}</b>'
+        f"<span>total logprob {num(cost.total_logprob)} \u00b7 perplexity {num(cost.perplexity)}"
+        f" \u00b7 {cost.n_tokens} tokens</span></div>{tokens}</div>"
+    )
+
+
+def _rejoin_text(cmp: ForkComparison, parent: ScoredReply, fork: ScoredReply) -> str:
+    if cmp.rejoin is None:
+        return f"The two roads part at token {cmp.forked_at} and do not meet again."
+    in_fork, in_parent = cmp.rejoin
+    return (f"The two roads part at token {cmp.forked_at} and meet again at "
+            f"{html_visible(fork.tokens[in_fork].text)} (token {in_fork} of the fork, {in_parent} of the other).")
