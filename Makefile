@@ -58,6 +58,7 @@ bench: $(VENV)/.test browser
 	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bench_stream.py
+	$(BIN)/python benchmarks/bench_fork.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

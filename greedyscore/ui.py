@@ -17,18 +17,13 @@ import gradio as gr
 
 from .conversation import Conversation
 from .errors import BadInput, GreedyScoreError
+from .examples import CHAT_EXAMPLES, SCORE_EXAMPLES
 from .exports import EXPORT_TTL_S, Exports
 from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_html, render_numbers, render_outputs
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
-EXAMPLES = [
-    "What is the capital of France?",
-    "你好，请介绍一下你自己",
-    "Write a Python function that checks whether a number is prime.",
-    "Why does greedy decoding always pick the most likely token?",
-]
 MODEL_EVENTS = "model"  # one concurrency group shared by every event that runs the model
 DEFAULT_VIEW = View()
 API_DEFAULTS = Settings()  # what an API call gets for every parameter it leaves out
@@ -142,7 +137,8 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
         send = gr.Button("Send", variant="primary", scale=1, elem_id="gs-send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="gs-stop")
         clear = gr.Button("Clear", scale=1, elem_id="gs-clear")
-    gr.Examples(EXAMPLES, inputs=[msg], label="Examples")
+    gr.Examples([e.prompt for e in CHAT_EXAMPLES], inputs=[msg], label="Examples",
+                example_labels=[e.label for e in CHAT_EXAMPLES])
     gr.Markdown("Click a reply (or Tab to it and press Enter) to chart it; choose an alternative in a token's "
                 "tooltip to see where the other road leads.", elem_id="gs-hint")
     with gr.Tabs():
@@ -275,6 +271,7 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
         prompt = gr.Textbox(lines=1, label="…as the assistant's reply to (optional user message)", scale=4)
         conversation = gr.Checkbox(label='the text is a conversation: JSON [{"role", "content"}, ...]', scale=2)
     button = gr.Button("Score", variant="primary", elem_id="gs-score-btn")
+    gr.Examples(list(SCORE_EXAMPLES), inputs=[text], label="Texts to try")
     shown, fig, hist, stats, json_file, csv_file, reply_state = _reply_panel("text", "score")
     drawn = [shown, fig, hist, stats]
 

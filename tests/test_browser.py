@@ -66,7 +66,7 @@ def test_chat_tokens_tooltip_chart_screenshot(browser, app_server):
     tip.wait_for(state="visible", timeout=5000)
     alts = tip.locator(".gs-alt-p")
     assert alts.count() >= 2
-    assert all(re.fullmatch(r"\s*\d+(\.\d+)?%\s*", alts.nth(i).inner_text()) for i in range(alts.count()))
+    assert all(re.fullmatch(r"\s*\d+(\.\d+)?%\s*\u2934?\s*", alts.nth(i).inner_text()) for i in range(alts.count()))
     # keyboard focus shows it too
     page.mouse.move(0, 0)
     tokens.nth(1).focus()
@@ -76,8 +76,15 @@ def test_chat_tokens_tooltip_chart_screenshot(browser, app_server):
                  ).first.wait_for(timeout=30_000)
     assert page.locator("#gs-reply-stats").inner_text().lower().count("perplexity") == 1
     page.evaluate("document.activeElement && document.activeElement.blur()")
-    first.hover()
-    if os.environ.get("GREEDYSCORE_SCREENSHOT"):
+    if os.environ.get("GREEDYSCORE_SCREENSHOT"):  # with a fork beside the reply, for the README
+        paris = tokens.nth(5)
+        paris.hover()
+        paris.locator("button.gs-fork").first.click()
+        page.locator("#gs-forks .gs-fork-cols").wait_for(timeout=120_000)
+        page.locator("#gs-fork-chart .js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=30_000)
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.mouse.move(0, 0)
+        first.hover()
         page.screenshot(path=str(ROOT / "assets" / "screenshot.png"), full_page=True)
     page.close()
 
