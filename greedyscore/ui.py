@@ -190,7 +190,7 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
             data = evt._data or {}
             action = data.get("action")
             if action == "select":
-                c = c.select(_index(data.get("turn"), len(c.turns)))
+                c = c.select(_index(data.get("turn"), c))
                 yield c, skip, *numbers(c, view), *fork_outputs(c, view)
                 return
             n, node = _source(data.get("source"), c)
@@ -248,9 +248,10 @@ def _stop(cancel: threading.Event | None) -> None:
         cancel.set()
 
 
-def _index(value: Any, n: int) -> int:
+def _index(value: Any, c: Conversation) -> int:
+    """A turn index from the page, checked against this session's conversation."""
     i = whole_number("turn", value)
-    if not 0 <= i < n:
+    if not (0 <= i < len(c.turns) and c.turns[i].reply is not None):
         raise BadInput("that reply is no longer in this conversation")
     return i
 

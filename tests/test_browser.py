@@ -190,7 +190,7 @@ def test_stop_ends_the_reply_where_it_is_and_scores_it(browser, app_server):
     stopped, and the next message gets a full reply."""
     page = open_page(browser, app_server)
     send(page, "Write a very long story about a dragon who learns to paint.")
-    page.wait_for_function("() => { const l = document.querySelector('#gs-live');"
+    page.wait_for_function("() => { const l = document.querySelector('#gs-live .gs-bubble');"  # not the status line
                            " return l && l.innerText.trim().length > 10; }", timeout=120_000)
     page.locator("#gs-stop").click()
     page.locator("#gs-reply .gs-turn-note").wait_for(timeout=30_000)
