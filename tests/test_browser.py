@@ -258,6 +258,15 @@ def test_click_an_alternative_to_fork_and_earlier_turns_stay_coloured(browser, a
     assert data["user"] == "What is the capital of France?" and len(data["forks"]) == 1
     assert data["forks"][0]["forked_at"] == 1 and data["forks"][0]["parent"] == 0
     assert len(data["tokens"]) >= n_first
+    # Enter on the second turn selects it; Clear removes the conversation and its forks
+    turns.nth(1).focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#gs-reply .gs-turn-reply.gs-selected')"
+                           " === document.querySelectorAll('#gs-reply .gs-turn-reply')[1]")
+    page.wait_for_function("() => !document.querySelector('#gs-forks .gs-tree')", timeout=30_000)  # no forks there
+    page.locator("#gs-clear").click()
+    page.wait_for_function("() => document.querySelectorAll('#gs-reply .gs-turn').length === 0", timeout=30_000)
+    assert page.locator("#gs-forks .gs-fork-col").count() == 0
     page.close()
 
 
