@@ -8,7 +8,8 @@ the same thread, so the model is never used by two threads at once.
 
 Both runners have the same face: `submit(request) -> Future[Generation]` and a blocking
 `call(fn, ...)`; both run up to `max_batch` requests at once and hold up to `max_pending`
-waiting ones; beyond that, `Busy`.
+waiting ones; beyond that, `Busy`. `follow_up(fn, ...)` is model work of a request already
+accepted (rescoring its reply): it is never refused, so a reply once generated is not lost.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Runner(Protocol):
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
 
+    def follow_up(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+
 
 def make_runner(engine: Any, max_batch: int, max_pending: int) -> Runner:
     """The runner an engine asks for: `engine.concurrent` -> Concurrent, else a batching worker."""
@@ -56,6 +59,7 @@ class _Job:
     future: Future
     request: GenerateRequest | None = None  # a generation: batched with others
     call: Callable[[], Any] | None = None  # any other model work: run alone
+    counted: bool = False  # holds one of the max_pending places until the worker takes it
 
 
 class Batcher:
@@ -73,7 +77,9 @@ class Batcher:
         # first): wait up to regroup_s for n of them, so a steady crowd keeps batching as one.
         self.regroup_s = regroup_s
         self._last_batch = 1
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_pending)
+        self._queue: queue.Queue[_Job] = queue.Queue()  # bounded by hand: follow-ups are never refused
+        self._waiting = 0  # counted jobs in the queue
+        self._lock = threading.Lock()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches, for tests and benchmarks
         self._thread = threading.Thread(target=self._run, daemon=True, name="greedyscore-batcher")
         self._thread.start()
@@ -86,16 +92,31 @@ class Batcher:
         """Run fn on the worker, between batches; block until it is done."""
         return self._put(_Job(Future(), call=lambda: fn(*args, **kwargs))).result()
 
+    def follow_up(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`call` for an accepted request's further work: never refused as busy."""
+        job = _Job(Future(), call=lambda: fn(*args, **kwargs))
+        self._queue.put(job)
+        return job.future.result()
+
     def _put(self, job: _Job) -> Future:
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Busy(BUSY) from None
+        with self._lock:
+            if self._waiting >= self.max_pending:
+                raise Busy(BUSY)
+            self._waiting += 1
+        job.counted = True
+        self._queue.put(job)
         return job.future
+
+    def _take(self, timeout: float | None = None) -> _Job:
+        job = self._queue.get(timeout=timeout)
+        if job.counted:
+            with self._lock:
+                self._waiting -= 1
+        return job
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._take()
             if first.call is not None:
                 self._run_call(first)
                 continue
@@ -106,7 +127,7 @@ class Batcher:
                 if len(batch) >= expect:  # everyone expected is here: only a brief wait for more
                     deadline = min(deadline, time.perf_counter() + self.window_s)
                 try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    job = self._take(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
                     break
                 (batch if job.call is None else later).append(job)
@@ -171,6 +192,10 @@ class Concurrent:
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._start(lambda: fn(*args, **kwargs)).result()
+
+    def follow_up(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """An accepted request's further work (the engine runs concurrent calls): never refused."""
+        return fn(*args, **kwargs)
 
     def _start(self, fn: Callable[[], Any], count: bool = False) -> Future:
         if not self._slots.acquire(blocking=False):

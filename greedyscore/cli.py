@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from .engines import BACKENDS
@@ -120,8 +119,6 @@ def run(args: argparse.Namespace) -> ScoredReply:
     if args.command == "chat":
         return _drain(service.stream(messages, settings), progress)
     if args.command == "fork":
-        if reply_ids is None:
-            reply_ids = [t.id for t in service.chat(messages, replace(settings, verify=False)).tokens]
         return _drain(service.stream_fork(messages, reply_ids, args.at, args.token_id, settings), progress)
     if messages is not None:
         return service.score_messages(messages, settings)

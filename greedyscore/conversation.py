@@ -83,6 +83,12 @@ class Conversation:
     def ask(self, user: str) -> Conversation:
         return replace(self, turns=(*self.turns, Turn(user)))
 
+    def retract(self) -> Conversation:
+        """Drop the last turn if it never got a reply (its generation failed)."""
+        if self.turns and self.turns[-1].reply is None:
+            return replace(self, turns=self.turns[:-1])
+        return self
+
     def answer(self, reply: ScoredReply) -> Conversation:
         """The last turn's reply; it becomes the selected turn."""
         last = replace(self.turns[-1], reply=reply)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
@@ -156,6 +157,10 @@ class Service:
     def score_source(self) -> str:
         return self.engine.score_source
 
+    def token_text(self, token_id: int) -> str:
+        """One token's readable text (bytes as \\xNN when it is part of a character)."""
+        return self.engine.display(token_id)
+
     # --- validation ----------------------------------------------------------------------
     def check_settings(self, settings: Settings) -> None:
         check_settings(settings, self.engine.context_length)
@@ -273,7 +278,7 @@ class Service:
         if not new:
             steps = empty_scores(settings.top_k)
         elif steps is None:  # the engine gave no usable logits (LMDeploy): rescore exactly its ids
-            steps = self._model(self.engine.score_ids, context, new, settings.top_k)
+            steps = self._model(self.engine.score_ids, context, new, settings.top_k, follow_up=True)
         notes = gen.notes
         if gen.engine_logprobs is not None:
             notes += tuple(compare_engine_logprobs(gen.engine_logprobs, new, steps, settings.tolerance))
@@ -283,7 +288,8 @@ class Service:
         if verify and gen.steps is None:  # every score already comes from a teacher-forced rescoring
             rescored = steps
         elif verify:
-            rescored = self._model(self.engine.score_ids, prompt, ids, settings.top_k, cache=gen.cache)
+            rescored = self._model(self.engine.score_ids, prompt, ids, settings.top_k, cache=gen.cache,
+                                   follow_up=True)
         return self._reply(prompt, ids, steps, rescored, settings, gen.finish_reason, notes,
                            Timings(generate_s, time.perf_counter() - t0), forked_at)
 
@@ -291,7 +297,7 @@ class Service:
     def stream_fork(
         self,
         messages: Sequence[Message],
-        reply_token_ids: Sequence[int],
+        reply_token_ids: Sequence[int] | None,
         at: int,
         token_id: int,
         settings: Settings = Settings(),
@@ -300,13 +306,16 @@ class Service:
     ) -> Iterator[TextDelta | ScoredReply]:
         """The road not taken: the reply had the model chosen `token_id` at position `at`.
 
-        Steps: validate (here, before the first `next`); prefix = the reply's first `at` tokens
-        + token_id, scored teacher-forced after the prompt; greedy continuation from prompt +
-        prefix through the shared engine (batched with other work, `settings.max_new_tokens` new
-        tokens); one ScoredReply over the whole path from the reply's start, `forked_at` = at.
+        Steps: validate (here, before the first `next`; with no reply ids the original is a fresh
+        greedy reply, generated here first); prefix = the reply's first `at` tokens + token_id,
+        scored teacher-forced after the prompt; greedy continuation from prompt + prefix through
+        the shared engine (batched with other work, `settings.max_new_tokens` new tokens); one
+        ScoredReply over the whole path from the reply's start, `forked_at` = at.
         """
         self.check_settings(settings)
         self.check_messages(messages)
+        if reply_token_ids is None or (isinstance(reply_token_ids, list | tuple) and not reply_token_ids):
+            reply_token_ids = [t.id for t in self.chat(messages, replace(settings, verify=False)).tokens]
         if not isinstance(reply_token_ids, list | tuple) or not reply_token_ids:
             raise BadInput("reply_token_ids must be the original reply's token ids, a non-empty list")
         reply = [whole_number("reply token id", t) for t in reply_token_ids]
@@ -324,7 +333,7 @@ class Service:
         return self._turn(prompt, settings, cancel or threading.Event(), heartbeat_s, forced, at)
 
     def fork(
-        self, messages: Sequence[Message], reply_token_ids: Sequence[int], at: int, token_id: int,
+        self, messages: Sequence[Message], reply_token_ids: Sequence[int] | None, at: int, token_id: int,
         settings: Settings = Settings(),
     ) -> ScoredReply:
         """`stream_fork` drained."""
@@ -364,9 +373,12 @@ class Service:
         return self._reply(context, target, steps, None, settings, "stop", (), Timings(0.0, time.perf_counter() - t0))
 
     # --- helpers ---------------------------------------------------------------------------
-    def _model(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Model work other than generation, where the runner puts it; engine failures made domain errors."""
+    def _model(self, fn: Callable[..., T], *args: Any, follow_up: bool = False, **kwargs: Any) -> T:
+        """Model work other than generation, where the runner puts it; engine failures made domain
+        errors. follow_up: work for a request already accepted (its reply exists), never refused."""
         with model_errors():
+            if follow_up:
+                return self.runner.follow_up(fn, *args, **kwargs)
             return self.runner.call(fn, *args, **kwargs)
 
     def _reply(

@@ -1,17 +1,18 @@
 """The Gradio app: layout and event wiring only.
 
-Model work goes through `Service` (a chat turn is `Service.stream`); HTML and figures come from
-`render`; download files from `Exports`. Everything a visitor owns (history, last reply) lives
-in per-session `gr.State`; the Service is the one shared object.
+Model work goes through `Service` (a chat turn is `Service.stream`, a fork `Service.stream_fork`);
+HTML and figures come from `render`; download files from `Exports`. Everything a visitor owns
+(the `Conversation` with its fork trees, the running turn's cancel event) lives in per-session
+`gr.State`; the Service is the one shared object.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import gradio as gr
 
@@ -24,6 +25,7 @@ from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_pa
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
+T = TypeVar("T")
 MODEL_EVENTS = "model"  # one concurrency group shared by every event that runs the model
 DEFAULT_VIEW = View()
 API_DEFAULTS = Settings()  # what an API call gets for every parameter it leaves out
@@ -63,7 +65,7 @@ def shown_as_gr_errors() -> Iterator[None]:
 
 # --- layout ------------------------------------------------------------------------------------
 def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports | None = None) -> gr.Blocks:
-    """The whole app: Chat and Score-text tabs, plus API endpoints /chat and /score_text."""
+    """The whole app: Chat and Score-text tabs, plus API endpoints /chat, /score_text and /fork."""
     exports = exports or Exports()
     blocks = dict(title="greedyscore: what the model was sure of", fill_width=True,
                   delete_cache=(int(EXPORT_TTL_S), int(EXPORT_TTL_S)))  # gradio's copies of the exports too
@@ -101,10 +103,9 @@ def _settings_panel(config: UIConfig) -> Controls:
     return Controls(max_new, top_k, verify, color_by, palette, threshold)
 
 
-def _reply_panel(noun: str, elem: str) -> tuple[gr.HTML, gr.Plot, gr.Plot, gr.HTML, gr.File, gr.File, gr.State]:
-    """Token HTML, chart and histogram tabs, stats, downloads and the reply's state."""
-    shown = gr.HTML(legend_html(DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFAULT_VIEW.threshold),
-                    label=f"{noun.capitalize()}, token by token", elem_id=f"gs-{elem}")
+def _numbers_panel(noun: str, elem: str, json_label: str = "tokens (JSON)") -> tuple[gr.Plot, gr.Plot, gr.HTML,
+                                                                                    gr.File, gr.File]:
+    """Chart and histogram tabs, stats, downloads: the numbers of one reply."""
     with gr.Tabs():
         with gr.Tab(f"Confidence along the {noun}"):
             fig = gr.Plot(elem_id=f"gs-{elem}-chart", show_label=False)
@@ -112,9 +113,9 @@ def _reply_panel(noun: str, elem: str) -> tuple[gr.HTML, gr.Plot, gr.Plot, gr.HT
             hist = gr.Plot(elem_id=f"gs-{elem}-hist", show_label=False)
     stats = gr.HTML(elem_id=f"gs-{elem}-stats")
     with gr.Row():
-        json_file = gr.File(label="tokens (JSON)", interactive=False, elem_id=f"gs-{elem}-json")
+        json_file = gr.File(label=json_label, interactive=False, elem_id=f"gs-{elem}-json")
         csv_file = gr.File(label="tokens (CSV)", interactive=False, elem_id=f"gs-{elem}-csv")
-    return shown, fig, hist, stats, json_file, csv_file, gr.State(None)
+    return fig, hist, stats, json_file, csv_file
 
 
 def _redraw_on_view_change(controls: Controls, reply: gr.State, outputs: list) -> None:
@@ -126,9 +127,49 @@ def _redraw_on_view_change(controls: Controls, reply: gr.State, outputs: list) -
         comp.change(redraw, [reply, *controls.view], outputs, api_visibility="private")
 
 
+@dataclass
+class ChatSession:
+    """One visitor's chat, kept in `gr.State` and changed in place: the conversation, the cancel
+    event of the turn being generated (Stop sets it), and a lock so that a visitor's turns and
+    forks run one at a time. Every change is applied to the current conversation, so selecting
+    a turn meanwhile is never lost; `epoch` tells a turn that Clear came while it ran."""
+
+    conv: Conversation = field(default_factory=Conversation)
+    cancel: threading.Event | None = None
+    epoch: int = 0
+    lock: threading.Lock | None = None  # made on first use: gr.State deep-copies its initial value
+
+    def arm(self) -> None:
+        """Before a turn is queued: its cancel event exists at once, so Stop works while it waits."""
+        if self.lock is None or not self.lock.locked():
+            self.cancel = threading.Event()
+
+    def stop(self) -> None:
+        if self.cancel is not None:
+            self.cancel.set()
+
+    @contextmanager
+    def model_turn(self) -> Iterator[threading.Event]:
+        """Hold the visitor's model lock for a turn or a fork; refuse a second one meanwhile."""
+        with _SESSION_INIT:
+            if self.lock is None:
+                self.lock = threading.Lock()
+        if not self.lock.acquire(blocking=False):
+            raise BadInput("a reply is still being generated: wait for it, or press Stop")
+        if self.cancel is None:  # a fork, or a turn that was not armed
+            self.cancel = threading.Event()
+        try:
+            yield self.cancel
+        finally:
+            self.cancel = None
+            self.lock.release()
+
+
+_SESSION_INIT = threading.Lock()
+
+
 def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig) -> None:
-    conv_state = gr.State(Conversation())  # this session's turns, replies and fork trees
-    stopper = gr.State(None)  # the running turn's cancel event: Stop sets it, the turn then ends scored
+    box = gr.State(ChatSession())
     conv = gr.HTML(conversation_html(Conversation(), DEFAULT_VIEW), elem_id="gs-reply", js_on_load=EXPLORE_JS,
                    label="Conversation")
     live = gr.HTML("", elem_id="gs-live")
@@ -141,18 +182,10 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
                 example_labels=[e.label for e in CHAT_EXAMPLES])
     gr.Markdown("Click a reply (or Tab to it and press Enter) to chart it; choose an alternative in a token's "
                 "tooltip to see where the other road leads.", elem_id="gs-hint")
-    with gr.Tabs():
-        with gr.Tab("Confidence along the reply"):
-            fig = gr.Plot(elem_id="gs-reply-chart", show_label=False)
-        with gr.Tab("Histogram"):
-            hist = gr.Plot(elem_id="gs-reply-hist", show_label=False)
-    stats = gr.HTML(elem_id="gs-reply-stats")
+    fig, hist, stats, json_file, csv_file = _numbers_panel("reply", "reply", "tokens and forks (JSON)")
     with gr.Accordion("Explore: the roads not taken", open=True):
         forks = gr.HTML(fork_panel_html(Conversation(), DEFAULT_VIEW), elem_id="gs-forks", js_on_load=EXPLORE_JS)
         fork_fig = gr.Plot(elem_id="gs-fork-chart", show_label=False)
-    with gr.Row():
-        json_file = gr.File(label="tokens and forks (JSON)", interactive=False, elem_id="gs-reply-json")
-        csv_file = gr.File(label="tokens (CSV)", interactive=False, elem_id="gs-reply-csv")
     selected = [fig, hist, stats, json_file, csv_file]
     skip = gr.skip()
 
@@ -163,26 +196,31 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
             return None, None, "", None, None
         return (*render_numbers(turn.reply, view), *exports.write(turn.reply, turn.to_json()))
 
-    def turn(message: str, c: Conversation, max_new: float, top_k: float, verify: bool,
+    def turn(message: str, s: ChatSession, max_new: float, top_k: float, verify: bool,
              color_by: str, palette: str, threshold: float):
         """One turn, streamed below the conversation as plain text, then coloured in place."""
-        with shown_as_gr_errors():
+        with shown_as_gr_errors(), s.model_turn() as cancel:
             view = View.make(color_by, palette, threshold)
             settings = parse_settings(max_new, top_k, verify)
-            cancel = threading.Event()
-            events = service.stream([*c.messages(), Message("user", message or "")], settings, cancel=cancel)
-            asked = c.ask(message)
-            yield asked, conversation_html(asked, view), live_html(""), "", *(skip,) * 7, cancel
-            with closing(events):
-                for event in events:
-                    if isinstance(event, TextDelta):  # an empty delta is a heartbeat
-                        yield *(skip,) * 2, live_html(event.text) if event.delta else skip, *(skip,) * 9
-                        continue
-                    done = asked.answer(event)
-                    yield (done, conversation_html(done, view), "", "", *numbers(done, view),
-                           *fork_outputs(done, view), None)
+            events = service.stream([*s.conv.messages(), Message("user", message or "")], settings, cancel=cancel)
+            epoch, s.conv = s.epoch, s.conv.ask(message)
+            yield conversation_html(s.conv, view), live_html(""), "", *(skip,) * 7
+            try:
+                with closing(events):
+                    for event in events:
+                        if isinstance(event, TextDelta):  # an empty delta is a heartbeat
+                            yield skip, live_html(event.text) if event.delta else skip, *(skip,) * 8
+                        elif s.epoch == epoch:  # not cleared meanwhile
+                            s.conv = s.conv.answer(event)
+                            yield (conversation_html(s.conv, view), "", "", *numbers(s.conv, view),
+                                   *fork_outputs(s.conv, view))
+            except GreedyScoreError:  # put the page back as it was, the message back in its box
+                if s.epoch == epoch:
+                    s.conv = s.conv.retract()
+                yield conversation_html(s.conv, view), "", message, *(skip,) * 7
+                raise
 
-    def explore(c: Conversation, max_new: float, top_k: float, verify: bool, color_by: str, palette: str,
+    def explore(s: ChatSession, max_new: float, top_k: float, verify: bool, color_by: str, palette: str,
                 threshold: float, evt: gr.EventData):
         """A click in the conversation or the fork panel: select a turn, show a fork, or fork."""
         with shown_as_gr_errors():
@@ -190,79 +228,84 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
             data = evt._data or {}
             action = data.get("action")
             if action == "select":
-                c = c.select(_index(data.get("turn"), c))
-                yield c, skip, *numbers(c, view), *fork_outputs(c, view)
-                return
-            n, node = _source(data.get("source"), c)
-            if action == "show":
-                c = c.show(n, node)
-                yield c, skip, *(skip,) * 5, *fork_outputs(c, view)
-                return
-            if action != "fork":
-                return
-            at, token = whole_number("at", data.get("at")), whole_number("token", data.get("token"))
-            settings = parse_settings(max_new, top_k, verify)
-            c = c.select(n) if c.selected != n else c
-            parent = c.turns[n].path(node)
-            ids = [t.id for t in parent.tokens]
-            busy = f"forking at token {at}: {service.engine.display(token)!r} instead of {parent.tokens[at].text!r}…"
-            yield c, skip, *numbers(c, view), *fork_outputs(c, view, busy)
-            events = service.stream_fork(c.messages(n), ids, at, token, settings)
-            with closing(events):
-                for event in events:
-                    if isinstance(event, TextDelta):
-                        if event.delta:
-                            yield c, skip, *(skip,) * 5, fork_outputs(c, view, f"{busy} {event.text}")[0], skip
-                        continue
-                    c = c.add_fork(n, node, at, token, event)
-                    yield c, skip, *numbers(c, view), *fork_outputs(c, view)
+                s.conv = _checked(lambda: s.conv.select(whole_number("turn", data.get("turn"))))
+                yield skip, *numbers(s.conv, view), *fork_outputs(s.conv, view)
+            elif action == "show":
+                n, node = _source(data.get("source"))
+                s.conv = _checked(lambda: s.conv.show(n, node))
+                yield skip, *(skip,) * 5, *fork_outputs(s.conv, view)
+            elif action == "fork":
+                yield from fork(s, view, data, parse_settings(max_new, top_k, verify))
 
-    def redraw(c: Conversation, color_by: str, palette: str, threshold: float):
+    def fork(s: ChatSession, view: View, data: dict, settings: Settings):
+        n, node = _source(data.get("source"))
+        with s.model_turn() as cancel:
+            parent = _checked(lambda: s.conv.turns[n].path(node))
+            events = service.stream_fork(s.conv.messages(n), [t.id for t in parent.tokens], data.get("at"),
+                                         data.get("token"), settings, cancel=cancel)  # validates at and token
+            epoch = s.epoch
+            at, token = int(data["at"]), int(data["token"])
+            s.conv = s.conv.select(n) if s.conv.selected != n else s.conv
+            busy = f"forking at token {at}: {service.token_text(token)!r} instead of {parent.tokens[at].text!r}…"
+            yield skip, *(skip,) * 5, *fork_outputs(s.conv, view, busy)
+            try:
+                with closing(events):
+                    for event in events:
+                        if isinstance(event, TextDelta):
+                            if event.delta:
+                                yield skip, *(skip,) * 5, fork_panel_html(s.conv, view, f"{busy} {event.text}"), skip
+                        elif s.epoch == epoch:  # not cleared meanwhile
+                            s.conv = s.conv.add_fork(n, node, at, token, event)
+            except GreedyScoreError:
+                yield skip, *(skip,) * 5, *fork_outputs(s.conv, view)
+                raise
+            yield skip, *numbers(s.conv, view), *fork_outputs(s.conv, view)
+
+    def redraw(s: ChatSession, color_by: str, palette: str, threshold: float):
         with shown_as_gr_errors():
             view = View.make(color_by, palette, threshold)
-            return conversation_html(c, view), *render_numbers(c.current.reply if c.current else None, view), \
-                *fork_outputs(c, view)
+            reply = s.conv.current.reply if s.conv.current else None
+            return conversation_html(s.conv, view), *render_numbers(reply, view), *fork_outputs(s.conv, view)
+
+    def clear_all(s: ChatSession):
+        s.stop()
+        s.epoch += 1
+        s.conv = Conversation()
+        return conversation_html(s.conv, DEFAULT_VIEW), "", None, None, "", None, None, \
+            fork_panel_html(s.conv, DEFAULT_VIEW), None
 
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency, api_visibility="private")
-    inputs = [msg, conv_state, controls.max_new, controls.top_k, controls.verify, *controls.view]
-    outputs = [conv_state, conv, live, msg, *selected, forks, fork_fig, stopper]
-    send.click(turn, inputs, outputs, **model)
-    msg.submit(turn, inputs, outputs, **model)
-    stop.click(_stop, [stopper], None, queue=False, api_visibility="private")
-    clear.click(lambda: (Conversation(), conversation_html(Conversation(), DEFAULT_VIEW), "", None, None, "", None,
-                         None, fork_panel_html(Conversation(), DEFAULT_VIEW), None),
-                None, [conv_state, conv, live, fig, hist, stats, json_file, csv_file, forks, fork_fig],
-                api_visibility="private")
-    explore_inputs = [conv_state, controls.max_new, controls.top_k, controls.verify, *controls.view]
-    explore_outputs = [conv_state, conv, *selected, forks, fork_fig]
+    now = dict(queue=False, api_visibility="private")
+    inputs = [msg, box, controls.max_new, controls.top_k, controls.verify, *controls.view]
+    outputs = [conv, live, msg, *selected, forks, fork_fig]
+    for trigger in (send.click, msg.submit):
+        trigger(ChatSession.arm, [box], None, **now).then(turn, inputs, outputs, **model)
+    stop.click(ChatSession.stop, [box], None, **now)
+    clear.click(clear_all, [box], [conv, live, *selected, forks, fork_fig], **now)
+    explore_inputs = [box, controls.max_new, controls.top_k, controls.verify, *controls.view]
     for source in (conv, forks):
-        source.click(explore, explore_inputs, explore_outputs, **model)
+        source.click(explore, explore_inputs, [conv, *selected, forks, fork_fig], **model)
     for comp in controls.view:
-        comp.change(redraw, [conv_state, *controls.view], [conv, fig, hist, stats, forks, fork_fig],
+        comp.change(redraw, [box, *controls.view], [conv, fig, hist, stats, forks, fork_fig],
                     api_visibility="private")
 
 
-def _stop(cancel: threading.Event | None) -> None:
-    """Stop: the running turn sees its cancel event and ends with the tokens it has, scored."""
-    if cancel is not None:
-        cancel.set()
+def _checked(get: Callable[[], T]) -> T:
+    """Something the page names (a turn, a fork) looked up in this session's conversation."""
+    try:
+        return get()
+    except (IndexError, KeyError, StopIteration) as ex:
+        raise BadInput("that reply is no longer in this conversation") from ex
 
 
-def _index(value: Any, c: Conversation) -> int:
-    """A turn index from the page, checked against this session's conversation."""
-    i = whole_number("turn", value)
-    if not (0 <= i < len(c.turns) and c.turns[i].reply is not None):
-        raise BadInput("that reply is no longer in this conversation")
-    return i
-
-
-def _source(value: Any, c: Conversation) -> tuple[int, int]:
-    """"turn:node" from the page -> (turn index, node), checked against this session's conversation."""
+def _source(value: Any) -> tuple[int, int]:
+    """"turn:node" from the page -> (turn index, node)."""
     try:
         n, node = (int(x) for x in str(value).split(":"))
-        c.turns[n].path(node)
-    except (ValueError, IndexError, KeyError) as ex:
+    except ValueError as ex:
         raise BadInput("that reply is no longer in this conversation") from ex
+    if n < 0 or node < 0:
+        raise BadInput("that reply is no longer in this conversation")
     return n, node
 
 
@@ -273,7 +316,10 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
         conversation = gr.Checkbox(label='the text is a conversation: JSON [{"role", "content"}, ...]', scale=2)
     button = gr.Button("Score", variant="primary", elem_id="gs-score-btn")
     gr.Examples(list(SCORE_EXAMPLES), inputs=[text], label="Texts to try")
-    shown, fig, hist, stats, json_file, csv_file, reply_state = _reply_panel("text", "score")
+    shown = gr.HTML(legend_html(DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFAULT_VIEW.threshold),
+                    label="Text, token by token", elem_id="gs-score")
+    fig, hist, stats, json_file, csv_file = _numbers_panel("text", "score")
+    reply_state = gr.State(None)
     drawn = [shown, fig, hist, stats]
 
     def score(text: str, prompt: str, conversation: bool, top_k: float, color_by: str, palette: str,

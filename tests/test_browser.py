@@ -317,3 +317,24 @@ def test_a_split_character_is_one_element_with_every_fragment(browser, app_serve
     assert f"fragment {n} of {n}" in tip.inner_text() and tip.locator(".gs-frag").count() == n
     assert page.locator("#gs-reply .gs-turn-reply .gs-cont").count() == 0  # no thin dotted fragments
     page.close()
+
+
+def test_one_model_event_at_a_time_per_visitor_and_clear_stays_clear(browser, app_server):
+    """A fork asked for while a turn runs is refused with a message (it would otherwise write back
+    an old conversation); Clear during a turn stops it and the turn does not come back."""
+    page = open_page(browser, app_server)
+    ask(page, "What is the capital of France?", 1)
+    send(page, "Write a very long story about a dragon who learns to paint.")
+    page.wait_for_function("() => { const l = document.querySelector('#gs-live .gs-bubble');"
+                           " return l && l.innerText.trim().length > 10; }", timeout=120_000)
+    token = page.locator(TURN_TOKENS).nth(1)
+    token.hover()
+    token.locator("button.gs-fork").first.click()
+    page.get_by_text("still being generated").first.wait_for(timeout=30_000)
+    page.locator("#gs-clear").click()
+    page.wait_for_function("() => document.querySelectorAll('#gs-reply .gs-turn').length === 0", timeout=30_000)
+    page.wait_for_timeout(3000)  # the stopped turn has ended by now: it must not reappear
+    assert page.locator("#gs-reply .gs-turn").count() == 0
+    assert page.locator("#gs-forks .gs-fork-col").count() == 0
+    ask(page, "Say OK.", 1)  # and the visitor can go on
+    page.close()

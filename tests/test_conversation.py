@@ -84,3 +84,37 @@ def test_fork_panel_lists_the_closest_calls(service):
     assert len(points) == 3 and all(int(a["data-at"]) < len(reply.tokens) for a in points)
     assert "compute this road" in html
     assert "choose an alternative" in fork_panel_html(Conversation(), View())
+
+
+def test_chat_session_stop_reaches_a_turn_still_waiting_and_turns_run_one_at_a_time(service):
+    """Send arms the turn's cancel event before the turn is queued, so Stop works while it waits;
+    a visitor's second turn or fork is refused while one runs, with a message."""
+    from greedyscore.errors import BadInput
+    from greedyscore.ui import ChatSession
+
+    s = ChatSession()
+    s.arm()
+    s.stop()  # pressed while the turn waits in Gradio's queue
+    with s.model_turn() as cancel:
+        assert cancel.is_set()
+        reply = service.chat([Message("user", "hi")], Settings(max_new_tokens=50), cancel=cancel)
+        assert reply.finish_reason == "abort" and reply.tokens == ()  # no model time spent
+        with pytest.raises(BadInput, match="still being generated"), s.model_turn():
+            pass
+    assert s.cancel is None
+    with s.model_turn() as cancel:  # the next turn gets a fresh event
+        assert not cancel.is_set()
+
+
+def test_page_references_are_checked():
+    from greedyscore.errors import BadInput
+    from greedyscore.ui import _checked, _source
+
+    assert _source("2:1") == (2, 1)
+    for bad in ("-1:0", "x", None, "1:2:3", "0:-4"):
+        with pytest.raises(BadInput, match="no longer in this conversation"):
+            _source(bad)
+    with pytest.raises(BadInput, match="no longer in this conversation"):
+        _checked(lambda: Conversation().select(0))
+    with pytest.raises(BadInput, match="no longer in this conversation"):
+        _checked(lambda: Conversation().ask("hi").turns[0].path(3))

@@ -315,3 +315,28 @@ def test_a_returning_crowd_is_regrouped(regroup_s, expected):
             threading.Event().wait(0.1)
         assert [f.result(10).text for f in again] == [REPLIES[k] for k in "abc"]
     assert list(service.runner.batch_sizes) == expected
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_follow_up_work_of_an_accepted_request_is_never_busy(concurrent):
+    """A reply already generated must not be lost because new requests filled the queue: its
+    rescoring/verification goes in as follow-up work, which is never refused."""
+    engine = ScriptedEngine(REPLIES, concurrent=concurrent)
+    engine.hold.clear()
+    service = Service(engine, max_batch=1, max_pending=1)
+    streams = [service.stream(user("hi"), Settings(max_new_tokens=50), heartbeat_s=0.02) for _ in range(3)]
+    next(streams[0])
+    while len(engine.batches) < 1:  # one running (held), then one waiting: the bound is reached
+        threading.Event().wait(0.01)
+    next(streams[1])
+    with pytest.raises(Busy):
+        next(streams[2])
+    done = []
+    worker = threading.Thread(target=lambda: done.append(service.runner.follow_up(lambda: 42)))
+    worker.start()
+    with pytest.raises(Busy):
+        service.runner.call(lambda: 0)
+    engine.hold.set()
+    worker.join(10)
+    assert done == [42]
+    assert drain(streams[0])[1].text == REPLIES["hi"] and drain(streams[1])[1].text == REPLIES["hi"]

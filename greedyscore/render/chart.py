@@ -1,4 +1,5 @@
-"""Scored tokens -> Plotly figures: confidence per token (with entropy) and a histogram of it.
+"""Scored tokens -> Plotly figures: confidence per token (with entropy), a histogram of it, and
+two forked paths on one axis.
 
 One trace per series, built from arrays, so 2,000 tokens cost one Bar and one Scatter, not 2,000
 traces. Plotly renders hover and tick text as a subset of HTML, so token texts are escaped here

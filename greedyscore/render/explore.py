@@ -14,7 +14,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..compare import ForkComparison, PathCost, compare_fork, forks_that_matter
+from ..compare import ForkComparison, PathCost, compare_fork, forks_that_matter, path_cost
 from ..conversation import ORIGINAL, Conversation, Turn
 from ..types import ScoredReply
 from .colors import legend_html
@@ -127,7 +127,7 @@ def _tree_html(n: int, turn: Turn, shown: int) -> str:
         for f in turn.children(node):
             was = turn.path(f.parent).tokens[f.at].text
             now = f.reply.tokens[f.at].text
-            cost = sum(t.logprob for t in f.reply.tokens)
+            cost = path_cost(f.reply).total_logprob
             cls = ' class="gs-shown"' if f.id == shown else ""
             items.append(
                 f'<li><button type="button" data-show="{n}:{f.id}"{cls}>fork {f.id}: at token {f.at} '
@@ -151,7 +151,7 @@ def _beside_html(n: int, parent_id: int, parent: ScoredReply, fork_id: int, fork
         + _column(n, fork_id, fork, at, f"fork {fork_id} (took {html_visible(fork.tokens[at].text)})", cmp.fork, view)
     )
     return (f'<div class="gs-beside"><div class="gs-fork-cols">{cols}</div>'
-            f'<p class="gs-rejoin">{_rejoin_text(cmp, parent, fork)}</p></div>')
+            f'<p class="gs-rejoin">{_rejoin_text(cmp, fork)}</p></div>')
 
 
 def _column(n: int, node: int, reply: ScoredReply, at: int, title: str, cost: PathCost, view: View) -> str:
@@ -163,7 +163,7 @@ def _column(n: int, node: int, reply: ScoredReply, at: int, title: str, cost: Pa
     )
 
 
-def _rejoin_text(cmp: ForkComparison, parent: ScoredReply, fork: ScoredReply) -> str:
+def _rejoin_text(cmp: ForkComparison, fork: ScoredReply) -> str:
     if cmp.rejoin is None:
         return f"The two roads part at token {cmp.forked_at} and do not meet again."
     in_fork, in_parent = cmp.rejoin

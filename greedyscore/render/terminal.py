@@ -85,7 +85,7 @@ def legend_line(
     return f"{title}: " + "  ".join(parts) + f"  | \x1b[4munderlined{RESET}: {below}  | \x1b[2mdim{RESET}: special"
 
 
-def stats_line(reply: ScoredReply, threshold: float = 0.5, color_by: str = "prob") -> str:
+def stats_line(reply: ScoredReply, color_by: str = "prob", threshold: float = 0.5) -> str:
     """Whole-reply numbers in one line."""
     s, tm = reply.stats, reply.timings
     below = sum(token_value(t, color_by) < threshold for t in reply.tokens)
@@ -126,4 +126,4 @@ def reply_ansi(
     else:
         body = "".join(_plain(t, v, threshold) for t, v in zip(reply.tokens, values, strict=True))
     legend = legend_line(color_by, palette, threshold, use_color)
-    return f"{body}\n\n{legend}\n{stats_line(reply, threshold, color_by)}\n"
+    return f"{body}\n\n{legend}\n{stats_line(reply, color_by, threshold)}\n"
