@@ -57,10 +57,8 @@ def _turn_html(n: int, turn: Turn, view: View, selected: bool) -> str:
     )
 
 
-def live_html(text: str | None) -> str:
-    """The reply being generated, as plain text until it is scored ("" when none)."""
-    if text is None:
-        return ""
+def live_html(text: str) -> str:
+    """The reply being generated, as plain text until it is scored (a typing mark before any)."""
     body = esc(text) if text else '<span class="gs-typing">…</span>'
     bubble = f'<div class="gs-turn gs-turn-reply"><div class="gs-bubble">{body}</div></div>'
     return f'<div class="gs-conv gs-live">{bubble}</div>'
