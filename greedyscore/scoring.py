@@ -19,6 +19,7 @@ import torch
 
 from .types import Alternative, ReplyStats, ScoredToken
 
+ENTROPY_EXACT = 1e-6  # an entropy interval narrower than this (nats) is a number
 CHUNK_ROWS = 16  # rows of [vocab] scored at once: 16 x 49k x 4 B = 3 MB per temporary
 
 
@@ -32,6 +33,13 @@ class StepScores:
     margin: torch.Tensor  # [n] float32, p_top1 - p_top2
     top_ids: torch.Tensor  # [n, k] int64, most likely first
     top_logprobs: torch.Tensor  # [n, k] float32
+    # [n] float32: the entropy's upper bound where only the top-k is known (a remote server);
+    # then `entropy` is the lower bound. Equal to `entropy` where the full distribution was seen.
+    entropy_max: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.entropy_max is None:
+            object.__setattr__(self, "entropy_max", self.entropy)
 
     def __len__(self) -> int:
         return int(self.logprob.shape[0])
@@ -41,7 +49,8 @@ class StepScores:
         return StepScores(*(t[start:stop] for t in self._fields()))
 
     def _fields(self) -> tuple[torch.Tensor, ...]:
-        return (self.logprob, self.rank, self.entropy, self.margin, self.top_ids, self.top_logprobs)
+        return (self.logprob, self.rank, self.entropy, self.margin, self.top_ids, self.top_logprobs,
+                self.entropy_max)
 
     @staticmethod
     def cat(parts: Sequence[StepScores]) -> StepScores:
@@ -138,6 +147,7 @@ def build_tokens(
     logprob = scores.logprob.tolist()
     rank = scores.rank.tolist()
     entropy = scores.entropy.tolist()
+    entropy_max = scores.entropy_max.tolist()
     margin = scores.margin.tolist()
     top_ids = scores.top_ids.tolist()
     top_p = scores.top_logprobs.exp().tolist()
@@ -163,8 +173,10 @@ def build_tokens(
                 logprob=float(logprob[i]),
                 rank=int(rank[i]),
                 entropy=float(entropy[i]),
+                entropy_max=float(entropy_max[i]) if entropy_max[i] - entropy[i] > ENTROPY_EXACT else None,
                 margin=float(margin[i]),
-                top=tuple(Alternative(int(a), display(int(a)), float(p)) for a, p in zip(top_ids[i], top_p[i])),
+                top=tuple(Alternative(int(a), display(int(a)), float(p))
+                          for a, p in zip(top_ids[i], top_p[i]) if a >= 0),  # -1: a server's short list
                 joined=texts[i][1],
                 **extra,
             )

@@ -23,7 +23,7 @@ import torch
 from .batching import make_runner
 from .detokenize import Detokenizer, token_texts
 from .engines.base import Engine, GenerateRequest, Generation
-from .errors import BadInput, GreedyScoreError, InputTooLong, ModelFailed, OutOfMemory
+from .errors import BadInput, GreedyScoreError, InputTooLong, ModelFailed, OutOfMemory, Unsupported
 from .scoring import StepScores, build_tokens, compare_engine_logprobs, empty_scores, reply_stats
 from .types import MAX_TOP_K, ROLES, Message, ScoredReply, Settings, TextDelta, Timings
 
@@ -208,6 +208,8 @@ class Service:
         """
         self.check_settings(settings)
         self.check_messages(messages)
+        if self.engine.server_template:  # a remote server templates (and checks the fit): its ids come back
+            return self._turn([], settings, cancel or threading.Event(), heartbeat_s, messages=tuple(messages))
         prompt = self.engine.prompt_ids(messages)
         self._check_fit(len(prompt), settings.max_new_tokens)
         return self._turn(prompt, settings, cancel or threading.Event(), heartbeat_s)
@@ -219,9 +221,10 @@ class Service:
 
     def _turn(
         self, prompt: list[int], settings: Settings, cancel: threading.Event, heartbeat_s: float,
-        forced: tuple[int, ...] = (), forked_at: int | None = None,
+        forced: tuple[int, ...] = (), forked_at: int | None = None, messages: tuple[Message, ...] = (),
     ) -> Iterator[TextDelta | ScoredReply]:
-        """Generate after prompt + forced (a fork's prefix, scored teacher-forced first), stream, score."""
+        """Generate after prompt + forced (a fork's prefix, scored teacher-forced first), or after
+        `messages` on an engine whose server templates them; stream; score."""
         events: queue.SimpleQueue[list[int] | Future] = queue.SimpleQueue()  # new ids, then the done Future
         detok = Detokenizer(self.engine.decode, self.engine.is_special)
         t0 = time.perf_counter()
@@ -237,7 +240,7 @@ class Service:
                 future.set_result(Generation((), "stop"))
             else:
                 request = GenerateRequest((*prompt, *forced), settings.max_new_tokens, settings.top_k, events.put,
-                                          cancel)
+                                          cancel, messages)
                 future = self.runner.submit(request)
             future.add_done_callback(events.put)
             while True:
@@ -270,6 +273,8 @@ class Service:
         """Scores of the ids the engine generated after prompt + forced, plus verification and the
         engine's own check; a fork's forced prefix (already scored) comes first."""
         t0 = time.perf_counter()
+        if gen.prompt_ids is not None:  # what the server made of the messages
+            prompt = list(gen.prompt_ids)
         context = [*prompt, *forced]
         new = list(gen.token_ids)
         ids = [*forced, *new]
@@ -287,9 +292,14 @@ class Service:
         rescored = None
         if verify and gen.steps is None:  # every score already comes from a teacher-forced rescoring
             rescored = steps
+        elif verify and not prompt:
+            notes += ("verification unavailable: the server did not say which prompt ids it used",)
         elif verify:
-            rescored = self._model(self.engine.score_ids, prompt, ids, settings.top_k, cache=gen.cache,
-                                   follow_up=True)
+            try:
+                rescored = self._model(self.engine.score_ids, prompt, ids, settings.top_k, cache=gen.cache,
+                                       follow_up=True)
+            except Unsupported as ex:  # the reply stands; only its check is missing
+                notes += (f"verification unavailable: {ex}",)
         return self._reply(prompt, ids, steps, rescored, settings, gen.finish_reason, notes,
                            Timings(generate_s, time.perf_counter() - t0), forked_at)
 

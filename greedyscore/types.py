@@ -43,10 +43,12 @@ class ScoredToken:
     prob: float
     logprob: float
     rank: int  # 1 = the most likely token at this step
-    entropy: float  # nats, over the full vocabulary
+    entropy: float  # nats, over the full vocabulary (the lower bound when entropy_max is set)
     margin: float  # p_top1 - p_top2
     top: tuple[Alternative, ...]
     joined: int = 0
+    # Set where only the top-k was known (a remote server): the entropy lies in [entropy, entropy_max].
+    entropy_max: float | None = None
     # Verification (rescoring the generated sequence): None when not verified.
     rescored_prob: float | None = None
     rescored_rank: int | None = None
@@ -98,6 +100,7 @@ class ScoredReply:
                 "logprob": t.logprob,
                 "rank": t.rank,
                 "entropy": t.entropy,
+                **({"entropy_max": t.entropy_max} if t.entropy_max is not None else {}),
                 "margin": t.margin,
                 "top": [asdict(a) for a in t.top],
             }

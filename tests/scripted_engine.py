@@ -44,6 +44,7 @@ class ScriptedEngine:
     def __init__(self, replies: dict[str, str], concurrent: bool = False, stop: bool = True) -> None:
         self.replies = replies  # user message -> reply text (then <|end|> if stop)
         self.concurrent = concurrent
+        self.server_template = False
         self.stop = stop
         self.hold = threading.Event()
         self.hold.set()

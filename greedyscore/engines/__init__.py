@@ -7,7 +7,7 @@ import importlib.util
 from ..errors import EngineUnavailable
 from .base import Engine, Generation
 
-BACKENDS = ("auto", "transformers", "lmdeploy")
+BACKENDS = ("auto", "transformers", "lmdeploy", "openai")
 
 __all__ = ["BACKENDS", "Engine", "Generation", "load_engine", "pick_backend"]
 
@@ -31,9 +31,18 @@ def pick_backend(backend: str) -> str:
     return "transformers"
 
 
-def load_engine(backend: str = "auto", model: str | None = None, **options) -> Engine:
-    """Load `model` (None = the embedded SmolLM2-135M-Instruct) on `backend`."""
+def load_engine(backend: str = "auto", model: str | None = None, base_url: str | None = None, **options) -> Engine:
+    """Load `model` (None = the embedded SmolLM2-135M-Instruct) on `backend`; "openai" connects
+    to the server at `base_url` instead (model None = the server's only model)."""
     chosen = pick_backend(backend)
+    if chosen == "openai":
+        if not base_url:
+            raise EngineUnavailable("--backend openai needs --base-url, the server's address (e.g. http://host:8000)")
+        from .openai import OpenAIEngine
+
+        return OpenAIEngine.load(base_url, model, **options)
+    if base_url:
+        raise EngineUnavailable("--base-url is for --backend openai (a remote server)")
     if chosen == "lmdeploy":
         from .lmdeploy import LMDeployEngine
 

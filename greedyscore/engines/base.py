@@ -22,7 +22,8 @@ OnIds = Callable[[list[int]], None]  # called with the newly generated ids, as t
 class GenerateRequest:
     """One greedy generation from token ids (one row of a batch).
 
-    `on_ids` and `cancel` are called/polled from the engine's own thread.
+    `on_ids` and `cancel` are called/polled from the engine's own thread. `messages` is set
+    instead of `prompt_ids` for an engine whose server applies the chat template (remote).
     """
 
     prompt_ids: tuple[int, ...]
@@ -30,6 +31,7 @@ class GenerateRequest:
     top_k: int
     on_ids: OnIds | None = None
     cancel: threading.Event | None = None
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Generation:
     engine_logprobs: tuple[dict[int, float], ...] | None = None  # the engine's own (lmdeploy raw_logprobs)
     cache: Any = None  # opaque prompt KV cache for verification rescoring
     notes: tuple[str, ...] = ()
+    prompt_ids: tuple[int, ...] | None = None  # what a server templated the messages into (remote engines)
 
 
 class Engine(Protocol):
@@ -57,6 +60,9 @@ class Engine(Protocol):
     # True: the engine schedules concurrent requests itself (LMDeploy's async engine), so the
     # service calls it from many threads. False: one thread owns the model and batches for it.
     concurrent: bool
+    # True: the server applies the chat template (a remote engine): turns are sent as messages and
+    # the Generation says which prompt ids they became. False: `prompt_ids` makes them here.
+    server_template: bool
     # What a score is computed from on this engine, for the UI and CLI to say (e.g. "float32
     # logits (cpu), log-softmax in float32").
     score_source: str

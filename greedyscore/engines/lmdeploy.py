@@ -40,6 +40,7 @@ class LMDeployEngine(HFTextMixin):
     """The Engine protocol over an lmdeploy `Pipeline` (injected, so tests can pass a stand-in)."""
 
     concurrent = True  # LMDeploy's async engine batches concurrent requests itself
+    server_template = False  # prompt ids come from the local chat template
 
     def __init__(self, pipe: Any, model_name: str, backend_name: str) -> None:
         self.pipe = pipe

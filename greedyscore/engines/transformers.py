@@ -133,6 +133,7 @@ class _RowCache:
 class TransformersEngine(HFTextMixin):
     backend = "transformers"
     concurrent = False  # one thread owns the model: the service batches requests for it
+    server_template = False  # prompt ids come from the local chat template
 
     def __init__(self, model: Any, tokenizer: Any, model_name: str) -> None:
         self.model = model

@@ -29,7 +29,7 @@ from .colors import (
     token_value,
     value_text,
 )
-from .text import num, pct, visible
+from .text import entropy_text, pct, visible
 
 MAX_TICK_LABELS = 60  # more token labels than this overlap: label every n-th bar
 TICK_CHARS = 10  # token labels on the x axis are cut to this many characters
@@ -72,7 +72,7 @@ def _hover_rows(tokens: Sequence[ScoredToken]) -> np.ndarray:
     for i, t in enumerate(tokens):
         shown = f"#{i} " + _label(t.text, "(partial character)")
         tie = f"<br>near tie: rescored {pct(t.rescored_prob)}" if t.rescored_prob is not None and t.near_tie else ""
-        out.append((shown, pct(t.prob), num(t.entropy, 3), pct(t.margin), _alts_text(t) + tie))
+        out.append((shown, pct(t.prob), entropy_text(t.entropy, t.entropy_max), pct(t.margin), _alts_text(t) + tie))
     rows = np.empty((len(out), 5), dtype=object)  # [n, 5]: text, prob, entropy, margin, top-k
     if out:
         rows[:] = out
@@ -120,7 +120,7 @@ def confidence_figure(
         customdata=_hover_rows(tokens),
         hovertemplate=(
             "<b>%{customdata[0]}</b><br>probability %{customdata[1]} \u00b7 margin %{customdata[3]}"
-            " \u00b7 entropy %{customdata[2]} nats<br>%{customdata[4]}<extra></extra>"
+            " \u00b7 entropy %{customdata[2]}<br>%{customdata[4]}<extra></extra>"
         ),
     )
     line = go.Scatter(
@@ -132,7 +132,14 @@ def confidence_figure(
         line=dict(color=ENTROPY_COLOR, width=1.5, dash="dot"),
         hoverinfo="skip",
     )
-    ent_max = max(float(entropy.max(initial=0.0)), ENTROPY_CAP)
+    traces = [bar, line]
+    upper = np.array([t.entropy if t.entropy_max is None else t.entropy_max for t in tokens], dtype=float)  # [n]
+    if bool((upper > entropy).any()):  # a server's top-k only: the band the entropy lies in
+        line.name = "entropy, lower bound (nats)"
+        traces.append(go.Scatter(x=x, y=upper, name="entropy, upper bound (top-k only)", mode="lines", yaxis="y2",
+                                 fill="tonexty", fillcolor="rgba(120,120,120,0.15)",
+                                 line=dict(color=ENTROPY_COLOR, width=1, dash="dash"), hoverinfo="skip"))
+    ent_max = max(float(upper.max(initial=0.0)), ENTROPY_CAP)
     caption = f"threshold: {threshold_text(color_by, threshold)}"
     layout = dict(
         title=dict(text=f"Confidence per token ({_esc(Y_TITLES[color_by])})"),
@@ -162,7 +169,7 @@ def confidence_figure(
     )  # fmt: skip
     if n == 0:
         layout["annotations"].append(dict(text="no tokens", xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False))
-    return go.Figure(data=[bar, line], layout=layout)
+    return go.Figure(data=traces, layout=layout)
 
 
 def threshold_line(threshold: float, horizontal: bool) -> dict:

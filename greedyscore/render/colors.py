@@ -21,7 +21,7 @@ from functools import cache
 
 from ..errors import BadInput
 from ..types import ScoredToken
-from .text import pct
+from .text import entropy_text, pct
 
 MODES: tuple[str, ...] = ("prob", "margin", "entropy")
 MODE_LABELS: dict[str, str] = {
@@ -62,13 +62,16 @@ def token_value(t: ScoredToken, mode: str = "prob") -> float:
     """The token's confidence in [0, 1] under a colour mode (0 = least confident).
 
     Example: token_value(t, "entropy") -> 1.0 when t.entropy == 0
+
+    Where only a server's top-k was known, entropy colours by the interval's upper end: the
+    least confident the step can have been.
     """
     if mode == "prob":
         v = t.prob
     elif mode == "margin":
         v = t.margin
     elif mode == "entropy":
-        v = 1.0 - t.entropy / ENTROPY_CAP
+        v = 1.0 - (t.entropy if t.entropy_max is None else t.entropy_max) / ENTROPY_CAP
     else:
         raise BadInput(f"unknown colour mode {mode!r}: use one of {', '.join(MODES)}")
     return 0.0 if math.isnan(v) else min(1.0, max(0.0, v))
@@ -91,7 +94,7 @@ def measure_text(t: ScoredToken, mode: str = "prob") -> str:
     Example: measure_text(t, "prob") -> "42.0%"; measure_text(t, "margin") -> "margin 3.2%"
     """
     if check_mode(mode) == "entropy":
-        return f"{t.entropy:.3g} nats"
+        return entropy_text(t.entropy, t.entropy_max)
     if mode == "margin":
         return f"margin {pct(t.margin)}"
     return pct(t.prob)

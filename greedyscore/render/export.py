@@ -60,12 +60,15 @@ def tokens_csv(reply: ScoredReply) -> str:
     """One header row, then one row per scored token (special tokens included)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS + (VERIFY_COLUMNS if reply.verified else ()))
+    interval = any(t.entropy_max is not None for t in reply.tokens)  # a server's top-k only
+    w.writerow(COLUMNS + (("entropy_max",) if interval else ()) + (VERIFY_COLUMNS if reply.verified else ()))
     for i, t in enumerate(reply.tokens):
         row: list[object] = [
             i, t.id, t.text, int(t.special), _f(t.prob), _f(t.logprob), t.rank,
             _f(t.entropy), _f(t.margin), format_top(t.top),
         ]  # fmt: skip
+        if interval:
+            row.append("" if t.entropy_max is None else _f(t.entropy_max))
         if reply.verified:
             row += ["" if t.rescored_prob is None else _f(t.rescored_prob), t.rescored_rank or "", int(t.near_tie)]
         w.writerow(row)

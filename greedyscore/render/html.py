@@ -42,7 +42,7 @@ from .colors import (
     token_value,
     unit_value,
 )
-from .text import char_mark, html_visible, num, pct, seconds, spoken, sub_invisible
+from .text import char_mark, entropy_text, html_visible, num, pct, seconds, spoken, sub_invisible
 
 CSS_PATH = Path(__file__).with_name("greedyscore.css")  # package data; assets/greedyscore.css links here
 CSS: str = CSS_PATH.read_text(encoding="utf-8")
@@ -116,7 +116,7 @@ def _numbers(t: ScoredToken, fork_at: int | None, head: str) -> str:
     return (
         f'<span class="gs-tip-tok">{head} <span class="gs-tip-id">id {t.id}{kind}</span></span>'
         f'<span class="gs-tip-p">{pct(t.prob)}</span>'
-        f'<span class="gs-tip-nums">logprob {num(t.logprob)} \u00b7 entropy {num(t.entropy, 3)} nats'
+        f'<span class="gs-tip-nums">logprob {num(t.logprob)} \u00b7 entropy {entropy_text(t.entropy, t.entropy_max)}'
         f" \u00b7 margin {pct(t.margin)} \u00b7 rank {t.rank}</span>"
         f"{_alternatives(t, fork_at)}{_notes(t)}"
     )

@@ -119,6 +119,16 @@ def num(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def entropy_text(low: float, high: float | None, digits: int = 3) -> str:
+    """An entropy, or the interval a server's top-k allows (never a made-up single number).
+
+    Example: entropy_text(0.135, None) -> "0.135 nats"; entropy_text(0.1, 0.2) -> "0.1–0.2 nats (top-k only)"
+    """
+    if high is None:
+        return f"{num(low, digits)} nats"
+    return f"{num(low, digits)}–{num(high, digits)} nats (top-k only)"
+
+
 def seconds(s: float) -> str:
     """Example: seconds(1.234) -> "1.23 s"; seconds(0.0042) -> "4.2 ms" """
     return f"{s * 1000:.2g} ms" if s < 0.1 else f"{s:.2f} s"

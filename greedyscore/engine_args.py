@@ -1,0 +1,54 @@
+"""The engine flags shared by the web demo (app.py) and the CLI: which model, where it runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .engines import BACKENDS, Engine, load_engine
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """GREEDYSCORE_<NAME> from the environment (every flag has one)."""
+    return os.environ.get(f"GREEDYSCORE_{name}", default)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--model, --backend and the remote server's flags (--base-url, --api-key, --tokenizer, --full-vocab)."""
+    p.add_argument("--model", default=env("MODEL"),
+                   help="local HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct); "
+                        "with --backend openai, the server's model name (default: its only model)")
+    p.add_argument("--backend", default=env("BACKEND", "auto"), choices=BACKENDS,
+                   help="auto = lmdeploy when CUDA and lmdeploy are present, else transformers; openai = a "
+                        "remote OpenAI-compatible server (vLLM, LMDeploy api_server/proxy, llama.cpp) at --base-url "
+                        "(default: %(default)s)")
+    remote = p.add_argument_group("remote server (--backend openai)")
+    remote.add_argument("--base-url", default=env("BASE_URL"), metavar="URL",
+                        help="the server, e.g. http://proxy:8000 or http://proxy:8000/v1")
+    remote.add_argument("--api-key", default=env("API_KEY", os.environ.get("OPENAI_API_KEY")),
+                        help="sent as a Bearer token (default: $GREEDYSCORE_API_KEY or $OPENAI_API_KEY)")
+    remote.add_argument("--tokenizer", default=env("TOKENIZER"), metavar="DIR",
+                        help="the served model's tokenizer files, to read token ids exactly (default: the directory "
+                             "the server loaded when it is on this machine, or the embedded model's)")
+    remote.add_argument("--full-vocab", action="store_true", default=env("FULL_VOCAB", "") in ("1", "true", "yes"),
+                        help="ask for the whole vocabulary's logprobs (vLLM started with --max-logprobs -1): exact "
+                             "entropy instead of an interval, at a cost in speed")
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine:
+    """Load the engine the flags name (raises GreedyScoreError with what to do); a --base-url with
+    the default backend means the remote one."""
+    if args.backend == "auto" and args.base_url:
+        args.backend = "openai"
+    if args.backend != "openai":
+        return load_engine(args.backend, args.model, base_url=args.base_url)
+    return load_engine("openai", args.model, base_url=_api_root(args.base_url), api_key=args.api_key,
+                       tokenizer=args.tokenizer, full_vocab=args.full_vocab)
+
+
+def _api_root(url: str | None) -> str | None:
+    """Example: _api_root("http://h:8000/v1/") -> "http://h:8000" (paths are added per call)."""
+    if not url:
+        return url
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url

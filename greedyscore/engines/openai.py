@@ -1,0 +1,442 @@
+"""A remote OpenAI-compatible server as an Engine: vLLM, LMDeploy's api_server or proxy, llama.cpp.
+
+greedyscore does not run the model here: turns go to `/v1/chat/completions` (streaming,
+temperature 0, neutral penalties, logprobs), so the server applies its own chat template, as
+in production. What comes back is read into the same ServerSteps whatever the server:
+
+- ids: vLLM's "token_id:N" strings (`return_tokens_as_token_ids`) and its per-chunk
+  `token_ids`/`prompt_token_ids` (`return_token_ids`); llama.cpp's `id`; LMDeploy's vocabulary
+  strings, mapped with the model's tokenizer (and its `output_token_logprobs` pairs);
+- LMDeploy leaves the chosen token out of `top_logprobs`: we ask for k + 1 and merge it back;
+- logprobs that are not the model's true probabilities (TurboMind's 0.0 for every greedy token,
+  processed logprobs where the greedy token is not the top-1) are refused with the fix.
+
+Token texts come from the model's tokenizer (byte-faithful; the server's strings are not for
+split characters). Rescoring (verification, forks, scored text) uses vLLM's prompt logprobs on
+`/v1/completions` with token ids; a server without them says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import BadInput, EngineUnavailable, ModelFailed, ModelNotFound, ServerRefused, Unsupported
+from ..scoring import StepScores
+from ..topk import ServerStep, step_scores
+from ..types import Message
+from .base import GenerateRequest, Generation
+from .hf_text import HFTextMixin
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+SERVER_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs (and OpenAI's cap)
+FLOOR = -9999.0  # vLLM clamps logprobs here (OpenAI's convention): at or below it means "no probability"
+LOGPROB_TIE = 1e-5  # a listed alternative above the greedy token by more than this: not raw argmax
+NEUTRAL = {  # sent explicitly: servers load a model's own defaults (vLLM) or have their own (llama-cpp-python)
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+RAW_LOGPROBS_FIX = (
+    "start LMDeploy's api_server with `--backend pytorch --logprobs-mode raw_logprobs`, or vLLM with its "
+    "default `--logprobs-mode raw_logprobs`, and no penalties"
+)
+
+
+@dataclass(frozen=True)
+class HTTPOptions:
+    """Timeouts and retries for talking to a server (seconds)."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0  # the longest wait for the next chunk
+    retries: int = 4  # on 429/5xx and connection errors, before the first token only
+    backoff_s: float = 0.5  # doubled at each retry (or the server's Retry-After)
+
+
+class OpenAIEngine(HFTextMixin):
+    backend = "openai"
+    concurrent = True  # the server schedules: the service sends up to --concurrency requests at once
+    server_template = True  # turns go as messages; the server's template makes the prompt ids
+
+    def __init__(self, client: httpx.Client, model_name: str, tokenizer: Any, context_length: int,
+                 server: str, full_vocab: bool = False, options: HTTPOptions = HTTPOptions()) -> None:
+        self.client = client
+        self.model_name = model_name
+        self.server = server  # "vllm", "lmdeploy", "llamacpp", ... from /v1/models, for messages
+        self.full_vocab = full_vocab
+        self.options = options
+        self.context_length = context_length
+        self.vocab_size = len(tokenizer)
+        eos = tokenizer.eos_token_id
+        self.stop_ids = frozenset([int(eos)] if eos is not None else [])
+        what = "the whole vocabulary" if full_vocab else "top-k only: entropy as an interval"
+        self.score_source = f"server logprobs ({server or 'OpenAI API'} at {client.base_url}), {what}"
+        self._init_text(tokenizer)
+
+    # --- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, base_url: str, model: str | None = None, api_key: str | None = None, tokenizer: str | None = None,
+             full_vocab: bool = False, options: HTTPOptions = HTTPOptions()) -> OpenAIEngine:
+        """Connect: list the server's models, pick one, load its tokenizer locally.
+
+        `model` defaults to the server's only model. The tokenizer is `tokenizer` (a local
+        directory), else the directory the server loaded (vLLM's `root`, when it is on this
+        machine), else the embedded model's when that is what the server serves.
+        """
+        url = base_url.rstrip("/") + "/"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
+        client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        cards = _list_models(client, options)
+        names = list(dict.fromkeys(str(c.get("id")) for c in cards))  # a proxy lists a model once per node
+        if model is None:
+            if len(names) != 1:
+                raise ModelNotFound(f"the server at {url} serves {len(names)} models ({', '.join(names) or 'none'}): "
+                                    "pick one with --model")
+            model = names[0]
+        if model not in names:
+            raise ModelNotFound(f"the server at {url} has no model {model!r}; it serves: {', '.join(names) or 'none'} "
+                                "(pass one of them as --model)")
+        card = next(c for c in cards if str(c.get("id")) == model)
+        tok, local_context = _load_tokenizer(model, tokenizer, card)
+        context = int(card.get("max_model_len") or local_context)
+        server = str(card.get("owned_by") or "")
+        print(f"greedyscore: {model} on {server or 'an OpenAI-compatible server'} at {url} (context {context:,})",
+              file=sys.stderr, flush=True)
+        return cls(client, model, tok, context, server, full_vocab, options)
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The local tokenizer's template: for forks and rescoring (turns use the server's)."""
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        ids = self.hf_tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False)
+        return [int(i) for i in (ids["input_ids"] if hasattr(ids, "input_ids") else ids)]
+
+    # --- generation ----------------------------------------------------------------------------
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        """One HTTP stream per request (the server batches): a chat turn when the request has
+        messages, a completion of its token ids (a fork's prefix) when it has none."""
+        return [self._generate(r) for r in requests]
+
+    def _generate(self, req: GenerateRequest) -> Generation:
+        ask = -1 if self.full_vocab else min(req.top_k + 1, SERVER_MAX_LOGPROBS)  # +1: LMDeploy drops the chosen
+        common = {"model": self.model_name, "stream": True, "max_tokens": req.max_new_tokens, **NEUTRAL,
+                  "return_tokens_as_token_ids": True, "return_token_ids": True, "return_logprob": True,
+                  "stream_options": {"include_usage": True}}
+        if req.messages:
+            path = "v1/chat/completions"
+            body = {**common, "messages": [{"role": m.role, "content": m.content} for m in req.messages],
+                    "logprobs": True, "top_logprobs": ask}
+        else:
+            path = "v1/completions"
+            body = {**common, "prompt": list(req.prompt_ids), "logprobs": ask, "skip_special_tokens": False}
+        steps: list[ServerStep] = []
+        got: dict[str, Any] = {}  # prompt_token_ids, prompt_tokens, finish_reason as they come
+        cancel = req.cancel or threading.Event()
+
+        def on_chunk(chunk: dict) -> None:
+            if chunk.get("prompt_token_ids"):
+                got["prompt_ids"] = tuple(int(i) for i in chunk["prompt_token_ids"])
+            if chunk.get("usage"):
+                got["n_prompt"] = chunk["usage"].get("prompt_tokens")
+            for choice in chunk.get("choices") or []:
+                new = self._read_steps(choice, req.top_k, len(steps))
+                steps.extend(new)
+                if new and req.on_ids:
+                    req.on_ids([s.token_id for s in new])
+                got["finish"] = choice.get("finish_reason") or got.get("finish")
+
+        self._exchange(path, body, cancel, on_chunk, lambda: bool(steps))
+        finish, prompt_ids, n_prompt = got.get("finish"), got.get("prompt_ids"), got.get("n_prompt")
+        if cancel.is_set() and finish is None:
+            finish = "abort"
+        finish = "stop" if finish in ("stop", "eos") else "length" if finish == "length" else finish or "abort"
+        notes: tuple[str, ...] = ()
+        if req.messages and prompt_ids is None:  # no ids from the server: ours, when they add up
+            local = tuple(self.prompt_ids(req.messages))
+            if n_prompt is None or n_prompt == len(local):
+                prompt_ids = local
+            else:
+                notes = (f"the server's chat template made {n_prompt} prompt tokens, the local tokenizer's "
+                         f"{len(local)}: prompt ids unknown, so no rescoring",)
+                prompt_ids = ()
+        scores = step_scores(steps, req.top_k, self.vocab_size)
+        return Generation(tuple(s.token_id for s in steps), finish, steps=scores, prompt_ids=prompt_ids,
+                          notes=notes)
+
+    def _read_steps(self, choice: dict, top_k: int, at: int) -> list[ServerStep]:
+        """A choice's logprob entries -> checked ServerSteps (chat or completions format)."""
+        ids = (choice.get("token_ids") or choice.get("output_ids")  # vLLM, LMDeploy return_token_ids
+               or [p[1] for p in choice.get("output_token_logprobs") or []])  # LMDeploy return_logprob
+        lp = choice.get("logprobs") or {}
+        if "content" in lp:  # chat: [{token, logprob, bytes, top_logprobs: [{token, logprob}]}]
+            entries = [(e.get("id", e.get("token")), e.get("logprob"),
+                        {a.get("id", a.get("token")): a.get("logprob") for a in e.get("top_logprobs") or []})
+                       for e in lp["content"] or []]
+        else:  # completions: {tokens, token_logprobs, top_logprobs: [{token: logprob}]}
+            tops = lp.get("top_logprobs") or []
+            entries = [(t, v, tops[i] if i < len(tops) and tops[i] else {})
+                       for i, (t, v) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))]
+        if ids and len(ids) != len(entries):
+            raise ModelFailed(f"the server sent {len(ids)} token ids with {len(entries)} logprob entries")
+        out = []
+        for j, (key, logprob, alts) in enumerate(entries):
+            token = int(ids[j]) if ids else self._token_id(key)
+            if token is None or logprob is None:
+                raise ModelFailed(f"the server sent a token {key!r} that its tokenizer does not know")
+            top = {}
+            for k, v in alts.items():
+                i = self._token_id(k)
+                if i is not None and v is not None:
+                    top[i] = float(v)
+            step = ServerStep(token, float(logprob), top, full=self.full_vocab)
+            _check_raw(step, at + j, top_k)
+            out.append(step)
+        return out
+
+    def _token_id(self, key: Any) -> int | None:
+        """A server's name for a token -> its id: an int, "token_id:N", or a vocabulary string."""
+        if isinstance(key, int):
+            return key
+        if not isinstance(key, str):
+            return None
+        if key.startswith("token_id:"):
+            return int(key[9:])
+        i = self.hf_tokenizer.convert_tokens_to_ids(key)
+        return int(i) if isinstance(i, int) and i != self.hf_tokenizer.unk_token_id else None
+
+    # --- rescoring -----------------------------------------------------------------------------
+    def score_ids(self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int,
+                  cache: Any = None) -> StepScores:
+        """Teacher-forced scores from the server's prompt logprobs (vLLM: `/v1/completions`,
+        prompt = token ids, `prompt_logprobs`); each position's dict holds the true token and its rank."""
+        ask = -1 if self.full_vocab else max(top_k, 2)
+        body = {"model": self.model_name, "prompt": [*context_ids, *target_ids], "max_tokens": 1, **NEUTRAL,
+                "prompt_logprobs": ask}
+        data = self._post("v1/completions", body)
+        rows = ((data.get("choices") or [{}])[0]).get("prompt_logprobs")
+        if not rows:
+            raise Unsupported(f"rescoring is unavailable on this server ({self.server or 'unknown type'}): it returns "
+                              "no prompt logprobs (vLLM does; LMDeploy's /generate does, but its proxy does not "
+                              "route it)")
+        steps = []
+        for i, tok in enumerate(target_ids):
+            row = rows[len(context_ids) + i] or {}
+            mine = row.get(str(tok))
+            if mine is None:
+                raise ModelFailed(f"the server's prompt logprobs lack token {tok} at position {len(context_ids) + i}")
+            top = {int(k): float(v["logprob"]) for k, v in row.items()}
+            steps.append(ServerStep(int(tok), float(mine["logprob"]), top, rank=int(mine["rank"]),
+                                    full=self.full_vocab))
+        return step_scores(steps, top_k, self.vocab_size)
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    def _post(self, path: str, body: dict) -> dict:
+        out: list[dict] = []
+        self._exchange(path, {**body, "stream": False}, threading.Event(), out.append, lambda: False)
+        return out[0] if out else {}
+
+    def _exchange(self, path: str, body: dict, cancel: threading.Event, on_chunk: Any, started: Any) -> None:
+        """POST and feed each JSON object of the answer (SSE `data:` lines, or the one body) to
+        `on_chunk`. Connection errors, 429/5xx and broken streams are retried with backoff while
+        `started()` is false (nothing shown yet); after that they fail the request. Setting
+        `cancel` closes the connection (the server then aborts) and returns."""
+        url = f"{self.client.base_url}{path}"
+        for attempt in range(self.options.retries + 1):
+            try:
+                response = self._open(path, body)
+                with self._closed_on(cancel, response):
+                    for chunk in _chunks(response):
+                        on_chunk(chunk)
+                        if cancel.is_set():
+                            return
+                return
+            except _Broken as ex:
+                if cancel.is_set():
+                    return
+                if started() or attempt == self.options.retries:
+                    where = "mid-reply" if started() else f"after {attempt + 1} tries"
+                    raise ModelFailed(f"the model server at {url} failed {where}: {ex}; try again") from ex
+                self._wait(attempt, ex.retry_after, cancel)
+
+    def _open(self, path: str, body: dict) -> httpx.Response:
+        try:
+            response = self.client.send(self.client.build_request("POST", path, json=body), stream=True)
+        except httpx.TransportError as ex:
+            raise _Broken(f"cannot connect ({type(ex).__name__}): is it running?") from ex
+        if response.status_code < 400:
+            return response
+        text = response.read().decode("utf-8", "replace")
+        response.close()
+        if response.status_code in RETRY_STATUS:
+            raise _Broken(f"HTTP {response.status_code} {text.strip()[:200]}", response.headers.get("retry-after"))
+        raise _http_error(response.status_code, str(response.request.url), text, self.model_name)
+
+    @contextmanager
+    def _closed_on(self, cancel: threading.Event, response: httpx.Response) -> Iterator[None]:
+        """Close `response` when done, or as soon as `cancel` is set (Stop while the server is slow)."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.05):
+                if cancel.is_set():
+                    response.close()
+                    return
+
+        threading.Thread(target=watch, daemon=True, name="greedyscore-http-cancel").start()
+        try:
+            yield
+        finally:
+            done.set()
+            response.close()
+
+    def _wait(self, attempt: int, retry_after: str | None, cancel: threading.Event) -> None:
+        try:
+            delay = float(retry_after) if retry_after else self.options.backoff_s * 2**attempt
+        except ValueError:
+            delay = self.options.backoff_s * 2**attempt
+        cancel.wait(min(delay, 30.0))
+
+
+class _Broken(Exception):
+    """A request that failed in a way worth retrying if nothing has been shown yet."""
+
+    def __init__(self, message: str, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _chunks(response: httpx.Response) -> Iterator[dict]:
+    """The JSON objects of an answer. A stream must end with [DONE] or a finish_reason; LMDeploy's
+    proxy reports a dead node as a bare {"error_code", "text"} line, vLLM as a data: {"error"} event."""
+    try:
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            data = json.loads(response.read())
+            if isinstance(data, dict) and "error_code" in data and "choices" not in data:
+                raise _Broken(f"the proxy answered {_message(data)}")
+            yield data
+            return
+        finished = False
+        for line in response.iter_lines():
+            line = line.strip()
+            if not line or line.startswith(":"):
+                continue
+            payload = line[5:].strip() if line.startswith("data:") else line
+            if payload == "[DONE]":
+                return
+            chunk = json.loads(payload)
+            if not isinstance(chunk, dict) or chunk.get("error") or "error_code" in chunk:
+                raise _Broken(f"the server sent an error: {_message(chunk.get('error') or chunk)}")
+            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or [])
+            yield chunk
+        if not finished:
+            raise _Broken("the stream ended before the reply did")
+    except (httpx.HTTPError, json.JSONDecodeError) as ex:
+        raise _Broken(f"the connection broke ({type(ex).__name__})") from ex
+
+
+def _check_raw(step: ServerStep, position: int, top_k: int) -> None:
+    """Refuse numbers that are not the model's true probabilities."""
+    finite = [v for i, v in step.top.items() if i != step.token_id and v > FLOOR]
+    if step.logprob == 0.0 and not finite:
+        raise ServerRefused(
+            "the server gave logprob 0.0 to the greedy token with no alternatives: these are renormalised after "
+            "top-k sampling (LMDeploy's TurboMind engine does this), not the model's probabilities. "
+            f"Fix: {RAW_LOGPROBS_FIX}")
+    total = math.fsum(math.exp(v) for v in step.top.values()) + (
+        0.0 if step.token_id in step.top else math.exp(step.logprob))
+    if total > 1.0 + 1e-3:
+        raise ServerRefused(f"the server's probabilities at token {position} add up to {total:.3f}, more than 1: "
+                            f"they are renormalised or processed, not the model's. Fix: {RAW_LOGPROBS_FIX}")
+    best = max(step.top.values(), default=step.logprob)
+    if best > step.logprob + LOGPROB_TIE:
+        raise ServerRefused(
+            f"the server's token {position} is not the most likely in its own logprobs ({math.exp(step.logprob):.4f} "
+            f"vs {math.exp(best):.4f}): the logprobs are processed (penalties, temperature) or the reply was not "
+            f"greedy. Fix: {RAW_LOGPROBS_FIX}")
+
+
+def _message(err: Any) -> str:
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("msg") or err.get("text") or err)[:300]
+    return str(err)[:300]
+
+
+def _http_error(status: int, url: str, text: str, model: str) -> Exception:
+    try:
+        data = json.loads(text)
+        detail = _message(data.get("error", data.get("detail", data.get("message", data))))
+    except (json.JSONDecodeError, AttributeError):
+        detail = text.strip()[:300]
+    if status in (401, 403):
+        return ModelFailed(f"the model server at {url} refused the API key (HTTP {status}): check --api-key")
+    if status == 404:
+        return ModelFailed(f"the model server at {url} answered 404 for model {model!r}: {detail}")
+    if status in (400, 422):
+        return BadInput(f"the model server refused the request: {detail}")
+    return ModelFailed(f"the model server at {url} answered HTTP {status}: {detail}")
+
+
+def _list_models(client: httpx.Client, options: HTTPOptions) -> list[dict]:
+    url = f"{client.base_url}v1/models"
+    for attempt in range(options.retries + 1):
+        try:
+            r = client.get("v1/models")
+        except httpx.HTTPError as ex:
+            if attempt == options.retries:
+                raise EngineUnavailable(f"cannot reach the model server at {url} ({type(ex).__name__}): is it running? "
+                                        "Check --base-url (e.g. http://host:8000)") from ex
+            time.sleep(options.backoff_s * 2**attempt)
+            continue
+        if r.status_code in (401, 403):
+            raise EngineUnavailable(f"the model server at {url} refused the API key (HTTP {r.status_code}): "
+                                    "pass --api-key")
+        if r.status_code >= 400:
+            raise EngineUnavailable(f"{url} answered HTTP {r.status_code}: is --base-url an OpenAI-compatible server?")
+        try:
+            return list(r.json().get("data") or [])
+        except (ValueError, AttributeError) as ex:
+            raise EngineUnavailable(f"{url} did not answer a model list: is --base-url an OpenAI-compatible server?") \
+                from ex
+    raise AssertionError("unreachable")
+
+
+def _load_tokenizer(model: str, tokenizer: str | None, card: dict) -> tuple[Any, int]:
+    """The model's tokenizer, from a local directory (see OpenAIEngine.load for the order), and
+    the context length its config states (for servers that do not say: LMDeploy, its proxy)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..models import EMBEDDED_NAME, resolve_model
+
+    root = card.get("root")
+    candidates = [tokenizer] if tokenizer else []
+    if not tokenizer and isinstance(root, str) and (Path(root) / "tokenizer_config.json").is_file():
+        candidates.append(root)
+    if not tokenizer and model == EMBEDDED_NAME:
+        candidates.append(resolve_model(None)[1])
+    if not candidates:
+        raise EngineUnavailable(f"greedyscore needs {model!r}'s tokenizer to read token ids exactly: pass --tokenizer "
+                                "DIR (a directory with its tokenizer.json / tokenizer_config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(candidates[0])
+    except (OSError, ValueError) as ex:
+        raise ModelNotFound(f"could not load a tokenizer from {candidates[0]!r}: {ex}".splitlines()[0]) from ex
+    try:
+        context = int(getattr(AutoConfig.from_pretrained(candidates[0]), "max_position_embeddings", 0) or 0)
+    except (OSError, ValueError):  # tokenizer files only
+        context = 0
+    return tok, context or min(int(tok.model_max_length), 1 << 20)
+

@@ -1,0 +1,98 @@
+"""Scores from what a remote server reports: per step, the chosen token's logprob and a top-k list.
+
+Pure maths, like `scoring`, but on partial knowledge. With the whole vocabulary (vLLM
+`top_logprobs: -1`) everything is exact. With only the top-k, probability, logprob and margin
+are still exact (they need only the top two and the chosen token), the rank is exact where the
+chosen token is in the list, and the entropy is known only up to an interval: the residual mass
+r = 1 - sum(top-k) may be piled into as few tokens as the k-th probability allows (lowest
+entropy) or spread evenly over the rest of the vocabulary (highest). Never a made-up number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .scoring import StepScores, empty_scores
+
+NO_ID = -1  # padding of a short top list (a server that sent fewer than k alternatives)
+
+
+@dataclass(frozen=True)
+class ServerStep:
+    """One position as a server reported it (ids already resolved).
+
+    `top` holds id -> logprob for the alternatives the server sent, the chosen token merged in
+    (LMDeploy leaves it out); `rank` when the server states it (vLLM prompt_logprobs); `full`
+    when `top` is the whole vocabulary.
+    """
+
+    token_id: int
+    logprob: float
+    top: dict[int, float] = field(default_factory=dict)
+    rank: int | None = None
+    full: bool = False
+
+
+def entropy_bounds(probs: Sequence[float], vocab_size: int, cap: float | None = None) -> tuple[float, float]:
+    """[lower, upper] entropy (nats) of a distribution over `vocab_size` tokens of which `probs`
+    are known and every other token is at most `cap` (default: the smallest known probability).
+
+    Example: entropy_bounds([0.5, 0.5], 10) -> (ln 2, ln 2); entropy_bounds([0.5], 3) -> (ln 2, 1.5 ln 2)
+    """
+    known = [p for p in probs if p > 0]
+    h = -sum(p * math.log(p) for p in known)
+    r = max(0.0, 1.0 - sum(known))
+    m = vocab_size - len(known)  # tokens not in the list
+    if r <= 1e-12 or m <= 0 or not known:
+        return h, h
+    cap = min(known) if cap is None else cap
+    n = min(int(r // cap), m)  # as many tokens at the cap as the residual allows ...
+    s = r - n * cap  # ... and the remainder in one more
+    low = h + n * cap * math.log(1 / cap) + (s * math.log(1 / s) if s > 1e-12 else 0.0)
+    high = h + r * math.log(m / r)
+    return low, max(low, min(high, math.log(vocab_size)))
+
+
+def step_scores(steps: Sequence[ServerStep], top_k: int, vocab_size: int) -> StepScores:
+    """ServerSteps -> StepScores (entropy_max > entropy where only the top-k was known).
+
+    Steps per row: sort the list; rank = the server's, else 1 + the number of listed tokens more
+    likely than the chosen one; margin = p1 - p2; entropy exact from a full list, else the
+    interval of `entropy_bounds`. Short lists are padded with NO_ID.
+    Example: step_scores([ServerStep(7, 0.0, {7: 0.0}, full=True)], 1, 10).entropy -> tensor([0.])
+    """
+    if not steps:
+        return empty_scores(top_k)
+    rows: list[tuple[float, int, float, float, float, list[int], list[float]]] = []
+    for st in steps:
+        top = dict(st.top)
+        top.setdefault(st.token_id, st.logprob)
+        ranked = sorted(top.items(), key=lambda kv: -kv[1])
+        probs = [math.exp(lp) for _, lp in ranked]
+        above = sum(1 for _, lp in ranked if lp > st.logprob)
+        rank = st.rank if st.rank is not None else above + 1
+        if st.full:
+            low = high = -sum(p * math.log(p) for p in probs if p > 0)
+        else:
+            # unlisted tokens are at most the smallest listed one other than the chosen token
+            # (which a server appends after its top list when it is not in it)
+            others = [p for (i, _), p in zip(ranked, probs) if i != st.token_id]
+            low, high = entropy_bounds(probs, vocab_size, min(others) if others else None)
+        margin = probs[0] - (probs[1] if len(probs) > 1 else 0.0)
+        ids = [i for i, _ in ranked[:top_k]] + [NO_ID] * max(0, top_k - len(ranked))
+        lps = [lp for _, lp in ranked[:top_k]] + [-math.inf] * max(0, top_k - len(ranked))
+        rows.append((st.logprob, rank, low, margin, high, ids, lps))
+    col = list(zip(*rows))
+    return StepScores(
+        logprob=torch.tensor(col[0], dtype=torch.float32),
+        rank=torch.tensor(col[1], dtype=torch.int64),
+        entropy=torch.tensor(col[2], dtype=torch.float32),
+        margin=torch.tensor(col[3], dtype=torch.float32),
+        top_ids=torch.tensor(col[5], dtype=torch.int64).view(len(rows), top_k),
+        top_logprobs=torch.tensor(col[6], dtype=torch.float32).view(len(rows), top_k),
+        entropy_max=torch.tensor(col[4], dtype=torch.float32),
+    )
