@@ -545,3 +545,24 @@ def test_view_takes_labels_or_mode_names():
         View.make("rank", "cividis", 0.5)
     with pytest.raises(BadInput, match="palette"):
         View.make("prob", 3, 0.5)
+
+
+def test_an_entropy_interval_is_shown_as_one_never_as_a_number():
+    """A remote server's top-k only: tooltip, chart band, CSV column, JSON key; colour by the upper end."""
+    from dataclasses import replace
+
+    from greedyscore.render.html import tooltip_html
+
+    exact = tok("a", 0.6, entropy=0.9)
+    interval = replace(tok("b", 0.6, id=2, entropy=0.9), entropy_max=2.4)
+    reply = make_reply([exact, interval])
+    tips = [tooltip_html(t) for t in reply.tokens]
+    assert "0.9 nats" in tips[0] and "top-k only" not in tips[0]
+    assert "0.9\u20132.4 nats (top-k only)" in tips[1]
+    assert token_value(interval, "entropy") < token_value(exact, "entropy")  # the least confident it can be
+    names = [trace.name for trace in confidence_figure(reply.tokens).data]
+    assert any("upper bound" in (n or "") for n in names)
+    assert len(confidence_figure((exact,)).data) == 2  # bars and the entropy line, no band
+    rows = list(csv.DictReader(io.StringIO(tokens_csv(reply))))
+    assert [r["entropy_max"] for r in rows] == ["", "2.4"]
+    assert "entropy_max" not in reply.to_json()["tokens"][0] and reply.to_json()["tokens"][1]["entropy_max"] == 2.4

@@ -78,6 +78,7 @@ class OpenAIEngine(HFTextMixin):
         self.server = server  # "vllm", "lmdeploy", "llamacpp", ... from /v1/models, for messages
         self.full_vocab = full_vocab
         self.options = options
+        self.extra_body: dict[str, Any] = {}  # server-specific fields added to every generation (benchmarks)
         self.context_length = context_length
         self.vocab_size = len(tokenizer)
         eos = tokenizer.eos_token_id
@@ -133,7 +134,8 @@ class OpenAIEngine(HFTextMixin):
 
     def _generate(self, req: GenerateRequest) -> Generation:
         ask = -1 if self.full_vocab else min(req.top_k + 1, SERVER_MAX_LOGPROBS)  # +1: LMDeploy drops the chosen
-        common = {"model": self.model_name, "stream": True, "max_tokens": req.max_new_tokens, **NEUTRAL,
+        common = {**self.extra_body, "model": self.model_name, "stream": True, "max_tokens": req.max_new_tokens,
+                  **NEUTRAL,
                   "return_tokens_as_token_ids": True, "return_token_ids": True, "return_logprob": True,
                   "stream_options": {"include_usage": True}}
         if req.messages:
