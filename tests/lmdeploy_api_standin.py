@@ -10,7 +10,8 @@ our transformers engine. The served model name picks the behaviour:
 
 - "raw": `--backend pytorch --logprobs-mode raw_logprobs` (true top-k, chosen removed);
 - "turbomind": renormalised after top_k=1, i.e. {chosen: 0.0};
-- "penalised": raw logprobs, but the greedy path took the runner-up at the second token.
+- "penalised": raw logprobs, but the greedy path took the runner-up at the second token;
+- "busy": "raw" after answering 429 (Retry-After: 0) to every other request, as an overloaded node.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ from lmdeploy.serve.openai.protocol import (
 from greedyscore.engines.base import GenerateRequest
 from greedyscore.types import Message
 
-MODES = ("raw", "turbomind", "penalised")
+MODES = ("raw", "turbomind", "penalised", "busy")
 
 
 def make_app(engine) -> FastAPI:
     app = FastAPI()
     hf = engine.hf_tokenizer
+    app.state.busy_calls = 0
 
     @app.get("/v1/models")
     def models():
@@ -64,6 +66,11 @@ def make_app(engine) -> FastAPI:
         if mode not in MODES:
             return JSONResponse({"object": "error", "message": f"The model {mode!r} does not exist.", "code": 404},
                                 status_code=404)
+        if mode == "busy":
+            app.state.busy_calls += 1
+            if app.state.busy_calls % 2:
+                return JSONResponse({"object": "error", "message": "too many requests"}, status_code=429,
+                                    headers={"Retry-After": "0"})
         messages = [Message(m["role"], m["content"]) for m in body["messages"]]
         prompt = engine.prompt_ids(messages)
         k = int(body.get("top_logprobs") or 1)  # LMDeploy asks its engine for `top_logprobs or 1`
@@ -102,7 +109,8 @@ class StandIn:
 
     def __init__(self, engine, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(make_app(engine), host="127.0.0.1", port=port, log_level="warning")
+        self.app = make_app(engine)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -151,7 +151,24 @@ def test_stop_closes_the_http_stream(remote):
             cancel.set()
     assert event.finish_reason == "abort" and 3 <= len(event.tokens) < 40
     assert time.perf_counter() - t0 < 20
+    url = remote.engine.client.base_url
+    deadline = time.time() + 10  # the server aborted the request (it saw the connection close)
+    while "vllm:num_requests_running" not in (metrics := running(url)) or metrics["vllm:num_requests_running"]:
+        assert time.time() < deadline, metrics
+        time.sleep(0.2)
     assert remote.chat(PROMPTS["english"], Settings(max_new_tokens=4)).tokens  # the server is fine
+
+
+def running(base_url) -> dict[str, float]:
+    """vLLM's Prometheus gauges of running/waiting requests."""
+    with urllib.request.urlopen(f"{base_url}metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    out: dict[str, float] = {}
+    for line in lines:
+        name = line.split("{")[0].split(" ")[0]
+        if name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def test_wrong_model_name_and_dead_server_are_clear(nodes):
@@ -182,6 +199,16 @@ def test_lmdeploy_pytorch_raw_logprobs_with_the_chosen_token_merged_back(lmdeplo
     assert_same_reply(got, want)
     assert all(len(t.top) == 4 and t.top[0].id == t.id for t in got.tokens)  # k-1 sent, k shown
     assert not got.verified and any("verification unavailable" in n for n in got.notes)
+
+
+def test_busy_answers_are_retried_before_the_first_token(lmdeploy_api, service):
+    settings = Settings(max_new_tokens=6, top_k=3)
+    got = lmdeploy_service(lmdeploy_api, "busy").chat(PROMPTS["english"], settings)
+    assert_same_reply(got, service.chat(PROMPTS["english"], settings))
+    assert lmdeploy_api.app.state.busy_calls == 2  # one 429, then served
+    with pytest.raises(ModelFailed, match="HTTP 429"):  # no retries left: a clear error, not a hang
+        Service(OpenAIEngine.load(lmdeploy_api.url, model="busy", tokenizer=resolve_model(None)[1],
+                                  options=HTTPOptions(retries=0))).chat(PROMPTS["english"], settings)
 
 
 @pytest.mark.parametrize("mode, needle", [("turbomind", "TurboMind"), ("penalised", "not the most likely")])
