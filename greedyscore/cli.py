@@ -169,4 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         use_color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
         print(reply_ansi(reply, color_by=args.color_by, use_color=use_color))
+        if reply.calibration is not None:
+            cal = reply.calibration
+            print(f"calibration: top-1 accuracy {cal.accuracy:.0%} over {cal.n} positions, ECE {cal.ece:.3f}, "
+                  f"Brier {cal.brier:.3f} (--json for the reliability bins)")
     return 0

@@ -29,3 +29,23 @@ SCORE_EXAMPLES: tuple[str, ...] = (
     "北京是中国的首都，也是一座历史悠久的城市。",
     "Paris is the capital of France, and Rome is the capital of Italy.",
 )
+
+# Known text for the calibration diagram: a few paragraphs written for greedyscore (plain facts and
+# ordinary prose, English then Chinese), long enough (417 tokens) for ten bins to mean something.
+CALIBRATION_SAMPLE = """\
+Rivers begin as rain and melting snow in the hills. Small streams join into larger ones, and the \
+water carves a valley as it flows down towards the sea. Along the way it carries sand and stones, \
+and where the river slows down, near its mouth, it drops them and builds a delta.
+
+People have always settled beside rivers. A river gives water to drink and to grow food, fish to \
+eat, and a road for boats long before there were railways. Many of the oldest cities in the world, \
+such as Cairo on the Nile and Baghdad on the Tigris, grew up on the banks of a great river.
+
+Today rivers still matter. They turn the turbines of power stations, carry goods on barges and \
+water the fields of farmers. But they also flood, and towns must build walls and leave room for \
+the water when heavy rain falls in the spring.
+
+长江是中国最长的河流，全长约六千三百公里。它发源于青藏高原，向东流经许多省份，最后在上海附近流入东海。\
+长江两岸有很多重要的城市，比如重庆、武汉和南京。几千年来，人们在江边种田、捕鱼，也用船运送货物。\
+今天，长江上的三峡大坝是世界上最大的水力发电站之一。
+"""

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from .batching import make_runner
+from .calibration import calibration
 from .detokenize import Detokenizer, token_texts
 from .engines.base import Engine, GenerateRequest, Generation
 from .errors import BadInput, GreedyScoreError, InputTooLong, ModelFailed, OutOfMemory, Unsupported
@@ -380,7 +381,8 @@ class Service:
         self._check_fit(len(context) + len(target), 0, what)
         t0 = time.perf_counter()
         steps = self._model(self.engine.score_ids, context, target, settings.top_k)
-        return self._reply(context, target, steps, None, settings, "stop", (), Timings(0.0, time.perf_counter() - t0))
+        reply = self._reply(context, target, steps, None, settings, "stop", (), Timings(0.0, time.perf_counter() - t0))
+        return replace(reply, calibration=calibration(reply.tokens))
 
     # --- helpers ---------------------------------------------------------------------------
     def _model(self, fn: Callable[..., T], *args: Any, follow_up: bool = False, **kwargs: Any) -> T:

@@ -72,6 +72,32 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class CalibrationBin:
+    """Positions whose top-1 probability fell in [lo, hi): how sure the model was, how often right."""
+
+    lo: float
+    hi: float
+    n: int
+    confidence: float  # mean top-1 probability (0 when n == 0)
+    accuracy: float  # share of positions where the top-1 was the real next token
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Top-1 calibration over teacher-forced positions (see greedyscore/calibration.py)."""
+
+    bins: tuple[CalibrationBin, ...]
+    ece: float  # expected calibration error: sum over bins of n/N * |accuracy - confidence|
+    brier: float  # mean (top-1 probability - top-1 correct)^2
+    n: int
+    accuracy: float  # top-1 accuracy over all positions
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bins": [asdict(b) for b in self.bins], "ece": self.ece, "brier": self.brier, "n": self.n,
+                "accuracy": self.accuracy}
+
+
+@dataclass(frozen=True)
 class ScoredReply:
     """What one chat turn or one teacher-forced scoring gives: text, tokens, numbers."""
 
@@ -87,6 +113,7 @@ class ScoredReply:
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. engine/rescoring disagreements
     score_source: str = ""  # what the scores were computed from, e.g. "float32 logits (cpu), softmax in float32"
     forked_at: int | None = None  # a fork: tokens before this index are the original reply's, this one was swapped
+    calibration: Calibration | None = None  # teacher-forced text: how well the top-1 probabilities were calibrated
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's JSON schema (a stable contract); extra keys may be added, none removed."""
@@ -122,6 +149,7 @@ class ScoredReply:
             "notes": list(self.notes),
             "score_source": self.score_source,
             **({"forked_at": self.forked_at} if self.forked_at is not None else {}),
+            **({"calibration": self.calibration.to_json()} if self.calibration is not None else {}),
         }
 
 

@@ -18,9 +18,10 @@ import gradio as gr
 
 from .conversation import Conversation
 from .errors import BadInput, GreedyScoreError
-from .examples import CHAT_EXAMPLES, SCORE_EXAMPLES
+from .examples import CALIBRATION_SAMPLE, CHAT_EXAMPLES, SCORE_EXAMPLES
 from .exports import EXPORT_TTL_S, Exports
 from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_html, render_numbers, render_outputs
+from .render.calibration import calibration_html, reliability_figure
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
@@ -65,7 +66,7 @@ def shown_as_gr_errors() -> Iterator[None]:
 
 # --- layout ------------------------------------------------------------------------------------
 def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports | None = None) -> gr.Blocks:
-    """The whole app: Chat and Score-text tabs, plus API endpoints /chat, /score_text and /fork."""
+    """The whole app: Chat and Score-text tabs, plus API endpoints /chat, /score_text, /fork and /calibration."""
     exports = exports or Exports()
     blocks = dict(title="greedyscore: what the model was sure of", fill_width=True,
                   delete_cache=(int(EXPORT_TTL_S), int(EXPORT_TTL_S)))  # gradio's copies of the exports too
@@ -314,13 +315,22 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
     with gr.Row():
         prompt = gr.Textbox(lines=1, label="…as the assistant's reply to (optional user message)", scale=4)
         conversation = gr.Checkbox(label='the text is a conversation: JSON [{"role", "content"}, ...]', scale=2)
-    button = gr.Button("Score", variant="primary", elem_id="gs-score-btn")
+    with gr.Row():
+        button = gr.Button("Score", variant="primary", elem_id="gs-score-btn", scale=3)
+        sample = gr.Button("Load the calibration sample (English + Chinese)", elem_id="gs-cal-sample", scale=2)
     gr.Examples(list(SCORE_EXAMPLES), inputs=[text], label="Texts to try")
     shown = gr.HTML(legend_html(DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFAULT_VIEW.threshold),
                     label="Text, token by token", elem_id="gs-score")
     fig, hist, stats, json_file, csv_file = _numbers_panel("text", "score")
+    with gr.Accordion("Calibration: is the model as often right as it is sure?", open=True):
+        gr.Markdown("At each position of the text, the model's most likely next token (top-1) is *right* when it "
+                    "is the real next token. Positions are grouped by the top-1 probability: a calibrated model "
+                    "is right 70% of the time when it says 70% (the dashed diagonal).")
+        cal_summary = gr.HTML(elem_id="gs-cal-summary")
+        cal_plot = gr.Plot(elem_id="gs-cal-plot", show_label=False)
     reply_state = gr.State(None)
     drawn = [shown, fig, hist, stats]
+    sample.click(lambda: (CALIBRATION_SAMPLE, False), None, [text, conversation], api_visibility="private")
 
     def score(text: str, prompt: str, conversation: bool, top_k: float, color_by: str, palette: str,
               threshold: float):
@@ -331,10 +341,12 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
                 reply = service.score_messages(parse_messages_json(text), settings)
             else:
                 reply = service.score_text(text or "", settings, prompt=prompt or None)
-            return (*render_outputs(reply, view), reply, *exports.write(reply))
+            cal = reply.calibration
+            return (*render_outputs(reply, view), reply, *exports.write(reply), calibration_html(cal),
+                    reliability_figure(cal))
 
     button.click(score, [text, prompt, conversation, controls.top_k, *controls.view],
-                 [*drawn, reply_state, json_file, csv_file], concurrency_id=MODEL_EVENTS,
+                 [*drawn, reply_state, json_file, csv_file, cal_summary, cal_plot], concurrency_id=MODEL_EVENTS,
                  concurrency_limit=config.concurrency, api_visibility="private")
     _redraw_on_view_change(controls, reply_state, drawn)
 
@@ -367,6 +379,14 @@ def _api(service: Service, config: UIConfig) -> None:
             reply = service.score_text(text or "", parse_settings(1, top_k), prompt=prompt or None)
             return api_outputs(reply, view)
 
+    def calibration(text: str, prompt: str = "", top_k: float = API_DEFAULTS.top_k):
+        """Top-1 calibration of the model on known text -> (calibration JSON {"bins": [{"lo", "hi", "n",
+        "confidence", "accuracy"}], "ece", "brier", "n", "accuracy"}, reliability figure, summary HTML)."""
+        with shown_as_gr_errors():
+            reply = service.score_text(text or "", parse_settings(1, top_k), prompt=prompt or None)
+            cal = reply.calibration
+            return cal.to_json(), reliability_figure(cal), calibration_html(cal)
+
     def fork(messages: Any, reply_token_ids: Any, at: float, token_id: float,
              max_new_tokens: float = API_DEFAULTS.max_new_tokens, top_k: float = API_DEFAULTS.top_k,
              verify: bool = API_DEFAULTS.verify, color_by: str = DEFAULT_VIEW.color_by,
@@ -394,12 +414,14 @@ def _api(service: Service, config: UIConfig) -> None:
                 gr.Textbox(value=DEFAULT_VIEW.palette, label="palette"),
                 gr.Number(value=DEFAULT_VIEW.threshold, label="threshold")]
         outputs = [gr.HTML(), gr.Plot(), gr.JSON(), gr.HTML()]
-        chat_btn, score_btn, fork_btn = gr.Button(), gr.Button(), gr.Button()
+        cal_outputs = [gr.JSON(), gr.Plot(), gr.HTML()]
+        chat_btn, score_btn, fork_btn, cal_btn = gr.Button(), gr.Button(), gr.Button(), gr.Button()
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
     chat_btn.click(chat, [message, history, max_new, top_k, verify, *view], outputs, api_name="chat", **model)
     score_btn.click(score_text, [message, prompt, top_k, *view], outputs, api_name="score_text", **model)
     fork_btn.click(fork, [messages, reply_ids, at, token_id, max_new, top_k, verify, *view], outputs,
                    api_name="fork", **model)
+    cal_btn.click(calibration, [message, prompt, top_k], cal_outputs, api_name="calibration", **model)
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -177,3 +177,17 @@ def test_fork_endpoint(client, engine):
         client.predict(messages, ids, 99, runner_up, api_name="/fork")
     with pytest.raises(Exception, match="unknown token id"):
         client.predict(messages, ids, 1, 10**9, api_name="/fork")
+
+
+def test_calibration_endpoint(client, service):
+    from greedyscore.examples import CALIBRATION_SAMPLE
+    from greedyscore.types import Settings
+
+    cal, fig, summary = client.predict(CALIBRATION_SAMPLE, api_name="/calibration")  # every other setting defaulted
+    want = service.score_text(CALIBRATION_SAMPLE, Settings(top_k=5)).calibration
+    assert cal["n"] == want.n >= 400 and abs(cal["ece"] - want.ece) < 1e-9
+    assert [b["n"] for b in cal["bins"]] == [b.n for b in want.bins]
+    assert "ECE" in summary and "too few" not in summary
+    _, _, short, _ = client.predict("Hello there.", api_name="/score_text")
+    assert short["calibration"]["n"] == len(short["tokens"])
+    assert "too few" in client.predict("Hello there.", api_name="/calibration")[2]

@@ -338,3 +338,21 @@ def test_one_model_event_at_a_time_per_visitor_and_clear_stays_clear(browser, ap
     assert page.locator("#gs-forks .gs-fork-col").count() == 0
     ask(page, "Say OK.", 1)  # and the visitor can go on
     page.close()
+
+
+def test_calibration_diagram_on_the_sample_text(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(app_server)
+    page.get_by_role("tab", name="Score text").click()
+    page.locator("#gs-cal-sample").click()
+    page.wait_for_function("document.querySelector('#gs-score-text textarea').value.includes('长江')")
+    page.locator("#gs-score-btn").click()
+    page.locator("#gs-cal-plot .js-plotly-plot .bars path").first.wait_for(timeout=120_000)
+    summary = page.locator("#gs-cal-summary").inner_text()
+    assert "ECE" in summary and "Brier" in summary and "too few" not in summary
+    legend = page.locator("#gs-cal-plot .legendtext").evaluate_all("els => els.map(e => e.textContent)")
+    assert "perfectly calibrated" in legend and any("accuracy" in t for t in legend)
+    if os.environ.get("GREEDYSCORE_SCREENSHOT"):
+        page.locator("#gs-cal-plot").scroll_into_view_if_needed()
+        panel = page.locator("#gs-cal-summary").locator("xpath=../../..")
+        panel.screenshot(path=str(ROOT / "assets" / "calibration.png"))
