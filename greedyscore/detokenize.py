@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from .types import ScoredToken
+
 Decode = Callable[[Sequence[int]], str]
 IsSpecial = Callable[[int], bool]
 
@@ -121,3 +123,23 @@ def token_texts(ids: Sequence[int], decode: Decode, is_special: IsSpecial) -> li
     for tok in ids:
         d.push(int(tok))
     return d.finish()
+
+
+def units(tokens: Sequence[ScoredToken]) -> list[tuple[int, int]]:
+    """(start, stop) runs to draw as one element: a character's fragments (text "" tokens, then
+    the token whose `joined` counts them) form one run; every other token is its own run.
+
+    Example: units([<"">, <"你", joined=1>, <"!">]) -> [(0, 2), (2, 3)]
+    """
+    runs, i, n = [], 0, len(tokens)
+    while i < n:
+        j = i
+        while j < n and tokens[j].text == "" and not tokens[j].special:
+            j += 1
+        if i < j < n and tokens[j].joined == j - i:
+            runs.append((i, j + 1))
+            i = j + 1
+        else:
+            runs.append((i, i + 1))
+            i += 1
+    return runs

@@ -49,3 +49,10 @@ the water when heavy rain falls in the spring.
 长江两岸有很多重要的城市，比如重庆、武汉和南京。几千年来，人们在江边种田、捕鱼，也用船运送货物。\
 今天，长江上的三峡大坝是世界上最大的水力发电站之一。
 """
+
+# Texts for the guessing game: short, everyday, with a few easy and a few hard tokens.
+GUESS_EXAMPLES: tuple[str, ...] = (
+    "Once upon a time, a little girl lived with her mother in a small house at the edge of the forest.",
+    "To make a cup of tea, boil the water, put a tea bag in the cup, and pour the hot water over it.",
+    "今天天气很好，我们一起去公园散步吧。",
+)

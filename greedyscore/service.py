@@ -384,6 +384,23 @@ class Service:
         reply = self._reply(context, target, steps, None, settings, "stop", (), Timings(0.0, time.perf_counter() - t0))
         return replace(reply, calibration=calibration(reply.tokens))
 
+    # --- the guessing game -------------------------------------------------------------------
+    def guess_ids(self, guess: str, like: str) -> list[int]:
+        """A learner's guess tokenised as the model would continue with it: a word typed without
+        its leading space takes the one the real token (`like`) has."""
+        if not guess.strip():
+            raise BadInput("type a guess first")
+        if len(guess) > 200:
+            raise BadInput("a guess is a word or two: 200 characters at most")
+        if like[:1].isspace() and not guess[:1].isspace():
+            guess = " " + guess
+        return self.engine.text_ids(guess)[1]
+
+    def score_continuation(self, context_ids: Sequence[int], ids: Sequence[int]) -> tuple[float, int]:
+        """(log p(ids) after context_ids, summed; rank of the first id): one teacher-forced pass."""
+        steps = self._model(self.engine.score_ids, list(context_ids), list(ids), 1)
+        return float(steps.logprob.sum()), int(steps.rank[0])
+
     # --- helpers ---------------------------------------------------------------------------
     def _model(self, fn: Callable[..., T], *args: Any, follow_up: bool = False, **kwargs: Any) -> T:
         """Model work other than generation, where the runner puts it; engine failures made domain

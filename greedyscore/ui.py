@@ -25,6 +25,7 @@ from .render.calibration import calibration_html, reliability_figure
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
+from .ui_teach import guess_tab
 
 T = TypeVar("T")
 MODEL_EVENTS = "model"  # one concurrency group shared by every event that runs the model
@@ -77,6 +78,9 @@ def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports
             _chat_tab(service, controls, exports, config)
         with gr.Tab("Score text"):
             _score_tab(service, controls, exports, config)
+        with gr.Tab("Guess the next token"):
+            guess_tab(service, shown_as_gr_errors, dict(concurrency_id=MODEL_EVENTS,
+                                                        concurrency_limit=config.concurrency))
         _api(service, config)
     return demo
 

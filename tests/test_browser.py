@@ -356,3 +356,28 @@ def test_calibration_diagram_on_the_sample_text(browser, app_server):
         page.locator("#gs-cal-plot").scroll_into_view_if_needed()
         panel = page.locator("#gs-cal-summary").locator("xpath=../../..")
         panel.screenshot(path=str(ROOT / "assets" / "calibration.png"))
+
+
+def test_guess_the_next_token_three_rounds(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app_server)
+    page.get_by_role("tab", name="Guess the next token").click()
+    page.locator("#gs-guess-start").click()
+    page.locator("#gs-guess-board .gs-guess-next").wait_for(timeout=120_000)
+    score = page.locator("#gs-guess-score-line")
+    seen = [score.inner_text()]
+    for guess in ("Once", "upon", "banana"):
+        page.locator("#gs-guess-input textarea").fill(guess)
+        page.locator("#gs-guess-btn").click()
+        page.wait_for_function("(prev) => { const e = document.querySelector('#gs-guess-score-line');"
+                               " return e && e.innerText !== prev; }", arg=seen[-1], timeout=60_000)
+        seen.append(score.inner_text())
+    assert "Round 3 of" in seen[-1] and "hits 2/3" in seen[-1] and "bits/token" in seen[-1]
+    assert page.locator("#gs-guess-round .gs-miss").count() == 1  # banana was not the next token
+    assert page.locator("#gs-guess-board .gs-token").count() >= 3  # the revealed tokens, coloured
+    page.locator("#gs-guess-finish").click()
+    page.locator("#gs-guess-chart .js-plotly-plot .scatterlayer path").first.wait_for(timeout=30_000)
+    assert "bits" in page.locator("#gs-guess-summary").inner_text()
+    if os.environ.get("GREEDYSCORE_SCREENSHOT"):
+        page.locator("#gs-guess-chart").scroll_into_view_if_needed()
+        page.screenshot(path=str(ROOT / "assets" / "guess.png"), full_page=True)

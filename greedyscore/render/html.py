@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..detokenize import units
 from ..types import ScoredReply, ScoredToken
 from .colors import (
     DEFAULT_PALETTE,
@@ -199,26 +200,6 @@ def unit_html(
 def display_bytes(t: ScoredToken) -> str:
     """A fragment's own bytes as the model's vocabulary shows them (its first alternative that is it)."""
     return next((a.text for a in t.top if a.id == t.id), f"id {t.id}")
-
-
-def units(tokens: Sequence[ScoredToken]) -> list[tuple[int, int]]:
-    """(start, stop) runs to draw as one element: a character's fragments (text "" tokens, then
-    the token whose `joined` counts them) form one run; every other token is its own run.
-
-    Example: units([<"">, <"你", joined=1>, <"!">]) -> [(0, 2), (2, 3)]
-    """
-    runs, i, n = [], 0, len(tokens)
-    while i < n:
-        j = i
-        while j < n and tokens[j].text == "" and not tokens[j].special:
-            j += 1
-        if i < j < n and tokens[j].joined == j - i:
-            runs.append((i, j + 1))
-            i = j + 1
-        else:
-            runs.append((i, i + 1))
-            i += 1
-    return runs
 
 
 def tokens_html(

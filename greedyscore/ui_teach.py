@@ -1,0 +1,78 @@
+"""The teaching tabs' layout and wiring (game logic in guess.py, rendering in render/guess.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from .errors import BadInput
+from .examples import GUESS_EXAMPLES
+from .guess import Game, choices, new_game, play, stored_guess
+from .render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
+from .service import Service
+from .types import Settings
+
+PICK_K = 5  # choices shown when the learner picks instead of typing
+MODES = {"type a guess": 0, f"pick among {PICK_K} choices": PICK_K}
+GAME_TOP_K = 20  # kept per position up front: a one-token guess among them costs no model call
+
+
+def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None:
+    gr.Markdown("The model reads a known text one token at a time. Before each token is revealed, guess it: "
+                "who saw it coming, you or the model? Scores are surprisals in bits (lower is better).")
+    with gr.Row():
+        text = gr.Textbox(GUESS_EXAMPLES[0], lines=2, label="The text to guess", elem_id="gs-guess-text", scale=4)
+        mode = gr.Radio(list(MODES), value="type a guess", label="How you guess", elem_id="gs-guess-mode", scale=1)
+    gr.Examples([[t] for t in GUESS_EXAMPLES], inputs=[text], label="Texts to play")
+    start = gr.Button("Start", elem_id="gs-guess-start")
+    board = gr.HTML(elem_id="gs-guess-board")
+    with gr.Row():
+        typed = gr.Textbox(label="Your guess for the next token", elem_id="gs-guess-input", scale=3)
+        picked = gr.Radio([], label="Or pick one", visible=False, elem_id="gs-guess-pick", scale=3)
+        guess_btn = gr.Button("Guess", variant="primary", elem_id="gs-guess-btn", scale=1)
+    result = gr.HTML(elem_id="gs-guess-round")
+    score = gr.HTML(elem_id="gs-guess-score")
+    finish = gr.Button("Finish: show the chart", elem_id="gs-guess-finish")
+    summary = gr.HTML(elem_id="gs-guess-summary")
+    chart = gr.Plot(elem_id="gs-guess-chart", show_label=False)
+    state = gr.State(None)
+
+    def pick_update(game: Game) -> Any:
+        if game.options > 1 and game.options == PICK_K and not game.done:
+            return gr.update(choices=choices(game, PICK_K), value=None, visible=True)
+        return gr.update(choices=[], value=None, visible=False)
+
+    def begin(text: str, mode: str):
+        with shown_as_errors():
+            if mode not in MODES:
+                raise BadInput(f"unknown mode {mode!r}")
+            scored = service.score_text(text or "", Settings(top_k=GAME_TOP_K))
+            game = new_game(scored, service.engine.vocab_size, MODES[mode])
+            return (game, board_html(game), round_html(game), score_html(game), pick_update(game), "", "", None)
+
+    def guess(game: Game | None, typed: str, picked: str | None):
+        with shown_as_errors():
+            if game is None:
+                raise BadInput("press Start first")
+            if game.done:
+                raise BadInput("the text is all revealed: press Finish, or Start again")
+            said = picked if game.options == PICK_K and picked else typed
+            ids = service.guess_ids(said or "", like=game.current.text)
+            known = stored_guess(game, ids)
+            logprob, rank = known or service.score_continuation(game.context_ids(), ids)
+            game = play(game, said, ids, logprob, rank)
+            end = (summary_html(game), surprisal_figure(game)) if game.done else (gr.update(), gr.update())
+            return (game, board_html(game), round_html(game), score_html(game), pick_update(game), "", *end)
+
+    def done(game: Game | None):
+        with shown_as_errors():
+            if game is None or not game.rounds:
+                raise BadInput("play a few rounds first")
+            return summary_html(game), surprisal_figure(game)
+
+    playing = [state, board, result, score, picked, typed]
+    start.click(begin, [text, mode], [*playing, summary, chart], api_visibility="private", **concurrency)
+    for trigger in (guess_btn.click, typed.submit):
+        trigger(guess, [state, typed, picked], [*playing, summary, chart], api_visibility="private", **concurrency)
+    finish.click(done, [state], [summary, chart], api_visibility="private")
