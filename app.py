@@ -35,6 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=env("CONCURRENCY", "8"),
                    help="model requests served at once: one batch locally, in-flight HTTP requests with "
                         "--backend openai (default: %(default)s)")
+    p.add_argument("--compare-model", default=env("COMPARE_MODEL"), metavar="MODEL",
+                   help="a second model for the Compare tab (anything --model accepts; loaded on first use)")
     args = p.parse_args(argv)  # argparse applies type=int to string defaults too: bad env -> usage error
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
@@ -65,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     service = make_service(engine, args)
     cap = max(args.max_new_tokens, min(1024, engine.context_length - 1))
     config = UIConfig(max_new_tokens=args.max_new_tokens, max_new_tokens_cap=cap, concurrency=args.concurrency)
-    demo = build_demo(service, config)
+    from greedyscore.variants import Variants
+
+    variants = Variants(service, None if engine.backend == "openai" else args.model, args.compare_model)
+    demo = build_demo(service, config, variants=variants)
     demo.queue(max_size=args.max_queue)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     print(f"greedyscore: serving {engine.model_name} ({engine.backend}) on http://{args.host}:{args.port}",

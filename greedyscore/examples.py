@@ -56,3 +56,7 @@ GUESS_EXAMPLES: tuple[str, ...] = (
     "To make a cup of tea, boil the water, put a tea bag in the cup, and pour the hot water over it.",
     "今天天气很好，我们一起去公园散步吧。",
 )
+
+# The Compare tab's first example: a reply whose confidence moves under bfloat16 or another system prompt.
+COMPARE_EXAMPLE: tuple[str, str] = ("What is the capital of France?",
+                                    "The capital of France is Paris. It is known for the Eiffel Tower.")

@@ -367,6 +367,18 @@ class Service:
             target = engine.text_ids(text)[1]
         return self._teacher_forced(context, target, settings, "text")
 
+    def score_reply(self, messages: Sequence[Message], text: str, settings: Settings = Settings()) -> ScoredReply:
+        """Teacher-forced scores of `text` as the assistant's reply after `messages` (no messages:
+        plain text after BOS): the same reply under another system prompt or conversation."""
+        if not messages:
+            return self.score_text(text, settings)
+        self.check_settings(settings)
+        if not text.strip():
+            raise BadInput("empty text: paste some text to score")
+        check_roles(messages)
+        self._check_chars(len(text) + sum(len(m.content) for m in messages))
+        return self._teacher_forced(self.engine.prompt_ids(messages), self.engine.text_ids(text)[1], settings, "text")
+
     def score_messages(self, messages: Sequence[Message], settings: Settings = Settings()) -> ScoredReply:
         """Teacher-forced scores of a whole conversation, every templated token after the first."""
         self.check_settings(settings)

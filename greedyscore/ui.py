@@ -22,10 +22,12 @@ from .examples import CALIBRATION_SAMPLE, CHAT_EXAMPLES, SCORE_EXAMPLES
 from .exports import EXPORT_TTL_S, Exports
 from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_html, render_numbers, render_outputs
 from .render.calibration import calibration_html, reliability_figure
+from .render.compare import compare_figure, compare_html
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
-from .ui_teach import guess_tab
+from .ui_teach import compare_tab, guess_tab
+from .variants import Variants, compare_text
 
 T = TypeVar("T")
 MODEL_EVENTS = "model"  # one concurrency group shared by every event that runs the model
@@ -66,9 +68,13 @@ def shown_as_gr_errors() -> Iterator[None]:
 
 
 # --- layout ------------------------------------------------------------------------------------
-def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports | None = None) -> gr.Blocks:
-    """The whole app: Chat and Score-text tabs, plus API endpoints /chat, /score_text, /fork and /calibration."""
+def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports | None = None,
+               variants: Variants | None = None) -> gr.Blocks:
+    """The whole app: Chat, Score-text, Guess and Compare tabs, plus API endpoints /chat,
+    /score_text, /fork, /calibration and /compare."""
     exports = exports or Exports()
+    variants = variants or Variants(service)
+    model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
     blocks = dict(title="greedyscore: what the model was sure of", fill_width=True,
                   delete_cache=(int(EXPORT_TTL_S), int(EXPORT_TTL_S)))  # gradio's copies of the exports too
     with gr.Blocks(**blocks) as demo:
@@ -79,9 +85,10 @@ def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports
         with gr.Tab("Score text"):
             _score_tab(service, controls, exports, config)
         with gr.Tab("Guess the next token"):
-            guess_tab(service, shown_as_gr_errors, dict(concurrency_id=MODEL_EVENTS,
-                                                        concurrency_limit=config.concurrency))
-        _api(service, config)
+            guess_tab(service, shown_as_gr_errors, model)
+        with gr.Tab("Compare"):
+            compare_tab(variants, shown_as_gr_errors, model)
+        _api(service, config, variants)
     return demo
 
 
@@ -355,7 +362,7 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
     _redraw_on_view_change(controls, reply_state, drawn)
 
 
-def _api(service: Service, config: UIConfig) -> None:
+def _api(service: Service, config: UIConfig, variants: Variants) -> None:
     """Named endpoints for gradio_client. Plain inputs, so out-of-range values reach our own
     validation and its messages; every parameter after the first has a default."""
 
@@ -391,6 +398,17 @@ def _api(service: Service, config: UIConfig) -> None:
             cal = reply.calibration
             return cal.to_json(), reliability_figure(cal), calibration_html(cal)
 
+    def compare(text: str, prompt: str = "", against: str = "bfloat16", system_a: str = "", system_b: str = "",
+                top_k: float = API_DEFAULTS.top_k):
+        """The text scored under A (this model, system prompt A) and B (against: "another system prompt",
+        "bfloat16", "int8", or "another model" with --compare-model), aligned on characters ->
+        (side-by-side HTML, figure, comparison JSON {"spans": [{"text", "logprob_a", "logprob_b", "delta",
+        "points", ...}], "same_tokens", ...})."""
+        with shown_as_gr_errors():
+            cmp = compare_text(variants, text or "", against, prompt or "", system_a or "", system_b or "",
+                               parse_settings(1, top_k).top_k)
+            return compare_html(cmp), compare_figure(cmp), cmp.to_json()
+
     def fork(messages: Any, reply_token_ids: Any, at: float, token_id: float,
              max_new_tokens: float = API_DEFAULTS.max_new_tokens, top_k: float = API_DEFAULTS.top_k,
              verify: bool = API_DEFAULTS.verify, color_by: str = DEFAULT_VIEW.color_by,
@@ -419,13 +437,17 @@ def _api(service: Service, config: UIConfig) -> None:
                 gr.Number(value=DEFAULT_VIEW.threshold, label="threshold")]
         outputs = [gr.HTML(), gr.Plot(), gr.JSON(), gr.HTML()]
         cal_outputs = [gr.JSON(), gr.Plot(), gr.HTML()]
-        chat_btn, score_btn, fork_btn, cal_btn = gr.Button(), gr.Button(), gr.Button(), gr.Button()
+        against, system_a, system_b = gr.Textbox(value="bfloat16"), gr.Textbox(value=""), gr.Textbox(value="")
+        cmp_outputs = [gr.HTML(), gr.Plot(), gr.JSON()]
+        chat_btn, score_btn, fork_btn, cal_btn, cmp_btn = (gr.Button() for _ in range(5))
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
     chat_btn.click(chat, [message, history, max_new, top_k, verify, *view], outputs, api_name="chat", **model)
     score_btn.click(score_text, [message, prompt, top_k, *view], outputs, api_name="score_text", **model)
     fork_btn.click(fork, [messages, reply_ids, at, token_id, max_new, top_k, verify, *view], outputs,
                    api_name="fork", **model)
     cal_btn.click(calibration, [message, prompt, top_k], cal_outputs, api_name="calibration", **model)
+    cmp_btn.click(compare, [message, prompt, against, system_a, system_b, top_k], cmp_outputs, api_name="compare",
+                  **model)
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -7,11 +7,13 @@ from typing import Any
 import gradio as gr
 
 from .errors import BadInput
-from .examples import GUESS_EXAMPLES
+from .examples import COMPARE_EXAMPLE, GUESS_EXAMPLES
 from .guess import Game, choices, new_game, play, stored_guess
+from .render.compare import compare_figure, compare_html
 from .render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
 from .service import Service
 from .types import Settings
+from .variants import Variants, compare_text
 
 PICK_K = 5  # choices shown when the learner picks instead of typing
 MODES = {"type a guess": 0, f"pick among {PICK_K} choices": PICK_K}
@@ -76,3 +78,31 @@ def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None
     for trigger in (guess_btn.click, typed.submit):
         trigger(guess, [state, typed, picked], [*playing, summary, chart], api_visibility="private", **concurrency)
     finish.click(done, [state], [summary, chart], api_visibility="private")
+
+
+def compare_tab(variants: Variants, shown_as_errors: Any, concurrency: dict) -> None:
+    gr.Markdown("Score the same text twice, under a second configuration, and see where the model's confidence "
+                "moves: another system prompt, lower precision (bfloat16, int8) or another model. Texts are "
+                "aligned on characters, so different tokenizers compare fairly.")
+    text = gr.Textbox(COMPARE_EXAMPLE[1], lines=3, label="The text (scored as the reply to the prompt, if any)",
+                      elem_id="gs-cmp-text")
+    with gr.Row():
+        prompt = gr.Textbox(COMPARE_EXAMPLE[0], label="User prompt (optional)", elem_id="gs-cmp-prompt")
+        against = gr.Radio(list(variants.choices()), value="bfloat16", label="B: compare against",
+                           elem_id="gs-cmp-against")
+    with gr.Row():
+        system_a = gr.Textbox("", label="System prompt, A (and B unless comparing system prompts)",
+                              elem_id="gs-cmp-system-a")
+        system_b = gr.Textbox("You are a pirate. Answer like one.", label="System prompt, B", elem_id="gs-cmp-system-b")
+    run = gr.Button("Compare", variant="primary", elem_id="gs-cmp-btn")
+    shown = gr.HTML(elem_id="gs-cmp")
+    fig = gr.Plot(elem_id="gs-cmp-chart", show_label=False)
+    data = gr.JSON(label="comparison (JSON)", elem_id="gs-cmp-json")
+
+    def go(text: str, prompt: str, against: str, system_a: str, system_b: str):
+        with shown_as_errors():
+            cmp = compare_text(variants, text or "", against, prompt or "", system_a or "", system_b or "")
+            return compare_html(cmp), compare_figure(cmp), cmp.to_json()
+
+    run.click(go, [text, prompt, against, system_a, system_b], [shown, fig, data], api_visibility="private",
+              **concurrency)

@@ -191,3 +191,15 @@ def test_calibration_endpoint(client, service):
     _, _, short, _ = client.predict("Hello there.", api_name="/score_text")
     assert short["calibration"]["n"] == len(short["tokens"])
     assert "too few" in client.predict("Hello there.", api_name="/calibration")[2]
+
+
+def test_compare_endpoint(client):
+    text = "The capital of France is Paris."
+    page, fig, cmp = client.predict(text, api_name="/compare")  # default: bfloat16, every other setting defaulted
+    assert cmp["b"].endswith("(bfloat16)") and cmp["same_tokens"]
+    assert "".join(s["text"] for s in cmp["spans"]) == text and "gs-cmp-strip" in page
+    _, _, sp = client.predict(text, "Name a capital.", "another system prompt", "", "Answer in French.",
+                              api_name="/compare")
+    assert sp["a"] == "system prompt A" and any(abs(s["delta"]) > 1e-3 for s in sp["spans"])
+    with pytest.raises(Exception, match="compare-model"):
+        client.predict(text, "", "another model", api_name="/compare")

@@ -381,3 +381,16 @@ def test_guess_the_next_token_three_rounds(browser, app_server):
     if os.environ.get("GREEDYSCORE_SCREENSHOT"):
         page.locator("#gs-guess-chart").scroll_into_view_if_needed()
         page.screenshot(path=str(ROOT / "assets" / "guess.png"), full_page=True)
+
+
+def test_compare_tab_shows_both_sides_and_the_difference(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    page.goto(app_server)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#gs-cmp-btn").click()
+    page.locator("#gs-cmp .gs-cmp-strip .gs-cmp-span").first.wait_for(timeout=120_000)
+    assert page.locator("#gs-cmp .gs-cmp-sides .gs-token").count() >= 20  # both sides, coloured tokens
+    assert "B less sure" in page.locator("#gs-cmp .gs-cmp-legend").inner_text()
+    page.locator("#gs-cmp-chart .js-plotly-plot .bars path").first.wait_for(timeout=30_000)
+    if os.environ.get("GREEDYSCORE_SCREENSHOT"):
+        page.locator("#gs-cmp").screenshot(path=str(ROOT / "assets" / "compare.png"))

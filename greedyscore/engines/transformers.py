@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelNotFound
+from ..errors import BadInput, EngineUnavailable, ModelNotFound
 from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks, score_rows
 from ..types import Message
@@ -130,6 +130,9 @@ class _RowCache:
         ])
 
 
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
 class TransformersEngine(HFTextMixin):
     backend = "transformers"
     concurrent = False  # one thread owns the model: the service batches requests for it
@@ -163,21 +166,43 @@ class TransformersEngine(HFTextMixin):
         self._init_text(tokenizer)
 
     @classmethod
-    def load(cls, model: str | None = None, device: str | None = None, **_: Any) -> TransformersEngine:
-        """Load once: resolve/convert the model, then from_pretrained (float32 on CPU)."""
+    def load(cls, model: str | None = None, device: str | None = None, precision: str = "float32",
+             **_: Any) -> TransformersEngine:
+        """Load once: resolve/convert the model, then from_pretrained (float32 on CPU by default).
+
+        precision: "float32", "bfloat16", or "int8" (torch's dynamic quantisation of the linear
+        layers, CPU: int8 weights, float32 activations): to see what lower precision does to the
+        model's confidence (the Compare tab).
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if precision not in PRECISIONS:
+            raise BadInput(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         name, source = resolve_model(model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if precision == "int8" and device != "cpu":
+            raise EngineUnavailable("int8 dynamic quantisation runs on the CPU only")
         t0 = time.perf_counter()
-        print(f"greedyscore: loading {name} on {device} ...", file=sys.stderr, flush=True)
+        print(f"greedyscore: loading {name} ({precision}) on {device} ...", file=sys.stderr, flush=True)
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         try:
             tok = AutoTokenizer.from_pretrained(source)
-            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device).eval()
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
         except OSError as ex:
             raise ModelNotFound(f"could not load model {model!r}: {ex}".splitlines()[0]) from ex
+        if precision == "int8":
+            import warnings
+
+            from torch.ao.quantization import quantize_dynamic
+
+            with warnings.catch_warnings():  # deprecated for torchao, still in the pinned torch 2.13
+                warnings.simplefilter("ignore")
+                lm = quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
         print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-        return cls(lm, tok, name)
+        engine = cls(lm, tok, name)
+        if precision == "int8":
+            engine.score_source = "int8 dynamic-quantised linear layers, float32 logits (cpu), softmax in float32"
+        return engine
 
     # --- ids and text -------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:

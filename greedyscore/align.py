@@ -1,0 +1,112 @@
+"""Two scorings of the same text, aligned on the text (not on tokens), and compared.
+
+Each side's tokens cover the text; a span ends where *both* sides have a token boundary (the
+coarsest common segmentation), so every character falls in exactly one span and a span's
+log-probability on each side is the sum over that side's tokens in it: by the chain rule that
+is log p(span | everything before it), comparable across different tokenizers. Byte tokens of a
+split character (text "") and special tokens count in the span of the character that follows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .types import ScoredReply, ScoredToken
+
+
+@dataclass(frozen=True)
+class Span:
+    text: str
+    start: int  # character offsets into the text
+    stop: int
+    logprob_a: float
+    logprob_b: float
+    tokens_a: int
+    tokens_b: int
+
+    @property
+    def delta(self) -> float:
+        """log p_b - log p_a: > 0 where B was surer."""
+        return self.logprob_b - self.logprob_a
+
+    @property
+    def points(self) -> float:
+        """Percentage points of probability, 100 (p_b - p_a)."""
+        return 100 * (math.exp(self.logprob_b) - math.exp(self.logprob_a))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    label_a: str
+    label_b: str
+    a: ScoredReply
+    b: ScoredReply
+    spans: tuple[Span, ...]
+    same_tokens: bool  # both sides tokenised the text identically: spans are tokens
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "a": self.label_a, "b": self.label_b, "same_tokens": self.same_tokens, "notes": list(self.notes),
+            "spans": [{"text": s.text, "start": s.start, "stop": s.stop, "logprob_a": s.logprob_a,
+                       "logprob_b": s.logprob_b, "delta": s.delta, "points": s.points, "tokens_a": s.tokens_a,
+                       "tokens_b": s.tokens_b} for s in self.spans],
+            "total_logprob_a": sum(s.logprob_a for s in self.spans),
+            "total_logprob_b": sum(s.logprob_b for s in self.spans),
+        }
+
+
+def _text_and_ends(tokens: Sequence[ScoredToken]) -> tuple[str, list[int]]:
+    """The text the tokens spell (special tokens left out) and each token's end offset in it."""
+    ends, n, parts = [], 0, []
+    for t in tokens:
+        if not t.special:
+            parts.append(t.text)
+            n += len(t.text)
+        ends.append(n)
+    return "".join(parts), ends
+
+
+def align(tokens_a: Sequence[ScoredToken], tokens_b: Sequence[ScoredToken]) -> list[Span]:
+    """Spans where both tokenisations break. Raises ValueError when the two spell different texts.
+
+    Example: a = ["ab", "c"], b = ["a", "bc"] -> one span "abc" (a: 2 tokens, b: 2 tokens)
+    """
+    text_a, ends_a = _text_and_ends(tokens_a)
+    text_b, ends_b = _text_and_ends(tokens_b)
+    if text_a != text_b:
+        raise ValueError("the two scorings are of different texts")
+    cuts = sorted(({e for e in ends_a if e > 0} & {e for e in ends_b if e > 0}) | {len(text_a)})
+    sums = [[0.0, 0.0, 0, 0] for _ in cuts]
+    for side, (tokens, ends) in enumerate(((tokens_a, ends_a), (tokens_b, ends_b))):
+        for t, end in zip(tokens, ends):
+            start = end - (0 if t.special else len(t.text))
+            # a token that spells nothing belongs with the character that follows it
+            i = min(bisect.bisect_right(cuts, start) if start == end else bisect.bisect_left(cuts, end), len(cuts) - 1)
+            sums[i][side] += t.logprob
+            sums[i][2 + side] += 1
+    spans, start = [], 0
+    for cut, (la, lb, na, nb) in zip(cuts, sums):
+        if cut > start or na or nb:
+            spans.append(Span(text_a[start:cut], start, cut, la, lb, na, nb))
+        start = cut
+    return spans
+
+
+def compare(a: ScoredReply, b: ScoredReply, label_a: str, label_b: str) -> Comparison:
+    """The two scorings side by side, aligned on their text."""
+    spans = align(a.tokens, b.tokens)
+    same = [t.id for t in a.tokens] == [t.id for t in b.tokens]
+    notes = ()
+    if not same:
+        notes = ("the two sides split the text into different tokens: compared per span where both break "
+                 "(each span's probability is exact on both sides; spans are coarser than tokens)",)
+    return Comparison(label_a, label_b, a, b, tuple(spans), same, notes)
+
+
+def biggest(cmp: Comparison, n: int = 5) -> list[Span]:
+    """The spans whose probability changed most (percentage points)."""
+    return sorted(cmp.spans, key=lambda s: -abs(s.points))[:n]

@@ -1,0 +1,94 @@
+"""A Comparison -> side-by-side HTML with a diverging strip of the difference, and its chart."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import plotly.graph_objects as go
+
+from ..align import Comparison, Span, biggest
+from .chart import AXIS_STYLE, PLAIN_LAYOUT
+from .html import tokens_html
+from .text import html_visible, pct
+
+CAP = 2.0  # nats: |log p_b - log p_a| beyond this gets the strongest colour
+LESS, MORE = (202, 0, 32), (5, 113, 176)  # red: B less sure; blue: B surer (ColorBrewer RdBu ends)
+
+
+def delta_color(delta: float) -> str:
+    """White at 0, towards red (B less sure) or blue (B surer), full at CAP nats.
+
+    Example: delta_color(0.0) -> "rgb(255,255,255)"
+    """
+    x = max(-1.0, min(1.0, delta / CAP)) if math.isfinite(delta) else math.copysign(1.0, delta)
+    end = MORE if x > 0 else LESS
+    rgb = (round(255 + (c - 255) * abs(x)) for c in end)
+    return "rgb({},{},{})".format(*rgb)
+
+
+def _strip(spans: tuple[Span, ...]) -> str:
+    cells = []
+    for s in spans:
+        tip = (f"{s.text!r}: A {pct(math.exp(s.logprob_a))}, B {pct(math.exp(s.logprob_b))} "
+               f"(\u0394 log p {s.delta:+.3f} nats, {s.points:+.1f} points)")
+        dark = abs(s.delta) > CAP * 0.6
+        cells.append(f'<span class="gs-cmp-span" style="background:{delta_color(s.delta)};'
+                     f'color:{"#fff" if dark else "#212529"}" title="{html.escape(tip, quote=True)}" '
+                     f'data-delta="{s.delta!r}">{html_visible(s.text, empty="")}</span>')
+    return f'<div class="gs-cmp-strip">{"".join(cells)}</div>'
+
+
+def _legend() -> str:
+    stops = ", ".join(delta_color(CAP * x / 4) for x in range(-4, 5))
+    return ('<div class="gs-cmp-legend"><span>B less sure</span>'
+            f'<span class="gs-cmp-bar" style="background:linear-gradient(to right, {stops})"></span>'
+            f"<span>B surer</span> <small>\u0394 log-probability of each span, B \u2212 A, full colour at "
+            f"\u00b1{CAP:g} nats; hover a span for both probabilities</small></div>")
+
+
+def compare_html(cmp: Comparison, palette: str = "cividis") -> str:
+    """Both sides coloured by probability, the difference strip with its legend, the biggest changes."""
+    a, b = html.escape(cmp.label_a), html.escape(cmp.label_b)
+    rows = []
+    for s in biggest(cmp):
+        if abs(s.points) < 0.05:
+            continue
+        way = "less" if s.points < 0 else "more"
+        rows.append(f"<li>B is {abs(s.points):.1f} points {way} sure of <code>{html_visible(s.text)}</code> "
+                    f"({pct(math.exp(s.logprob_a))} \u2192 {pct(math.exp(s.logprob_b))})</li>")
+    changes = f'<ul class="gs-cmp-biggest">{"".join(rows)}</ul>' if rows else "<p>No span changed by 0.05 points.</p>"
+    total_a = sum(s.logprob_a for s in cmp.spans)
+    total_b = sum(s.logprob_b for s in cmp.spans)
+    notes = "".join(f'<p class="gs-cmp-note">{html.escape(n)}</p>' for n in cmp.notes)
+    return (
+        f'<div class="gs-compare"><p><b>A:</b> {a} \u00b7 <b>B:</b> {b} \u00b7 whole text: log p A {total_a:.2f}, '
+        f"B {total_b:.2f} nats \u00b7 {len(cmp.spans)} spans</p>{notes}"
+        f'<div class="gs-cmp-sides"><div><h4>A: {a}</h4>{tokens_html(cmp.a.tokens, "prob", palette)}</div>'
+        f'<div><h4>B: {b}</h4>{tokens_html(cmp.b.tokens, "prob", palette)}</div></div>'
+        f"<h4>Difference, B \u2212 A</h4>{_legend()}{_strip(cmp.spans)}<h4>Biggest changes</h4>{changes}</div>"
+    )
+
+
+def compare_figure(cmp: Comparison) -> go.Figure:
+    """\u0394 log-probability per span (diverging bars) and both sides' span probabilities."""
+    xs = list(range(len(cmp.spans)))
+    labels = [html_visible(s.text) for s in cmp.spans]
+    bars = go.Bar(x=xs, y=[s.delta for s in cmp.spans], name="\u0394 log p (B \u2212 A, nats)",
+                  marker=dict(color=[delta_color(s.delta) for s in cmp.spans], line=dict(color="#adb5bd", width=0.5)),
+                  text=labels, hovertemplate="%{text}: \u0394 %{y:+.3f} nats<extra></extra>")
+    pa = go.Scatter(x=xs, y=[math.exp(s.logprob_a) for s in cmp.spans], name=f"A: {html.escape(cmp.label_a)}",
+                    mode="lines", yaxis="y2", line=dict(color="#212529", width=1), hoverinfo="skip")
+    pb = go.Scatter(x=xs, y=[math.exp(s.logprob_b) for s in cmp.spans], name=f"B: {html.escape(cmp.label_b)}",
+                    mode="lines", yaxis="y2", line=dict(color="#e8590c", width=1, dash="dot"), hoverinfo="skip")
+    layout = dict(
+        title=dict(text="B \u2212 A along the text"),
+        xaxis=dict(AXIS_STYLE, title=dict(text="span"), tickmode="array", tickvals=xs[:: max(1, len(xs) // 40)],
+                   ticktext=labels[:: max(1, len(xs) // 40)], tickangle=-60),
+        yaxis=dict(AXIS_STYLE, title=dict(text="\u0394 log p (nats)"), zeroline=True),
+        yaxis2=dict(AXIS_STYLE, title=dict(text="probability"), overlaying="y", side="right", range=[0, 1.05],
+                    tickformat=".0%", showgrid=False),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        margin=dict(l=60, r=70, t=80, b=90), **PLAIN_LAYOUT,
+    )
+    return go.Figure(data=[bars, pa, pb], layout=layout)

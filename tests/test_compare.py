@@ -1,0 +1,121 @@
+"""Comparing two scorings of one text: alignment on characters across different tokenizers, and
+real comparisons (bfloat16, int8, another system prompt, another model) checked against
+independent forwards."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from greedyscore.align import align, biggest
+from greedyscore.render.compare import compare_html, delta_color
+from greedyscore.types import ScoredToken
+from greedyscore.variants import SYSTEM, Variants, compare_text
+
+MIXED = "你好🙂 world, 北京! 🍜🍜 ok"
+
+
+def char_tokens(text: str, seed: int = 0) -> list[ScoredToken]:
+    """Another tokenizer: one token per character, with made-up logprobs."""
+    g = torch.Generator().manual_seed(seed)
+    lps = (-torch.rand(len(text), generator=g) * 5).tolist()
+    return [ScoredToken(id=i, text=c, special=False, prob=math.exp(lp), logprob=lp, rank=1, entropy=0.0, margin=0.0,
+                        top=()) for i, (c, lp) in enumerate(zip(text, lps))]
+
+
+def test_alignment_across_two_tokenizers_accounts_for_every_character_once(service):
+    a = service.score_text(MIXED).tokens  # SmolLM2's byte-level BPE: emoji and hanzi split into byte tokens
+    assert any(t.text == "" for t in a)
+    b = char_tokens(MIXED)
+    spans = align(a, b)
+    assert "".join(s.text for s in spans) == MIXED
+    assert [s.start for s in spans[1:]] == [s.stop for s in spans[:-1]]
+    assert sum(s.logprob_a for s in spans) == pytest.approx(sum(t.logprob for t in a))
+    assert sum(s.logprob_b for s in spans) == pytest.approx(sum(t.logprob for t in b))
+    assert sum(s.tokens_a for s in spans) == len(a) and sum(s.tokens_b for s in spans) == len(b)
+    ends_a, n = set(), 0
+    for t in a:
+        n += len(t.text)
+        ends_a.add(n)
+    assert all(s.stop in ends_a for s in spans)  # a span never cuts through one of A's tokens
+    assert any(s.tokens_a > 1 for s in spans)  # the byte tokens of a character stay with it
+    with pytest.raises(ValueError):
+        align(a, char_tokens(MIXED + "x"))
+
+
+@pytest.fixture(scope="module")
+def variants(service, tmp_path_factory):
+    return Variants(service, None, str(tiny_model(tmp_path_factory.mktemp("tiny"))))
+
+
+def tiny_model(path):
+    """Another model with another tokenizer: a small random Llama over a character-level BPE vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = __import__("tokenizers").decoders.Sequence([__import__("tokenizers").decoders.ByteFallback(),
+                                                             __import__("tokenizers").decoders.Metaspace()])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=[f"<0x{i:02X}>" for i in range(256)])
+    tok.train_from_iterator(["The capital of France is Paris.", MIXED, "hello world"] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_bfloat16_against_float32_matches_independent_forwards(variants, engine):
+    text, prompt = "The capital of France is Paris. It is known for the Eiffel Tower.", "What is the capital of France?"
+    cmp = compare_text(variants, text, "bfloat16", prompt)
+    assert cmp.same_tokens and len(cmp.spans) == len(cmp.a.tokens) and not cmp.notes
+    bf16 = variants.side("bfloat16").service.engine.model
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    ids = list(cmp.a.prompt_token_ids) + [t.id for t in cmp.a.tokens]
+    n = len(cmp.a.prompt_token_ids)
+    with torch.inference_mode():
+        for model, side in ((engine.model, "a"), (bf16, "b")):
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+            want = [float(lp[n - 1 + i, t]) for i, t in enumerate(ids[n:])]
+            got = [getattr(s, f"logprob_{side}") for s in cmp.spans]
+            # bfloat16 keeps ~3 significant digits: logits of ~20 carry ~0.1 of path-dependent rounding
+            # (which rows are computed together changes the matmul), so B matches to that, A to float32
+            assert got == pytest.approx(want, abs=0.15 if side == "b" else 1e-4)
+    assert any(abs(s.delta) > 1e-3 for s in cmp.spans)  # bfloat16 does move the numbers
+    page = compare_html(cmp)
+    assert "gs-cmp-strip" in page and "points" in page and "B less sure" in page
+
+
+def test_int8_and_system_prompt_comparisons(variants, service):
+    text = "Paris is the capital of France."
+    q = compare_text(variants, text, "int8", "Name a capital.")
+    assert q.same_tokens and any(abs(s.delta) > 1e-3 for s in q.spans) and "int8" in q.label_b
+    sp = compare_text(variants, text, SYSTEM, "Name a capital.", "", "You are a pirate. Answer like one.")
+    from greedyscore.types import Message
+
+    plain = service.score_reply([Message("user", "Name a capital.")], text)
+    assert [s.logprob_a for s in sp.spans] == pytest.approx([t.logprob for t in plain.tokens], abs=1e-5)
+    assert sp.b.prompt_token_ids != sp.a.prompt_token_ids and biggest(sp)[0].points != 0
+    with pytest.raises(Exception, match="different system prompt"):
+        compare_text(variants, text, SYSTEM, "", "same", "same")
+
+
+def test_another_model_with_another_tokenizer(variants):
+    cmp = compare_text(variants, MIXED, "another model")
+    assert not cmp.same_tokens and cmp.notes and "".join(s.text for s in cmp.spans) == MIXED
+    assert sum(s.tokens_b for s in cmp.spans) == len(cmp.b.tokens) != len(cmp.a.tokens)
+    assert json.dumps(cmp.to_json(), ensure_ascii=False)
+
+
+def test_delta_colours_diverge_from_white():
+    assert delta_color(0.0) == "rgb(255,255,255)"
+    red, blue = delta_color(-5), delta_color(5)
+    assert red != blue and red.startswith("rgb(202") and blue.startswith("rgb(5,")
