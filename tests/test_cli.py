@@ -169,3 +169,17 @@ def test_fork_json_marks_the_shared_prefix(engine):
 ])
 def test_fork_bad_input_one_line(args, needles):
     assert_one_line_error(cli("fork", "--max-new-tokens", "6", *args, "Hi"), *needles)
+
+
+def test_compare_json_and_score_calibration():
+    proc = cli("compare", "--json", "--against", "int8", "--prompt", "Name a capital.", "Paris is the capital.")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["b"].endswith("(int8)") and "".join(s["text"] for s in data["spans"]) == "Paris is the capital."
+    score = json.loads(cli("score", "--json", "The quick brown fox jumps over the lazy dog.").stdout)
+    cal = score["calibration"]
+    assert cal["n"] == len(score["tokens"]) and len(cal["bins"]) == 10
+    assert sum(b["n"] for b in cal["bins"]) == cal["n"]
+    assert cal["accuracy"] == sum(t["rank"] == 1 for t in score["tokens"]) / cal["n"]
+    bad = cli("compare", "--against", "another model", "Paris.")
+    assert_one_line_error(bad, "--compare-model")
