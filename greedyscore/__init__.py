@@ -17,9 +17,12 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def load_service(model: str | None = None, backend: str = "auto"):
-    """Load the engine once and return the Service that scores chats and texts."""
+def load_service(model: str | None = None, backend: str = "auto", **options):
+    """Load the engine once and return the Service that scores chats and texts.
+
+    A remote server: load_service(backend="openai", base_url="http://host:8000") (options: api_key,
+    tokenizer, full_vocab)."""
     from .engines import load_engine
     from .service import Service
 
-    return Service(load_engine(backend, model))
+    return Service(load_engine(backend, model, **options))
