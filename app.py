@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = UIConfig(max_new_tokens=args.max_new_tokens, max_new_tokens_cap=cap, concurrency=args.concurrency)
     from greedyscore.variants import Variants
 
-    variants = Variants(service, None if engine.backend == "openai" else args.model, args.compare_model)
+    variants = Variants(service, args.compare_model)
     demo = build_demo(service, config, variants=variants)
     demo.queue(max_size=args.max_queue)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None

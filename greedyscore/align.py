@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import BadInput
 from .types import ScoredReply, ScoredToken
 
 
@@ -96,15 +97,40 @@ def align(tokens_a: Sequence[ScoredToken], tokens_b: Sequence[ScoredToken]) -> l
     return spans
 
 
+def _drop_head(tokens: Sequence[ScoredToken], n_chars: int) -> list[ScoredToken]:
+    """The tokens after the first n_chars characters (a token straddling the cut is dropped too)."""
+    _, ends = _text_and_ends(tokens)
+    return [t for t, end in zip(tokens, ends) if end - (0 if t.special else len(t.text)) >= n_chars]
+
+
 def compare(a: ScoredReply, b: ScoredReply, label_a: str, label_b: str) -> Comparison:
-    """The two scorings side by side, aligned on their text."""
-    spans = align(a.tokens, b.tokens)
+    """The two scorings side by side, aligned on their text.
+
+    When one side scored a little more of the text (a tokenizer without BOS takes the first token
+    as context, not as a prediction), the extra head is left out and the comparison says so."""
+    ta, tb = _text_and_ends(a.tokens)[0], _text_and_ends(b.tokens)[0]
+    notes: list[str] = []
+    tokens_a, tokens_b = list(a.tokens), list(b.tokens)
+    if ta != tb:
+        longer, shorter = (ta, tb) if len(ta) > len(tb) else (tb, ta)
+        if not longer.endswith(shorter) or not shorter:
+            raise BadInput("the two sides scored different texts (their tokenizers or templates differ): "
+                           "give the text as a reply to a prompt, or compare models with the same tokenizer")
+        cut = len(longer) - len(shorter)
+        tokens_a, tokens_b = (_drop_head(tokens_a, cut), tokens_b) if len(ta) > len(tb) else \
+            (tokens_a, _drop_head(tokens_b, cut))
+        notes.append(f"approximate: the first {cut} characters ({longer[:cut]!r}) are a prediction on one side "
+                     "only (the other tokenizer has no BOS to predict from) and are left out")
+    try:
+        spans = align(tokens_a, tokens_b)
+    except ValueError as ex:
+        raise BadInput("the two sides scored different texts: give the text as a reply to a prompt, or compare "
+                       "models with the same tokenizer") from ex
     same = [t.id for t in a.tokens] == [t.id for t in b.tokens]
-    notes = ()
     if not same:
-        notes = ("the two sides split the text into different tokens: compared per span where both break "
-                 "(each span's probability is exact on both sides; spans are coarser than tokens)",)
-    return Comparison(label_a, label_b, a, b, tuple(spans), same, notes)
+        notes.append("the two sides split the text into different tokens: compared per span where both break "
+                     "(each span's probability is exact on both sides; spans are coarser than tokens)")
+    return Comparison(label_a, label_b, a, b, tuple(spans), same, tuple(notes))
 
 
 def biggest(cmp: Comparison, n: int = 5) -> list[Span]:

@@ -8,6 +8,7 @@ probability and whether it was right. Pure functions on ScoredTokens.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from .types import Calibration, CalibrationBin, ScoredToken
@@ -23,12 +24,16 @@ def top1(t: ScoredToken) -> tuple[float, bool]:
 
 
 def calibration(tokens: Sequence[ScoredToken], n_bins: int = N_BINS) -> Calibration:
-    """Example: two positions, top-1 0.9 right and 0.6 wrong -> bins 9 (acc 1) and 6 (acc 0);
+    """Bins [i/n, (i+1)/n), the last one closed (p = 1.0); special tokens (a chat template's
+    markers, near-certain and not the text's) are left out.
+
+    Example: two positions, top-1 0.9 right and 0.6 wrong -> bins 9 (acc 1) and 6 (acc 0);
     ece = (0.1 + 0.6) / 2, brier = (0.01 + 0.36) / 2."""
-    pairs = [top1(t) for t in tokens]
+    pairs = [top1(t) for t in tokens if not t.special]
+    edges = [i / n_bins for i in range(1, n_bins)]
     groups: list[list[tuple[float, bool]]] = [[] for _ in range(n_bins)]
     for p, right in pairs:
-        groups[min(int(p * n_bins), n_bins - 1)].append((p, right))  # p = 1.0 goes in the last bin
+        groups[bisect.bisect_right(edges, p)].append((p, right))
     bins = []
     for i, g in enumerate(groups):
         conf = sum(p for p, _ in g) / len(g) if g else 0.0

@@ -174,7 +174,7 @@ def run_compare(args: argparse.Namespace):
     if not args.text.strip():
         raise BadInput("empty text: give TEXT")
     service = Service(engine_from_args(args))
-    variants = Variants(service, None if args.backend == "openai" else args.model, args.compare_model)
+    variants = Variants(service, args.compare_model)
     return compare_text(variants, args.text, args.against, args.prompt, args.system_a, args.system_b, args.top_k)
 
 

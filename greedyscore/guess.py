@@ -1,26 +1,33 @@
 """Guess the next token: a learner against the model on a known text (pure game logic).
 
 The text is scored teacher-forced once, up front; the game reveals it one unit at a time (a token,
-or the tokens of one split character). Each round the learner guesses; we report the real unit,
-the model's probability of it, and the model's probability and rank of the learner's guess.
+or the tokens of one split character; units that are only whitespace or special tokens are
+revealed without a round). Each round the learner guesses; we report the real unit, the model's
+probability of it, and the model's probability and rank of the learner's guess.
 
 Score, in bits per unit (Shannon's guessing game): the model's surprisal is -log2 p(real unit).
-The learner gives a guess, not a distribution, so we credit them with a confidence equal to
-their own hit rate so far (Laplace's rule, (hits + 1) / (rounds + 2)) on the guess and spread the
-rest evenly over the other options (the vocabulary, or the choices shown): a hit costs
--log2(confidence), a miss -log2((1 - confidence) / (options - 1)).
+The learner gives a guess, not a distribution, so we credit them with a confidence equal to their
+own hit rate so far (Laplace's rule, (hits + 1) / (rounds + 2)) on the guess and spread the rest
+evenly over the other options: a hit costs -log2(confidence), a miss -log2((1 - confidence) /
+(options - 1)). Typing, the options are the vocabulary. Picking among shown choices, they are the
+choices, and the model is scored on the same menu (its probabilities renormalised over it), so
+both play the same game.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from .detokenize import units
+from .errors import BadInput
 from .types import ScoredReply, ScoredToken
 
 LOG2 = math.log(2)
+BYTE_TEXT = re.compile(r"^(\\x[0-9a-f]{2})+$")  # a token that is part of a character (Engine.display)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Unit:
     stop: int
     text: str
     logprob: float  # model's log p(all the unit's tokens), teacher-forced
+    playable: bool  # False: only whitespace or special tokens, revealed without a round
 
     @property
     def bits(self) -> float:
@@ -40,7 +48,7 @@ class Unit:
 @dataclass(frozen=True)
 class Round:
     unit: int
-    guess: str
+    guess: str  # as scored (with the leading space the model preferred, if any)
     guess_ids: tuple[int, ...]
     guess_logprob: float  # model's log p(guess tokens) at this point (summed over them)
     guess_rank: int  # model's rank of the guess's first token here
@@ -53,20 +61,26 @@ class Round:
 class Game:
     scored: ScoredReply  # the whole text, teacher-forced
     units: tuple[Unit, ...]
-    options: int  # how many options the learner chooses among: the vocabulary, or the choices shown
+    vocab_size: int
+    pick: int = 0  # > 0: the learner picks among this many choices instead of typing
+    at: int = 0  # the next unit to reveal
     rounds: tuple[Round, ...] = ()
 
     @property
     def done(self) -> bool:
-        return len(self.rounds) >= len(self.units)
+        return self.at >= len(self.units)
 
     @property
     def current(self) -> Unit:
-        return self.units[len(self.rounds)]
+        return self.units[self.at]
+
+    @property
+    def playable(self) -> int:
+        return sum(u.playable for u in self.units)
 
     @property
     def revealed(self) -> tuple[ScoredToken, ...]:
-        stop = self.units[len(self.rounds) - 1].stop if self.rounds else 0
+        stop = self.units[self.at - 1].stop if self.at else 0
         return self.scored.tokens[:stop]
 
     def context_ids(self) -> list[int]:
@@ -82,28 +96,64 @@ class Game:
         return sum(r.learner_bits for r in self.rounds) / n, sum(r.model_bits for r in self.rounds) / n
 
 
-def new_game(scored: ScoredReply, vocab_size: int, choices: int = 0) -> Game:
-    """A game over `scored` (teacher-forced text); choices > 0: the learner picks among that many."""
+def _skip(game: Game) -> Game:
+    """Reveal the units there is nothing to guess in (whitespace, special tokens)."""
+    at = game.at
+    while at < len(game.units) and not game.units[at].playable:
+        at += 1
+    return replace(game, at=at)
+
+
+def new_game(scored: ScoredReply, vocab_size: int, pick: int = 0) -> Game:
+    """A game over `scored` (teacher-forced text); pick > 1: the learner picks among that many."""
     toks = scored.tokens
     out = []
     for start, stop in units(toks):
-        text = "".join(t.text for t in toks[start:stop])
-        out.append(Unit(start, stop, text, sum(t.logprob for t in toks[start:stop])))
-    return Game(scored, tuple(out), choices if choices > 1 else vocab_size)
+        text = "".join(t.text for t in toks[start:stop] if not t.special)
+        out.append(Unit(start, stop, text, sum(t.logprob for t in toks[start:stop]), bool(text.strip())))
+    return _skip(Game(scored, tuple(out), vocab_size, pick if pick > 1 else 0))
+
+
+def rank_among(tok: ScoredToken, token_id: int) -> tuple[float, int] | None:
+    """(logprob, model's rank) of `token_id` at a scored position, when it is in the kept top-k
+    (then every more likely token is in it too, so the rank is exact; ties share a rank)."""
+    prob = next((a.prob for a in tok.top if a.id == token_id), tok.prob if tok.id == token_id else None)
+    if prob is None:
+        return None
+    rank = 1 + sum(a.prob > prob for a in tok.top) if tok.id != token_id else tok.rank
+    return (math.log(prob) if prob > 0 else -math.inf), rank
 
 
 def stored_guess(game: Game, guess_ids: Sequence[int]) -> tuple[float, int] | None:
-    """(logprob, rank) of a one-token guess from the up-front scoring, when it was in the top-k kept
-    there; None when the model must be asked (several tokens, or outside the top-k)."""
+    """(logprob, rank) of a one-token guess from the up-front scoring; None when the model must be
+    asked (several tokens, or outside the top-k kept)."""
     if len(guess_ids) != 1:
         return None
-    tok = game.scored.tokens[game.current.start]
-    for rank, alt in enumerate(tok.top, start=1):
-        if alt.id == guess_ids[0]:
-            return math.log(alt.prob) if alt.prob > 0 else -math.inf, rank
-    if tok.id == guess_ids[0]:
-        return tok.logprob, tok.rank
-    return None
+    return rank_among(game.scored.tokens[game.current.start], guess_ids[0])
+
+
+Scorer = Callable[[Sequence[int]], tuple[float, int]]  # guess ids -> (logprob, rank) from the model
+
+
+def score_guess(game: Game, guess: str, tokenize: Callable[[str], list[int]], ask: Scorer
+                ) -> tuple[str, list[int], float, int]:
+    """The learner's guess as the model would most likely continue with it: typed without a
+    leading space, with one too (a word after a word); the form the model finds likelier counts.
+    -> (the guess as scored, its ids, logprob, rank). A one-token form among the kept top-k costs
+    no model call."""
+    guess = guess.rstrip() if guess.strip() else guess
+    forms = [guess] if guess[:1].isspace() or not guess.strip() else [guess, " " + guess]
+    best = None
+    for form in forms:
+        ids = tokenize(form)
+        if not ids:
+            continue
+        lp, rank = stored_guess(game, ids) or ask(ids)
+        if best is None or lp > best[2]:
+            best = (form, ids, lp, rank)
+    if best is None:
+        raise BadInput("that guess has no tokens: type a word or a sign")
+    return best
 
 
 def is_hit(unit: Unit, tokens: Sequence[ScoredToken], guess: str, guess_ids: Sequence[int]) -> bool:
@@ -122,27 +172,41 @@ def learner_bits(hits: int, rounds: int, hit: bool, options: int) -> float:
     return -math.log2(q)
 
 
-def play(game: Game, guess: str, guess_ids: Sequence[int], guess_logprob: float, guess_rank: int) -> Game:
-    """The game after one guess at the current unit (the guess already scored by the model)."""
+def choices(game: Game) -> list[tuple[str, float]]:
+    """The menu when the learner picks: whole units only (no byte fragments), the real one always
+    among them, the rest the model's likeliest first tokens; shuffled (seeded by the position, so
+    a replay shows the same menu). -> [(text, the model's probability of it)]."""
+    unit = game.current
+    tok = game.scored.tokens[unit.start]
+    menu = {unit.text: math.exp(unit.logprob)}
+    for a in tok.top:
+        if len(menu) >= game.pick:
+            break
+        if a.text.strip() and not BYTE_TEXT.match(a.text) and a.text not in menu:
+            menu[a.text] = a.prob
+    out = list(menu.items())
+    random.Random(unit.start).shuffle(out)
+    return out
+
+
+def play(game: Game, guess: str, guess_ids: Sequence[int], guess_logprob: float, guess_rank: int,
+         menu: Sequence[tuple[str, float]] = ()) -> Game:
+    """The game after one guess at the current unit (the guess already scored by the model).
+
+    With a `menu` (pick mode), both the learner and the model are scored over its options."""
     if game.done:
         return game
     unit = game.current
     hit = is_hit(unit, game.scored.tokens, guess, guess_ids)
-    r = Round(len(game.rounds), guess, tuple(guess_ids), guess_logprob, guess_rank, hit, unit.bits,
-              learner_bits(game.hits(), len(game.rounds), hit, game.options))
-    return replace(game, rounds=(*game.rounds, r))
-
-
-def choices(game: Game, k: int) -> list[str]:
-    """The options shown when the learner picks: the model's top-k at the current unit's first
-    token, the real unit's text replacing the last if it is not among them, in alphabetical order
-    (neither the model's favourite nor the answer stands out by its place)."""
-    unit = game.current
-    tok = game.scored.tokens[unit.start]
-    opts = [a.text for a in tok.top[:k]]
-    if unit.text not in opts:
-        opts = [*opts[: k - 1], unit.text]
-    return sorted(set(opts))
+    if menu:
+        total = sum(p for _, p in menu)
+        real = next((p for text, p in menu if text == unit.text), math.exp(unit.logprob))
+        model_bits, options = -math.log2(real / total), len(menu)
+    else:
+        model_bits, options = unit.bits, game.vocab_size
+    r = Round(game.at, guess, tuple(guess_ids), guess_logprob, guess_rank, hit, model_bits,
+              learner_bits(game.hits(), len(game.rounds), hit, options))
+    return _skip(replace(game, at=game.at + 1, rounds=(*game.rounds, r)))
 
 
 def surprises(game: Game, n: int = 3) -> list[Round]:

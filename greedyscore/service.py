@@ -397,19 +397,22 @@ class Service:
         return replace(reply, calibration=calibration(reply.tokens))
 
     # --- the guessing game -------------------------------------------------------------------
-    def guess_ids(self, guess: str, like: str) -> list[int]:
-        """A learner's guess tokenised as the model would continue with it: a word typed without
-        its leading space takes the one the real token (`like`) has."""
+    def guess_ids(self, guess: str) -> list[int]:
+        """A learner's guess as token ids (plain text, no special tokens)."""
         if not guess.strip():
             raise BadInput("type a guess first")
         if len(guess) > 200:
             raise BadInput("a guess is a word or two: 200 characters at most")
-        if like[:1].isspace() and not guess[:1].isspace():
-            guess = " " + guess
-        return self.engine.text_ids(guess)[1]
+        ids = self.engine.text_ids(guess)[1]
+        if not ids:
+            raise BadInput("that guess has no tokens: type a word or a sign")
+        return ids
 
     def score_continuation(self, context_ids: Sequence[int], ids: Sequence[int]) -> tuple[float, int]:
         """(log p(ids) after context_ids, summed; rank of the first id): one teacher-forced pass."""
+        if not ids or not context_ids:
+            raise BadInput("nothing to score: a guess needs tokens and a context")
+        self._check_fit(len(context_ids) + len(ids), 0, "text with your guess")
         steps = self._model(self.engine.score_ids, list(context_ids), list(ids), 1)
         return float(steps.logprob.sum()), int(steps.rank[0])
 

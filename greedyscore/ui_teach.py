@@ -8,14 +8,15 @@ import gradio as gr
 
 from .errors import BadInput
 from .examples import COMPARE_EXAMPLE, GUESS_EXAMPLES
-from .guess import Game, choices, new_game, play, stored_guess
+from .guess import Game, choices, new_game, play, score_guess
 from .render.compare import compare_figure, compare_html
 from .render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
+from .render.text import visible
 from .service import Service
 from .types import Settings
 from .variants import Variants, compare_text
 
-PICK_K = 5  # choices shown when the learner picks instead of typing
+PICK_K = 5  # choices shown when the learner picks instead of typing (whole units, the answer among them)
 MODES = {"type a guess": 0, f"pick among {PICK_K} choices": PICK_K}
 GAME_TOP_K = 20  # kept per position up front: a one-token guess among them costs no model call
 
@@ -23,10 +24,12 @@ GAME_TOP_K = 20  # kept per position up front: a one-token guess among them cost
 def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None:
     gr.Markdown("The model reads a known text one token at a time. Before each token is revealed, guess it: "
                 "who saw it coming, you or the model? Scores are surprisals in bits (lower is better).")
-    with gr.Row():
-        text = gr.Textbox(GUESS_EXAMPLES[0], lines=2, label="The text to guess", elem_id="gs-guess-text", scale=4)
-        mode = gr.Radio(list(MODES), value="type a guess", label="How you guess", elem_id="gs-guess-mode", scale=1)
-    gr.Examples([[t] for t in GUESS_EXAMPLES], inputs=[text], label="Texts to play")
+    with gr.Accordion("The text (hidden while you play)", open=True) as setup:
+        with gr.Row():
+            text = gr.Textbox(GUESS_EXAMPLES[0], lines=2, label="The text to guess", elem_id="gs-guess-text", scale=4)
+            mode = gr.Radio(list(MODES), value="type a guess", label="How you guess", elem_id="gs-guess-mode",
+                            scale=1)
+        gr.Examples([[t] for t in GUESS_EXAMPLES], inputs=[text], label="Texts to play")
     start = gr.Button("Start", elem_id="gs-guess-start")
     board = gr.HTML(elem_id="gs-guess-board")
     with gr.Row():
@@ -41,8 +44,9 @@ def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None
     state = gr.State(None)
 
     def pick_update(game: Game) -> Any:
-        if game.options > 1 and game.options == PICK_K and not game.done:
-            return gr.update(choices=choices(game, PICK_K), value=None, visible=True)
+        if game.pick and not game.done:
+            return gr.update(choices=[(visible(t, spaces=True), t) for t, _ in choices(game)], value=None,
+                             visible=True)
         return gr.update(choices=[], value=None, visible=False)
 
     def begin(text: str, mode: str):
@@ -51,7 +55,10 @@ def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None
                 raise BadInput(f"unknown mode {mode!r}")
             scored = service.score_text(text or "", Settings(top_k=GAME_TOP_K))
             game = new_game(scored, service.engine.vocab_size, MODES[mode])
-            return (game, board_html(game), round_html(game), score_html(game), pick_update(game), "", "", None)
+            if game.done:
+                raise BadInput("nothing to guess in that text: give it some words")
+            return (game, board_html(game), round_html(game), score_html(game), pick_update(game), "",
+                    gr.update(open=False), "", None)
 
     def guess(game: Game | None, typed: str, picked: str | None):
         with shown_as_errors():
@@ -59,13 +66,16 @@ def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None
                 raise BadInput("press Start first")
             if game.done:
                 raise BadInput("the text is all revealed: press Finish, or Start again")
-            said = picked if game.options == PICK_K and picked else typed
-            ids = service.guess_ids(said or "", like=game.current.text)
-            known = stored_guess(game, ids)
-            logprob, rank = known or service.score_continuation(game.context_ids(), ids)
-            game = play(game, said, ids, logprob, rank)
+            said = (picked or "") if game.pick else (typed or "")
+            if not said.strip():
+                raise BadInput("pick one of the choices first" if game.pick else "type a guess first")
+            context = game.context_ids()
+            form, ids, logprob, rank = score_guess(game, said, service.guess_ids,
+                                                   lambda ids: service.score_continuation(context, ids))
+            game = play(game, form, ids, logprob, rank, choices(game) if game.pick else ())
             end = (summary_html(game), surprisal_figure(game)) if game.done else (gr.update(), gr.update())
-            return (game, board_html(game), round_html(game), score_html(game), pick_update(game), "", *end)
+            return (game, board_html(game), round_html(game), score_html(game), pick_update(game), "",
+                    gr.update(), *end)
 
     def done(game: Game | None):
         with shown_as_errors():
@@ -74,9 +84,10 @@ def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None
             return summary_html(game), surprisal_figure(game)
 
     playing = [state, board, result, score, picked, typed]
-    start.click(begin, [text, mode], [*playing, summary, chart], api_visibility="private", **concurrency)
+    start.click(begin, [text, mode], [*playing, setup, summary, chart], api_visibility="private", **concurrency)
     for trigger in (guess_btn.click, typed.submit):
-        trigger(guess, [state, typed, picked], [*playing, summary, chart], api_visibility="private", **concurrency)
+        trigger(guess, [state, typed, picked], [*playing, setup, summary, chart], api_visibility="private",
+                **concurrency)
     finish.click(done, [state], [summary, chart], api_visibility="private")
 
 
@@ -88,7 +99,9 @@ def compare_tab(variants: Variants, shown_as_errors: Any, concurrency: dict) -> 
                       elem_id="gs-cmp-text")
     with gr.Row():
         prompt = gr.Textbox(COMPARE_EXAMPLE[0], label="User prompt (optional)", elem_id="gs-cmp-prompt")
-        against = gr.Radio(list(variants.choices()), value="bfloat16", label="B: compare against",
+        offered = variants.choices()
+        against = gr.Radio(list(offered), value="bfloat16" if "bfloat16" in offered else offered[0],
+                           label="B: compare against",
                            elem_id="gs-cmp-against")
     with gr.Row():
         system_a = gr.Textbox("", label="System prompt, A (and B unless comparing system prompts)",

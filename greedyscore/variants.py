@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 
 from .align import Comparison, compare
-from .errors import BadInput, EngineUnavailable
+from .errors import BadInput
 from .service import Service
 from .types import Message, Settings
 
@@ -22,25 +22,34 @@ class Side:
 
 
 class Variants:
-    """`model` is what the main engine loaded (None = the embedded model); `other` is --compare-model."""
+    """`other` is --compare-model. Precision variants reload the main engine's own model (its
+    `source`), so they exist only when that engine is a float32 transformers one."""
 
-    def __init__(self, main: Service, model: str | None = None, other: str | None = None) -> None:
+    def __init__(self, main: Service, other: str | None = None) -> None:
         self.main = main
-        self.model = model
         self.other = other
         self._loaded: dict[str, Service] = {}
         self._lock = threading.Lock()
 
+    def _precisions(self) -> bool:
+        engine = self.main.engine
+        return self.main.backend == "transformers" and getattr(engine, "precision", None) == "float32" and \
+            getattr(engine, "source", None) is not None
+
     def choices(self) -> tuple[str, ...]:
-        return AGAINST if self.other else AGAINST[:-1]
+        return (SYSTEM, *(("bfloat16", "int8") if self._precisions() else ()),
+                *(("another model",) if self.other else ()))
 
     def side(self, against: str) -> Side:
         """The Service that scores side B, loaded now if it is the first use."""
         if against == SYSTEM:
             return Side(self.main, self.main.model_name)
         if against not in self.choices():
-            extra = "" if self.other else " (start the app with --compare-model M for another model)"
-            raise BadInput(f"unknown comparison {against!r}: use one of {', '.join(self.choices())}{extra}")
+            why = {"another model": " (start the app with --compare-model M)",
+                   "bfloat16": " (precision comparisons reload this model in float32 transformers; this backend "
+                               "is " + self.main.backend + ")"}.get(against, "")
+            why = why or (" (see bfloat16)" if against == "int8" else "")
+            raise BadInput(f"comparison {against!r} is not available here{why}: use one of {', '.join(self.choices())}")
         from .engines.transformers import TransformersEngine
 
         with self._lock:
@@ -48,10 +57,7 @@ class Variants:
                 if against == "another model":
                     engine = TransformersEngine.load(self.other, device="cpu")
                 else:
-                    if self.main.backend == "openai":
-                        raise EngineUnavailable("precision comparisons load the model in this process; with a "
-                                                "remote server, compare system prompts, or run the app locally")
-                    engine = TransformersEngine.load(self.model, device="cpu", precision=against)
+                    engine = TransformersEngine.load(self.main.engine.source, device="cpu", precision=against)
                 self._loaded[against] = Service(engine, max_batch=4, max_pending=16)
             service = self._loaded[against]
         label = service.model_name if against == "another model" else f"{service.model_name} ({against})"
@@ -69,9 +75,11 @@ def compare_text(variants: Variants, text: str, against: str, prompt: str = "", 
     """Score `text` (as the reply to `prompt`, if any) under side A (the main model, system prompt A)
     and side B (`against`), then align the two on the text."""
     settings = Settings(max_new_tokens=1, top_k=top_k)
-    side = variants.side(against)
+    if not text.strip():
+        raise BadInput("empty text: paste some text to compare")
     if against == SYSTEM and system_a.strip() == system_b.strip():
         raise BadInput("give side B a different system prompt than side A")
+    side = variants.side(against)  # may load a model: after the cheap checks
     a = variants.main.score_reply(conversation(system_a, prompt), text, settings)
     b = side.service.score_reply(conversation(system_b if against == SYSTEM else system_a, prompt), text, settings)
     if against == SYSTEM:

@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 
-from greedyscore.align import align, biggest
+from greedyscore.align import align, biggest, compare
+from greedyscore.errors import BadInput
 from greedyscore.render.compare import compare_html, delta_color
-from greedyscore.types import ScoredToken
+from greedyscore.types import ReplyStats, ScoredReply, ScoredToken, Timings
 from greedyscore.variants import SYSTEM, Variants, compare_text
 
 MIXED = "你好🙂 world, 北京! 🍜🍜 ok"
@@ -46,9 +47,24 @@ def test_alignment_across_two_tokenizers_accounts_for_every_character_once(servi
         align(a, char_tokens(MIXED + "x"))
 
 
+def as_reply(tokens: list[ScoredToken], model: str = "m") -> ScoredReply:
+    return ScoredReply(model=model, backend="transformers", text="".join(t.text for t in tokens), prompt_token_ids=(),
+                       tokens=tuple(tokens), stats=ReplyStats(len(tokens), 0.0, 1.0, 1.0), timings=Timings(0.0, 0.0))
+
+
+def test_a_side_without_bos_is_aligned_approximately_and_says_so():
+    full = char_tokens("Hello world")
+    headless = char_tokens("ello world", seed=1)  # a BOS-less tokenizer takes "H" as context
+    cmp = compare(as_reply(full), as_reply(headless), "A", "B")
+    assert "".join(s.text for s in cmp.spans) == "ello world" and any("approximate" in n for n in cmp.notes)
+    assert sum(s.logprob_a for s in cmp.spans) == pytest.approx(sum(t.logprob for t in full[1:]))
+    with pytest.raises(BadInput, match="different texts"):
+        compare(as_reply(full), as_reply(char_tokens("Goodbye")), "A", "B")
+
+
 @pytest.fixture(scope="module")
 def variants(service, tmp_path_factory):
-    return Variants(service, None, str(tiny_model(tmp_path_factory.mktemp("tiny"))))
+    return Variants(service, str(tiny_model(tmp_path_factory.mktemp("tiny"))))
 
 
 def tiny_model(path):
@@ -112,7 +128,9 @@ def test_another_model_with_another_tokenizer(variants):
     cmp = compare_text(variants, MIXED, "another model")
     assert not cmp.same_tokens and cmp.notes and "".join(s.text for s in cmp.spans) == MIXED
     assert sum(s.tokens_b for s in cmp.spans) == len(cmp.b.tokens) != len(cmp.a.tokens)
-    assert json.dumps(cmp.to_json(), ensure_ascii=False)
+    data = json.loads(json.dumps(cmp.to_json(), ensure_ascii=False))
+    assert data["total_logprob_b"] == pytest.approx(sum(t.logprob for t in cmp.b.tokens))
+    assert data["same_tokens"] is False and "".join(s["text"] for s in data["spans"]) == MIXED
 
 
 def test_delta_colours_diverge_from_white():

@@ -200,6 +200,7 @@ class TransformersEngine(HFTextMixin):
                 lm = quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
         print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         engine = cls(lm, tok, name)
+        engine.source, engine.precision = source, precision  # what the Compare tab reloads at another precision
         if precision == "int8":
             engine.score_source = "int8 dynamic-quantised linear layers, float32 logits (cpu), softmax in float32"
         return engine

@@ -8,7 +8,7 @@ import math
 import plotly.graph_objects as go
 
 from ..align import Comparison, Span, biggest
-from .chart import AXIS_STYLE, PLAIN_LAYOUT
+from .chart import AXIS_STYLE, PLAIN_LAYOUT, _esc, _label
 from .html import tokens_html
 from .text import html_visible, pct
 
@@ -73,13 +73,13 @@ def compare_html(cmp: Comparison, palette: str = "cividis") -> str:
 def compare_figure(cmp: Comparison) -> go.Figure:
     """\u0394 log-probability per span (diverging bars) and both sides' span probabilities."""
     xs = list(range(len(cmp.spans)))
-    labels = [html_visible(s.text) for s in cmp.spans]
+    labels = [_label(s.text) for s in cmp.spans]  # Plotly: escaped, quotes kept
     bars = go.Bar(x=xs, y=[s.delta for s in cmp.spans], name="\u0394 log p (B \u2212 A, nats)",
                   marker=dict(color=[delta_color(s.delta) for s in cmp.spans], line=dict(color="#adb5bd", width=0.5)),
-                  text=labels, hovertemplate="%{text}: \u0394 %{y:+.3f} nats<extra></extra>")
-    pa = go.Scatter(x=xs, y=[math.exp(s.logprob_a) for s in cmp.spans], name=f"A: {html.escape(cmp.label_a)}",
+                  hovertext=labels, hovertemplate="%{hovertext}: \u0394 %{y:+.3f} nats<extra></extra>")
+    pa = go.Scatter(x=xs, y=[math.exp(s.logprob_a) for s in cmp.spans], name=f"A: {_esc(cmp.label_a)}",
                     mode="lines", yaxis="y2", line=dict(color="#212529", width=1), hoverinfo="skip")
-    pb = go.Scatter(x=xs, y=[math.exp(s.logprob_b) for s in cmp.spans], name=f"B: {html.escape(cmp.label_b)}",
+    pb = go.Scatter(x=xs, y=[math.exp(s.logprob_b) for s in cmp.spans], name=f"B: {_esc(cmp.label_b)}",
                     mode="lines", yaxis="y2", line=dict(color="#e8590c", width=1, dash="dot"), hoverinfo="skip")
     layout = dict(
         title=dict(text="B \u2212 A along the text"),

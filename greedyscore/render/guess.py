@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 
 from ..guess import Game, surprises
-from .chart import AXIS_STYLE, PLAIN_LAYOUT
+from .chart import AXIS_STYLE, PLAIN_LAYOUT, _label
 from .colors import legend_html
 from .html import tokens_html
 from .text import html_visible, pct
@@ -18,7 +18,7 @@ MODEL_COLOR = "#4c78a8"
 
 def board_html(game: Game, palette: str = "cividis") -> str:
     """The text so far, coloured by the model's probability, then a box where the next unit goes."""
-    shown = tokens_html(game.revealed, "prob", palette)
+    shown = tokens_html(game.revealed, "prob", palette) if game.revealed else '<div class="gs-tokens"></div>'
     if not game.done:  # inside the text block, right where the next token goes
         blank = '<span class="gs-guess-next" aria-label="the next token">?</span>'
         shown = shown[: shown.rindex("</div>")] + blank + "</div>"
@@ -28,7 +28,8 @@ def board_html(game: Game, palette: str = "cividis") -> str:
 def round_html(game: Game) -> str:
     """What the last guess met: the real unit, the model's view of it and of the guess."""
     if not game.rounds:
-        return '<p class="gs-guess-round">Type what you think comes next, then press Guess.</p>'
+        how = "Pick what you think comes next" if game.pick else "Type what you think comes next, then press Guess"
+        return f'<p class="gs-guess-round">{how}.</p>'
     r = game.rounds[-1]
     unit = game.units[r.unit]
     verdict = "\u2713 right" if r.hit else "\u2717 not this time"
@@ -36,17 +37,18 @@ def round_html(game: Game) -> str:
     return (
         f'<div class="gs-guess-round {"gs-hit" if r.hit else "gs-miss"}">'
         f"<p><b>{verdict}.</b> The next token was <code>{html_visible(unit.text)}</code>: the model gave it "
-        f"{pct(math.exp(unit.logprob))} ({r.model_bits:.2f} bits).</p>"
+        f"{pct(math.exp(unit.logprob))} ({unit.bits:.2f} bits).</p>"
         f"<p>Your guess <code>{html_visible(r.guess)}</code> ({len(r.guess_ids)} token"
         f"{'' if len(r.guess_ids) == 1 else 's'}): the model gave it {pct(guess_p)}, rank {r.guess_rank} "
-        f"for its first token. It cost you {r.learner_bits:.2f} bits.</p></div>"
+        f"for its first token. It cost you {r.learner_bits:.2f} bits"
+        f"{', the model ' + format(r.model_bits, '.2f') + ' bits on the same menu' if game.pick else ''}.</p></div>"
     )
 
 
 def score_html(game: Game) -> str:
     n = len(game.rounds)
     you, model = game.bits_per_unit()
-    played = f"Round {n} of {len(game.units)}" if n else f"{len(game.units)} tokens to guess"
+    played = f"Round {n} of {game.playable}" if n else f"{game.playable} tokens to guess"
     nums = (f" \u00b7 hits {game.hits()}/{n} \u00b7 you <b>{you:.2f}</b> bits/token \u00b7 the model "
             f"<b>{model:.2f}</b> bits/token") if n else ""
     return f'<p class="gs-guess-score" id="gs-guess-score-line">{played}{nums}</p>'
@@ -72,7 +74,7 @@ def summary_html(game: Game) -> str:
 def surprisal_figure(game: Game) -> go.Figure:
     """Both surprisal curves along the text, one point per round."""
     xs = [r.unit for r in game.rounds]
-    labels = [html_visible(game.units[r.unit].text) for r in game.rounds]
+    labels = [_label(game.units[r.unit].text) for r in game.rounds]  # Plotly: escaped, quotes kept
     traces = [
         go.Scatter(x=xs, y=[r.model_bits for r in game.rounds], name="the model", mode="lines+markers",
                    line=dict(color=MODEL_COLOR), text=labels,
