@@ -25,8 +25,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     remote = p.add_argument_group("remote server (--backend openai)")
     remote.add_argument("--base-url", default=env("BASE_URL"), metavar="URL",
                         help="the server, e.g. http://proxy:8000 or http://proxy:8000/v1")
-    remote.add_argument("--api-key", default=env("API_KEY", os.environ.get("OPENAI_API_KEY")),
-                        help="sent as a Bearer token (default: $GREEDYSCORE_API_KEY or $OPENAI_API_KEY)")
+    remote.add_argument("--api-key", default=env("API_KEY"),
+                        help="sent as a Bearer token (default: $GREEDYSCORE_API_KEY; never $OPENAI_API_KEY, which "
+                             "belongs to another server)")
     remote.add_argument("--tokenizer", default=env("TOKENIZER"), metavar="DIR",
                         help="the served model's tokenizer files, to read token ids exactly (default: the directory "
                              "the server loaded when it is on this machine, or the embedded model's)")

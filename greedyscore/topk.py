@@ -49,7 +49,7 @@ def entropy_bounds(probs: Sequence[float], vocab_size: int, cap: float | None = 
     m = vocab_size - len(known)  # tokens not in the list
     if r <= 1e-12 or m <= 0 or not known:
         return h, h
-    cap = min(known) if cap is None else cap
+    cap = min(known) if cap is None or cap <= 0 else cap
     n = min(int(r // cap), m)  # as many tokens at the cap as the residual allows ...
     s = r - n * cap  # ... and the remainder in one more
     low = h + n * cap * math.log(1 / cap) + (s * math.log(1 / s) if s > 1e-12 else 0.0)
@@ -80,7 +80,7 @@ def step_scores(steps: Sequence[ServerStep], top_k: int, vocab_size: int) -> Ste
         else:
             # unlisted tokens are at most the smallest listed one other than the chosen token
             # (which a server appends after its top list when it is not in it)
-            others = [p for (i, _), p in zip(ranked, probs) if i != st.token_id]
+            others = [p for (i, _), p in zip(ranked, probs) if i != st.token_id and p > 0]
             low, high = entropy_bounds(probs, vocab_size, min(others) if others else None)
         margin = probs[0] - (probs[1] if len(probs) > 1 else 0.0)
         ids = [i for i, _ in ranked[:top_k]] + [NO_ID] * max(0, top_k - len(ranked))

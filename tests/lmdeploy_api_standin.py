@@ -11,11 +11,16 @@ our transformers engine. The served model name picks the behaviour:
 - "raw": `--backend pytorch --logprobs-mode raw_logprobs` (true top-k, chosen removed);
 - "turbomind": renormalised after top_k=1, i.e. {chosen: 0.0};
 - "penalised": raw logprobs, but the greedy path took the runner-up at the second token;
-- "busy": "raw" after answering 429 (Retry-After: 0) to every other request, as an overloaded node.
+- "busy": "raw" after answering 429 (Retry-After: 0) to every other request, as an overloaded node;
+- "unconfigured": the PyTorch engine started without --logprobs-mode (its 400, its words);
+- "no-logprobs": text without logprobs (a gateway that strips them);
+- "cut": the stream ends with [DONE] before any finish_reason;
+- "slow": no answer (not even headers) for 30 s, as a request queued behind a proxy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -27,6 +32,7 @@ from lmdeploy.serve.openai.chat_completions.logprobs import (
     _create_chat_completion_logprobs,
     _create_output_token_logprobs,
 )
+from lmdeploy.serve.openai.errors import create_error_response
 from lmdeploy.serve.openai.protocol import (
     ChatCompletionResponseStreamChoice,
     ChatCompletionStreamResponse,
@@ -41,13 +47,14 @@ from lmdeploy.serve.openai.protocol import (
 from greedyscore.engines.base import GenerateRequest
 from greedyscore.types import Message
 
-MODES = ("raw", "turbomind", "penalised", "busy")
+MODES = ("raw", "turbomind", "penalised", "busy", "unconfigured", "no-logprobs", "cut", "slow")
 
 
 def make_app(engine) -> FastAPI:
     app = FastAPI()
     hf = engine.hf_tokenizer
     app.state.busy_calls = 0
+    app.state.slow_started = threading.Event()
 
     @app.get("/v1/models")
     def models():
@@ -71,6 +78,13 @@ def make_app(engine) -> FastAPI:
             if app.state.busy_calls % 2:
                 return JSONResponse({"object": "error", "message": "too many requests"}, status_code=429,
                                     headers={"Retry-After": "0"})
+        if mode == "unconfigured":  # lmdeploy/serve/openai/chat_completions/validation.py, via create_error_response
+            msg = (f"Logprobs({body.get('logprobs')})/top_logprobs({body.get('top_logprobs')}) requested but not "
+                   "enabled logprobs_mode in engine configuration")
+            return create_error_response(400, msg)
+        if mode == "slow":
+            app.state.slow_started.set()
+            await asyncio.sleep(30)
         messages = [Message(m["role"], m["content"]) for m in body["messages"]]
         prompt = engine.prompt_ids(messages)
         k = int(body.get("top_logprobs") or 1)  # LMDeploy asks its engine for `top_logprobs or 1`
@@ -85,12 +99,16 @@ def make_app(engine) -> FastAPI:
 
         def chunks():
             for i, tok in enumerate(ids):
+                if mode == "cut" and i == len(ids) - 1:
+                    yield "data: [DONE]\n\n"  # the server stops short
+                    return
                 choice = ChatCompletionResponseStreamChoice(
                     index=0, delta=DeltaMessage(role="assistant", content=hf.decode([tok])),
                     finish_reason=(gen.finish_reason if i == len(ids) - 1 else None),
-                    logprobs=_create_chat_completion_logprobs(hf, [tok], [rows[i]]) if body.get("logprobs") else None,
+                    logprobs=(_create_chat_completion_logprobs(hf, [tok], [rows[i]])
+                              if body.get("logprobs") and mode != "no-logprobs" else None),
                     output_token_logprobs=(_create_output_token_logprobs([tok], [rows[i]])
-                                           if body.get("return_logprob") else None))
+                                           if body.get("return_logprob") and mode != "no-logprobs" else None))
                 resp = ChatCompletionStreamResponse(id=rid, created=created, model=mode, choices=[choice])
                 yield f"data: {json.dumps(resp.model_dump(mode='json', exclude_none=True))}\n\n"
             usage = UsageInfo(prompt_tokens=len(prompt), completion_tokens=len(ids),

@@ -115,7 +115,8 @@ def test_top_k_only_gives_an_interval_that_holds_the_true_entropy(remote, servic
     assert wide > len(got.tokens) // 2
     shown = next(t for t in got.tokens if t.entropy_max is not None)
     assert "nats (top-k only)" in tooltip_html(shown)  # never one made-up number
-    assert "entropy_max" in got.to_json()["tokens"][0] or got.tokens[0].entropy_max is None
+    i = got.tokens.index(shown)
+    assert got.to_json()["tokens"][i]["entropy_max"] == shown.entropy_max > shown.entropy
 
 
 def test_verification_through_prompt_logprobs(remote, service):
@@ -211,6 +212,37 @@ def test_busy_answers_are_retried_before_the_first_token(lmdeploy_api, service):
                                   options=HTTPOptions(retries=0))).chat(PROMPTS["english"], settings)
 
 
+def test_stop_before_the_first_byte_aborts_at_once(lmdeploy_api):
+    """A request waiting for headers (queued behind a proxy, in prefill): Stop shuts its socket."""
+    svc = lmdeploy_service(lmdeploy_api, "slow")
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.perf_counter()
+    reply = svc.chat(PROMPTS["english"], Settings(max_new_tokens=8), cancel)
+    assert reply.finish_reason == "abort" and not reply.tokens and time.perf_counter() - t0 < 5
+    assert lmdeploy_api.app.state.slow_started.is_set()  # the request had reached the server
+
+
+@pytest.mark.parametrize("mode, error, needle", [
+    ("unconfigured", ServerRefused, "--logprobs-mode raw_logprobs"),  # the fix, not "bad input"
+    ("no-logprobs", ServerRefused, "does not return logprobs"),  # never a silently empty reply
+    ("cut", ModelFailed, "ended before the reply did"),  # never mistaken for Stop
+])
+def test_servers_that_fall_short_give_clear_errors(lmdeploy_api, mode, error, needle):
+    svc = Service(OpenAIEngine.load(lmdeploy_api.url, model=mode, tokenizer=resolve_model(None)[1], options=FAST_FAIL))
+    with pytest.raises(error, match=needle):
+        svc.chat(PROMPTS["english"], Settings(max_new_tokens=6))
+
+
+def test_vocabulary_names_map_to_their_ids_including_the_unk_token(lmdeploy_api, engine):
+    remote = OpenAIEngine.load(lmdeploy_api.url, model="raw", tokenizer=resolve_model(None)[1])
+    unk = engine.tokenizer.unk_token
+    assert remote._token_id(unk) == engine.tokenizer.convert_tokens_to_ids(unk)  # <|endoftext|> is id 0, real
+    assert remote._token_id("token_id:42") == 42
+    with pytest.raises(ModelFailed, match="--tokenizer"):
+        remote._token_id("\u2603 not a token \u2603")
+
+
 @pytest.mark.parametrize("mode, needle", [("turbomind", "TurboMind"), ("penalised", "not the most likely")])
 def test_fake_logprobs_are_refused_with_the_fix(lmdeploy_api, mode, needle):
     svc = lmdeploy_service(lmdeploy_api, mode)
@@ -272,7 +304,11 @@ def test_demo_through_the_proxy_survives_a_node_killed_mid_stream(nodes, service
         # the demo keeps answering through the proxy (retries until the proxy drops the dead node)
         for q in questions[:4]:
             assert ask(q) == want[questions.index(q)]
-        assert nodes[1].url not in get_json(f"{proxy_url}/nodes/status")
+        deadline = time.time() + 15  # the proxy's health check (every 3 s here) drops the dead node
+        while nodes[1].url in get_json(f"{proxy_url}/nodes/status"):
+            assert time.time() < deadline, "the proxy kept the dead node"
+            time.sleep(0.5)
+        assert ask(questions[0]) == want[0]
     finally:
         if app is not None:
             stop(app)

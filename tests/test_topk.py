@@ -100,3 +100,14 @@ def test_fake_numbers_are_refused_with_the_fix(step, needle):
     with pytest.raises(ServerRefused, match=needle) as info:
         _check_raw(step, 0, 3)
     assert "raw_logprobs" in str(info.value)
+
+
+def test_an_alternative_with_no_probability_does_not_break_the_bounds():
+    """vLLM floors logprobs at -9999 (p = 0): such an entry bounds nothing."""
+    scores = step_scores([ServerStep(5, -0.1, {5: -0.1, 6: -9999.0})], 2, 100)
+    assert 0 < scores.entropy[0].item() < scores.entropy_max[0].item() <= math.log(100)
+
+
+def test_full_vocabulary_that_is_not_whole_is_refused():
+    with pytest.raises(ServerRefused, match="max-logprobs -1"):
+        _check_raw(ServerStep(5, -0.5, {5: -0.5, 6: -1.5}, full=True), 0, 2)

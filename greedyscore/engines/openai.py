@@ -18,8 +18,10 @@ split characters). Rescoring (verification, forks, scored text) uses vLLM's prom
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
 import sys
 import threading
 import time
@@ -84,7 +86,9 @@ class OpenAIEngine(HFTextMixin):
         eos = tokenizer.eos_token_id
         self.stop_ids = frozenset([int(eos)] if eos is not None else [])
         what = "the whole vocabulary" if full_vocab else "top-k only: entropy as an interval"
-        self.score_source = f"server logprobs ({server or 'OpenAI API'} at {client.base_url}), {what}"
+        where = client.base_url.copy_with(username=None, password=None)  # the page is public: no credentials
+        self.score_source = f"server logprobs ({server or 'OpenAI API'} at {where}), {what}"
+        self._vocab: dict[str, int] = tokenizer.get_vocab()  # token strings (LMDeploy names tokens so) -> ids
         self._init_text(tokenizer)
 
     # --- loading -------------------------------------------------------------------------------
@@ -100,7 +104,10 @@ class OpenAIEngine(HFTextMixin):
         url = base_url.rstrip("/") + "/"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
-        client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        # no keep-alive: each request has its own connection, so Stop can shut exactly that one down
+        # (the bound on requests in flight is --concurrency, the service's)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        client = httpx.Client(base_url=url, headers=headers, timeout=timeout, limits=limits)
         cards = _list_models(client, options)
         names = list(dict.fromkeys(str(c.get("id")) for c in cards))  # a proxy lists a model once per node
         if model is None:
@@ -168,8 +175,15 @@ class OpenAIEngine(HFTextMixin):
         finish = "stop" if finish in ("stop", "eos") else "length" if finish == "length" else finish or "abort"
         notes: tuple[str, ...] = ()
         if req.messages and prompt_ids is None:  # no ids from the server: ours, when they add up
-            local = tuple(self.prompt_ids(req.messages))
-            if n_prompt is None or n_prompt == len(local):
+            try:
+                local = tuple(self.prompt_ids(req.messages))
+            except (ValueError, TypeError) as ex:  # no chat template here (LMDeploy has its own): keep the reply
+                local = ()
+                notes = (f"the local tokenizer cannot template these messages ({ex}): prompt ids unknown, so no "
+                         "rescoring",)
+            if not local:
+                prompt_ids = ()
+            elif n_prompt is None or n_prompt == len(local):
                 prompt_ids = local
             else:
                 notes = (f"the server's chat template made {n_prompt} prompt tokens, the local tokenizer's "
@@ -192,33 +206,35 @@ class OpenAIEngine(HFTextMixin):
             tops = lp.get("top_logprobs") or []
             entries = [(t, v, tops[i] if i < len(tops) and tops[i] else {})
                        for i, (t, v) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))]
-        if ids and len(ids) != len(entries):
-            raise ModelFailed(f"the server sent {len(ids)} token ids with {len(entries)} logprob entries")
+        if ids and len(ids) != len(entries) or not entries and (ids or _text_of(choice)):
+            raise ServerRefused(f"the server sent {max(len(ids), 1)} token(s) with {len(entries)} logprob entries: it "
+                                "does not return logprobs for this model or route. Fix: " + RAW_LOGPROBS_FIX)
         out = []
         for j, (key, logprob, alts) in enumerate(entries):
             token = int(ids[j]) if ids else self._token_id(key)
-            if token is None or logprob is None:
-                raise ModelFailed(f"the server sent a token {key!r} that its tokenizer does not know")
+            if logprob is None:
+                raise ServerRefused(f"the server sent token {at + j} without its logprob. Fix: {RAW_LOGPROBS_FIX}")
             top = {}
             for k, v in alts.items():
                 i = self._token_id(k)
-                if i is not None and v is not None:
+                if v is not None:
                     top[i] = float(v)
             step = ServerStep(token, float(logprob), top, full=self.full_vocab)
             _check_raw(step, at + j, top_k)
             out.append(step)
         return out
 
-    def _token_id(self, key: Any) -> int | None:
-        """A server's name for a token -> its id: an int, "token_id:N", or a vocabulary string."""
-        if isinstance(key, int):
+    def _token_id(self, key: Any) -> int:
+        """A server's name for a token -> its id: an int, "token_id:N", or a vocabulary string.
+        A name the local tokenizer does not have means it is not the served model's: refused."""
+        if isinstance(key, int) and not isinstance(key, bool):
             return key
-        if not isinstance(key, str):
-            return None
-        if key.startswith("token_id:"):
+        if isinstance(key, str) and key.startswith("token_id:") and key[9:].isdigit():
             return int(key[9:])
-        i = self.hf_tokenizer.convert_tokens_to_ids(key)
-        return int(i) if isinstance(i, int) and i != self.hf_tokenizer.unk_token_id else None
+        if isinstance(key, str) and key in self._vocab:
+            return self._vocab[key]
+        raise ModelFailed(f"the server named a token {key!r} that the local tokenizer does not have: is --tokenizer "
+                          f"the served model's ({self.model_name})?")
 
     # --- rescoring -----------------------------------------------------------------------------
     def score_ids(self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int,
@@ -255,16 +271,20 @@ class OpenAIEngine(HFTextMixin):
         """POST and feed each JSON object of the answer (SSE `data:` lines, or the one body) to
         `on_chunk`. Connection errors, 429/5xx and broken streams are retried with backoff while
         `started()` is false (nothing shown yet); after that they fail the request. Setting
-        `cancel` closes the connection (the server then aborts) and returns."""
+        `cancel` shuts the connection's socket down, whatever the request is waiting for (a queue,
+        prefill, a proxy that sends headers late): the server sees the disconnect and aborts."""
         url = f"{self.client.base_url}{path}"
         for attempt in range(self.options.retries + 1):
+            if cancel.is_set():
+                return
+            conn: dict[str, Any] = {}
             try:
-                response = self._open(path, body)
-                with self._closed_on(cancel, response):
-                    for chunk in _chunks(response):
-                        on_chunk(chunk)
-                        if cancel.is_set():
-                            return
+                with self._shut_on(cancel, conn):
+                    with contextlib.closing(self._open(path, body, conn)) as response:
+                        for chunk in _chunks(response):
+                            on_chunk(chunk)
+                            if cancel.is_set():
+                                return
                 return
             except _Broken as ex:
                 if cancel.is_set():
@@ -274,28 +294,42 @@ class OpenAIEngine(HFTextMixin):
                     raise ModelFailed(f"the model server at {url} failed {where}: {ex}; try again") from ex
                 self._wait(attempt, ex.retry_after, cancel)
 
-    def _open(self, path: str, body: dict) -> httpx.Response:
+    def _open(self, path: str, body: dict, conn: dict[str, Any]) -> httpx.Response:
+        def trace(event: str, info: dict) -> None:  # every request has its own connection (no keep-alive)
+            if event == "connection.connect_tcp.complete":
+                conn["stream"] = info.get("return_value")
+
+        request = self.client.build_request("POST", path, json=body, extensions={"trace": trace})
         try:
-            response = self.client.send(self.client.build_request("POST", path, json=body), stream=True)
+            response = self.client.send(request, stream=True)
         except httpx.TransportError as ex:
             raise _Broken(f"cannot connect ({type(ex).__name__}): is it running?") from ex
         if response.status_code < 400:
             return response
-        text = response.read().decode("utf-8", "replace")
-        response.close()
+        try:
+            text = response.read().decode("utf-8", "replace")
+        except httpx.HTTPError as ex:
+            raise _Broken(f"HTTP {response.status_code}, body lost ({type(ex).__name__})") from ex
+        finally:
+            response.close()
         if response.status_code in RETRY_STATUS:
             raise _Broken(f"HTTP {response.status_code} {text.strip()[:200]}", response.headers.get("retry-after"))
         raise _http_error(response.status_code, str(response.request.url), text, self.model_name)
 
     @contextmanager
-    def _closed_on(self, cancel: threading.Event, response: httpx.Response) -> Iterator[None]:
-        """Close `response` when done, or as soon as `cancel` is set (Stop while the server is slow)."""
+    def _shut_on(self, cancel: threading.Event, conn: dict[str, Any]) -> Iterator[None]:
+        """While inside: when `cancel` is set, shut the request's socket down (a blocked read then
+        returns at once; closing the response from this thread would not wake it)."""
         done = threading.Event()
 
         def watch() -> None:
             while not done.wait(0.05):
                 if cancel.is_set():
-                    response.close()
+                    stream = conn.get("stream")
+                    sock = stream.get_extra_info("socket") if stream is not None else None
+                    if sock is not None:
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
                     return
 
         threading.Thread(target=watch, daemon=True, name="greedyscore-http-cancel").start()
@@ -303,7 +337,6 @@ class OpenAIEngine(HFTextMixin):
             yield
         finally:
             done.set()
-            response.close()
 
     def _wait(self, attempt: int, retry_after: str | None, cancel: threading.Event) -> None:
         try:
@@ -327,8 +360,8 @@ def _chunks(response: httpx.Response) -> Iterator[dict]:
     try:
         if "text/event-stream" not in response.headers.get("content-type", ""):
             data = json.loads(response.read())
-            if isinstance(data, dict) and "error_code" in data and "choices" not in data:
-                raise _Broken(f"the proxy answered {_message(data)}")
+            if not isinstance(data, dict) or "error_code" in data and "choices" not in data:
+                raise _Broken(f"the server answered {_message(data)}")
             yield data
             return
         finished = False
@@ -338,10 +371,11 @@ def _chunks(response: httpx.Response) -> Iterator[dict]:
                 continue
             payload = line[5:].strip() if line.startswith("data:") else line
             if payload == "[DONE]":
-                return
+                break
             chunk = json.loads(payload)
             if not isinstance(chunk, dict) or chunk.get("error") or "error_code" in chunk:
-                raise _Broken(f"the server sent an error: {_message(chunk.get('error') or chunk)}")
+                err = chunk.get("error") if isinstance(chunk, dict) else chunk
+                raise _Broken(f"the server sent an error: {_message(err if isinstance(err, dict) else chunk)}")
             finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or [])
             yield chunk
         if not finished:
@@ -363,12 +397,22 @@ def _check_raw(step: ServerStep, position: int, top_k: int) -> None:
     if total > 1.0 + 1e-3:
         raise ServerRefused(f"the server's probabilities at token {position} add up to {total:.3f}, more than 1: "
                             f"they are renormalised or processed, not the model's. Fix: {RAW_LOGPROBS_FIX}")
+    if step.full and total < 1.0 - 1e-3:
+        raise ServerRefused(f"--full-vocab, but the server's probabilities at token {position} add up to only "
+                            f"{total:.3f}: it sent part of the vocabulary. Start vLLM with --max-logprobs -1, or "
+                            "drop --full-vocab")
     best = max(step.top.values(), default=step.logprob)
     if best > step.logprob + LOGPROB_TIE:
         raise ServerRefused(
             f"the server's token {position} is not the most likely in its own logprobs ({math.exp(step.logprob):.4f} "
             f"vs {math.exp(best):.4f}): the logprobs are processed (penalties, temperature) or the reply was not "
             f"greedy. Fix: {RAW_LOGPROBS_FIX}")
+
+
+def _text_of(choice: dict) -> str:
+    """The text a chunk's choice carries (chat delta or completion)."""
+    delta = choice.get("delta") or {}
+    return str((delta.get("content") if isinstance(delta, dict) else None) or choice.get("text") or "")
 
 
 def _message(err: Any) -> str:
@@ -387,6 +431,12 @@ def _http_error(status: int, url: str, text: str, model: str) -> Exception:
         return ModelFailed(f"the model server at {url} refused the API key (HTTP {status}): check --api-key")
     if status == 404:
         return ModelFailed(f"the model server at {url} answered 404 for model {model!r}: {detail}")
+    lowered = detail.lower()
+    if "logprobs_mode" in lowered or "logprobs-mode" in lowered:
+        return ServerRefused(f"the server does not return logprobs ({detail}). Fix: {RAW_LOGPROBS_FIX}")
+    if "max_logprobs" in lowered or "max-logprobs" in lowered:
+        return ServerRefused(f"the server caps logprobs ({detail}). Fix: start vLLM with --max-logprobs -1 (or 20+), "
+                             "or drop --full-vocab")
     if status in (400, 422):
         return BadInput(f"the model server refused the request: {detail}")
     return ModelFailed(f"the model server at {url} answered HTTP {status}: {detail}")
