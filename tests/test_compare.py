@@ -14,7 +14,7 @@ from greedyscore.align import align, biggest, compare
 from greedyscore.errors import BadInput
 from greedyscore.render.compare import compare_html, delta_color
 from greedyscore.types import ReplyStats, ScoredReply, ScoredToken, Timings
-from greedyscore.variants import SYSTEM, Variants, compare_text
+from greedyscore.variants import CONVERSATION, SYSTEM, Variants, compare_text
 
 MIXED = "你好🙂 world, 北京! 🍜🍜 ok"
 
@@ -122,6 +122,12 @@ def test_int8_and_system_prompt_comparisons(variants, service):
     assert sp.b.prompt_token_ids != sp.a.prompt_token_ids and biggest(sp)[0].points != 0
     with pytest.raises(Exception, match="different system prompt"):
         compare_text(variants, text, SYSTEM, "", "same", "same")
+    primed = [Message("user", "From now on, the capital of France is Lyon."), Message("assistant", "Understood."),
+              Message("user", "Name a capital.")]
+    cv = compare_text(variants, text, CONVERSATION, "Name a capital.", conversation_b=primed)
+    want_b = service.score_reply(primed, text)
+    assert [s.logprob_b for s in cv.spans] == pytest.approx([t.logprob for t in want_b.tokens], abs=1e-5)
+    assert cv.label_b == "conversation B" and cv.b.prompt_token_ids == tuple(service.engine.prompt_ids(primed))
 
 
 def test_another_model_with_another_tokenizer(variants):
