@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 from lmdeploy_api_standin import StandIn
 from servers import VLLM_PYTHON, free_port, proxy_command, start, stop, vllm_command, wait_ready
+from test_browser import send, wait_reply
 
 from greedyscore.engines.openai import HTTPOptions, OpenAIEngine
 from greedyscore.errors import EngineUnavailable, ModelFailed, ModelNotFound, ServerRefused
@@ -180,6 +181,32 @@ def test_wrong_model_name_and_dead_server_are_clear(nodes):
     cli = subprocess.run([sys.executable, "-m", "greedyscore", "chat", "--base-url", nodes[0].url, "--model", "nope",
                           "hi"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1 and "no model 'nope'" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_the_page_says_what_a_top_k_server_gives(nodes, browser):
+    """The demo in chromium on a vLLM node: header, tooltip interval, chart band."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    app = start([sys.executable, "app.py", "--base-url", nodes[0].url, "--port", str(port)], url, "app-remote-page",
+                env={"GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url)
+        header = page.locator("#gs-header")
+        header.wait_for()
+        assert "openai" in header.inner_text() and "top-k only" in header.inner_text()
+        send(page, "What is the capital of France?")
+        wait_reply(page)
+        token = page.locator("#gs-reply .gs-token").nth(1)
+        token.hover()
+        tip = token.locator(".gs-tip")
+        tip.wait_for(state="visible", timeout=5000)
+        assert "nats (top-k only)" in tip.inner_text()
+        page.locator("#gs-reply-chart .js-plotly-plot .legendtext").first.wait_for(timeout=30_000)
+        legend = page.locator("#gs-reply-chart .legendtext").evaluate_all("els => els.map(e => e.textContent)")
+        assert any("upper bound" in t for t in legend)
+    finally:
+        stop(app)
 
 
 # --- LMDeploy (stand-in for its GPU engines) --------------------------------------------------------
