@@ -1,0 +1,91 @@
+"""The share store (issue 11's storage, SQLite): persistence across processes' instances,
+concurrency, limits, hostile content, bad ids. The UI and the PostgreSQL store are not built yet."""
+
+from __future__ import annotations
+
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from greedyscore.share import MIGRATIONS, Limits, NotShared, ShareLimit, ShareStore
+from greedyscore.types import Message, Settings
+
+HOSTILE = '<script>alert("x")</script> \u200b "quoted" & \'single\' \U0001f600 \u4f60\u597d \ud83d (lone)'
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_real_reply_round_trips_through_a_new_store_on_the_same_file(tmp_path, service):
+    reply = service.chat([Message("user", "What is the capital of France?")], Settings(max_new_tokens=8, top_k=3))
+    item = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "reply": reply.to_json()}
+    item_id = ShareStore(tmp_path / "s.db").put(item, "s1")
+    assert len(item_id) == 22  # 128 random bits, URL-safe
+    again = ShareStore(tmp_path / "s.db").get(item_id)  # as after a restart
+    assert again == item and again["reply"]["tokens"][0]["prob"] == reply.tokens[0].prob
+
+
+def test_sixteen_threads_share_and_open_at_once(tmp_path):
+    store = ShareStore(tmp_path / "s.db", Limits(per_session=1000))
+
+    def work(i: int) -> tuple[str, dict]:
+        item = {"n": i, "text": HOSTILE * 50}
+        item_id = store.put(item, f"s{i % 4}")
+        return item_id, store.get(item_id)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(work, range(160)))
+    assert len({i for i, _ in results}) == 160
+    assert sorted(got["n"] for _, got in results) == list(range(160))
+    assert all(got["text"] == HOSTILE * 50 for _, got in results)
+
+
+def test_unknown_malformed_expired_and_evicted_ids_say_so(tmp_path):
+    clock = Clock()
+    store = ShareStore(tmp_path / "s.db", Limits(max_total_bytes=3000, ttl_s=60), clock)
+    for bad in ("", "../../etc/passwd", "x" * 22 + "'", None, 42):
+        with pytest.raises(NotShared, match="not valid"):
+            store.get(bad)
+    with pytest.raises(NotShared, match="nothing is shared"):
+        store.get("A" * 22)
+    first = store.put({"text": "a" * 1000})
+    clock.now += 1
+    second = store.put({"text": "b" * 1000})
+    clock.now += 1
+    store.put({"text": "c" * 1500})  # over 3000 bytes in all: the oldest goes
+    with pytest.raises(NotShared, match="removed to make room"):
+        store.get(first)
+    assert store.get(second)["text"] == "b" * 1000
+    clock.now += 61
+    with pytest.raises(NotShared, match="expired"):
+        store.get(second)
+
+
+def test_size_and_rate_limits_are_clear(tmp_path):
+    clock = Clock()
+    store = ShareStore(tmp_path / "s.db", Limits(max_item_bytes=500, per_session=2, per_seconds=600), clock)
+    with pytest.raises(ShareLimit, match="more than the 500"):
+        store.put({"text": "x" * 600})
+    store.put({"n": 1}, "a")
+    store.put({"n": 2}, "a")
+    with pytest.raises(ShareLimit, match="try again in 10 minutes"):
+        store.put({"n": 3}, "a")
+    store.put({"n": 3}, "b")  # another visitor is not affected
+    clock.now += 601
+    store.put({"n": 4}, "a")
+
+
+def test_schema_is_versioned_and_a_newer_store_is_refused(tmp_path):
+    store = ShareStore(tmp_path / "s.db")
+    assert store.schema_version == len(MIGRATIONS)
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(Exception, match="newer than this greedyscore"):
+        ShareStore(tmp_path / "s.db")
