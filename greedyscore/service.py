@@ -353,18 +353,15 @@ class Service:
     # --- teacher forcing -------------------------------------------------------------------
     def score_text(self, text: str, settings: Settings = Settings(), prompt: str | None = None) -> ScoredReply:
         """Teacher-forced scores of `text`: plain text after BOS, or as the assistant's reply to `prompt`."""
+        if prompt is not None:
+            return self.score_reply([Message("user", prompt)], text, settings)
         self.check_settings(settings)
         if not text.strip():
             raise BadInput("empty text: paste some text to score")
-        self._check_chars(len(text) + len(prompt or ""))
-        engine = self.engine
-        if prompt is None:
-            context, target = engine.text_ids(text)
-            if not context:  # no BOS: the first token has nothing to be predicted from
-                context, target = target[:1], target[1:]
-        else:
-            context = engine.prompt_ids([Message("user", prompt)])
-            target = engine.text_ids(text)[1]
+        self._check_chars(len(text))
+        context, target = self.engine.text_ids(text)
+        if not context:  # no BOS: the first token has nothing to be predicted from
+            context, target = target[:1], target[1:]
         return self._teacher_forced(context, target, settings, "text")
 
     def score_reply(self, messages: Sequence[Message], text: str, settings: Settings = Settings()) -> ScoredReply:

@@ -22,7 +22,7 @@ from .examples import CALIBRATION_SAMPLE, CHAT_EXAMPLES, SCORE_EXAMPLES
 from .exports import EXPORT_TTL_S, Exports
 from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_html, render_numbers, render_outputs
 from .render.calibration import calibration_html, reliability_figure
-from .render.compare import compare_figure, compare_html
+from .render.compare import compare_outputs
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
@@ -407,9 +407,8 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
         "points", ...}], "same_tokens", ...})."""
         with shown_as_gr_errors():
             messages_b = parse_messages(conversation_b) if conversation_b else ()
-            cmp = compare_text(variants, text or "", against, prompt or "", system_a or "", system_b or "",
-                               parse_settings(1, top_k).top_k, messages_b)
-            return compare_html(cmp), compare_figure(cmp), cmp.to_json()
+            return compare_outputs(compare_text(variants, text or "", against, prompt or "", system_a or "",
+                                                system_b or "", parse_settings(1, top_k).top_k, messages_b))
 
     def fork(messages: Any, reply_token_ids: Any, at: float, token_id: float,
              max_new_tokens: float = API_DEFAULTS.max_new_tokens, top_k: float = API_DEFAULTS.top_k,

@@ -9,7 +9,7 @@ import gradio as gr
 from .errors import BadInput
 from .examples import COMPARE_EXAMPLE, GUESS_EXAMPLES
 from .guess import Game, choices, new_game, play, score_guess
-from .render.compare import compare_figure, compare_html
+from .render.compare import compare_outputs
 from .render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
 from .render.text import visible
 from .service import Service, parse_messages_json
@@ -122,9 +122,8 @@ def compare_tab(variants: Variants, shown_as_errors: Any, concurrency: dict) -> 
     def go(text: str, prompt: str, against: str, system_a: str, system_b: str, conv_b: str):
         with shown_as_errors():
             messages_b = parse_messages_json(conv_b, "conversation B") if against == CONVERSATION else ()
-            cmp = compare_text(variants, text or "", against, prompt or "", system_a or "", system_b or "",
-                               conversation_b=messages_b)
-            return compare_html(cmp), compare_figure(cmp), cmp.to_json()
+            return compare_outputs(compare_text(variants, text or "", against, prompt or "", system_a or "",
+                                                system_b or "", conversation_b=messages_b))
 
     run.click(go, [text, prompt, against, system_a, system_b, conversation_b], [shown, fig, data],
               api_visibility="private",

@@ -47,10 +47,11 @@ class Variants:
         if against in (SYSTEM, CONVERSATION):
             return Side(self.main, self.main.model_name)
         if against not in self.choices():
-            why = {"another model": " (start the app with --compare-model M)",
-                   "bfloat16": " (precision comparisons reload this model in float32 transformers; this backend "
-                               "is " + self.main.backend + ")"}.get(against, "")
-            why = why or (" (see bfloat16)" if against == "int8" else "")
+            why = ""
+            if against == "another model":
+                why = " (start the app with --compare-model M)"
+            elif against in ("bfloat16", "int8"):
+                why = f" (precision comparisons need a float32 transformers model; this one is {self.main.backend})"
             raise BadInput(f"comparison {against!r} is not available here{why}: use one of {', '.join(self.choices())}")
         from .engines.transformers import TransformersEngine
 

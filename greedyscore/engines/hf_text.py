@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from ..types import Message
+
 
 class HFTextMixin:
-    """text_ids / decode / is_special / display for an engine whose `hf_tokenizer` is a HF tokenizer."""
+    """prompt_ids / text_ids / decode / is_special / display for an engine whose `hf_tokenizer` is a HF tokenizer."""
 
     hf_tokenizer: Any
 
@@ -16,6 +18,13 @@ class HFTextMixin:
         self.hf_tokenizer = tokenizer
         self._special = frozenset(int(i) for i in tokenizer.all_special_ids)
         self.display = lru_cache(maxsize=65536)(self._display)
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The tokenizer's chat template, generation prompt appended (LMDeploy overrides it with its own)."""
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        ids = self.hf_tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False)
+        return [int(i) for i in (ids["input_ids"] if hasattr(ids, "input_ids") else ids)]
 
     def text_ids(self, text: str) -> tuple[list[int], list[int]]:
         ids = self.hf_tokenizer(text, add_special_tokens=False)["input_ids"]

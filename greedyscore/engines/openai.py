@@ -36,7 +36,6 @@ import httpx
 from ..errors import BadInput, EngineUnavailable, ModelFailed, ModelNotFound, ServerRefused, Unsupported
 from ..scoring import StepScores
 from ..topk import ServerStep, step_scores
-from ..types import Message
 from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
 
@@ -126,13 +125,6 @@ class OpenAIEngine(HFTextMixin):
               file=sys.stderr, flush=True)
         return cls(client, model, tok, context, server, full_vocab, options)
 
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The local tokenizer's template: for forks and rescoring (turns use the server's)."""
-        msgs = [{"role": m.role, "content": m.content} for m in messages]
-        ids = self.hf_tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=False)
-        return [int(i) for i in (ids["input_ids"] if hasattr(ids, "input_ids") else ids)]
-
     # --- generation ----------------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """One HTTP stream per request (the server batches): a chat turn when the request has
@@ -170,8 +162,6 @@ class OpenAIEngine(HFTextMixin):
 
         self._exchange(path, body, cancel, on_chunk, lambda: bool(steps))
         finish, prompt_ids, n_prompt = got.get("finish"), got.get("prompt_ids"), got.get("n_prompt")
-        if cancel.is_set() and finish is None:
-            finish = "abort"
         finish = "stop" if finish in ("stop", "eos") else "length" if finish == "length" else finish or "abort"
         notes: tuple[str, ...] = ()
         if req.messages and prompt_ids is None:  # no ids from the server: ours, when they add up

@@ -18,7 +18,6 @@ import torch
 from ..errors import BadInput, EngineUnavailable, ModelNotFound
 from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks, score_rows
-from ..types import Message
 from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
 
@@ -204,14 +203,6 @@ class TransformersEngine(HFTextMixin):
         if precision == "int8":
             engine.score_source = "int8 dynamic-quantised linear layers, float32 logits (cpu), softmax in float32"
         return engine
-
-    # --- ids and text -------------------------------------------------------------------
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        msgs = [{"role": m.role, "content": m.content} for m in messages]
-        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
 
     # --- generation and scoring ----------------------------------------------------------
     @torch.inference_mode()

@@ -70,6 +70,11 @@ def compare_html(cmp: Comparison, palette: str = "cividis") -> str:
     )
 
 
+def compare_outputs(cmp: Comparison) -> tuple[str, go.Figure, dict]:
+    """What the Compare tab and /compare show: (side-by-side HTML, figure, JSON)."""
+    return compare_html(cmp), compare_figure(cmp), cmp.to_json()
+
+
 def compare_figure(cmp: Comparison) -> go.Figure:
     """\u0394 log-probability per span (diverging bars) and both sides' span probabilities."""
     xs = list(range(len(cmp.spans)))
