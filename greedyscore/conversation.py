@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .errors import BadInput
+from .reply_json import reply_from_json
 from .types import Message, ScoredReply
 
 ORIGINAL = 0  # the node id of a turn's own reply in its fork tree
@@ -61,6 +63,25 @@ class Turn:
                       for f in self.forks],
         }
 
+    @staticmethod
+    def from_json(d: Any) -> Turn:
+        """The inverse of `to_json` (a shared conversation); BadInput for anything malformed."""
+        if not isinstance(d, dict) or not isinstance(d.get("user"), str):
+            raise BadInput("not a greedyscore conversation: a turn needs its \"user\" text")
+        if d.get("reply", True) is None:
+            return Turn(d["user"])
+        forks, known = [], {ORIGINAL}
+        for f in d.get("forks") or []:
+            ids = [f.get(k) if isinstance(f, dict) else None for k in ("id", "parent", "at", "token_id")]
+            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ids) or ids[1] not in known:
+                raise BadInput("not a greedyscore conversation: a fork needs id, parent (an earlier path), at, token_id")
+            reply = reply_from_json(f)
+            if ids[2] >= len(reply.tokens):
+                raise BadInput("not a greedyscore conversation: a fork's position is beyond its reply")
+            forks.append(ForkNode(ids[0], ids[1], ids[2], ids[3], reply))
+            known.add(ids[0])
+        return Turn(d["user"], reply_from_json(d), tuple(forks))
+
 
 @dataclass(frozen=True)
 class Conversation:
@@ -112,6 +133,21 @@ class Conversation:
             t = replace(t, forks=(*t.forks, node))
         turns = (*self.turns[:turn], t, *self.turns[turn + 1 :])
         return Conversation(turns, turn, node.id)
+
+    @staticmethod
+    def from_json(turns: Any, selected: Any = None, shown: Any = ORIGINAL) -> Conversation:
+        """Turns as `Turn.to_json` gives them; the selected turn and shown fork checked against them."""
+        if not isinstance(turns, list) or not turns:
+            raise BadInput("not a greedyscore conversation: it has no turns")
+        conv = Conversation(tuple(Turn.from_json(t) for t in turns))
+        if selected is None:
+            return conv
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (selected, shown)):
+            raise BadInput("not a greedyscore conversation: the shared turn is not in it")
+        try:
+            return conv.show(selected, shown) if shown != ORIGINAL else conv.select(selected)
+        except (KeyError, IndexError, TypeError) as ex:
+            raise BadInput("not a greedyscore conversation: the shared turn is not in it") from ex
 
     @property
     def current(self) -> Turn | None:

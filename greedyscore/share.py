@@ -1,9 +1,12 @@
-"""Shared results, stored so a link can show them again (issue 11; the store only, no UI yet).
+"""Shared results, stored so a link can show them again: SQLite by default, PostgreSQL for several
+app processes behind a load balancer.
 
-SQLite (stdlib `sqlite3`, WAL, one file) with a versioned schema. An item is a JSON document
-(what a reply's `to_json` gives, plus its messages and settings); its id is 128 random bits,
+An item is a JSON document (greedyscore/shared.py builds it); its id is 128 random bits,
 URL-safe. Limits, each with a message that says so: per-item size, total size (oldest evicted
-first), an optional time to live, and a per-session rate.
+first), an optional time to live, and a per-session rate (counted in this process).
+
+PostgreSQL goes through psycopg 3 directly rather than SQLAlchemy: one table and four
+statements need no ORM or engine layer, and psycopg is the driver SQLAlchemy would use anyway.
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from typing import Any
 from .errors import GreedyScoreError
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16): 128 bits
-MIGRATIONS: tuple[tuple[str, ...], ...] = (  # schema version i+1 = MIGRATIONS[:i+1] applied, in order
-    ("CREATE TABLE items (id TEXT PRIMARY KEY, created REAL NOT NULL, size INTEGER NOT NULL, body TEXT NOT NULL)",
+# Schema version i+1 = MIGRATIONS[:i+1] applied, in order (the same SQL on SQLite and PostgreSQL).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    ("CREATE TABLE items (id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL, size BIGINT NOT NULL, "
+     "body TEXT NOT NULL)",
      "CREATE INDEX items_created ON items (created)"),
 )
+PG_LOCK = 0x67736872  # pg_advisory_xact_lock key: one migration / eviction at a time across processes
+PG_INSTALL_HINT = "pip install 'psycopg[binary]>=3.2,<4'"
 
 
 class NotShared(GreedyScoreError):
@@ -38,56 +45,158 @@ class ShareLimit(GreedyScoreError):
     """A share refused by a limit (size, rate)."""
 
 
+class StoreUnavailable(GreedyScoreError):
+    """The share store cannot be opened or reached."""
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_item_bytes: int = 2_000_000
-    max_total_bytes: int = 200_000_000
+    max_item_bytes: int = 5_000_000
+    max_total_bytes: int = 500_000_000
     ttl_s: float | None = None  # None: kept until evicted
     per_session: int = 30  # shares per session ...
     per_seconds: float = 3600.0  # ... in this window
 
 
-class ShareStore:
-    """Thread-safe: one short connection per call (SQLite's own locking, WAL, busy timeout)."""
+class _SQLite:
+    """One short connection per call; BEGIN IMMEDIATE serialises writers; WAL lets readers go on."""
 
-    def __init__(self, path: str | Path, limits: Limits = Limits(), clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self.limits = limits
-        self.clock = clock
-        self._recent: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            self._migrate(db)
+    name = "SQLite"
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self.connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as ex:
+            raise StoreUnavailable(f"cannot open the share store {path}: {ex} (choose another --store, or "
+                                   "--no-share)") from ex
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> Iterator[Any]:
         with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
             db.execute("PRAGMA busy_timeout = 30000")
             yield db
 
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
+    def begin(self, db: Any) -> None:
         db.execute("BEGIN IMMEDIATE")
+
+    def version(self, db: Any) -> int:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def set_version(self, db: Any, version: int) -> None:
+        db.execute(f"PRAGMA user_version = {int(version)}")
+
+
+class _Postgres:
+    """psycopg 3, one connection per call (autocommit; explicit transactions with an advisory lock
+    where rows are counted and removed). The schema version lives in a one-row table."""
+
+    name = "PostgreSQL"
+
+    def __init__(self, url: str) -> None:
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise GreedyScoreError(f"the share store is schema version {version}, newer than this greedyscore "
-                                       f"({len(MIGRATIONS)}): upgrade greedyscore or use another --store")
-            for step in MIGRATIONS[version:]:  # one transaction: all of them or none
-                for statement in step:
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            import psycopg
+        except ImportError as ex:
+            raise StoreUnavailable(f"--store {_redact(url)} needs psycopg: {PG_INSTALL_HINT}") from ex
+        self.psycopg, self.url, self.errors = psycopg, url, (psycopg.Error,)
+        try:
+            with self.connect() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS greedyscore_schema (version INTEGER NOT NULL)")
+        except psycopg.Error as ex:
+            raise StoreUnavailable(f"cannot reach the share store {_redact(url)}: {str(ex).strip()}") from ex
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        with self.psycopg.connect(self.url, autocommit=True, connect_timeout=10) as db:
+            yield _Qmark(db)
+
+    def begin(self, db: Any) -> None:
+        db.execute("BEGIN")
+        db.execute("SELECT pg_advisory_xact_lock(?)", (PG_LOCK,))
+
+    def version(self, db: Any) -> int:
+        row = db.execute("SELECT version FROM greedyscore_schema").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_version(self, db: Any, version: int) -> None:
+        db.execute("DELETE FROM greedyscore_schema")
+        db.execute("INSERT INTO greedyscore_schema (version) VALUES (?)", (version,))
+
+
+class _Qmark:
+    """A psycopg connection that takes SQLite's `?` placeholders, so both stores share their SQL."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def execute(self, sql: str, params: tuple = ()) -> Any:
+        return self.db.execute(sql.replace("?", "%s"), params)
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password, for messages."""
+    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+
+
+class ShareStore:
+    """Thread-safe and shared by processes: one short connection per call, writes in transactions.
+
+    `where`: a file path (SQLite, created on first use) or a postgresql:// URL.
+    """
+
+    def __init__(self, where: str | Path, limits: Limits = Limits(), clock: Callable[[], float] = time.time) -> None:
+        self.where = str(where)
+        self.backend = (_Postgres(self.where) if self.where.startswith(("postgresql://", "postgres://"))
+                        else _SQLite(Path(where).expanduser()))
+        self.limits = limits
+        self.clock = clock
+        self._recent: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        with self._db() as db:
+            self._migrate(db)
+
+    def __str__(self) -> str:
+        return f"{self.backend.name} {_redact(self.where)}"
+
+    @contextmanager
+    def _db(self) -> Iterator[Any]:
+        """A connection; the database's own failures become one clear message."""
+        try:
+            with self.backend.connect() as db:
+                yield db
+        except self.backend.errors as ex:
+            first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
+            raise StoreUnavailable(f"the share store ({self}) failed: {first}; try again") from ex
+
+    @contextmanager
+    def _transaction(self, db: Any) -> Iterator[None]:
+        self.backend.begin(db)
+        try:
+            yield
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
+    def _migrate(self, db: Any) -> None:
+        with self._transaction(db):  # one transaction: every step or none
+            version = self.backend.version(db)
+            if version > len(MIGRATIONS):
+                raise StoreUnavailable(f"the share store is schema version {version}, newer than this greedyscore "
+                                       f"({len(MIGRATIONS)}): upgrade greedyscore or use another --store")
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    db.execute(statement)
+            if version < len(MIGRATIONS):
+                self.backend.set_version(db, len(MIGRATIONS))
+
     @property
     def schema_version(self) -> int:
         with self._db() as db:
-            return int(db.execute("PRAGMA user_version").fetchone()[0])
+            return self.backend.version(db)
 
     def put(self, item: dict[str, Any], session: str = "") -> str:
         """Store `item`; -> its new id. Raises ShareLimit when a limit refuses it."""
@@ -98,11 +207,9 @@ class ShareStore:
                              "hold: share a shorter reply")
         self._count(session)
         now, item_id = self.clock(), secrets.token_urlsafe(16)
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._db() as db, self._transaction(db):
             db.execute("INSERT INTO items (id, created, size, body) VALUES (?, ?, ?, ?)", (item_id, now, size, body))
             self._evict(db, now)
-            db.execute("COMMIT")
         return item_id
 
     def get(self, item_id: str) -> dict[str, Any]:
@@ -117,13 +224,13 @@ class ShareStore:
             raise NotShared("that share has expired")
         return json.loads(row[1])
 
-    def _evict(self, db: sqlite3.Connection, now: float) -> None:
+    def _evict(self, db: Any, now: float) -> None:
         """Expired items, then the oldest until the total fits."""
         if self.limits.ttl_s is not None:
             db.execute("DELETE FROM items WHERE created < ?", (now - self.limits.ttl_s,))
         total = db.execute("SELECT COALESCE(SUM(size), 0) FROM items").fetchone()[0]
         while total > self.limits.max_total_bytes:
-            oldest = db.execute("SELECT id, size FROM items ORDER BY created, rowid LIMIT 1").fetchone()
+            oldest = db.execute("SELECT id, size FROM items ORDER BY created, id LIMIT 1").fetchone()
             db.execute("DELETE FROM items WHERE id = ?", (oldest[0],))
             total -= oldest[1]
 

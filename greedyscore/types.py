@@ -130,6 +130,7 @@ class ScoredReply:
                 **({"entropy_max": t.entropy_max} if t.entropy_max is not None else {}),
                 "margin": t.margin,
                 "top": [asdict(a) for a in t.top],
+                "joined": t.joined,
             }
             if self.verified:
                 d.update(rescored_prob=t.rescored_prob, rescored_rank=t.rescored_rank, near_tie=t.near_tie)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +35,46 @@ def app_server():
                  env={"GRADIO_ANALYTICS_ENABLED": "False"})
     yield f"http://127.0.0.1:{port}/"
     stop(proc)
+
+
+REQUIRE_SERVERS = os.environ.get("GREEDYSCORE_REQUIRE_SERVERS") == "1"  # `make test`: fail, never skip
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's package) in a temporary data dir on loopback; -> its URL.
+    The dir is directly under /tmp: the server's user must reach it (pytest's tmp dirs are root's)."""
+    import tempfile
+
+    from servers import start_postgres, stop
+
+    data = Path(tempfile.mkdtemp(prefix="greedyscore-pg-"))
+    try:
+        proc, url = start_postgres(data)
+    except (FileNotFoundError, ImportError) as ex:
+        if REQUIRE_SERVERS:
+            pytest.fail(str(ex))
+        pytest.skip(f"no PostgreSQL here ({ex}); `make test` installs it and runs these")
+    yield url
+    stop(proc)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_at(request, tmp_path):
+    """Where a fresh share store lives: a new SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "shares.db")
+    import psycopg
+
+    url = request.getfixturevalue("postgres_server")
+    name = f"shares_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

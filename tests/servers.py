@@ -81,3 +81,55 @@ def proxy_command(port: int) -> list[str]:
     """LMDeploy's proxy (pure Python), bound to loopback (its default is 0.0.0.0)."""
     return [sys.executable, "-m", "lmdeploy.serve.proxy.proxy", "--server_name", "127.0.0.1",
             "--server_port", str(port)]
+
+
+def postgres_bin(tool: str) -> Path | None:
+    """Debian's PostgreSQL server tools (package postgresql: /usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), key=lambda p: int(p.parts[-3]))
+    return found[-1] if found else None
+
+
+def start_postgres(data: Path) -> tuple[subprocess.Popen, str]:
+    """A throwaway PostgreSQL server: initdb into `data` (trust auth), listening on loopback only,
+    no fsync. PostgreSQL refuses to run as root: as root it runs as the `postgres` user Debian's
+    package made. -> (process, URL)."""
+    initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
+    if initdb is None or postgres is None:
+        raise FileNotFoundError("PostgreSQL is not installed: run `make test` (it installs Debian's postgresql)")
+    data.mkdir(parents=True, exist_ok=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import shutil
+
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    done = subprocess.run([*as_user, str(initdb), "-D", str(data / "db"), "-A", "trust", "-U", "postgres",
+                           "--no-sync", "-E", "UTF8"], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+    port = free_port()
+    LOGS.mkdir(exist_ok=True)
+    log = open(LOGS / "postgres.log", "w")
+    proc = subprocess.Popen([*as_user, str(postgres), "-D", str(data / "db"), "-h", "127.0.0.1", "-p", str(port),
+                             "-k", str(data), "-c", "fsync=off", "-c", "max_connections=200"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.name = "postgres"  # type: ignore[attr-defined]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {proc.returncode}: see .pytest_cache/postgres.log")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    import psycopg
+
+    for _ in range(100):  # accepting connections may lag the socket a little
+        try:
+            psycopg.connect(url).close()
+            return proc, url
+        except psycopg.OperationalError:
+            time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError("postgres did not accept connections: see .pytest_cache/postgres.log")

@@ -1,5 +1,5 @@
-"""The share store (issue 11's storage, SQLite): persistence across processes' instances,
-concurrency, limits, hostile content, bad ids. The UI and the PostgreSQL store are not built yet."""
+"""The share store, on SQLite and on a real PostgreSQL server: persistence across instances,
+concurrency, limits, hostile content, bad ids, schema versions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from greedyscore.share import MIGRATIONS, Limits, NotShared, ShareLimit, ShareStore
+from greedyscore.share import MIGRATIONS, Limits, NotShared, ShareLimit, ShareStore, StoreUnavailable
 from greedyscore.types import Message, Settings
 
 HOSTILE = '<script>alert("x")</script> \u200b "quoted" & \'single\' \U0001f600 \u4f60\u597d \ud83d (lone)'
@@ -22,17 +22,17 @@ class Clock:
         return self.now
 
 
-def test_a_real_reply_round_trips_through_a_new_store_on_the_same_file(tmp_path, service):
+def test_a_real_reply_round_trips_through_a_new_store_at_the_same_place(store_at, service):
     reply = service.chat([Message("user", "What is the capital of France?")], Settings(max_new_tokens=8, top_k=3))
     item = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "reply": reply.to_json()}
-    item_id = ShareStore(tmp_path / "s.db").put(item, "s1")
+    item_id = ShareStore(store_at).put(item, "s1")
     assert len(item_id) == 22  # 128 random bits, URL-safe
-    again = ShareStore(tmp_path / "s.db").get(item_id)  # as after a restart
+    again = ShareStore(store_at).get(item_id)  # as after a restart
     assert again == item and again["reply"]["tokens"][0]["prob"] == reply.tokens[0].prob
 
 
-def test_sixteen_threads_share_and_open_at_once(tmp_path):
-    store = ShareStore(tmp_path / "s.db", Limits(per_session=1000))
+def test_sixteen_threads_share_and_open_at_once(store_at):
+    store = ShareStore(store_at, Limits(per_session=1000))
 
     def work(i: int) -> tuple[str, dict]:
         item = {"n": i, "text": HOSTILE * 50}
@@ -46,9 +46,9 @@ def test_sixteen_threads_share_and_open_at_once(tmp_path):
     assert all(got["text"] == HOSTILE * 50 for _, got in results)
 
 
-def test_unknown_malformed_expired_and_evicted_ids_say_so(tmp_path):
+def test_unknown_malformed_expired_and_evicted_ids_say_so(store_at):
     clock = Clock()
-    store = ShareStore(tmp_path / "s.db", Limits(max_total_bytes=3000, ttl_s=60), clock)
+    store = ShareStore(store_at, Limits(max_total_bytes=3000, ttl_s=60), clock)
     for bad in ("", "../../etc/passwd", "x" * 22 + "'", None, 42):
         with pytest.raises(NotShared, match="not valid"):
             store.get(bad)
@@ -67,9 +67,9 @@ def test_unknown_malformed_expired_and_evicted_ids_say_so(tmp_path):
         store.get(second)
 
 
-def test_size_and_rate_limits_are_clear(tmp_path):
+def test_size_and_rate_limits_are_clear(store_at):
     clock = Clock()
-    store = ShareStore(tmp_path / "s.db", Limits(max_item_bytes=500, per_session=2, per_seconds=600), clock)
+    store = ShareStore(store_at, Limits(max_item_bytes=500, per_session=2, per_seconds=600), clock)
     with pytest.raises(ShareLimit, match="more than the 500"):
         store.put({"text": "x" * 600})
     store.put({"n": 1}, "a")
@@ -81,11 +81,28 @@ def test_size_and_rate_limits_are_clear(tmp_path):
     store.put({"n": 4}, "a")
 
 
-def test_schema_is_versioned_and_a_newer_store_is_refused(tmp_path):
-    store = ShareStore(tmp_path / "s.db")
+def test_schema_is_versioned_and_a_newer_store_is_refused(store_at):
+    store = ShareStore(store_at)
     assert store.schema_version == len(MIGRATIONS)
-    with sqlite3.connect(tmp_path / "s.db") as db:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    with pytest.raises(Exception, match="newer than this greedyscore"):
-        ShareStore(tmp_path / "s.db")
+    ShareStore(store_at)  # a second process on the same store: nothing to migrate
+    newer = len(MIGRATIONS) + 1
+    if store_at.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store_at, autocommit=True) as db:
+            db.execute("UPDATE greedyscore_schema SET version = %s", (newer,))
+    else:
+        with sqlite3.connect(store_at) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            db.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(StoreUnavailable, match="newer than this greedyscore"):
+        ShareStore(store_at)
+
+
+def test_an_unreachable_or_unwritable_store_says_what_to_do(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreUnavailable, match="choose another --store"):
+        ShareStore(blocker / "shares.db")  # a file where a folder should be
+    with pytest.raises(StoreUnavailable, match=r"cannot reach the share store postgresql://u:\*\*\*@127.0.0.1:1/x"):
+        ShareStore("postgresql://u:secret@127.0.0.1:1/x")
