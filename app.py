@@ -3,7 +3,8 @@
 Every option can also come from the environment (GREEDYSCORE_MODEL, GREEDYSCORE_BACKEND,
 GREEDYSCORE_BASE_URL, GREEDYSCORE_API_KEY, GREEDYSCORE_TOKENIZER, GREEDYSCORE_FULL_VOCAB,
 GREEDYSCORE_HOST, GREEDYSCORE_PORT, GREEDYSCORE_SHARE, GREEDYSCORE_AUTH,
-GREEDYSCORE_MAX_NEW_TOKENS, GREEDYSCORE_MAX_QUEUE, GREEDYSCORE_CONCURRENCY), so this file and
+GREEDYSCORE_MAX_NEW_TOKENS, GREEDYSCORE_MAX_QUEUE, GREEDYSCORE_CONCURRENCY, GREEDYSCORE_STORE,
+GREEDYSCORE_NO_SHARE, GREEDYSCORE_SHARE_TTL, ...), so this file and
 requirements.txt run as a Hugging Face Space.
 """
 
@@ -25,7 +26,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="default: %(default)s (0.0.0.0 to serve a LAN)")
     p.add_argument("--port", type=int, default=env("PORT", "7860"), help="default: %(default)s")
     p.add_argument("--share", action="store_true", default=env("SHARE", "") in ("1", "true", "yes"),
-                   help="also open a public gradio.live link")
+                   help="also open a public gradio.live link to the whole app (72 hours)")
     p.add_argument("--auth", default=env("AUTH"), metavar="USER:PASS", help="require a login")
     p.add_argument("--max-new-tokens", type=int, default=env("MAX_NEW_TOKENS", "128"),
                    help="default reply length in the UI (default: %(default)s)")
@@ -37,12 +38,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "--backend openai (default: %(default)s)")
     p.add_argument("--compare-model", default=env("COMPARE_MODEL"), metavar="MODEL",
                    help="a second model for the Compare tab (anything --model accepts; loaded on first use)")
+    links = p.add_argument_group("share links (a Share button on every result: /?r=ID)")
+    links.add_argument("--store", default=env("STORE"), metavar="PATH|URL",
+                       help="where shared results are kept: a SQLite file, or postgresql://user:pass@host/db for "
+                            "several app processes behind a load balancer (default: $GREEDYSCORE_CACHE/shares.db)")
+    links.add_argument("--no-share", action="store_true", default=env("NO_SHARE", "") in ("1", "true", "yes"),
+                       help="turn Share buttons and share links off")
+    links.add_argument("--share-ttl", type=float, default=env("SHARE_TTL"), metavar="DAYS",
+                       help="shared results expire after this many days (default: kept until room is needed)")
+    links.add_argument("--share-max-mb", type=float, default=env("SHARE_MAX_MB", "500"), metavar="MB",
+                       help="the store's total size; the oldest results go first beyond it (default: %(default)s)")
     args = p.parse_args(argv)  # argparse applies type=int to string defaults too: bad env -> usage error
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
     if args.max_new_tokens <= 0 or args.max_queue <= 0 or args.concurrency <= 0:
         p.error("--max-new-tokens, --max-queue and --concurrency must be positive")
+    if (args.share_ttl is not None and not args.share_ttl > 0) or not args.share_max_mb > 0:
+        p.error("--share-ttl and --share-max-mb must be positive")
     return args
+
+
+def open_store(args: argparse.Namespace):
+    """The share store the flags name (None with --no-share); GreedyScoreError says what to do."""
+    from greedyscore.models import cache_dir
+    from greedyscore.share import Limits, ShareStore
+
+    if args.no_share:
+        return None
+    ttl = args.share_ttl * 86400 if args.share_ttl else None
+    limits = Limits(max_total_bytes=int(args.share_max_mb * 1e6), ttl_s=ttl)
+    return ShareStore(args.store or cache_dir() / "shares.db", limits)
 
 
 def make_service(engine, args: argparse.Namespace):
@@ -60,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greedyscore.ui import UIConfig, build_demo, launch_kwargs
 
     try:
+        store = open_store(args)
         engine = engine_from_args(args)  # once, before the first request
     except GreedyScoreError as ex:
         print(f"greedyscore: error: {ex}", file=sys.stderr)
@@ -70,11 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greedyscore.variants import Variants
 
     variants = Variants(service, args.compare_model)
-    demo = build_demo(service, config, variants=variants)
+    from greedyscore.ui_share import Sharing
+
+    demo = build_demo(service, config, variants=variants, sharing=Sharing(store, service))
     demo.queue(max_size=args.max_queue)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     print(f"greedyscore: serving {engine.model_name} ({engine.backend}) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
+    print(f"greedyscore: shared results in {store}" if store else "greedyscore: sharing is off", file=sys.stderr,
+          flush=True)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs())
     return 0
 

@@ -74,7 +74,8 @@ class Turn:
         for f in d.get("forks") or []:
             ids = [f.get(k) if isinstance(f, dict) else None for k in ("id", "parent", "at", "token_id")]
             if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ids) or ids[1] not in known:
-                raise BadInput("not a greedyscore conversation: a fork needs id, parent (an earlier path), at, token_id")
+                raise BadInput("not a greedyscore conversation: a fork needs id, parent (an earlier path), at and "
+                               "token_id")
             reply = reply_from_json(f)
             if ids[2] >= len(reply.tokens):
                 raise BadInput("not a greedyscore conversation: a fork's position is beyond its reply")

@@ -26,7 +26,7 @@ from .detokenize import Detokenizer, token_texts
 from .engines.base import Engine, GenerateRequest, Generation
 from .errors import BadInput, GreedyScoreError, InputTooLong, ModelFailed, OutOfMemory, Unsupported
 from .scoring import StepScores, build_tokens, compare_engine_logprobs, empty_scores, reply_stats
-from .types import MAX_TOP_K, ROLES, Message, ScoredReply, Settings, TextDelta, Timings
+from .types import MAX_TOP_K, ROLES, Message, ModelIdentity, ScoredReply, Settings, TextDelta, Timings
 
 T = TypeVar("T")
 CHARS_PER_TOKEN_CAP = 16  # a message longer than context x this cannot fit: refuse before tokenizing
@@ -145,6 +145,7 @@ class Service:
     def __init__(self, engine: Engine, max_batch: int = 16, max_pending: int = 64) -> None:
         self.engine = engine
         self.runner = make_runner(engine, max_batch, max_pending)
+        self._identity: ModelIdentity | None = None
 
     @property
     def model_name(self) -> str:
@@ -157,6 +158,17 @@ class Service:
     @property
     def score_source(self) -> str:
         return self.engine.score_source
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model as a shared result records it (its weights hashed once, on first use)."""
+        if self._identity is None:
+            from . import __version__
+            from .models import weights_identity
+
+            weights = weights_identity(getattr(self.engine, "source", None))
+            self._identity = ModelIdentity(self.model_name, self.backend, weights, self.score_source, __version__)
+        return self._identity
 
     def token_text(self, token_id: int) -> str:
         """One token's readable text (bytes as \\xNN when it is part of a character)."""
@@ -349,6 +361,39 @@ class Service:
     ) -> ScoredReply:
         """`stream_fork` drained."""
         return _last(self.stream_fork(messages, reply_token_ids, at, token_id, settings))
+
+    # --- re-runs of stored results -------------------------------------------------------------
+    def _check_ids(self, ids: Sequence[int], what: str) -> list[int]:
+        vocab = self.engine.vocab_size
+        out = [whole_number(f"{what} token id", t) for t in ids]
+        bad = next((t for t in out if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise BadInput(f"the {what} has token id {bad}, outside this model's vocabulary (0 to {vocab - 1}): "
+                           "it was made with another tokenizer")
+        return out
+
+    def rerun(self, prompt_ids: Sequence[int], settings: Settings, forced: Sequence[int] = (),
+              forked_at: int | None = None, messages: Sequence[Message] = ()) -> ScoredReply:
+        """Greedy generation again from stored prompt ids (and a fork's forced prefix): does this
+        model reproduce a shared reply? An engine whose server templates gets `messages` instead."""
+        self.check_settings(settings)
+        forced_ids = tuple(self._check_ids(forced, "fork prefix"))
+        if self.engine.server_template and not forced_ids:
+            return self.chat(messages, settings)
+        prompt = self._check_ids(prompt_ids, "prompt")
+        if not prompt:
+            raise BadInput("the shared result has no prompt ids to run again")
+        ends = bool(forced_ids) and forced_ids[-1] in self.engine.stop_ids
+        self._check_fit(len(prompt) + len(forced_ids), 0 if ends else settings.max_new_tokens)
+        return _last(self._turn(prompt, settings, threading.Event(), HEARTBEAT_S, forced_ids, forked_at))
+
+    def rescore(self, context: Sequence[int], target: Sequence[int], settings: Settings) -> ScoredReply:
+        """Teacher-forced scores of stored ids again (a shared Score-text result)."""
+        self.check_settings(settings)
+        context_ids, target_ids = self._check_ids(context, "context"), self._check_ids(target, "text")
+        if not context_ids or not target_ids:
+            raise BadInput("the shared result has no token ids to score again")
+        return self._teacher_forced(context_ids, target_ids, settings, "text")
 
     # --- teacher forcing -------------------------------------------------------------------
     def score_text(self, text: str, settings: Settings = Settings(), prompt: str | None = None) -> ScoredReply:

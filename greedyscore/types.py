@@ -155,6 +155,20 @@ class ScoredReply:
 
 
 @dataclass(frozen=True)
+class ModelIdentity:
+    """Which model produced a result, to tell later whether a re-run can reproduce it."""
+
+    name: str
+    backend: str
+    weights: str | None  # sha256 of config.json + weight files; None where they are not visible here
+    score_source: str
+    greedyscore: str  # the version
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """Reply text while a turn generates: `delta` is new since the last one, `text` all so far.
 

@@ -9,9 +9,10 @@ HTML and figures come from `render`; download files from `Exports`. Everything a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -24,8 +25,11 @@ from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_ht
 from .render.calibration import calibration_html, reliability_figure
 from .render.compare import compare_outputs
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
+from .render.shared import share_link_html
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
+from .shared import share_reply_json, share_text, share_turn
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
+from .ui_share import Sharing, link_box, shared_panel, wire_panel
 from .ui_teach import compare_tab, guess_tab
 from .variants import Variants, compare_text
 
@@ -69,26 +73,32 @@ def shown_as_gr_errors() -> Iterator[None]:
 
 # --- layout ------------------------------------------------------------------------------------
 def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports | None = None,
-               variants: Variants | None = None) -> gr.Blocks:
-    """The whole app: Chat, Score-text, Guess and Compare tabs, plus API endpoints /chat,
-    /score_text, /fork, /calibration and /compare."""
+               variants: Variants | None = None, sharing: Sharing | None = None) -> gr.Blocks:
+    """The whole app: a shared result (opened by /?r=ID), Chat, Score-text, Guess and Compare
+    tabs, plus API endpoints /chat, /score_text, /fork, /calibration, /compare, /share, /shared.
+    sharing: where Share stores results (None: sharing off)."""
     exports = exports or Exports()
     variants = variants or Variants(service)
+    sharing = sharing or Sharing(None, service)
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
     blocks = dict(title="greedyscore: what the model was sure of", fill_width=True,
                   delete_cache=(int(EXPORT_TTL_S), int(EXPORT_TTL_S)))  # gradio's copies of the exports too
     with gr.Blocks(**blocks) as demo:
         _header(service)
+        panel = shared_panel()
         controls = _settings_panel(config)
-        with gr.Tab("Chat"):
-            _chat_tab(service, controls, exports, config)
-        with gr.Tab("Score text"):
-            _score_tab(service, controls, exports, config)
-        with gr.Tab("Guess the next token"):
-            guess_tab(service, shown_as_gr_errors, model)
-        with gr.Tab("Compare"):
-            compare_tab(variants, shown_as_gr_errors, model)
-        _api(service, config, variants)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Chat", id="chat"):
+                chat = _chat_tab(service, controls, exports, config, sharing)
+            with gr.Tab("Score text", id="score"):
+                score = _score_tab(service, controls, exports, config, sharing)
+            with gr.Tab("Guess the next token", id="guess"):
+                guess_tab(service, shown_as_gr_errors, model)
+            with gr.Tab("Compare", id="compare"):
+                compare_tab(variants, shown_as_gr_errors, model)
+        wire_panel(panel, sharing, demo, controls.view, shown_as_gr_errors, model)
+        _wire_continue(panel, tabs, chat, score, controls)
+        _api(service, config, variants, sharing)
     return demo
 
 
@@ -180,9 +190,38 @@ class ChatSession:
 _SESSION_INIT = threading.Lock()
 
 
-def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig) -> None:
+@dataclass(frozen=True)
+class ChatParts:
+    """What a shared conversation's "Continue" fills: the session and the Chat tab's outputs."""
+
+    box: gr.State
+    outputs: list  # conversation, chart, histogram, stats, JSON, CSV, fork panel, fork chart
+    show: Callable[[Conversation, View], tuple]  # -> values for `outputs`
+
+
+@dataclass(frozen=True)
+class ScoreParts:
+    text: gr.Textbox
+    prompt: gr.Textbox
+    outputs: list  # token HTML, chart, histogram, stats
+    reply: gr.State
+
+
+def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig,
+              sharing: Sharing) -> ChatParts:
     box = gr.State(ChatSession())
-    conv = gr.HTML(conversation_html(Conversation(), DEFAULT_VIEW), elem_id="gs-reply", js_on_load=EXPLORE_JS,
+    can_share = sharing.store is not None
+
+    def conv_html(c: Conversation, view: View) -> str:
+        return conversation_html(c, view, share=can_share)
+
+    def forks_of(c: Conversation, view: View, busy: str = "") -> tuple[str, Any]:
+        return fork_outputs(c, view, busy, can_share)
+
+    def panel_html(c: Conversation, view: View, busy: str = "") -> str:
+        return fork_panel_html(c, view, busy, can_share)
+
+    conv = gr.HTML(conv_html(Conversation(), DEFAULT_VIEW), elem_id="gs-reply", js_on_load=EXPLORE_JS,
                    label="Conversation")
     live = gr.HTML("", elem_id="gs-live")
     with gr.Row():
@@ -193,10 +232,12 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
     gr.Examples([e.prompt for e in CHAT_EXAMPLES], inputs=[msg], label="Examples",
                 example_labels=[e.label for e in CHAT_EXAMPLES])
     gr.Markdown("Click a reply (or Tab to it and press Enter) to chart it; choose an alternative in a token's "
-                "tooltip to see where the other road leads.", elem_id="gs-hint")
+                "tooltip to see where the other road leads." + (" **Share** under a reply gives a link to it."
+                                                              if can_share else ""), elem_id="gs-hint")
+    link = link_box()
     fig, hist, stats, json_file, csv_file = _numbers_panel("reply", "reply", "tokens and forks (JSON)")
     with gr.Accordion("Explore: the roads not taken", open=True):
-        forks = gr.HTML(fork_panel_html(Conversation(), DEFAULT_VIEW), elem_id="gs-forks", js_on_load=EXPLORE_JS)
+        forks = gr.HTML(panel_html(Conversation(), DEFAULT_VIEW), elem_id="gs-forks", js_on_load=EXPLORE_JS)
         fork_fig = gr.Plot(elem_id="gs-fork-chart", show_label=False)
     selected = [fig, hist, stats, json_file, csv_file]
     skip = gr.skip()
@@ -216,7 +257,7 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
             settings = parse_settings(max_new, top_k, verify)
             events = service.stream([*s.conv.messages(), Message("user", message or "")], settings, cancel=cancel)
             epoch, s.conv = s.epoch, s.conv.ask(message)
-            yield conversation_html(s.conv, view), live_html(""), "", *(skip,) * 7
+            yield conv_html(s.conv, view), live_html(""), "", *(skip,) * 7
             try:
                 with closing(events):
                     for event in events:
@@ -224,12 +265,12 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
                             yield skip, live_html(event.text) if event.delta else skip, *(skip,) * 8
                         elif s.epoch == epoch:  # not cleared meanwhile
                             s.conv = s.conv.answer(event)
-                            yield (conversation_html(s.conv, view), "", "", *numbers(s.conv, view),
-                                   *fork_outputs(s.conv, view))
+                            yield (conv_html(s.conv, view), "", "", *numbers(s.conv, view),
+                                   *forks_of(s.conv, view))
             except GreedyScoreError:  # put the page back as it was, the message back in its box
                 if s.epoch == epoch:
                     s.conv = s.conv.retract()
-                yield conversation_html(s.conv, view), "", message, *(skip,) * 7
+                yield conv_html(s.conv, view), "", message, *(skip,) * 7
                 raise
 
     def explore(s: ChatSession, max_new: float, top_k: float, verify: bool, color_by: str, palette: str,
@@ -241,13 +282,15 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
             action = data.get("action")
             if action == "select":
                 s.conv = _checked(lambda: s.conv.select(whole_number("turn", data.get("turn"))))
-                yield skip, *numbers(s.conv, view), *fork_outputs(s.conv, view)
+                yield skip, *numbers(s.conv, view), *forks_of(s.conv, view)
             elif action == "show":
                 n, node = _source(data.get("source"))
                 s.conv = _checked(lambda: s.conv.show(n, node))
-                yield skip, *(skip,) * 5, *fork_outputs(s.conv, view)
+                yield skip, *(skip,) * 5, *forks_of(s.conv, view)
             elif action == "fork":
                 yield from fork(s, view, data, parse_settings(max_new, top_k, verify))
+            else:  # Share (its own handler): nothing here changes
+                yield skip, *(skip,) * 5, skip, skip
 
     def fork(s: ChatSession, view: View, data: dict, settings: Settings):
         n, node = _source(data.get("source"))
@@ -259,32 +302,32 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
             at, token = int(data["at"]), int(data["token"])
             s.conv = s.conv.select(n) if s.conv.selected != n else s.conv
             busy = f"forking at token {at}: {service.token_text(token)!r} instead of {parent.tokens[at].text!r}…"
-            yield skip, *(skip,) * 5, *fork_outputs(s.conv, view, busy)
+            yield skip, *(skip,) * 5, *forks_of(s.conv, view, busy)
             try:
                 with closing(events):
                     for event in events:
                         if isinstance(event, TextDelta):
                             if event.delta:
-                                yield skip, *(skip,) * 5, fork_panel_html(s.conv, view, f"{busy} {event.text}"), skip
+                                yield skip, *(skip,) * 5, panel_html(s.conv, view, f"{busy} {event.text}"), skip
                         elif s.epoch == epoch:  # not cleared meanwhile
                             s.conv = s.conv.add_fork(n, node, at, token, event)
             except GreedyScoreError:
-                yield skip, *(skip,) * 5, *fork_outputs(s.conv, view)
+                yield skip, *(skip,) * 5, *forks_of(s.conv, view)
                 raise
-            yield skip, *numbers(s.conv, view), *fork_outputs(s.conv, view)
+            yield skip, *numbers(s.conv, view), *forks_of(s.conv, view)
 
     def redraw(s: ChatSession, color_by: str, palette: str, threshold: float):
         with shown_as_gr_errors():
             view = View.make(color_by, palette, threshold)
             reply = s.conv.current.reply if s.conv.current else None
-            return conversation_html(s.conv, view), *render_numbers(reply, view), *fork_outputs(s.conv, view)
+            return conv_html(s.conv, view), *render_numbers(reply, view), *forks_of(s.conv, view)
 
     def clear_all(s: ChatSession):
         s.stop()
         s.epoch += 1
         s.conv = Conversation()
-        return conversation_html(s.conv, DEFAULT_VIEW), "", None, None, "", None, None, \
-            fork_panel_html(s.conv, DEFAULT_VIEW), None
+        return conv_html(s.conv, DEFAULT_VIEW), "", None, None, "", None, None, \
+            panel_html(s.conv, DEFAULT_VIEW), None
 
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency, api_visibility="private")
     now = dict(queue=False, api_visibility="private")
@@ -300,6 +343,25 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
     for comp in controls.view:
         comp.change(redraw, [box, *controls.view], [conv, fig, hist, stats, forks, fork_fig],
                     api_visibility="private")
+
+    def share_path(s: ChatSession, max_new: float, request: gr.Request, evt: gr.EventData):
+        """Share under a reply or a fork: store that path with the conversation before it."""
+        data = evt._data or {}
+        if data.get("action") != "share":
+            return skip
+        with shown_as_gr_errors():
+            n, node = _source(data.get("source"))
+            item = share_turn(s.conv, n, node, whole_number("max_new_tokens", max_new), service.identity, time.time())
+            _, url = sharing.put(item, request)
+            return share_link_html(url, sharing.expires(item.created))
+
+    for source in (conv, forks):
+        source.click(share_path, [box, controls.max_new], [link], queue=False, api_visibility="private")
+
+    def show(c: Conversation, view: View) -> tuple:
+        return conv_html(c, view), *numbers(c, view), *forks_of(c, view)
+
+    return ChatParts(box, [conv, *selected, forks, fork_fig], show)
 
 
 def _checked(get: Callable[[], T]) -> T:
@@ -321,7 +383,8 @@ def _source(value: Any) -> tuple[int, int]:
     return n, node
 
 
-def _score_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig) -> None:
+def _score_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig,
+               sharing: Sharing) -> ScoreParts:
     text = gr.Textbox(lines=6, label="Text to score (teacher-forced)", elem_id="gs-score-text")
     with gr.Row():
         prompt = gr.Textbox(lines=1, label="…as the assistant's reply to (optional user message)", scale=4)
@@ -332,6 +395,10 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
     gr.Examples(list(SCORE_EXAMPLES), inputs=[text], label="Texts to try")
     shown = gr.HTML(legend_html(DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFAULT_VIEW.threshold),
                     label="Text, token by token", elem_id="gs-score")
+    with gr.Row():
+        share_btn = gr.Button("Share this result", elem_id="gs-score-share", size="sm", scale=0,
+                              visible=sharing.store is not None)
+        link = link_box()
     fig, hist, stats, json_file, csv_file = _numbers_panel("text", "score")
     with gr.Accordion("Calibration: is the model as often right as it is sure?", open=True):
         gr.Markdown("At each position of the text, the model's most likely next token (top-1) is *right* when it "
@@ -340,6 +407,7 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
         cal_summary = gr.HTML(elem_id="gs-cal-summary")
         cal_plot = gr.Plot(elem_id="gs-cal-plot", show_label=False)
     reply_state = gr.State(None)
+    scored_after = gr.State(())  # the messages the text was scored after, for Share
     drawn = [shown, fig, hist, stats]
     sample.click(lambda: (CALIBRATION_SAMPLE, False), None, [text, conversation], api_visibility="private")
 
@@ -348,27 +416,67 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
         with shown_as_gr_errors():
             view = View.make(color_by, palette, threshold)
             settings = parse_settings(1, top_k)
+            after: tuple[Message, ...] = ()
             if conversation:
                 reply = service.score_messages(parse_messages_json(text), settings)
             else:
                 reply = service.score_text(text or "", settings, prompt=prompt or None)
+                after = (Message("user", prompt),) if prompt else ()
             cal = reply.calibration
-            return (*render_outputs(reply, view), reply, *exports.write(reply), calibration_html(cal),
-                    reliability_figure(cal))
+            return (*render_outputs(reply, view), reply, after, *exports.write(reply), calibration_html(cal),
+                    reliability_figure(cal), "")
+
+    def share_scored(reply: ScoredReply | None, after: tuple[Message, ...], request: gr.Request):
+        with shown_as_gr_errors():
+            if reply is None:
+                raise BadInput("score a text first, then share it")
+            item = share_text(reply, after, service.identity, time.time())
+            return share_link_html(sharing.put(item, request)[1], sharing.expires(item.created))
 
     button.click(score, [text, prompt, conversation, controls.top_k, *controls.view],
-                 [*drawn, reply_state, json_file, csv_file, cal_summary, cal_plot], concurrency_id=MODEL_EVENTS,
-                 concurrency_limit=config.concurrency, api_visibility="private")
+                 [*drawn, reply_state, scored_after, json_file, csv_file, cal_summary, cal_plot, link],
+                 concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency, api_visibility="private")
+    share_btn.click(share_scored, [reply_state, scored_after], [link], queue=False, api_visibility="private")
     _redraw_on_view_change(controls, reply_state, drawn)
+    return ScoreParts(text, prompt, drawn, reply_state)
 
 
-def _api(service: Service, config: UIConfig, variants: Variants) -> None:
+def _wire_continue(panel: Any, tabs: gr.Tabs, chat: ChatParts, score: ScoreParts, controls: Controls) -> None:
+    """"Continue this conversation": the shared chat becomes the visitor's own (forks and all); a
+    shared text opens in Score text."""
+    skip = gr.skip()
+
+    def proceed(item: Any, s: ChatSession, color_by: str, palette: str, threshold: float):
+        with shown_as_gr_errors():
+            if item is None:
+                raise BadInput("open a share link first")
+            view = View.make(color_by, palette, threshold)
+            n_chat, n_score = len(chat.outputs), len(score.outputs)
+            if item.kind == "chat":
+                s.stop()
+                s.epoch += 1
+                s.conv = item.conversation
+                return gr.Tabs(selected="chat"), *chat.show(s.conv, view), *(skip,) * (3 + n_score)
+            prompt = item.messages[-1].content if item.messages else ""
+            return (gr.Tabs(selected="score"), *(skip,) * n_chat, item.reply.text, prompt,
+                    *render_outputs(item.reply, view), item.reply)
+
+    panel.proceed.click(proceed, [panel.item, chat.box, *controls.view],
+                        [tabs, *chat.outputs, score.text, score.prompt, *score.outputs, score.reply],
+                        api_visibility="private")
+
+
+def _api(service: Service, config: UIConfig, variants: Variants, sharing: Sharing) -> None:
     """Named endpoints for gradio_client. Plain inputs, so out-of-range values reach our own
     validation and its messages; every parameter after the first has a default."""
 
-    def api_outputs(reply: ScoredReply, view: View) -> tuple[str, Any, dict, str]:
+    def api_outputs(reply: ScoredReply, view: View, kind: str = "chat", messages: list[Message] | None = None,
+                    settings: Settings | None = None) -> tuple[str, Any, dict, str]:
+        """The tokens JSON says how it was made ("kind", "messages", "settings"): /share stores it whole."""
         page, fig, _, stats = render_outputs(reply, view)
-        return page, fig, reply.to_json(), stats
+        made = {"kind": kind, "messages": [{"role": m.role, "content": m.content} for m in messages or []],
+                **({"settings": asdict(settings)} if settings is not None else {})}
+        return page, fig, {**reply.to_json(), **made}, stats
 
     def chat(message: str, history: Any = None, max_new_tokens: float = API_DEFAULTS.max_new_tokens,
              top_k: float = API_DEFAULTS.top_k, verify: bool = API_DEFAULTS.verify,
@@ -378,8 +486,8 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
         with shown_as_gr_errors():
             view = View.make(color_by, palette, threshold)
             settings = parse_settings(max_new_tokens, top_k, verify)
-            past = parse_messages(history) if history else []
-            return api_outputs(service.chat([*past, Message("user", message or "")], settings), view)
+            msgs = [*(parse_messages(history) if history else []), Message("user", message or "")]
+            return api_outputs(service.chat(msgs, settings), view, "chat", msgs, settings)
 
     def score_text(text: str, prompt: str = "", top_k: float = API_DEFAULTS.top_k,
                    color_by: str = DEFAULT_VIEW.color_by, palette: str = DEFAULT_VIEW.palette,
@@ -387,8 +495,9 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
         """Teacher-forced scoring of text -> (token HTML, figure, tokens JSON, stats HTML)."""
         with shown_as_gr_errors():
             view = View.make(color_by, palette, threshold)
-            reply = service.score_text(text or "", parse_settings(1, top_k), prompt=prompt or None)
-            return api_outputs(reply, view)
+            settings = parse_settings(1, top_k)
+            reply = service.score_text(text or "", settings, prompt=prompt or None)
+            return api_outputs(reply, view, "text", [Message("user", prompt)] if prompt else [], settings)
 
     def calibration(text: str, prompt: str = "", top_k: float = API_DEFAULTS.top_k):
         """Top-1 calibration of the model on known text -> (calibration JSON {"bins": [{"lo", "hi", "n",
@@ -422,7 +531,27 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
             msgs = parse_messages(messages)
             if not reply_token_ids:
                 reply_token_ids = [t.id for t in service.chat(msgs, settings).tokens]
-            return api_outputs(service.fork(msgs, reply_token_ids, at, token_id, settings), view)
+            reply = service.fork(msgs, reply_token_ids, at, token_id, settings)
+            return api_outputs(reply, view, "chat", msgs, settings)
+
+    def share(tokens: Any, request: gr.Request):
+        """Store a result: the tokens JSON that /chat, /fork or /score_text returned -> {"id", "url"}
+        (open the url in a browser, or pass the id to /shared)."""
+        with shown_as_gr_errors():
+            item = share_reply_json(tokens, service.identity, time.time())
+            item_id, url = sharing.put(item, request)
+            return {"id": item_id, "url": url}
+
+    def shared(item_id: str, color_by: str = DEFAULT_VIEW.color_by, palette: str = DEFAULT_VIEW.palette,
+               threshold: float = DEFAULT_VIEW.threshold):
+        """A shared result by id -> the same four outputs as /chat (tokens JSON: the whole stored
+        document: "kind", "messages", "settings", "model" identity, "created", and the reply or the
+        conversation)."""
+        with shown_as_gr_errors():
+            view = View.make(color_by, palette, threshold)
+            item = sharing.get(item_id)
+            page, fig, _, stats = render_outputs(item.reply, view)
+            return page, fig, item.to_json(), stats
 
     with gr.Row(visible=False):
         message = gr.Textbox(label="message")
@@ -441,7 +570,8 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
         against, system_a, system_b = gr.Textbox(value="bfloat16"), gr.Textbox(value=""), gr.Textbox(value="")
         cmp_outputs = [gr.HTML(), gr.Plot(), gr.JSON()]
         conversation_b = gr.JSON(value=None, label="conversation_b")
-        chat_btn, score_btn, fork_btn, cal_btn, cmp_btn = (gr.Button() for _ in range(5))
+        tokens_json, share_out, item_id = gr.JSON(label="tokens"), gr.JSON(), gr.Textbox(label="id")
+        chat_btn, score_btn, fork_btn, cal_btn, cmp_btn, share_btn, shared_btn = (gr.Button() for _ in range(7))
     model = dict(concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency)
     chat_btn.click(chat, [message, history, max_new, top_k, verify, *view], outputs, api_name="chat", **model)
     score_btn.click(score_text, [message, prompt, top_k, *view], outputs, api_name="score_text", **model)
@@ -450,6 +580,8 @@ def _api(service: Service, config: UIConfig, variants: Variants) -> None:
     cal_btn.click(calibration, [message, prompt, top_k], cal_outputs, api_name="calibration", **model)
     cmp_btn.click(compare, [message, prompt, against, system_a, system_b, top_k, conversation_b], cmp_outputs,
                   api_name="compare", **model)
+    share_btn.click(share, [tokens_json], [share_out], api_name="share")
+    shared_btn.click(shared, [item_id, *view], outputs, api_name="shared")
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -108,7 +108,9 @@ class LMDeployEngine(HFTextMixin):
         if actual != engine:
             print(f"greedyscore: lmdeploy fell back from {engine} to {actual}", file=sys.stderr, flush=True)
         print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-        return cls(pipe, name, actual)
+        engine = cls(pipe, name, actual)
+        engine.source = source  # the weights behind a shared result's model identity
+        return engine
 
     def close(self) -> None:
         """Stop the pipeline's loop thread and free the engine."""

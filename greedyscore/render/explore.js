@@ -26,6 +26,12 @@ element.addEventListener('focusin', (e) => {
   if (token) keepInside(token);
 });
 element.addEventListener('click', (e) => {
+  const share = e.target.closest('button.gs-share');
+  if (share) {
+    e.stopPropagation();
+    trigger('click', {action: 'share', source: share.dataset.share});
+    return;
+  }
   const fork = e.target.closest('button.gs-fork');
   if (fork) {
     e.stopPropagation();

@@ -6,6 +6,7 @@ renderers stay pure; the UI wires the events):
   [data-source=N:P]      tokens of path P (0 = the reply, else a fork id) of turn N
   button.gs-fork         an alternative: data-at, data-token -> fork path P there
   button[data-show=N:P]  show fork P of turn N beside its parent
+  button.gs-share        data-share=N:P: share path P of turn N (a link anyone can open)
 """
 
 from __future__ import annotations
@@ -31,15 +32,21 @@ def esc(s: str) -> str:
     return html.escape(s, quote=True)
 
 
-def conversation_html(conv: Conversation, view: View) -> str:
-    """The legend, then every turn: the user's words as text, each reply as coloured tokens."""
-    turns = "".join(_turn_html(n, t, view, n == conv.selected) for n, t in enumerate(conv.turns))
+def share_button(n: int, node: int, what: str) -> str:
+    return (f'<button type="button" class="gs-share" data-share="{n}:{node}" '
+            f'aria-label="share {esc(what)}: a link anyone can open">Share</button>')
+
+
+def conversation_html(conv: Conversation, view: View, forks: bool = True, share: bool = True) -> str:
+    """The legend, then every turn: the user's words as text, each reply as coloured tokens.
+    forks: alternatives are buttons that fork there; share: a Share button on every reply."""
+    turns = "".join(_turn_html(n, t, view, n == conv.selected, forks, share) for n, t in enumerate(conv.turns))
     empty = '<div class="gs-conv-empty">Ask something: the reply appears here, every token coloured.</div>'
     return (f'<div class="gs-reply">{legend_html(view.color_by, view.palette, view.threshold)}'
             f'<div class="gs-conv">{turns or empty}</div></div>')
 
 
-def _turn_html(n: int, turn: Turn, view: View, selected: bool) -> str:
+def _turn_html(n: int, turn: Turn, view: View, selected: bool, forks: bool = True, share: bool = True) -> str:
     user = f'<div class="gs-turn gs-turn-user"><div class="gs-bubble">{esc(turn.user)}</div></div>'
     if turn.reply is None:
         return user
@@ -52,8 +59,8 @@ def _turn_html(n: int, turn: Turn, view: View, selected: bool) -> str:
     return (
         f'{user}<div class="{cls}" data-turn="{n}" data-source="{n}:{ORIGINAL}" tabindex="0" role="group"'
         f' aria-label="reply {n + 1}: Enter shows its chart and numbers">'
-        f'<div class="gs-bubble">{tokens_html(turn.reply.tokens, view.color_by, view.palette, view.threshold, True)}'
-        f"{note}</div></div>"
+        f'<div class="gs-bubble">{tokens_html(turn.reply.tokens, view.color_by, view.palette, view.threshold, forks)}'
+        f"{note}{share_button(n, ORIGINAL, f'reply {n + 1}') if share else ''}</div></div>"
     )
 
 
@@ -64,7 +71,7 @@ def live_html(text: str) -> str:
     return f'<div class="gs-conv gs-live">{bubble}</div>'
 
 
-def fork_panel_html(conv: Conversation, view: View, busy: str = "") -> str:
+def fork_panel_html(conv: Conversation, view: View, busy: str = "", share: bool = True) -> str:
     """For the selected reply: the forks that matter, its fork tree, the shown fork beside its parent."""
     turn = conv.current
     if turn is None or turn.reply is None:
@@ -77,10 +84,12 @@ def fork_panel_html(conv: Conversation, view: View, busy: str = "") -> str:
         node = turn.fork(conv.shown)
         parent = turn.path(node.parent)
         parts.append(_beside_html(n, node.parent, parent, node.id, node.reply, view))
+        if share:
+            parts.append(share_button(n, node.id, f"fork {node.id}"))
     return f'<div class="gs-forks">{"".join(parts)}</div>'
 
 
-def fork_outputs(conv: Conversation, view: View, busy: str = "") -> tuple[str, Any]:
+def fork_outputs(conv: Conversation, view: View, busy: str = "", share: bool = True) -> tuple[str, Any]:
     """-> (the fork panel's HTML, the figure of the shown fork beside its parent, or None)."""
     from .chart import fork_figure
 
@@ -92,7 +101,7 @@ def fork_outputs(conv: Conversation, view: View, busy: str = "") -> tuple[str, A
         cmp = compare_fork(parent, node.reply)
         names = ("the reply" if node.parent == ORIGINAL else f"fork {node.parent}", f"fork {node.id}")
         figure = fork_figure(parent.tokens, node.reply.tokens, node.at, cmp.rejoin, view.color_by, names)
-    return fork_panel_html(conv, view, busy), figure
+    return fork_panel_html(conv, view, busy, share), figure
 
 
 def _points_html(n: int, turn: Turn) -> str:
@@ -140,20 +149,33 @@ def _tree_html(n: int, turn: Turn, shown: int) -> str:
     return f'<div class="gs-tree"><span class="gs-h">Fork tree</span>{tree}</div>'
 
 
-def _beside_html(n: int, parent_id: int, parent: ScoredReply, fork_id: int, fork: ScoredReply, view: View) -> str:
+def shown_fork_html(conv: Conversation, view: View) -> str:
+    """The shown fork beside its parent, read-only (a shared fork); "" when no fork is shown."""
+    turn = conv.current
+    if turn is None or conv.shown == ORIGINAL:
+        return ""
+    node = turn.fork(conv.shown)
+    return _beside_html(conv.selected or 0, node.parent, turn.path(node.parent), node.id, node.reply, view, False)
+
+
+def _beside_html(n: int, parent_id: int, parent: ScoredReply, fork_id: int, fork: ScoredReply, view: View,
+                 forks: bool = True) -> str:
     cmp = compare_fork(parent, fork)
     at = cmp.forked_at
     name = "the reply" if parent_id == ORIGINAL else f"fork {parent_id}"
     cols = (
-        _column(n, parent_id, parent, at, f"{name} (took {html_visible(parent.tokens[at].text)})", cmp.original, view)
-        + _column(n, fork_id, fork, at, f"fork {fork_id} (took {html_visible(fork.tokens[at].text)})", cmp.fork, view)
+        _column(n, parent_id, parent, at, f"{name} (took {html_visible(parent.tokens[at].text)})", cmp.original, view,
+                forks)
+        + _column(n, fork_id, fork, at, f"fork {fork_id} (took {html_visible(fork.tokens[at].text)})", cmp.fork, view,
+                  forks)
     )
     return (f'<div class="gs-beside"><div class="gs-fork-cols">{cols}</div>'
             f'<p class="gs-rejoin">{_rejoin_text(cmp, fork)}</p></div>')
 
 
-def _column(n: int, node: int, reply: ScoredReply, at: int, title: str, cost: PathCost, view: View) -> str:
-    tokens = tokens_html(reply.tokens, view.color_by, view.palette, view.threshold, True, shared_until=at)
+def _column(n: int, node: int, reply: ScoredReply, at: int, title: str, cost: PathCost, view: View,
+            forks: bool = True) -> str:
+    tokens = tokens_html(reply.tokens, view.color_by, view.palette, view.threshold, forks, shared_until=at)
     return (
         f'<div class="gs-fork-col" data-source="{n}:{node}"><div class="gs-fork-head"><b>{title}</b>'
         f"<span>total logprob {num(cost.total_logprob)} \u00b7 perplexity {num(cost.perplexity)}"

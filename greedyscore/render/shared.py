@@ -1,0 +1,114 @@
+"""A shared result's page parts: what it is and which model made it, a re-run's report, a share link.
+
+Pure HTML from greedyscore/shared.py's data; everything stored came from users or models and is
+escaped exactly as live text is (the coloured tokens go through the same `tokens_html`).
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+
+from ..shared import Reproduction, SharedItem
+from ..types import Message, ModelIdentity
+from .text import html_visible
+
+COPY_JS = """
+element.addEventListener('click', (e) => {
+  const button = e.target.closest('button.gs-copy');
+  if (!button) return;
+  const box = element.querySelector('input.gs-share-url');
+  const done = () => { button.textContent = 'Copied'; };
+  box.select();
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(box.value).then(done, () => { document.execCommand('copy'); done(); });
+  } else {
+    document.execCommand('copy');
+    done();
+  }
+});
+"""  # gr.HTML js_on_load of the share link: the clipboard API needs a secure page, else execCommand
+
+
+def esc(s: str) -> str:
+    return html.escape(s, quote=True)
+
+
+def when(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def weights_text(weights: str | None) -> str:
+    return weights[:19] + "\u2026" if weights else "not visible here"
+
+
+def shared_header_html(item: SharedItem) -> str:
+    """What was shared, when, by which model and settings, and the messages before the turns shown."""
+    m, s = item.model, item.settings
+    what = {"chat": "a chat reply", "text": "a scored text"}[item.kind]
+    if item.reply.forked_at is not None:
+        what = f"a fork of a chat reply (another token at position {item.reply.forked_at})"
+    settings = f"top-k {s.top_k}"
+    if item.kind == "chat":
+        settings = f"greedy, max {s.max_new_tokens} new tokens, {settings}"
+    context = "".join(f'<li><b>{esc(c.role)}</b>: {esc(c.content)}</li>' for c in item.context)
+    context_html = f'<div class="gs-shared-context">Before this:<ul>{context}</ul></div>' if context else ""
+    return (
+        f'<div class="gs-shared-head" role="region" aria-label="shared result">'
+        f"<b>Shared result</b>: {what}, shared {when(item.created)}, read-only."
+        f'<div class="gs-shared-model">Model <code>{esc(m.name)}</code> \u00b7 backend <code>{esc(m.backend)}</code>'
+        f" \u00b7 weights <code>{esc(weights_text(m.weights))}</code> \u00b7 {settings}"
+        f" \u00b7 greedyscore {esc(m.greedyscore)}</div>{context_html}</div>"
+    )
+
+
+def prompt_html(messages: tuple[Message, ...]) -> str:
+    """A shared text's prompt, shown above it."""
+    if not messages:
+        return ""
+    rows = "".join(f"<li><b>{esc(m.role)}</b>: {esc(m.content)}</li>" for m in messages)
+    return f'<div class="gs-shared-context">Scored as the reply to:<ul>{rows}</ul></div>'
+
+
+def not_shared_html(message: str) -> str:
+    return f'<div class="gs-shared-head gs-shared-missing" role="alert"><b>Shared result</b>: {esc(message)}</div>'
+
+
+def identities_html(stored: ModelIdentity, now: ModelIdentity) -> str:
+    """Stored and current model identities side by side, differences marked."""
+    rows = []
+    for label, a, b in (("model", stored.name, now.name), ("backend", stored.backend, now.backend),
+                        ("weights (sha256)", weights_text(stored.weights), weights_text(now.weights)),
+                        ("scores from", stored.score_source, now.score_source),
+                        ("greedyscore", stored.greedyscore, now.greedyscore)):
+        cls = "" if a == b else ' class="gs-differs"'
+        rows.append(f"<tr{cls}><th>{label}</th><td>{esc(a)}</td><td>{esc(b)}</td></tr>")
+    return ('<table class="gs-identities"><thead><tr><th></th><th>stored</th><th>this server</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def reproduction_html(rep: Reproduction, stored: ModelIdentity, now: ModelIdentity) -> str:
+    """The re-run's verdict, its numbers, the first tokens that differ, and both identities."""
+    cls = "gs-repro-ok" if rep.reproduced else "gs-repro-bad"
+    facts = [f"token ids identical: {'yes' if rep.same_ids else 'no'} ({rep.n_stored} stored, {rep.n_now} now)",
+             f"prompt ids identical: {'yes' if rep.same_prompt else 'no'}",
+             f"max |\u0394p| of the chosen tokens: {rep.max_dp:.2g}"
+             + (f" (token {rep.at_max})" if rep.at_max is not None and rep.max_dp > 0 else "")]
+    diffs = "".join(f"<li>token {d.at}: stored {html_visible(d.stored)}, now {html_visible(d.now)}</li>"
+                    for d in rep.differences)
+    diff_html = f'<div>Tokens that differ:<ul>{diffs}</ul></div>' if diffs else ""
+    if not rep.reproduced and stored.weights and now.weights and stored.weights != now.weights:
+        facts.append("the weights differ: another model (or another version of it) runs here")
+    items = "".join(f"<li>{esc(f)}</li>" for f in facts)
+    return (f'<div class="gs-repro {cls}" role="status"><div class="gs-verdict">Re-run here: {esc(rep.verdict)}</div>'
+            f"<ul>{items}</ul>{diff_html}{identities_html(stored, now)}</div>")
+
+
+def share_link_html(url: str, expires: float | None = None) -> str:
+    """The link with a copy button (COPY_JS), or nothing."""
+    if not url:
+        return ""
+    note = f" It expires {when(expires)}." if expires else ""
+    return (f'<div class="gs-share-link"><label>Link to this result: <input class="gs-share-url" readonly '
+            f'value="{esc(url)}" size="48" aria-label="share link"></label> <button type="button" class="gs-copy">'
+            f"Copy</button><span class=\"gs-sub\"> Anyone with the link can open it, read-only.{note}</span></div>")

@@ -1,0 +1,163 @@
+"""Share links in the Gradio app: layout and event wiring only.
+
+A Share button stores a result (`ShareStore`, documents from greedyscore/shared.py) and shows
+its link; opening `/?r=ID` shows the stored result read-only at the top of the page, with
+"Continue this conversation" (a copy into the visitor's own session) and "Re-run here" (the
+model of this server again, compared token by token). API: /share and /shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from .errors import BadInput, GreedyScoreError
+from .render import View, render_numbers, render_outputs
+from .render.explore import EXPLORE_JS, conversation_html, shown_fork_html
+from .render.shared import (
+    COPY_JS,
+    not_shared_html,
+    prompt_html,
+    reproduction_html,
+    shared_header_html,
+)
+from .service import Service
+from .share import ShareStore
+from .shared import SharedItem, reproduction, rerun_plan
+
+
+def root_url(request: gr.Request | None) -> str:
+    """The app's public address as the visitor reached it (a proxy's X-Forwarded-* headers honoured)."""
+    if request is None:
+        return ""
+    try:
+        from gradio.route_utils import get_root_url
+
+        raw = request.request
+        return get_root_url(raw, raw.url.path, None)
+    except Exception:  # noqa: BLE001 - a request without a URL (a test double): the Host header
+        host = request.headers.get("host", "")
+        return f"http://{host}" if host else ""
+
+
+@dataclass
+class Sharing:
+    """The store (None: sharing is off on this server) and the Service whose model re-runs."""
+
+    store: ShareStore | None
+    service: Service
+
+    def put(self, item: SharedItem, request: gr.Request | None) -> tuple[str, str]:
+        """Store the item -> (id, link)."""
+        if self.store is None:
+            raise BadInput("sharing is off on this server (started with --no-share)")
+        session = getattr(request, "session_hash", None) or (request.client.host if request and request.client
+                                                              else "")
+        item_id = self.store.put(item.to_json(), session or "")
+        return item_id, f"{root_url(request)}/?r={item_id}"
+
+    def get(self, item_id: Any) -> SharedItem:
+        if self.store is None:
+            raise BadInput("sharing is off on this server, so its links cannot be opened here")
+        return SharedItem.from_json(self.store.get(item_id))
+
+    def expires(self, created: float) -> float | None:
+        ttl = self.store.limits.ttl_s if self.store is not None else None
+        return created + ttl if ttl else None
+
+    def rerun(self, item: SharedItem) -> str:
+        """Run the stored result again on this server's model -> the report's HTML."""
+        plan = rerun_plan(item)
+        if item.kind == "text":
+            now = self.service.rescore(plan.prompt, plan.target, plan.settings)
+        else:
+            now = self.service.rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
+        rep = reproduction(item.reply, now, item.settings.tolerance)
+        return reproduction_html(rep, item.model, self.service.identity)
+
+
+def shared_view(item: SharedItem, view: View) -> tuple[str, str, Any, str]:
+    """-> (header, the result coloured, its chart, its stats) for a shared item."""
+    if item.conversation is not None:
+        # a shared fork: beside its parent, as its author saw it
+        body = conversation_html(item.conversation, view, forks=False, share=False) + shown_fork_html(
+            item.conversation, view)
+    else:
+        body = prompt_html(item.messages) + render_outputs(item.reply, view)[0]
+    fig, _, stats = render_numbers(item.reply, view)
+    return shared_header_html(item), body, fig, stats
+
+
+@dataclass(frozen=True)
+class SharedPanel:
+    column: gr.Column
+    head: gr.HTML
+    body: gr.HTML
+    fig: gr.Plot
+    stats: gr.HTML
+    proceed: gr.Button
+    rerun: gr.Button
+    report: gr.HTML
+    item: gr.State
+
+
+def shared_panel() -> SharedPanel:
+    """The shared result at the top of the page, hidden until a link is opened."""
+    with gr.Column(visible=False, elem_id="gs-shared") as column:
+        head = gr.HTML(elem_id="gs-shared-head")
+        body = gr.HTML(elem_id="gs-shared-reply", js_on_load=EXPLORE_JS)
+        with gr.Row():
+            proceed = gr.Button("Continue this conversation", elem_id="gs-continue", scale=1)
+            rerun = gr.Button("Re-run here", elem_id="gs-rerun-btn", variant="primary", scale=1)
+        report = gr.HTML(elem_id="gs-rerun")
+        fig = gr.Plot(elem_id="gs-shared-chart", show_label=False)
+        stats = gr.HTML(elem_id="gs-shared-stats")
+    return SharedPanel(column, head, body, fig, stats, proceed, rerun, report, gr.State(None))
+
+
+def link_box() -> gr.HTML:
+    return gr.HTML("", elem_id="gs-share-link", js_on_load=COPY_JS)
+
+
+def wire_panel(panel: SharedPanel, sharing: Sharing, demo: gr.Blocks, view_inputs: list,
+               errors: Callable, model: dict) -> None:
+    """Open `?r=ID` on page load; Re-run (a model event)."""
+    skip = gr.skip()
+
+    def open_shared(color_by: str, palette: str, threshold: float, request: gr.Request):
+        item_id = request.query_params.get("r") if request is not None else None
+        if not item_id:
+            return gr.Column(visible=False), skip, skip, skip, skip, None, skip, skip
+        try:
+            item = sharing.get(item_id)
+        except GreedyScoreError as ex:  # unknown, malformed, expired, evicted: a message on the page
+            hidden = gr.Button(visible=False)
+            return gr.Column(visible=True), not_shared_html(str(ex)), "", None, "", None, hidden, hidden
+        head, body, fig, stats = shared_view(item, View.make(color_by, palette, threshold))
+        label = "Continue this conversation" if item.kind == "chat" else "Open in Score text"
+        return (gr.Column(visible=True), head, body, fig, stats, item, gr.Button(label, visible=True),
+                gr.Button(visible=True))
+
+    def redraw(item: SharedItem | None, color_by: str, palette: str, threshold: float):
+        if item is None:
+            return skip, skip, skip
+        with errors():
+            _, body, fig, stats = shared_view(item, View.make(color_by, palette, threshold))
+            return body, fig, stats
+
+    def rerun(item: SharedItem | None):
+        with errors():
+            if item is None:
+                raise BadInput("open a share link first")
+            yield '<div class="gs-repro" role="status">Re-running on this server\u2019s model\u2026</div>'
+            yield sharing.rerun(item)
+
+    outputs = [panel.column, panel.head, panel.body, panel.fig, panel.stats, panel.item, panel.proceed, panel.rerun]
+    demo.load(open_shared, view_inputs, outputs, api_visibility="private")
+    for comp in view_inputs:
+        comp.change(redraw, [panel.item, *view_inputs], [panel.body, panel.fig, panel.stats],
+                    api_visibility="private")
+    panel.rerun.click(rerun, [panel.item], [panel.report], api_visibility="private", **model)
