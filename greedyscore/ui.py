@@ -580,8 +580,9 @@ def _api(service: Service, config: UIConfig, variants: Variants, sharing: Sharin
     cal_btn.click(calibration, [message, prompt, top_k], cal_outputs, api_name="calibration", **model)
     cmp_btn.click(compare, [message, prompt, against, system_a, system_b, top_k, conversation_b], cmp_outputs,
                   api_name="compare", **model)
-    share_btn.click(share, [tokens_json], [share_out], api_name="share")
-    shared_btn.click(shared, [item_id, *view], outputs, api_name="shared")
+    cheap = dict(concurrency_limit=None)  # store work, no model: every request at once (the store locks)
+    share_btn.click(share, [tokens_json], [share_out], api_name="share", **cheap)
+    shared_btn.click(shared, [item_id, *view], outputs, api_name="shared", **cheap)
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -25,13 +25,14 @@ def service(engine: TransformersEngine) -> Service:
 
 
 @pytest.fixture(scope="session")
-def app_server():
-    """`python app.py` in a subprocess, as a user starts it; -> its URL."""
+def app_server(tmp_path_factory):
+    """`python app.py` in a subprocess, as a user starts it (its share store in a temp dir); -> its URL."""
     from servers import free_port, start, stop
 
     port = free_port()
+    store = tmp_path_factory.mktemp("store") / "shares.db"
     proc = start([sys.executable, "app.py", "--port", str(port), "--concurrency", "16", "--max-queue", "64",
-                  "--max-new-tokens", "32"], f"http://127.0.0.1:{port}/", "app-server",
+                  "--max-new-tokens", "32", "--store", str(store)], f"http://127.0.0.1:{port}/", "app-server",
                  env={"GRADIO_ANALYTICS_ENABLED": "False"})
     yield f"http://127.0.0.1:{port}/"
     stop(proc)

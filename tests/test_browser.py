@@ -378,3 +378,79 @@ def test_compare_tab_shows_both_sides_and_the_difference(browser, app_server):
     page.locator("#gs-cmp-chart .js-plotly-plot .bars path").first.wait_for(timeout=30_000)
     if os.environ.get("GREEDYSCORE_SCREENSHOT"):
         page.locator("#gs-cmp").screenshot(path=str(ROOT / "assets" / "compare.png"))
+
+
+def test_share_a_reply_open_it_elsewhere_rerun_and_continue(browser, app_server):
+    """Share under a reply -> a link; a second browser context (another visitor) sees the same
+    coloured tokens read-only, Re-run says "reproduced", Continue makes it its own conversation."""
+    author = browser.new_context(viewport={"width": 1280, "height": 1300})
+    page = author.new_page()
+    page.goto(app_server)
+    send(page, "What is the capital of France?")
+    wait_reply(page)
+    tokens = page.locator("#gs-reply .gs-token")
+    mine = [(tokens.nth(i).get_attribute("data-prob"), tokens.nth(i).inner_text()) for i in range(tokens.count())]
+    page.locator("#gs-reply button.gs-share").first.click()
+    box = page.locator("#gs-share-link input.gs-share-url")
+    box.wait_for(timeout=30_000)
+    link = box.input_value()
+    assert re.fullmatch(re.escape(app_server.rstrip("/")) + r"/\?r=[A-Za-z0-9_-]{22}", link)
+    page.locator("#gs-share-link button.gs-copy").click()
+    page.locator("#gs-share-link button.gs-copy", has_text="Copied").wait_for(timeout=5000)
+
+    visitor = browser.new_context(viewport={"width": 1280, "height": 1300})
+    other = visitor.new_page()
+    other.goto(link)
+    shared = other.locator("#gs-shared-reply .gs-token")
+    shared.first.wait_for(timeout=60_000)
+    theirs = [(shared.nth(i).get_attribute("data-prob"), shared.nth(i).inner_text()) for i in range(shared.count())]
+    assert theirs == mine
+    background = shared.first.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert background not in ("rgba(0, 0, 0, 0)", "transparent")  # coloured
+    shared.first.hover()
+    shared.first.locator(".gs-tip").wait_for(state="visible", timeout=5000)
+    assert other.locator("#gs-shared-reply button.gs-fork, #gs-shared-reply button.gs-share").count() == 0  # read-only
+    assert "SmolLM2-135M-Instruct" in other.locator("#gs-shared-head").inner_text()
+    other.locator("#gs-shared-chart .js-plotly-plot").first.wait_for(timeout=30_000)
+    other.locator("#gs-rerun-btn").click()
+    verdict = other.locator("#gs-rerun .gs-repro-ok .gs-verdict")
+    verdict.wait_for(timeout=120_000)
+    assert verdict.inner_text() == "Re-run here: reproduced"
+    other.locator("#gs-continue").click()
+    other.locator("#gs-reply .gs-token").first.wait_for(timeout=30_000)
+    assert other.locator("#gs-reply .gs-turn-user").first.inner_text() == "What is the capital of France?"
+    send(other, "And of Germany?")  # the visitor's own conversation goes on
+    other.locator("#gs-reply .gs-turn-reply").nth(1).locator(".gs-token").first.wait_for(timeout=120_000)
+    assert page.locator("#gs-reply .gs-turn-reply").count() == 1  # the author's is untouched
+    bad = visitor.new_page()
+    bad.goto(app_server + "?r=" + "B" * 22)
+    bad.locator("#gs-shared .gs-shared-missing").wait_for(timeout=30_000)
+    assert "nothing is shared under that link" in bad.locator("#gs-shared").inner_text()
+    author.close()
+    visitor.close()
+
+
+def test_share_a_scored_text_and_rerun_it(browser, app_server):
+    author = browser.new_context()
+    page = author.new_page()
+    page.goto(app_server)
+    page.get_by_role("tab", name="Score text").click()
+    page.locator("#gs-score-text textarea").fill("The Eiffel Tower is in Paris.")
+    page.locator("#gs-score-btn").click()
+    page.locator("#gs-score .gs-token").first.wait_for(timeout=60_000)
+    page.locator("#gs-score-share").click()
+    link = page.locator("#gs-share-link input.gs-share-url").last
+    link.wait_for(timeout=30_000)
+    visitor = browser.new_context()
+    other = visitor.new_page()
+    other.goto(link.input_value())
+    other.locator("#gs-shared-reply .gs-token").first.wait_for(timeout=60_000)
+    assert "Eiffel Tower is in Paris." in other.locator("#gs-shared-reply .gs-tokens").inner_text()
+    assert other.locator("#gs-continue").inner_text() == "Open in Score text"
+    other.locator("#gs-rerun-btn").click()
+    other.locator("#gs-rerun .gs-repro-ok").wait_for(timeout=120_000)
+    other.locator("#gs-continue").click()
+    other.locator("#gs-score .gs-token").first.wait_for(timeout=30_000)
+    assert other.locator("#gs-score-text textarea").input_value() == "The Eiffel Tower is in Paris."
+    author.close()
+    visitor.close()

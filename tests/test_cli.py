@@ -183,3 +183,23 @@ def test_compare_json_and_score_calibration():
     assert cal["accuracy"] == sum(t["rank"] == 1 for t in score["tokens"]) / cal["n"]
     bad = cli("compare", "--against", "another model", "Paris.")
     assert_one_line_error(bad, "--compare-model")
+
+
+def test_share_prints_an_id_the_demo_store_holds(tmp_path, service):
+    from greedyscore.share import ShareStore
+    from greedyscore.shared import SharedItem, reproduction, rerun_plan
+
+    store = tmp_path / "shares.db"
+    proc = cli("chat", "--json", "--share", "--store", str(store), "--max-new-tokens", "6", "--top-k", "2", "Hi!")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["share"]["path"] == f"/?r={out['share']['id']}"
+    item = SharedItem.from_json(ShareStore(store).get(out["share"]["id"]))
+    assert [t.prob for t in item.reply.tokens] == [t["prob"] for t in out["tokens"]]
+    assert item.messages[0].content == "Hi!" and item.settings.max_new_tokens == 6
+    assert item.model == service.identity  # the same model: the same identity, in another process
+    plan = rerun_plan(item)
+    assert reproduction(item.reply, service.rerun(plan.prompt, plan.settings), 1e-3).reproduced
+    (tmp_path / "a-file").write_text("x")
+    proc = cli("score", "--share", "--store", str(tmp_path / "a-file" / "shares.db"), "Some text.")
+    assert_one_line_error(proc, "cannot open the share store", "choose another --store")

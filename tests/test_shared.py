@@ -1,0 +1,203 @@
+"""Shared results as data, on the real model: stored and read back exactly, re-run and compared,
+malformed documents refused with a message, hostile text escaped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from html.parser import HTMLParser
+
+import pytest
+
+from greedyscore.conversation import ORIGINAL, Conversation
+from greedyscore.errors import BadInput
+from greedyscore.render.shared import reproduction_html, shared_header_html
+from greedyscore.reply_json import reply_from_json
+from greedyscore.shared import (
+    SharedItem,
+    reproduction,
+    rerun_plan,
+    settings_of,
+    share_reply_json,
+    share_text,
+    share_turn,
+)
+from greedyscore.types import Message, Settings
+from greedyscore.ui_share import Sharing, shared_view
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "q" \u4f60\u597d \U0001f600'
+NOW = 1_790_000_000.0
+
+
+def stored(item: SharedItem) -> SharedItem:
+    """Through JSON text, as the store keeps it."""
+    return SharedItem.from_json(json.loads(json.dumps(item.to_json(), ensure_ascii=True)))
+
+
+@pytest.fixture(scope="module")
+def conversation(service) -> Conversation:
+    """Two turns, a fork of the second (a character split over tokens in the first turn's reply)."""
+    settings = Settings(max_new_tokens=12, top_k=3, verify=True)
+    conv = Conversation().ask("你好，请介绍一下北京。")
+    conv = conv.answer(service.chat(conv.messages(0), settings))
+    conv = conv.ask("What is the capital of France?")
+    reply = service.chat(conv.messages(1), settings)
+    conv = conv.answer(reply)
+    fork = service.fork(conv.messages(1), [t.id for t in reply.tokens], 1, reply.tokens[1].top[1].id, settings)
+    return conv.add_fork(1, ORIGINAL, 1, reply.tokens[1].top[1].id, fork)
+
+
+def test_reply_json_round_trips_every_field(conversation, service):
+    for turn in conversation.turns:
+        assert reply_from_json(json.loads(json.dumps(turn.reply.to_json()))) == turn.reply
+    assert any(t.joined for t in conversation.turns[0].reply.tokens)  # split characters kept
+    text = service.score_text("Paris is the capital of France.", Settings(top_k=4), prompt="Capital?")
+    assert reply_from_json(json.loads(json.dumps(text.to_json()))) == text  # calibration included
+
+
+def test_a_shared_turn_and_a_shared_fork_come_back_as_they_were(conversation, service):
+    turn = share_turn(conversation, 1, ORIGINAL, 64, service.identity, NOW)
+    again = stored(turn)
+    assert again.reply == conversation.turns[1].reply
+    assert again.messages == tuple(conversation.messages(1))
+    assert again.conversation.turns == conversation.turns[:2] and again.conversation.selected == 1
+    assert again.model.weights.startswith("sha256:") and len(again.model.weights) == 71
+    fork = stored(share_turn(conversation, 1, 1, 64, service.identity, NOW))
+    assert fork.reply == conversation.turns[1].fork(1).reply and fork.reply.forked_at == 1
+    assert fork.conversation.shown == 1
+    first = stored(share_turn(conversation, 0, ORIGINAL, 64, service.identity, NOW))
+    assert len(first.conversation.turns) == 1  # later turns are not part of an earlier turn's share
+
+
+def test_settings_that_reproduce_a_reply():
+    def reply_with(n: int, finish: str, k: int):
+        from greedyscore.types import Alternative, ReplyStats, ScoredReply, ScoredToken, Timings
+
+        tok = ScoredToken(1, "a", False, 0.5, -0.69, 1, 0.1, 0.1, tuple(Alternative(i, "a", 0.1) for i in range(k)))
+        return ScoredReply("m", "b", "a" * n, (1,), (tok,) * n, ReplyStats(n, -0.69, 2.0, 0.5), Timings(0, 0), finish)
+
+    assert settings_of(reply_with(7, "length", 3), 128) == Settings(7, 3, False)  # cut at the limit: exactly
+    assert settings_of(reply_with(7, "stop", 20), 128) == Settings(128, 20, False)
+    assert settings_of(reply_with(7, "stop", 2), 4).max_new_tokens == 7
+
+
+def rerun(service, item: SharedItem):
+    plan = rerun_plan(item)
+    if item.kind == "text":
+        return service.rescore(plan.prompt, plan.target, plan.settings)
+    return service.rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
+
+
+def test_rerun_reproduces_a_turn_a_fork_and_a_text(conversation, service):
+    for node in (ORIGINAL, 1):
+        item = stored(share_turn(conversation, 1, node, 64, service.identity, NOW))
+        rep = reproduction(item.reply, rerun(service, item), 1e-3)
+        assert rep.reproduced and rep.same_ids and rep.max_dp < 1e-4, rep
+    reply = service.score_text("The quick brown fox jumps over the lazy dog.", Settings(top_k=3))
+    item = stored(share_text(reply, (), service.identity, NOW))
+    rep = reproduction(item.reply, rerun(service, item), 1e-3)
+    assert rep.reproduced and rep.n_now == len(reply.tokens)
+
+
+def test_a_tampered_result_is_not_reproduced_and_the_report_says_where(conversation, service):
+    item = stored(share_turn(conversation, 1, ORIGINAL, 64, service.identity, NOW))
+    tokens = list(item.reply.tokens)
+    tokens[2] = replace(tokens[2], prob=tokens[2].prob - 0.25)  # a forged probability
+    forged = replace(item, reply=replace(item.reply, tokens=tuple(tokens)))
+    rep = reproduction(forged.reply, rerun(service, forged), 1e-3)
+    assert rep.same_ids and not rep.reproduced and rep.at_max == 2 and rep.max_dp == pytest.approx(0.25, abs=1e-4)
+    tokens[2] = replace(tokens[2], id=tokens[2].id + 1, text="XX")  # a forged token
+    forged = replace(item, reply=replace(item.reply, tokens=tuple(tokens)))
+    now = rerun(service, forged)
+    rep = reproduction(forged.reply, now, 1e-3)
+    assert not rep.same_ids and rep.first_difference == 2 and rep.differences[0].stored == "XX"
+    assert rep.differences[0].now == now.tokens[2].text
+    assert "not reproduced: the reply differs from token 2" in reproduction_html(rep, item.model, service.identity)
+    other = replace(service.identity, weights="sha256:" + "0" * 64)
+    assert "the weights differ" in reproduction_html(rep, other, service.identity)
+
+
+def test_a_stopped_reply_is_compared_only_as_far_as_it_went(conversation, service):
+    reply = conversation.turns[1].reply
+    cut = replace(reply, tokens=reply.tokens[:3], finish_reason="abort")
+    item = stored(share_reply_json({**cut.to_json(), "messages": [{"role": "user", "content": "x"}]},
+                                   service.identity, NOW))
+    assert rerun_plan(item).settings.max_new_tokens == 3
+    assert reproduction(item.reply, reply, 1e-3).reproduced
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d.pop("tokens"), "has no 'tokens'"),
+    (lambda d: d["tokens"][0].update(prob=1.5), "tokens[0].prob must be a number in [0.0, 1.0]"),
+    (lambda d: d["tokens"][0].update(prob=float("nan")), "tokens[0].prob"),
+    (lambda d: d["tokens"][1].update(id=-3), "tokens[1].id must be a whole number"),
+    (lambda d: d["tokens"][0]["top"][0].update(text=7), "top[0].text must be a string"),
+    (lambda d: d.update(prompt_token_ids=["<s>"]), "prompt_token_ids must be token ids"),
+    (lambda d: d.update(finish_reason="exploded"), "finish_reason must be one of"),
+    (lambda d: d.update(settings={"top_k": 99}), "top_k must be a whole number between 1 and 20"),
+    (lambda d: d.update(messages=[{"role": "user"}]), 'message 0 must be an object with string "role"'),
+])
+def test_malformed_reply_json_is_refused_with_the_field_named(conversation, service, change, needle):
+    data = {**conversation.turns[1].reply.to_json(), "messages": [{"role": "user", "content": "hi"}]}
+    data = json.loads(json.dumps(data))
+    change(data)
+    with pytest.raises(BadInput, match=needle.replace("[", r"\[").replace("(", r"\(")):
+        share_reply_json(data, service.identity, NOW)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d.update(format=99), "newer greedyscore"),
+    (lambda d: d.update(kind="movie"), "not a greedyscore shared result"),
+    (lambda d: d["conversation"].update(selected=5), "the shared turn is not in it"),
+    (lambda d: d["conversation"].update(selected=-1), "the shared turn is not in it"),
+    (lambda d: d["conversation"]["turns"][1]["forks"][0].update(parent=7), "a fork needs id, parent"),
+    (lambda d: d.update(model={"name": 3}), "does not say which model"),
+    (lambda d: d.update(created="yesterday"), "no valid time"),
+])
+def test_malformed_documents_are_refused(conversation, service, change, needle):
+    data = json.loads(json.dumps(share_turn(conversation, 1, ORIGINAL, 64, service.identity, NOW).to_json()))
+    change(data)
+    with pytest.raises(BadInput, match=needle):
+        SharedItem.from_json(data)
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+
+
+def test_hostile_stored_text_is_escaped_like_live_text(service):
+    from greedyscore.render import View
+
+    messages = [Message("system", HOSTILE), Message("user", HOSTILE)]
+    reply = service.chat(messages, Settings(max_new_tokens=6, top_k=2))
+    reply = replace(reply, tokens=(replace(reply.tokens[0], text=HOSTILE), *reply.tokens[1:]))
+    data = {**reply.to_json(), "model": HOSTILE, "messages": [{"role": m.role, "content": m.content} for m in messages]}
+    item = stored(share_reply_json(data, service.identity, NOW))
+    assert item.model.name == HOSTILE and item.context[0].content == HOSTILE  # round-trips as text
+    head, body, _, _ = shared_view(item, View())
+    for html in (head, body):
+        parser = Tags()
+        parser.feed(html)
+        assert not parser.tags & {"script", "img"}
+        assert "&lt;script&gt;" in html
+
+
+def test_sharing_off_says_so(service):
+    off = Sharing(None, service)
+    item = share_text(service.score_text("Hello there.", Settings(top_k=2)), (), service.identity, NOW)
+    with pytest.raises(BadInput, match="sharing is off on this server"):
+        off.put(item, None)
+    with pytest.raises(BadInput, match="sharing is off"):
+        off.get("A" * 22)
+
+
+def test_header_names_the_model_weights_settings_and_context(conversation, service):
+    item = stored(share_turn(conversation, 1, 1, 64, service.identity, NOW))
+    head = shared_header_html(item)
+    assert "a fork of a chat reply" in head and service.identity.weights[:19] in head
+    assert "max 64 new tokens, top-k 3" in head and "2026-09-21" in head
