@@ -73,9 +73,9 @@ serve-vllm: vllm $(VENV)/.app
 proxy: $(VENV)/.test
 	$(BIN)/python -m lmdeploy.serve.proxy.proxy --server_name 127.0.0.1 --server_port $(PORT)
 
-# Retake assets/screenshot.png (the README's) with the browser test; plain test runs leave it alone.
+# Retake assets/screenshot.png and share.png (the README's) with the browser tests; plain test runs leave them alone.
 screenshot: $(VENV)/.test browser
-	GREEDYSCORE_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_browser.py -k screenshot
+	GREEDYSCORE_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_browser.py -k "screenshot or share_a_reply"
 
 # On a machine with a CUDA GPU: `make gpu test-gpu`.
 gpu: $(BIN)/python

@@ -58,18 +58,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def open_store(args: argparse.Namespace):
-    """The share store the flags name (None with --no-share); GreedyScoreError says what to do."""
-    from greedyscore.models import cache_dir
-    from greedyscore.share import Limits, ShareStore
-
-    if args.no_share:
-        return None
-    ttl = args.share_ttl * 86400 if args.share_ttl else None
-    limits = Limits(max_total_bytes=int(args.share_max_mb * 1e6), ttl_s=ttl)
-    return ShareStore(args.store or cache_dir() / "shares.db", limits)
-
-
 def make_service(engine, args: argparse.Namespace):
     """The shared Service sized by the flags: --concurrency requests per batch (Gradio runs that
     many model events at once), --max-queue waiting requests before 'busy'."""
@@ -80,17 +68,21 @@ def make_service(engine, args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from greedyscore.engine_args import engine_from_args
+    from greedyscore.engine_args import engine_from_args, share_store
     from greedyscore.errors import GreedyScoreError
     from greedyscore.ui import UIConfig, build_demo, launch_kwargs
 
     try:
-        store = open_store(args)
+        store = None if args.no_share else share_store(args.store, args.share_ttl, args.share_max_mb)
         engine = engine_from_args(args)  # once, before the first request
     except GreedyScoreError as ex:
         print(f"greedyscore: error: {ex}", file=sys.stderr)
         return 1
     service = make_service(engine, args)
+    if store is not None:  # hash the weights now, not on the first Share
+        import threading
+
+        threading.Thread(target=lambda: service.identity, name="model-identity", daemon=True).start()
     cap = max(args.max_new_tokens, min(1024, engine.context_length - 1))
     config = UIConfig(max_new_tokens=args.max_new_tokens, max_new_tokens_cap=cap, concurrency=args.concurrency)
     from greedyscore.variants import Variants

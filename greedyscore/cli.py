@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--store shows it at /?r=ID")
     common.add_argument("--store", metavar="PATH|URL",
                         help="the share store: a SQLite file or postgresql://... (default: the demo's, "
-                             "$GREEDYSCORE_CACHE/shares.db)")
+                             "$GREEDYSCORE_STORE or $GREEDYSCORE_CACHE/shares.db; its limits from "
+                             "$GREEDYSCORE_SHARE_TTL and $GREEDYSCORE_SHARE_MAX_MB)")
 
     turn = argparse.ArgumentParser(add_help=False)  # what chat and fork share: a conversation to answer
     turn.add_argument("prompt", nargs="?", help="the user message (or use --messages)")
@@ -161,16 +162,15 @@ def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messag
     """Store the result (as the demo's Share button does) -> its id."""
     import time
 
-    from .models import cache_dir
-    from .share import ShareStore
+    from .engine_args import share_store
     from .shared import share_reply_json
 
     data = {**reply.to_json(), "kind": "chat" if args.command in ("chat", "fork") else "text",
             "messages": [{"role": m.role, "content": m.content} for m in messages]}
     if args.command in ("chat", "fork"):
         data["settings"] = {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "verify": args.verify}
-    item = share_reply_json(data, service.identity, time.time())
-    return ShareStore(args.store or cache_dir() / "shares.db").put(item.to_json(), "cli")
+    item = share_reply_json(data, service.identity, time.time(), made_here=True)
+    return share_store(args.store).put(item.to_json(), "cli")
 
 
 def _reply_ids(raw: str) -> list[int]:

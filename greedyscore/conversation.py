@@ -70,18 +70,24 @@ class Turn:
             raise BadInput("not a greedyscore conversation: a turn needs its \"user\" text")
         if d.get("reply", True) is None:
             return Turn(d["user"])
-        forks, known = [], {ORIGINAL}
-        for f in d.get("forks") or []:
+        own = reply_from_json(d)
+        paths: dict[int, ScoredReply] = {ORIGINAL: own}
+        forks = []
+        raw = d.get("forks") or []
+        if not isinstance(raw, list):
+            raise BadInput("not a greedyscore conversation: a turn's forks must be a list")
+        for f in raw:
             ids = [f.get(k) if isinstance(f, dict) else None for k in ("id", "parent", "at", "token_id")]
-            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ids) or ids[1] not in known:
-                raise BadInput("not a greedyscore conversation: a fork needs id, parent (an earlier path), at and "
-                               "token_id")
+            if (not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ids)
+                    or ids[1] not in paths or ids[0] in paths):
+                raise BadInput("not a greedyscore conversation: a fork needs a new id, parent (an earlier path), at "
+                               "and token_id")
             reply = reply_from_json(f)
-            if ids[2] >= len(reply.tokens):
-                raise BadInput("not a greedyscore conversation: a fork's position is beyond its reply")
+            if reply.forked_at != ids[2] or ids[2] >= min(len(reply.tokens), len(paths[ids[1]].tokens)):
+                raise BadInput("not a greedyscore conversation: a fork's position is not in its paths")
             forks.append(ForkNode(ids[0], ids[1], ids[2], ids[3], reply))
-            known.add(ids[0])
-        return Turn(d["user"], reply_from_json(d), tuple(forks))
+            paths[ids[0]] = reply
+        return Turn(d["user"], own, tuple(forks))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The engine flags shared by the web demo (app.py) and the CLI: which model, where it runs."""
+"""The engine flags shared by the web demo (app.py) and the CLI: which model, where it runs; and
+the share store both open."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ def _api_root(url: str | None) -> str | None:
         return url
     url = url.rstrip("/")
     return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def share_store(where: str | None = None, ttl_days: float | None = None, max_mb: float | None = None):
+    """The share store (app: --store, --share-ttl, --share-max-mb; else GREEDYSCORE_STORE,
+    GREEDYSCORE_SHARE_TTL, GREEDYSCORE_SHARE_MAX_MB, so the CLI keeps the demo's limits)."""
+    from .errors import BadInput
+    from .models import cache_dir
+    from .share import Limits, ShareStore
+
+    try:
+        ttl = ttl_days if ttl_days is not None else (float(env("SHARE_TTL")) if env("SHARE_TTL") else None)
+        mb = max_mb if max_mb is not None else float(env("SHARE_MAX_MB", "500"))
+    except ValueError as ex:
+        raise BadInput("GREEDYSCORE_SHARE_TTL and GREEDYSCORE_SHARE_MAX_MB must be numbers") from ex
+    limits = Limits(max_total_bytes=int(mb * 1e6), ttl_s=ttl * 86400 if ttl else None)
+    return ShareStore(where or env("STORE") or cache_dir() / "shares.db", limits)

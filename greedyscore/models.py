@@ -85,6 +85,8 @@ def weights_identity(source: str | None) -> str | None:
     Example: weights_identity(resolve_model(None)[1]) -> "sha256:3f1c…" (64 hex digits)
     """
     folder = Path(source) if source else None
+    if folder is not None and not folder.exists() and source and source.count("/") == 1:
+        folder = _hub_snapshot(source)  # a hub id: the snapshot from_pretrained loaded, if cached here
     if folder is None or not (folder / "config.json").is_file():
         return None
     files = [folder / "config.json", *sorted({f for p in WEIGHT_PATTERNS for f in folder.glob(p)})]
@@ -98,6 +100,16 @@ def weights_identity(source: str | None) -> str | None:
                     h.update(chunk)
         _identities[key] = "sha256:" + h.hexdigest()
     return _identities[key]
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - no hub library or a malformed id: no identity
+        return None
+    return Path(config).parent if isinstance(config, str) else None
 
 
 def converted_dir(gguf: Path, name: str) -> Path:

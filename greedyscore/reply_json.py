@@ -104,6 +104,9 @@ def reply_from_json(d: Any) -> ScoredReply:
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise BadInput("not a greedyscore reply JSON: notes must be a list of strings")
     cal = d.get("calibration")
+    forked_at = _int(d, "forked_at", "the reply", optional=True)
+    if forked_at is not None and forked_at >= len(tokens):
+        raise BadInput("not a greedyscore reply JSON: forked_at is beyond its tokens")
     return ScoredReply(
         model=_str(d, "model", "the reply"), backend=_str(d, "backend", "the reply"), text=_str(d, "text", "the reply"),
         prompt_token_ids=tuple(prompt), tokens=tokens,
@@ -112,6 +115,6 @@ def reply_from_json(d: Any) -> ScoredReply:
         timings=Timings(_num(timings, "generate_s", "timings", 0.0), _num(timings, "score_s", "timings", 0.0)),
         finish_reason=finish, verified=_bool(d, "verified", "the reply"), notes=tuple(notes),
         score_source=_str(d, "score_source", "the reply", ""),
-        forked_at=_int(d, "forked_at", "the reply", optional=True),
+        forked_at=forked_at,
         calibration=calibration_from_json(cal) if cal is not None else None,
     )

@@ -146,6 +146,7 @@ class Service:
         self.engine = engine
         self.runner = make_runner(engine, max_batch, max_pending)
         self._identity: ModelIdentity | None = None
+        self._identity_lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
@@ -161,14 +162,16 @@ class Service:
 
     @property
     def identity(self) -> ModelIdentity:
-        """The model as a shared result records it (its weights hashed once, on first use)."""
-        if self._identity is None:
-            from . import __version__
-            from .models import weights_identity
+        """The model as a shared result records it: its weights are hashed once (the app starts
+        that in the background at launch: `threading.Thread(target=lambda: service.identity)`)."""
+        with self._identity_lock:
+            if self._identity is None:
+                from . import __version__
+                from .models import weights_identity
 
-            weights = weights_identity(getattr(self.engine, "source", None))
-            self._identity = ModelIdentity(self.model_name, self.backend, weights, self.score_source, __version__)
-        return self._identity
+                weights = weights_identity(getattr(self.engine, "source", None))
+                self._identity = ModelIdentity(self.model_name, self.backend, weights, self.score_source, __version__)
+            return self._identity
 
     def token_text(self, token_id: int) -> str:
         """One token's readable text (bytes as \\xNN when it is part of a character)."""

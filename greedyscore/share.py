@@ -3,7 +3,7 @@ app processes behind a load balancer.
 
 An item is a JSON document (greedyscore/shared.py builds it); its id is 128 random bits,
 URL-safe. Limits, each with a message that says so: per-item size, total size (oldest evicted
-first), an optional time to live, and a per-session rate (counted in this process).
+first), an optional time to live, and a rate per client address (counted in this process).
 
 PostgreSQL goes through psycopg 3 directly rather than SQLAlchemy: one table and four
 statements need no ORM or engine layer, and psycopg is the driver SQLAlchemy would use anyway.
@@ -12,9 +12,11 @@ statements need no ORM or engine layer, and psycopg is the driver SQLAlchemy wou
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -54,7 +56,7 @@ class Limits:
     max_item_bytes: int = 5_000_000
     max_total_bytes: int = 500_000_000
     ttl_s: float | None = None  # None: kept until evicted
-    per_session: int = 30  # shares per session ...
+    per_session: int = 30  # shares per client address ...
     per_seconds: float = 3600.0  # ... in this window
 
 
@@ -103,10 +105,11 @@ class _Postgres:
             raise StoreUnavailable(f"--store {_redact(url)} needs psycopg: {PG_INSTALL_HINT}") from ex
         self.psycopg, self.url, self.errors = psycopg, url, (psycopg.Error,)
         try:
-            with self.connect() as db:
-                db.execute("CREATE TABLE IF NOT EXISTS greedyscore_schema (version INTEGER NOT NULL)")
+            with self.connect():
+                pass
         except psycopg.Error as ex:
-            raise StoreUnavailable(f"cannot reach the share store {_redact(url)}: {str(ex).strip()}") from ex
+            first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
+            raise StoreUnavailable(f"cannot reach the share store {_redact(url)}: {first}") from ex
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
@@ -118,6 +121,7 @@ class _Postgres:
         db.execute("SELECT pg_advisory_xact_lock(?)", (PG_LOCK,))
 
     def version(self, db: Any) -> int:
+        db.execute("CREATE TABLE IF NOT EXISTS greedyscore_schema (version INTEGER NOT NULL)")  # under the lock
         row = db.execute("SELECT version FROM greedyscore_schema").fetchone()
         return int(row[0]) if row else 0
 
@@ -137,8 +141,9 @@ class _Qmark:
 
 
 def _redact(url: str) -> str:
-    """A store URL without its password, for messages."""
-    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+    """A store URL without its password (in the authority or as a parameter), for messages."""
+    url = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
 class ShareStore:
@@ -167,9 +172,10 @@ class ShareStore:
         try:
             with self.backend.connect() as db:
                 yield db
-        except self.backend.errors as ex:
+        except self.backend.errors as ex:  # the details go to the operator's log, not to visitors
             first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
-            raise StoreUnavailable(f"the share store ({self}) failed: {first}; try again") from ex
+            print(f"greedyscore: share store {self}: {type(ex).__name__}: {first}", file=sys.stderr, flush=True)
+            raise StoreUnavailable("the share store is unavailable just now: try again in a moment") from ex
 
     @contextmanager
     def _transaction(self, db: Any) -> Iterator[None]:
@@ -195,21 +201,22 @@ class ShareStore:
 
     @property
     def schema_version(self) -> int:
-        with self._db() as db:
+        with self._db() as db, self._transaction(db):
             return self.backend.version(db)
 
-    def put(self, item: dict[str, Any], session: str = "") -> str:
+    def put(self, item: dict[str, Any], client: str = "") -> str:
         """Store `item`; -> its new id. Raises ShareLimit when a limit refuses it."""
         body = json.dumps(item, allow_nan=False)  # ASCII escapes: even a lone surrogate from a client stores
         size = len(body.encode("utf-8"))
-        if size > self.limits.max_item_bytes:
-            raise ShareLimit(f"this result is {size:,} bytes, more than the {self.limits.max_item_bytes:,} a share may "
-                             "hold: share a shorter reply")
-        self._count(session)
+        cap = min(self.limits.max_item_bytes, self.limits.max_total_bytes)
+        if size > cap:
+            raise ShareLimit(f"this result is {size:,} bytes, more than the {cap:,} a share may hold: share a "
+                             "shorter reply")
+        self._count(client)
         now, item_id = self.clock(), secrets.token_urlsafe(16)
         with self._db() as db, self._transaction(db):
             db.execute("INSERT INTO items (id, created, size, body) VALUES (?, ?, ?, ?)", (item_id, now, size, body))
-            self._evict(db, now)
+            self._evict(db, now, item_id)
         return item_id
 
     def get(self, item_id: str) -> dict[str, Any]:
@@ -222,27 +229,36 @@ class ShareStore:
             raise NotShared("nothing is shared under that link: it may have been removed to make room")
         if self.limits.ttl_s is not None and self.clock() - row[0] > self.limits.ttl_s:
             raise NotShared("that share has expired")
-        return json.loads(row[1])
+        try:
+            return json.loads(row[1])
+        except ValueError as ex:
+            raise NotShared("that shared result is damaged and cannot be shown") from ex
 
-    def _evict(self, db: Any, now: float) -> None:
-        """Expired items, then the oldest until the total fits."""
+    def _evict(self, db: Any, now: float, keep: str) -> None:
+        """Expired items, then the oldest (never `keep`, the one just stored) until the total fits."""
         if self.limits.ttl_s is not None:
             db.execute("DELETE FROM items WHERE created < ?", (now - self.limits.ttl_s,))
         total = db.execute("SELECT COALESCE(SUM(size), 0) FROM items").fetchone()[0]
         while total > self.limits.max_total_bytes:
-            oldest = db.execute("SELECT id, size FROM items ORDER BY created, id LIMIT 1").fetchone()
+            oldest = db.execute("SELECT id, size FROM items WHERE id <> ? ORDER BY created, id LIMIT 1",
+                                (keep,)).fetchone()
+            if oldest is None:
+                break
             db.execute("DELETE FROM items WHERE id = ?", (oldest[0],))
             total -= oldest[1]
 
-    def _count(self, session: str) -> None:
+    def _count(self, client: str) -> None:
+        """The rate limit, per client (its address), in this process; clients gone quiet are forgotten."""
         now, window = self.clock(), self.limits.per_seconds
         with self._lock:
-            recent = self._recent.setdefault(session, deque())
+            for key in [k for k, q in self._recent.items() if not q or now - q[-1] > window]:
+                del self._recent[key]
+            recent = self._recent.setdefault(client, deque())
             while recent and now - recent[0] > window:
                 recent.popleft()
             if len(recent) >= self.limits.per_session:
-                wait = window - (now - recent[0])
+                wait = math.ceil((window - (now - recent[0])) / 60)
                 raise ShareLimit(f"you have shared {len(recent)} results recently, the most this server allows: "
-                                 f"try again in {wait / 60:.0f} minutes")
+                                 f"try again in {wait} minute{'s' if wait != 1 else ''}")
             recent.append(now)
 

@@ -8,7 +8,6 @@ Nothing about the visitor. `reproduction` compares a stored reply with the one a
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -85,23 +84,21 @@ class SharedItem:
                           conversation)
 
 
-def settings_of(reply: ScoredReply, max_new_tokens: int) -> Settings:
-    """The settings that reproduce a reply: a reply cut at the limit had exactly its own length;
-    one that ended by itself, any limit above that (`max_new_tokens`, the slider's now)."""
+def settings_of(reply: ScoredReply) -> Settings:
+    """The settings that reproduce a reply: as many new tokens as it generated (a reply that ended
+    by itself ends there again; one cut at the limit had exactly that limit), its top-k."""
     generated = len(reply.tokens) - (reply.forked_at + 1 if reply.forked_at is not None else 0)
-    limit = generated if reply.finish_reason == "length" else max(generated, max_new_tokens)
     top_k = max((len(t.top) for t in reply.tokens), default=1)
-    return Settings(max(1, limit), max(1, min(MAX_TOP_K, top_k)), reply.verified)
+    return Settings(max(1, generated), max(1, min(MAX_TOP_K, top_k)), reply.verified)
 
 
-def share_turn(conv: Conversation, turn: int, node: int, max_new_tokens: int, model: ModelIdentity,
-               now: float) -> SharedItem:
+def share_turn(conv: Conversation, turn: int, node: int, model: ModelIdentity, now: float) -> SharedItem:
     """One assistant turn (node: ORIGINAL, or a fork of it) with the conversation that led to it."""
     try:
         reply = conv.turns[turn].path(node)
     except (IndexError, KeyError) as ex:
         raise BadInput("that reply is no longer in this conversation") from ex
-    settings = settings_of(reply, max_new_tokens)
+    settings = settings_of(reply)
     kept = Conversation(conv.turns[: turn + 1])
     kept = kept.show(turn, node) if node != ORIGINAL else kept.select(turn)
     return SharedItem("chat", reply, tuple(conv.messages(turn)), settings, model, now, kept)
@@ -109,16 +106,17 @@ def share_turn(conv: Conversation, turn: int, node: int, max_new_tokens: int, mo
 
 def share_text(reply: ScoredReply, messages: tuple[Message, ...], model: ModelIdentity, now: float) -> SharedItem:
     """A Score-text result (messages: what it was scored after, if anything)."""
-    return SharedItem("text", reply, messages, settings_of(reply, 1), model, now)
+    return SharedItem("text", reply, messages, settings_of(reply), model, now)
 
 
-def share_reply_json(data: Any, model: ModelIdentity, now: float) -> SharedItem:
+def share_reply_json(data: Any, model: ModelIdentity, now: float, made_here: bool = False) -> SharedItem:
     """The tokens JSON that /chat or /score_text returned (its "messages" and "settings" say how it
-    was made). The model identity is this server's only when the JSON names this server's model."""
+    was made). made_here: this process generated it (the CLI), so `model` is its identity; else it
+    came from a client, and the weights it was made with are not known (Re-run checks it)."""
     reply = reply_from_json(data)
     messages = tuple(parse_messages(data["messages"])) if data.get("messages") else ()
-    settings = _settings(data["settings"]) if data.get("settings") else settings_of(reply, 1)
-    if (reply.model, reply.backend) != (model.name, model.backend):
+    settings = _settings(data["settings"]) if data.get("settings") else settings_of(reply)
+    if not made_here:
         model = ModelIdentity(reply.model, reply.backend, None, reply.score_source, model.greedyscore)
     if data.get("kind", "chat" if reply.calibration is None else "text") == "text":
         return SharedItem("text", reply, messages, settings, model, now)
@@ -151,7 +149,8 @@ def _identity(d: Any) -> ModelIdentity:
 
 
 def _number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    """A time: seconds since 1970, before the year 5000."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 9.5e10:
         raise BadInput("this shared result has no valid time")
     return float(v)
 
@@ -194,6 +193,7 @@ class Reproduction:
 
     same_prompt: bool
     same_ids: bool
+    messages_match: bool | None  # the stored prompt ids are what this server makes of the stored messages
     n_stored: int
     n_now: int
     first_difference: int | None  # the first position whose token differs (or where one reply ends)
@@ -204,21 +204,28 @@ class Reproduction:
 
     @property
     def reproduced(self) -> bool:
-        return self.same_prompt and self.same_ids and self.max_dp <= self.tolerance
+        return self.same_prompt and self.same_ids and self.max_dp <= self.tolerance and self.n_stored > 0
 
     @property
     def verdict(self) -> str:
-        if self.reproduced:
-            return "reproduced"
         if not self.same_prompt:
             return "not reproduced: the prompt became other token ids here (another tokenizer or template)"
+        if self.n_stored == 0:
+            return "nothing to compare: the shared reply was stopped before its first token"
+        if self.reproduced and self.messages_match is False:
+            return ("reproduced from the stored prompt ids, but they are not what this server makes of the messages "
+                    "shown")
+        if self.reproduced:
+            return "reproduced"
         if self.same_ids:
             return f"same tokens, but probabilities differ by up to {self.max_dp:.2g} (more than {self.tolerance:g})"
         return f"not reproduced: the reply differs from token {self.first_difference}"
 
 
-def reproduction(stored: ScoredReply, now: ScoredReply, tolerance: float) -> Reproduction:
-    """Compare ids and probabilities; the probabilities only where both took the same path so far."""
+def reproduction(stored: ScoredReply, now: ScoredReply, tolerance: float,
+                 messages_match: bool | None = None) -> Reproduction:
+    """Compare ids and probabilities; the probabilities only where both took the same path so far.
+    tolerance: the server's, never the shared document's."""
     a, b = stored.tokens, now.tokens
     if stored.finish_reason == "abort":  # stopped by its visitor: only as far as it went
         b = b[: len(a)]
@@ -233,5 +240,5 @@ def reproduction(stored: ScoredReply, now: ScoredReply, tolerance: float) -> Rep
     diffs = tuple(Difference(i, a[i].text if i < len(a) else "(end)", b[i].text if i < len(b) else "(end)")
                   for i in range(first or 0, max(len(a), len(b))) if not same
                   and (i >= n or a[i].id != b[i].id))[:SHOWN_DIFFERENCES]
-    return Reproduction(tuple(stored.prompt_token_ids) == tuple(now.prompt_token_ids), same, len(a), len(b), first,
-                        diffs, max(deltas, default=0.0), at_max, tolerance)
+    return Reproduction(tuple(stored.prompt_token_ids) == tuple(now.prompt_token_ids), same, messages_match, len(a),
+                        len(b), first, diffs, max(deltas, default=0.0), at_max, tolerance)

@@ -205,6 +205,7 @@ class ScoreParts:
     prompt: gr.Textbox
     outputs: list  # token HTML, chart, histogram, stats
     reply: gr.State
+    after: gr.State  # the messages the text was scored after
 
 
 def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UIConfig,
@@ -344,19 +345,19 @@ def _chat_tab(service: Service, controls: Controls, exports: Exports, config: UI
         comp.change(redraw, [box, *controls.view], [conv, fig, hist, stats, forks, fork_fig],
                     api_visibility="private")
 
-    def share_path(s: ChatSession, max_new: float, request: gr.Request, evt: gr.EventData):
+    def share_path(s: ChatSession, request: gr.Request, evt: gr.EventData):
         """Share under a reply or a fork: store that path with the conversation before it."""
         data = evt._data or {}
         if data.get("action") != "share":
             return skip
         with shown_as_gr_errors():
             n, node = _source(data.get("source"))
-            item = share_turn(s.conv, n, node, whole_number("max_new_tokens", max_new), service.identity, time.time())
+            item = share_turn(s.conv, n, node, service.identity, time.time())
             _, url = sharing.put(item, request)
             return share_link_html(url, sharing.expires(item.created))
 
     for source in (conv, forks):
-        source.click(share_path, [box, controls.max_new], [link], queue=False, api_visibility="private")
+        source.click(share_path, [box], [link], queue=False, api_visibility="private")
 
     def show(c: Conversation, view: View) -> tuple:
         return conv_html(c, view), *numbers(c, view), *forks_of(c, view)
@@ -438,7 +439,7 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
                  concurrency_id=MODEL_EVENTS, concurrency_limit=config.concurrency, api_visibility="private")
     share_btn.click(share_scored, [reply_state, scored_after], [link], queue=False, api_visibility="private")
     _redraw_on_view_change(controls, reply_state, drawn)
-    return ScoreParts(text, prompt, drawn, reply_state)
+    return ScoreParts(text, prompt, drawn, reply_state, scored_after)
 
 
 def _wire_continue(panel: Any, tabs: gr.Tabs, chat: ChatParts, score: ScoreParts, controls: Controls) -> None:
@@ -453,16 +454,19 @@ def _wire_continue(panel: Any, tabs: gr.Tabs, chat: ChatParts, score: ScoreParts
             view = View.make(color_by, palette, threshold)
             n_chat, n_score = len(chat.outputs), len(score.outputs)
             if item.kind == "chat":
+                if item.context:
+                    raise BadInput("this reply came with earlier messages (a system prompt or history sent through the "
+                                   "API) that a chat here cannot hold: use Re-run, or the API with those messages")
                 s.stop()
                 s.epoch += 1
                 s.conv = item.conversation
-                return gr.Tabs(selected="chat"), *chat.show(s.conv, view), *(skip,) * (3 + n_score)
+                return gr.Tabs(selected="chat"), *chat.show(s.conv, view), *(skip,) * (4 + n_score)
             prompt = item.messages[-1].content if item.messages else ""
             return (gr.Tabs(selected="score"), *(skip,) * n_chat, item.reply.text, prompt,
-                    *render_outputs(item.reply, view), item.reply)
+                    *render_outputs(item.reply, view), item.reply, item.messages)
 
     panel.proceed.click(proceed, [panel.item, chat.box, *controls.view],
-                        [tabs, *chat.outputs, score.text, score.prompt, *score.outputs, score.reply],
+                        [tabs, *chat.outputs, score.text, score.prompt, *score.outputs, score.reply, score.after],
                         api_visibility="private")
 
 
@@ -549,7 +553,7 @@ def _api(service: Service, config: UIConfig, variants: Variants, sharing: Sharin
         conversation)."""
         with shown_as_gr_errors():
             view = View.make(color_by, palette, threshold)
-            item = sharing.get(item_id)
+            item, _ = sharing.view(item_id, view)
             page, fig, _, stats = render_outputs(item.reply, view)
             return page, fig, item.to_json(), stats
 

@@ -25,8 +25,9 @@ from .render.shared import (
     shared_header_html,
 )
 from .service import Service
-from .share import ShareStore
+from .share import NotShared, ShareStore
 from .shared import SharedItem, reproduction, rerun_plan
+from .types import Settings
 
 
 def root_url(request: gr.Request | None) -> str:
@@ -37,7 +38,7 @@ def root_url(request: gr.Request | None) -> str:
         from gradio.route_utils import get_root_url
 
         raw = request.request
-        return get_root_url(raw, raw.url.path, None)
+        return get_root_url(raw, raw.url.path, raw.scope.get("root_path") or None)
     except Exception:  # noqa: BLE001 - a request without a URL (a test double): the Host header
         host = request.headers.get("host", "")
         return f"http://{host}" if host else ""
@@ -51,18 +52,27 @@ class Sharing:
     service: Service
 
     def put(self, item: SharedItem, request: gr.Request | None) -> tuple[str, str]:
-        """Store the item -> (id, link)."""
+        """Store the item -> (id, link). The rate limit counts per client address (an API caller
+        gets a new Gradio session for every call)."""
         if self.store is None:
             raise BadInput("sharing is off on this server (started with --no-share)")
-        session = getattr(request, "session_hash", None) or (request.client.host if request and request.client
-                                                              else "")
-        item_id = self.store.put(item.to_json(), session or "")
+        client = getattr(getattr(request, "client", None), "host", None) or ""
+        item_id = self.store.put(item.to_json(), client)
         return item_id, f"{root_url(request)}/?r={item_id}"
 
     def get(self, item_id: Any) -> SharedItem:
         if self.store is None:
             raise BadInput("sharing is off on this server, so its links cannot be opened here")
         return SharedItem.from_json(self.store.get(item_id))
+
+    def view(self, item_id: Any, view: View) -> tuple[SharedItem, tuple[str, str, Any, str]]:
+        """The item and its page parts; a document that passes the checks yet cannot be drawn is
+        reported as damaged, never as a traceback."""
+        item = self.get(item_id)
+        try:
+            return item, shared_view(item, view)
+        except Exception as ex:  # noqa: BLE001 - stored data from anywhere: the page says so
+            raise NotShared("that shared result is damaged and cannot be shown") from ex
 
     def expires(self, created: float) -> float | None:
         ttl = self.store.limits.ttl_s if self.store is not None else None
@@ -75,8 +85,19 @@ class Sharing:
             now = self.service.rescore(plan.prompt, plan.target, plan.settings)
         else:
             now = self.service.rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
-        rep = reproduction(item.reply, now, item.settings.tolerance)
+        rep = reproduction(item.reply, now, Settings().tolerance, self._messages_match(item))
         return reproduction_html(rep, item.model, self.service.identity)
+
+    def _messages_match(self, item: SharedItem) -> bool | None:
+        """Are the stored prompt ids what this server's template makes of the stored messages?
+        None where that cannot be asked (a remote server templates; plain text has no messages)."""
+        engine = self.service.engine
+        if engine.server_template or not item.messages:
+            return None
+        try:
+            return tuple(engine.prompt_ids(list(item.messages))) == tuple(item.reply.prompt_token_ids)
+        except Exception:  # noqa: BLE001 - messages this template refuses: they cannot be its prompt
+            return False
 
 
 def shared_view(item: SharedItem, view: View) -> tuple[str, str, Any, str]:
@@ -132,11 +153,10 @@ def wire_panel(panel: SharedPanel, sharing: Sharing, demo: gr.Blocks, view_input
         if not item_id:
             return gr.Column(visible=False), skip, skip, skip, skip, None, skip, skip
         try:
-            item = sharing.get(item_id)
-        except GreedyScoreError as ex:  # unknown, malformed, expired, evicted: a message on the page
+            item, (head, body, fig, stats) = sharing.view(item_id, View.make(color_by, palette, threshold))
+        except GreedyScoreError as ex:  # unknown, malformed, expired, evicted, damaged: a message on the page
             hidden = gr.Button(visible=False)
             return gr.Column(visible=True), not_shared_html(str(ex)), "", None, "", None, hidden, hidden
-        head, body, fig, stats = shared_view(item, View.make(color_by, palette, threshold))
         label = "Continue this conversation" if item.kind == "chat" else "Open in Score text"
         return (gr.Column(visible=True), head, body, fig, stats, item, gr.Button(label, visible=True),
                 gr.Button(visible=True))
@@ -156,8 +176,8 @@ def wire_panel(panel: SharedPanel, sharing: Sharing, demo: gr.Blocks, view_input
             yield sharing.rerun(item)
 
     outputs = [panel.column, panel.head, panel.body, panel.fig, panel.stats, panel.item, panel.proceed, panel.rerun]
-    demo.load(open_shared, view_inputs, outputs, api_visibility="private")
+    cheap = dict(api_visibility="private", concurrency_limit=None)  # no model: every page load at once
+    demo.load(open_shared, view_inputs, outputs, **cheap)
     for comp in view_inputs:
-        comp.change(redraw, [panel.item, *view_inputs], [panel.body, panel.fig, panel.stats],
-                    api_visibility="private")
+        comp.change(redraw, [panel.item, *view_inputs], [panel.body, panel.fig, panel.stats], **cheap)
     panel.rerun.click(rerun, [panel.item], [panel.report], api_visibility="private", **model)

@@ -416,6 +416,9 @@ def test_share_a_reply_open_it_elsewhere_rerun_and_continue(browser, app_server)
     verdict = other.locator("#gs-rerun .gs-repro-ok .gs-verdict")
     verdict.wait_for(timeout=120_000)
     assert verdict.inner_text() == "Re-run here: reproduced"
+    if os.environ.get("GREEDYSCORE_SCREENSHOT"):  # for the README
+        other.mouse.move(0, 0)
+        other.locator("#gs-shared").screenshot(path=str(ROOT / "assets" / "share.png"))
     other.locator("#gs-continue").click()
     other.locator("#gs-reply .gs-token").first.wait_for(timeout=30_000)
     assert other.locator("#gs-reply .gs-turn-user").first.inner_text() == "What is the capital of France?"

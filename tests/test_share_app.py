@@ -61,7 +61,7 @@ def test_share_on_two_processes_then_open_after_a_restart(store_at):
         page, _, doc, stats = client.predict(first["id"], "prob", "viridis", 0.5, api_name="/shared")
         assert numbers(doc["conversation"]["turns"][0]["tokens"]) == numbers(chat["tokens"])
         assert doc["messages"] == [{"role": "user", "content": HOSTILE}] and doc["settings"]["max_new_tokens"] == 10
-        assert doc["model"]["weights"].startswith("sha256:") and "<script>" not in page
+        assert doc["model"]["weights"] is None and "<script>" not in page  # sent by a client: not vouched for
         assert "perplexity" in stats.lower()
         for item_id, before in results:
             assert client.predict(item_id, "prob", "viridis", 0.5, api_name="/shared")[2] == before

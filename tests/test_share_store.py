@@ -77,8 +77,16 @@ def test_size_and_rate_limits_are_clear(store_at):
     with pytest.raises(ShareLimit, match="try again in 10 minutes"):
         store.put({"n": 3}, "a")
     store.put({"n": 3}, "b")  # another visitor is not affected
-    clock.now += 601
+    clock.now += 570
+    with pytest.raises(ShareLimit, match="try again in 1 minute$"):
+        store.put({"n": 3}, "a")
+    clock.now += 31
     store.put({"n": 4}, "a")
+    small = ShareStore(store_at, Limits(max_item_bytes=500, max_total_bytes=300), clock)
+    with pytest.raises(ShareLimit, match="more than the 300"):  # larger than the whole store: refused, not lost
+        small.put({"text": "y" * 400})
+    kept = small.put({"text": "z" * 250})  # fits: everything older goes, never the new one
+    assert small.get(kept)["text"] == "z" * 250
 
 
 def test_schema_is_versioned_and_a_newer_store_is_refused(store_at):
@@ -99,6 +107,23 @@ def test_schema_is_versioned_and_a_newer_store_is_refused(store_at):
         ShareStore(store_at)
 
 
+def test_processes_opening_a_new_store_at_once_and_a_damaged_item(store_at):
+    with ThreadPoolExecutor(8) as pool:  # eight app processes starting together on an empty store
+        stores = list(pool.map(lambda _: ShareStore(store_at), range(8)))
+    assert {s.schema_version for s in stores} == {len(MIGRATIONS)}
+    item_id = stores[0].put({"a": 1})
+    if store_at.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store_at, autocommit=True) as db:
+            db.execute("UPDATE items SET body = '{broken' WHERE id = %s", (item_id,))
+    else:
+        with sqlite3.connect(store_at) as db:
+            db.execute("UPDATE items SET body = '{broken' WHERE id = ?", (item_id,))
+    with pytest.raises(NotShared, match="damaged"):
+        stores[1].get(item_id)
+
+
 def test_an_unreachable_or_unwritable_store_says_what_to_do(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -106,3 +131,6 @@ def test_an_unreachable_or_unwritable_store_says_what_to_do(tmp_path):
         ShareStore(blocker / "shares.db")  # a file where a folder should be
     with pytest.raises(StoreUnavailable, match=r"cannot reach the share store postgresql://u:\*\*\*@127.0.0.1:1/x"):
         ShareStore("postgresql://u:secret@127.0.0.1:1/x")
+    with pytest.raises(StoreUnavailable, match=r"\?password=\*\*\*&sslmode") as caught:
+        ShareStore("postgresql://u@127.0.0.1:1/x?password=secret&sslmode=disable")
+    assert "secret" not in str(caught.value)

@@ -56,16 +56,16 @@ def test_reply_json_round_trips_every_field(conversation, service):
 
 
 def test_a_shared_turn_and_a_shared_fork_come_back_as_they_were(conversation, service):
-    turn = share_turn(conversation, 1, ORIGINAL, 64, service.identity, NOW)
+    turn = share_turn(conversation, 1, ORIGINAL, service.identity, NOW)
     again = stored(turn)
     assert again.reply == conversation.turns[1].reply
     assert again.messages == tuple(conversation.messages(1))
     assert again.conversation.turns == conversation.turns[:2] and again.conversation.selected == 1
     assert again.model.weights.startswith("sha256:") and len(again.model.weights) == 71
-    fork = stored(share_turn(conversation, 1, 1, 64, service.identity, NOW))
+    fork = stored(share_turn(conversation, 1, 1, service.identity, NOW))
     assert fork.reply == conversation.turns[1].fork(1).reply and fork.reply.forked_at == 1
     assert fork.conversation.shown == 1
-    first = stored(share_turn(conversation, 0, ORIGINAL, 64, service.identity, NOW))
+    first = stored(share_turn(conversation, 0, ORIGINAL, service.identity, NOW))
     assert len(first.conversation.turns) == 1  # later turns are not part of an earlier turn's share
 
 
@@ -76,9 +76,9 @@ def test_settings_that_reproduce_a_reply():
         tok = ScoredToken(1, "a", False, 0.5, -0.69, 1, 0.1, 0.1, tuple(Alternative(i, "a", 0.1) for i in range(k)))
         return ScoredReply("m", "b", "a" * n, (1,), (tok,) * n, ReplyStats(n, -0.69, 2.0, 0.5), Timings(0, 0), finish)
 
-    assert settings_of(reply_with(7, "length", 3), 128) == Settings(7, 3, False)  # cut at the limit: exactly
-    assert settings_of(reply_with(7, "stop", 20), 128) == Settings(128, 20, False)
-    assert settings_of(reply_with(7, "stop", 2), 4).max_new_tokens == 7
+    assert settings_of(reply_with(7, "length", 3)) == Settings(7, 3, False)  # cut at the limit: exactly that
+    assert settings_of(reply_with(7, "stop", 20)) == Settings(7, 20, False)  # ended by itself: it ends there again
+    assert settings_of(reply_with(0, "abort", 2)).max_new_tokens == 1
 
 
 def rerun(service, item: SharedItem):
@@ -90,7 +90,7 @@ def rerun(service, item: SharedItem):
 
 def test_rerun_reproduces_a_turn_a_fork_and_a_text(conversation, service):
     for node in (ORIGINAL, 1):
-        item = stored(share_turn(conversation, 1, node, 64, service.identity, NOW))
+        item = stored(share_turn(conversation, 1, node, service.identity, NOW))
         rep = reproduction(item.reply, rerun(service, item), 1e-3)
         assert rep.reproduced and rep.same_ids and rep.max_dp < 1e-4, rep
     reply = service.score_text("The quick brown fox jumps over the lazy dog.", Settings(top_k=3))
@@ -100,7 +100,7 @@ def test_rerun_reproduces_a_turn_a_fork_and_a_text(conversation, service):
 
 
 def test_a_tampered_result_is_not_reproduced_and_the_report_says_where(conversation, service):
-    item = stored(share_turn(conversation, 1, ORIGINAL, 64, service.identity, NOW))
+    item = stored(share_turn(conversation, 1, ORIGINAL, service.identity, NOW))
     tokens = list(item.reply.tokens)
     tokens[2] = replace(tokens[2], prob=tokens[2].prob - 0.25)  # a forged probability
     forged = replace(item, reply=replace(item.reply, tokens=tuple(tokens)))
@@ -115,6 +115,23 @@ def test_a_tampered_result_is_not_reproduced_and_the_report_says_where(conversat
     assert "not reproduced: the reply differs from token 2" in reproduction_html(rep, item.model, service.identity)
     other = replace(service.identity, weights="sha256:" + "0" * 64)
     assert "the weights differ" in reproduction_html(rep, other, service.identity)
+
+
+def test_an_api_share_does_not_claim_this_servers_weights(conversation, service):
+    data = {**conversation.turns[1].reply.to_json(), "messages": [{"role": "user", "content": "x"}]}
+    assert share_reply_json(data, service.identity, NOW).model.weights is None  # a client's claim
+    assert share_reply_json(data, service.identity, NOW, made_here=True).model == service.identity
+
+
+def test_rerun_reports_ids_that_are_not_the_template_of_the_messages_shown(conversation, service):
+    sharing = Sharing(None, service)
+    item = stored(share_turn(conversation, 1, ORIGINAL, service.identity, NOW))
+    assert sharing._messages_match(item) is True
+    swapped = replace(item, messages=(*item.messages[:-1], Message("user", "Something else entirely?")))
+    assert sharing._messages_match(swapped) is False
+    html = sharing.rerun(swapped)  # the ids reproduce, but they are not the messages shown
+    assert "reproduced from the stored prompt ids, but they are not what this server makes" in html
+    assert "gs-repro-bad" in html
 
 
 def test_a_stopped_reply_is_compared_only_as_far_as_it_went(conversation, service):
@@ -150,12 +167,20 @@ def test_malformed_reply_json_is_refused_with_the_field_named(conversation, serv
     (lambda d: d.update(kind="movie"), "not a greedyscore shared result"),
     (lambda d: d["conversation"].update(selected=5), "the shared turn is not in it"),
     (lambda d: d["conversation"].update(selected=-1), "the shared turn is not in it"),
-    (lambda d: d["conversation"]["turns"][1]["forks"][0].update(parent=7), "a fork needs id, parent"),
+    (lambda d: d["conversation"]["turns"][1]["forks"][0].update(parent=7), "a fork needs a new id, parent"),
     (lambda d: d.update(model={"name": 3}), "does not say which model"),
     (lambda d: d.update(created="yesterday"), "no valid time"),
+    (lambda d: d.update(created=1e300), "no valid time"),
+    (lambda d: d["conversation"]["turns"][1]["forks"].append(d["conversation"]["turns"][1]["forks"][0]),
+     "a fork needs a new id"),
+    (lambda d: d["conversation"]["turns"][1]["forks"][0].update(id=0), "a fork needs a new id"),
+    (lambda d: d["conversation"]["turns"][1]["forks"][0].update(at=0), "a fork's position is not in its paths"),
+    (lambda d: d["conversation"]["turns"][1]["forks"][0].pop("forked_at"), "a fork's position is not in its paths"),
+    (lambda d: d["conversation"]["turns"][1]["forks"][0].update(forked_at=999), "forked_at is beyond its tokens"),
+    (lambda d: d["conversation"].update(turns={"a": 1}), "it has no turns"),
 ])
 def test_malformed_documents_are_refused(conversation, service, change, needle):
-    data = json.loads(json.dumps(share_turn(conversation, 1, ORIGINAL, 64, service.identity, NOW).to_json()))
+    data = json.loads(json.dumps(share_turn(conversation, 1, ORIGINAL, service.identity, NOW).to_json()))
     change(data)
     with pytest.raises(BadInput, match=needle):
         SharedItem.from_json(data)
@@ -197,7 +222,8 @@ def test_sharing_off_says_so(service):
 
 
 def test_header_names_the_model_weights_settings_and_context(conversation, service):
-    item = stored(share_turn(conversation, 1, 1, 64, service.identity, NOW))
+    item = stored(share_turn(conversation, 1, 1, service.identity, NOW))
     head = shared_header_html(item)
     assert "a fork of a chat reply" in head and service.identity.weights[:19] in head
-    assert "max 64 new tokens, top-k 3" in head and "2026-09-21" in head
+    n_new = len(item.reply.tokens) - 2  # the fork's own tokens after its forced prefix of 2
+    assert f"max {n_new} new tokens, top-k 3" in head and "2026-09-21" in head

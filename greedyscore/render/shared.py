@@ -89,9 +89,11 @@ def identities_html(stored: ModelIdentity, now: ModelIdentity) -> str:
 
 def reproduction_html(rep: Reproduction, stored: ModelIdentity, now: ModelIdentity) -> str:
     """The re-run's verdict, its numbers, the first tokens that differ, and both identities."""
-    cls = "gs-repro-ok" if rep.reproduced else "gs-repro-bad"
+    cls = "gs-repro-ok" if rep.reproduced and rep.messages_match is not False else "gs-repro-bad"
     facts = [f"token ids identical: {'yes' if rep.same_ids else 'no'} ({rep.n_stored} stored, {rep.n_now} now)",
              f"prompt ids identical: {'yes' if rep.same_prompt else 'no'}",
+             *([f"the stored prompt ids are this server's template of the messages shown: "
+                f"{'yes' if rep.messages_match else 'no'}"] if rep.messages_match is not None else []),
              f"max |\u0394p| of the chosen tokens: {rep.max_dp:.2g}"
              + (f" (token {rep.at_max})" if rep.at_max is not None and rep.max_dp > 0 else "")]
     diffs = "".join(f"<li>token {d.at}: stored {html_visible(d.stored)}, now {html_visible(d.now)}</li>"
