@@ -115,6 +115,8 @@ class Batcher:
         return job
 
     def _run(self) -> None:
+        if hasattr(self.engine, "decoder"):
+            self._run_continuous(self.engine.decoder())
         while True:
             first = self._take()
             if first.call is not None:
@@ -134,6 +136,46 @@ class Batcher:
             self._run_batch(batch)
             for job in later:
                 self._run_call(job)
+
+    def _run_continuous(self, batch: Any) -> None:
+        """Continuous batching over an engine's own decode loop (`engine.decoder()`): before every
+        step, waiting requests join (up to max_batch rows) and other model work runs; a row that
+        finishes or is stopped leaves at once. Never returns."""
+        waiting: deque[_Job] = deque()  # requests beyond max_batch rows
+        while True:
+            try:
+                while True:  # everything that arrived; block only when there is nothing to do
+                    job = self._take(timeout=None if not len(batch) and not waiting else 0)
+                    if job.call is not None:
+                        self._run_call(job)
+                    else:
+                        waiting.append(job)
+            except queue.Empty:
+                pass
+            while waiting and len(batch) < self.max_batch:
+                job = waiting.popleft()
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                cancel = job.request.cancel
+                if cancel is not None and cancel.is_set():  # stopped while waiting: no model time spent
+                    job.future.set_result(Generation((), "abort"))
+                    continue
+                try:
+                    batch.join(job.request, tag=job)
+                except BaseException as ex:  # noqa: BLE001 - its own prefill failed: only it fails
+                    job.future.set_exception(ex)
+                    continue
+                self.batch_sizes.append(len(batch))
+            if not len(batch):
+                continue
+            try:
+                finished = batch.step()
+            except BaseException as ex:  # noqa: BLE001 - the step's forward failed: every row fails
+                for job in batch.clear():
+                    job.future.set_exception(ex)
+                continue
+            for job, gen in finished:
+                job.future.set_result(gen)
 
     @staticmethod
     def _run_call(job: _Job) -> None:

@@ -73,6 +73,19 @@ class FlakyEngine:
             raise RuntimeError("injected failure")
         return self.engine.generate_batch(requests)
 
+    def decoder(self):
+        """The continuous batch, failing when the poisoned prompt joins (its prefill)."""
+        batch, poison = self.engine.decoder(), self.poison
+        join = batch.join
+
+        def poisoned_join(request, tag=None):
+            if list(request.prompt_ids) == poison:
+                raise RuntimeError("injected failure")
+            join(request, tag)
+
+        batch.join = poisoned_join
+        return batch
+
 
 def test_fault_in_one_request_leaves_others_and_next_working(engine):
     bad = [Message("user", "poison")]
@@ -129,13 +142,14 @@ def test_a_stopped_row_of_a_batch_ends_at_its_last_real_token(engine):
     def on_ids(new: list[int]) -> None:
         seen.extend(new)
         if len(seen) == 3:
-            cancel.set()  # seen by the stopping check after the 4th token is chosen
+            cancel.set()  # seen before the row's next step: it leaves the batch there
 
     stopped, other = _two_rows(engine, (40, 40), on_ids=(on_ids, None), cancels=(cancel, None))
     assert stopped.finish_reason == "abort"
-    assert list(stopped.token_ids) == seen == list(reference[0].token_ids[:4])
+    n = len(seen)
+    assert n == 3 and list(stopped.token_ids) == seen == list(reference[0].token_ids[:n])  # what was streamed
     assert not any(t in engine.stop_ids for t in stopped.token_ids)
-    assert len(stopped.steps) == 4 and torch.allclose(stopped.steps.logprob, reference[0].steps.logprob[:4])
+    assert len(stopped.steps) == n and torch.allclose(stopped.steps.logprob, reference[0].steps.logprob[:n])
     assert other.token_ids == reference[1].token_ids and other.finish_reason == reference[1].finish_reason
 
 

@@ -1,0 +1,190 @@
+"""Our own greedy decode loop over a transformers model's forward: rows join and leave at any step.
+
+Why not `generate`: its per-step bookkeeping (logits processors, stopping criteria, cache
+handling) costs as much as a small model's forward on a CPU, and a `generate` batch is fixed:
+a request that arrives mid-batch waits for all of it, a finished row keeps computing padding.
+
+`DecodeBatch` keeps one left-padded KV cache for all rows. `join` prefills a request alone and
+adds its row (its logits of the next step ready); `step` picks every row's token (the argmax of
+the raw float32 logits), scores it from the same logits (single pass: `score_rows`), streams it,
+lets finished or cancelled rows leave (their compute is freed at once), then runs one forward
+over the rows that remain. Each row has its own positions; padding is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..scoring import StepScores, empty_scores, score_rows
+from .base import GenerateRequest, Generation
+
+
+@dataclass
+class _Row:
+    request: GenerateRequest
+    tag: Any  # what `step` hands back with the row's Generation (default: the request)
+    length: int  # real tokens in the cache (prompt + generated so far, fed back)
+    ids: list[int] = field(default_factory=list)
+    parts: list[StepScores] = field(default_factory=list)
+    prompt_cache: Any = None  # the prompt's KV, for verification rescoring
+
+
+class DecodeBatch:
+    """Rows decoding together; not thread-safe (one worker thread owns it)."""
+
+    def __init__(self, model: Any, stop_ids: frozenset[int], keep_prompt_cache: bool = True) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.stop_ids = stop_ids
+        self.keep_prompt_cache = keep_prompt_cache
+        self.rows: list[_Row] = []
+        self.keys: list[torch.Tensor] = []  # per layer [rows, kv_heads, width, head_dim]
+        self.values: list[torch.Tensor] = []
+        self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where a real token is cached
+        self.logits = torch.zeros(0, 0)  # [rows, vocab]: each row's next-token logits
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @torch.inference_mode()
+    def join(self, request: GenerateRequest, tag: Any = None) -> None:
+        """Prefill the request alone and add its row (its next-token logits kept for `step`)."""
+        from transformers import DynamicCache
+
+        ids = torch.tensor([list(request.prompt_ids)], device=self.device)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        n = ids.shape[1]
+        row = _Row(request, request if tag is None else tag, n)
+        if self.keep_prompt_cache and n > 1:  # n - 1 positions: what verification's teacher forcing prefills
+            row.prompt_cache = DynamicCache(ddp_cache_data=[(k[:, :, : n - 1].clone(), v[:, :, : n - 1].clone())
+                                                            for k, v in zip(keys, values)])
+        logits = out.logits[:, -1].float()
+        if not self.rows:
+            self.keys, self.values = keys, values
+            self.mask = torch.ones(1, n, dtype=torch.long)
+            self.logits = logits
+        else:
+            grow = n - self.width
+            if grow > 0:  # the new prompt is longer: pad every row on the left
+                self._pad_left(grow)
+            pad = self.width - n
+            self.keys = [torch.cat([k, _left_pad(nk, pad)]) for k, nk in zip(self.keys, keys)]
+            self.values = [torch.cat([v, _left_pad(nv, pad)]) for v, nv in zip(self.values, values)]
+            new_mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones(1, n, dtype=torch.long)], 1)
+            self.mask = torch.cat([self.mask, new_mask])
+            self.logits = torch.cat([self.logits, logits])
+        self.rows.append(row)
+
+    def _pad_left(self, n: int) -> None:
+        self.keys = [_left_pad(k, n) for k in self.keys]
+        self.values = [_left_pad(v, n) for v in self.values]
+        self.mask = torch.cat([torch.zeros(len(self.rows), n, dtype=torch.long), self.mask], 1)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, Generation]]:
+        """One token for every row; -> (tag, Generation) of the rows that finished."""
+        if not self.rows:
+            return []
+        done: list[tuple[Any, Generation]] = []
+        keep: list[int] = []
+        cancelled = [r.request.cancel is not None and r.request.cancel.is_set() for r in self.rows]
+        live = [i for i, c in enumerate(cancelled) if not c]
+        chosen = self.logits.argmax(-1)
+        if live:
+            top_k = max(self.rows[i].request.top_k for i in live)
+            scores = score_rows(self.logits[live], chosen[live], top_k)
+        for i, row in enumerate(self.rows):
+            if cancelled[i]:  # Stop seen: the reply ends at the last token the model really chose
+                done.append((row.tag, self._finish(row, "abort")))
+                continue
+            j = live.index(i)
+            tok = int(chosen[i])
+            row.ids.append(tok)
+            row.parts.append(scores.slice(j, j + 1))
+            if row.request.on_ids is not None:
+                row.request.on_ids([tok])
+            if tok in self.stop_ids:
+                done.append((row.tag, self._finish(row, "stop")))
+            elif len(row.ids) >= row.request.max_new_tokens:
+                done.append((row.tag, self._finish(row, "length")))
+            else:
+                keep.append(i)
+        if len(keep) < len(self.rows):
+            self._select(keep)
+        if self.rows:
+            self._forward(chosen[keep] if keep else chosen[:0])
+        return done
+
+    def _finish(self, row: _Row, reason: str) -> Generation:
+        k = row.request.top_k
+        steps = StepScores.cat(row.parts) if row.parts else empty_scores(k)
+        steps = StepScores(steps.logprob, steps.rank, steps.entropy, steps.margin, steps.top_ids[:, :k],
+                           steps.top_logprobs[:, :k])
+        return Generation(tuple(row.ids), reason, steps=steps, cache=row.prompt_cache)
+
+    def clear(self) -> list[Any]:
+        """Drop every row (after a failed step); -> their tags."""
+        tags = [r.tag for r in self.rows]
+        self._select([])
+        return tags
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep these rows (finished ones leave); drop columns that are padding in every row left."""
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.keys, self.values, self.logits = [], [], torch.zeros(0, 0)
+            self.mask = torch.zeros(0, 0, dtype=torch.long)
+            return
+        index = torch.tensor(keep)
+        self.mask = self.mask[index]
+        first = int(self.mask.any(0).nonzero()[0])  # the first column some row still uses
+        self.mask = self.mask[:, first:]
+        self.keys = [k[index, :, first:] for k in self.keys]
+        self.values = [v[index, :, first:] for v in self.values]
+        self.logits = self.logits[index]
+
+    def _forward(self, tokens: torch.Tensor) -> None:
+        """Feed each row its chosen token: one forward over the batch, each row at its own position."""
+        from transformers import DynamicCache
+
+        positions = torch.tensor([[r.length] for r in self.rows])
+        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], 1)
+        cache = DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+        out = self.model(input_ids=tokens.view(-1, 1).to(self.device), attention_mask=self.mask.to(self.device),
+                         position_ids=positions.to(self.device), cache=cache, use_cache=True)
+        self.keys = [layer.keys for layer in cache.layers]
+        self.values = [layer.values for layer in cache.layers]
+        self.logits = out.logits[:, -1].float()
+        for r in self.rows:
+            r.length += 1
+
+
+def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    """[rows, heads, width, dim] with n zero positions in front (masked out)."""
+    if n <= 0:
+        return t
+    shape = (t.shape[0], t.shape[1], n, t.shape[3])
+    return torch.cat([t.new_zeros(shape), t], 2)
+
+
+def generate_all(model: Any, stop_ids: frozenset[int], requests: Sequence[GenerateRequest]) -> list[Generation]:
+    """A fixed batch through the loop: every request joins, steps run until all have finished."""
+    batch = DecodeBatch(model, stop_ids)
+    for i, r in enumerate(requests):
+        batch.join(r, tag=i)
+    results: dict[int, Generation] = {}
+    while len(batch):
+        for i, gen in batch.step():
+            results[i] = gen
+    return [results[i] for i in range(len(requests))]
