@@ -96,6 +96,7 @@ bench: $(VENV)/.test browser vllm
 	$(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_fork.py
 	$(BIN)/python benchmarks/bench_remote.py
+	$(BIN)/python benchmarks/bench_continuous.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
