@@ -5,7 +5,8 @@
    issue 12 is p95 <= 1.5x solo.
 2. 8 users at once, 64 new tokens each: aggregate tokens/s.
 3. Single stream, 128 new tokens: the decode loop alone vs HF `generate` (the old path) vs the
-   bare forward (the floor), and the model's forward time split (matmuls vs the rest).
+   bare forward (the floor), with the weights transposed (the engine's layout) and as loaded;
+   and the forward's time split (matmuls vs the rest).
 
 "Fixed" is the worker's previous policy: requests that arrive together form one batch, and a
 request arriving meanwhile waits for the whole batch to end. "Continuous" joins it at the next
@@ -75,7 +76,8 @@ def together(service, users: int, tokens: int) -> float:
 
 
 def single_stream(engine, tokens: int) -> dict[str, float]:
-    """s per token: our loop (scored) vs HF generate (unscored) vs the bare forward."""
+    """s per token: our loop (scored) vs HF generate (unscored) vs the bare forward, with the
+    weights transposed (engines/layout.py) and as loaded."""
     import torch
     from transformers import DynamicCache, GenerationConfig
 
@@ -95,15 +97,19 @@ def single_stream(engine, tokens: int) -> dict[str, float]:
             ids = torch.tensor([prompt])
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
 
-    def bare() -> None:
+    from transformers import AutoModelForCausalLM
+
+    as_loaded = AutoModelForCausalLM.from_pretrained(engine.source, dtype=torch.float32).eval()
+
+    def bare(m=model) -> None:
         with torch.inference_mode():
-            cache = DynamicCache(config=model.config)
-            model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True, logits_to_keep=1)
+            cache = DynamicCache(config=m.config)
+            m(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True, logits_to_keep=1)
             tok = torch.tensor([[prompt[-1]]])
             for _ in range(tokens):
-                model(input_ids=tok, cache=cache, use_cache=True)
+                m(input_ids=tok, cache=cache, use_cache=True)
 
-    fns = {"ours": ours, "hf": hf, "bare": bare}
+    fns = {"ours": ours, "hf": hf, "bare": bare, "as_loaded": lambda: bare(as_loaded)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for f in fns.values():
         f()
@@ -175,7 +181,9 @@ def main() -> None:
         + table(["path", "ms per token", "tok/s"],
                 [["our decode loop, every token scored", f"{one['ours'] * 1000:.1f}", f"{1 / one['ours']:.1f}"],
                  ["HF generate, unscored (the old path's core)", f"{one['hf'] * 1000:.1f}", f"{1 / one['hf']:.1f}"],
-                 ["bare forward (the floor)", f"{one['bare'] * 1000:.1f}", f"{1 / one['bare']:.1f}"]])
+                 ["bare forward (the floor)", f"{one['bare'] * 1000:.1f}", f"{1 / one['bare']:.1f}"],
+                 ["bare forward, weights as loaded ([out, in], not transposed)", f"{one['as_loaded'] * 1000:.1f}",
+                  f"{1 / one['as_loaded']:.1f}"]])
         + f"\n\nA decode step's CPU time in aten::mm (the weights' matrix-vector products): {share:.0%}. "
         f"Peak resident memory of this process: {rss_mb:.0f} MB."
     )

@@ -20,6 +20,7 @@ from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks
 from .base import GenerateRequest, Generation
 from .decode import DecodeBatch, generate_all
 from .hf_text import HFTextMixin
+from .layout import transpose_linears
 
 SCORE_CHUNK_TOKENS = 64  # teacher forcing feeds this many tokens per forward: [64, vocab] logits at most
 
@@ -92,6 +93,8 @@ class TransformersEngine(HFTextMixin):
             with warnings.catch_warnings():  # deprecated for torchao, still in the pinned torch 2.13
                 warnings.simplefilter("ignore")
                 lm = quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
+        if precision == "float32" and device == "cpu":
+            transpose_linears(lm)  # ~1.2x faster decoding on a CPU (engines/layout.py)
         print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         engine = cls(lm, tok, name)
         engine.source, engine.precision = source, precision  # what the Compare tab reloads at another precision

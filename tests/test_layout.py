@@ -1,0 +1,28 @@
+"""The engine's CPU weight layout (every Linear transposed) computes the model as loaded."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from greedyscore.engines.layout import TransposedLinear
+from greedyscore.types import Message
+
+
+def test_transposed_weights_give_the_logits_of_the_model_as_loaded(engine):
+    assert any(isinstance(m, TransposedLinear) for m in engine.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in engine.model.modules())
+    plain = AutoModelForCausalLM.from_pretrained(engine.source, dtype=torch.float32).eval()
+    ids = torch.tensor([engine.prompt_ids([Message("user", "你好, what is 2+2?")])])
+    with torch.inference_mode():
+        outs = []
+        for model in (engine.model, plain):
+            cache = DynamicCache(config=model.config)
+            prefill = model(input_ids=ids, cache=cache, use_cache=True).logits[0]
+            step = model(input_ids=torch.tensor([[42]]), cache=cache, use_cache=True).logits[0, -1]
+            outs.append((prefill, step))
+    for mine, theirs in zip(*outs):
+        assert torch.allclose(mine, theirs, atol=1e-3, rtol=0)
+        assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
+    tied = plain.get_output_embeddings().weight
+    assert torch.equal(engine.model.lm_head.weight_t, tied.t())  # the output layer's own copy, same values
