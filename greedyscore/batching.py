@@ -154,11 +154,7 @@ class Batcher:
                 pass
             while waiting and len(batch) < self.max_batch:
                 job = waiting.popleft()
-                if not job.future.set_running_or_notify_cancel():
-                    continue
-                cancel = job.request.cancel
-                if cancel is not None and cancel.is_set():  # stopped while waiting: no model time spent
-                    job.future.set_result(Generation((), "abort"))
+                if not self._starts(job):
                     continue
                 try:
                     batch.join(job.request, tag=job)
@@ -178,6 +174,18 @@ class Batcher:
                 job.future.set_result(gen)
 
     @staticmethod
+    def _starts(job: _Job) -> bool:
+        """A waiting generation may start: not cancelled, and not stopped while it waited (then it
+        ends as "abort" before any model time is spent)."""
+        if not job.future.set_running_or_notify_cancel():
+            return False
+        cancel = job.request.cancel
+        if cancel is not None and cancel.is_set():
+            job.future.set_result(Generation((), "abort"))
+            return False
+        return True
+
+    @staticmethod
     def _run_call(job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
             return
@@ -187,12 +195,7 @@ class Batcher:
             job.future.set_exception(ex)
 
     def _run_batch(self, batch: list[_Job]) -> None:
-        live = [j for j in batch if j.future.set_running_or_notify_cancel()]
-        for j in list(live):
-            cancel = j.request.cancel
-            if cancel is not None and cancel.is_set():  # stopped while waiting: no model time spent
-                j.future.set_result(Generation((), "abort"))
-                live.remove(j)
+        live = [j for j in batch if self._starts(j)]
         if not live:
             return
         self.batch_sizes.append(len(live))

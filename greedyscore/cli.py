@@ -163,13 +163,13 @@ def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messag
     import time
 
     from .engine_args import share_store
-    from .shared import share_reply_json
+    from .shared import settings_of, share_reply
 
-    data = {**reply.to_json(), "kind": "chat" if args.command in ("chat", "fork") else "text",
-            "messages": [{"role": m.role, "content": m.content} for m in messages]}
     if args.command in ("chat", "fork"):
-        data["settings"] = {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "verify": args.verify}
-    item = share_reply_json(data, service.identity, time.time(), made_here=True)
+        kind, settings = "chat", Settings(args.max_new_tokens, args.top_k, args.verify)
+    else:
+        kind, settings = "text", settings_of(reply)
+    item = share_reply(kind, reply, tuple(messages), settings, service.identity, time.time())
     return share_store(args.store).put(item.to_json(), "cli")
 
 

@@ -390,6 +390,16 @@ class Service:
         self._check_fit(len(prompt) + len(forced_ids), 0 if ends else settings.max_new_tokens)
         return _last(self._turn(prompt, settings, threading.Event(), HEARTBEAT_S, forced_ids, forked_at))
 
+    def prompt_matches(self, messages: Sequence[Message], prompt_ids: Sequence[int]) -> bool | None:
+        """Are `prompt_ids` what this model's template makes of `messages`? None where that cannot
+        be asked (a remote server templates; no messages)."""
+        if self.engine.server_template or not messages:
+            return None
+        try:
+            return tuple(self.engine.prompt_ids(list(messages))) == tuple(prompt_ids)
+        except Exception:  # noqa: BLE001 - messages this template refuses: they cannot be its prompt
+            return False
+
     def rescore(self, context: Sequence[int], target: Sequence[int], settings: Settings) -> ScoredReply:
         """Teacher-forced scores of stored ids again (a shared Score-text result)."""
         self.check_settings(settings)

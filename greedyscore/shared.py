@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .conversation import ORIGINAL, Conversation
+from .conversation import ORIGINAL, Conversation, Turn
 from .errors import BadInput
 from .reply_json import reply_from_json
 from .service import check_settings, parse_messages
@@ -109,22 +109,27 @@ def share_text(reply: ScoredReply, messages: tuple[Message, ...], model: ModelId
     return SharedItem("text", reply, messages, settings_of(reply), model, now)
 
 
-def share_reply_json(data: Any, model: ModelIdentity, now: float, made_here: bool = False) -> SharedItem:
-    """The tokens JSON that /chat or /score_text returned (its "messages" and "settings" say how it
-    was made). made_here: this process generated it (the CLI), so `model` is its identity; else it
-    came from a client, and the weights it was made with are not known (Re-run checks it)."""
-    reply = reply_from_json(data)
-    messages = tuple(parse_messages(data["messages"])) if data.get("messages") else ()
-    settings = _settings(data["settings"]) if data.get("settings") else settings_of(reply)
-    if not made_here:
-        model = ModelIdentity(reply.model, reply.backend, None, reply.score_source, model.greedyscore)
-    if data.get("kind", "chat" if reply.calibration is None else "text") == "text":
+def share_reply(kind: str, reply: ScoredReply, messages: tuple[Message, ...], settings: Settings,
+                model: ModelIdentity, now: float) -> SharedItem:
+    """One reply with the messages it answered (kind "chat": shown as a one-turn conversation) or
+    was scored after (kind "text")."""
+    if kind == "text":
         return SharedItem("text", reply, messages, settings, model, now)
-    from .conversation import Turn
-
     user = messages[-1].content if messages and messages[-1].role == "user" else ""
     conv = Conversation((Turn(user, reply),)).select(0)
     return SharedItem("chat", reply, messages, settings, model, now, conv)
+
+
+def share_reply_json(data: Any, model: ModelIdentity, now: float) -> SharedItem:
+    """The tokens JSON that /chat or /score_text returned (its "messages" and "settings" say how it
+    was made). It came from a client: the weights it was made with are not known (Re-run checks
+    it), so only the greedyscore version of `model` is kept."""
+    reply = reply_from_json(data)
+    messages = tuple(parse_messages(data["messages"])) if data.get("messages") else ()
+    settings = _settings(data["settings"]) if data.get("settings") else settings_of(reply)
+    claimed = ModelIdentity(reply.model, reply.backend, None, reply.score_source, model.greedyscore)
+    kind = data.get("kind", "chat" if reply.calibration is None else "text")
+    return share_reply("text" if kind == "text" else "chat", reply, messages, settings, claimed, now)
 
 
 def _settings(d: Any) -> Settings:

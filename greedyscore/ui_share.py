@@ -15,14 +15,13 @@ from typing import Any
 import gradio as gr
 
 from .errors import BadInput, GreedyScoreError
-from .render import View, render_numbers, render_outputs
-from .render.explore import EXPLORE_JS, conversation_html, shown_fork_html
+from .render import View
+from .render.explore import EXPLORE_JS
 from .render.shared import (
     COPY_JS,
     not_shared_html,
-    prompt_html,
     reproduction_html,
-    shared_header_html,
+    shared_view,
 )
 from .service import Service
 from .share import NotShared, ShareStore
@@ -80,36 +79,14 @@ class Sharing:
 
     def rerun(self, item: SharedItem) -> str:
         """Run the stored result again on this server's model -> the report's HTML."""
-        plan = rerun_plan(item)
+        plan, service = rerun_plan(item), self.service
         if item.kind == "text":
-            now = self.service.rescore(plan.prompt, plan.target, plan.settings)
+            now = service.rescore(plan.prompt, plan.target, plan.settings)
         else:
-            now = self.service.rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
-        rep = reproduction(item.reply, now, Settings().tolerance, self._messages_match(item))
-        return reproduction_html(rep, item.model, self.service.identity)
-
-    def _messages_match(self, item: SharedItem) -> bool | None:
-        """Are the stored prompt ids what this server's template makes of the stored messages?
-        None where that cannot be asked (a remote server templates; plain text has no messages)."""
-        engine = self.service.engine
-        if engine.server_template or not item.messages:
-            return None
-        try:
-            return tuple(engine.prompt_ids(list(item.messages))) == tuple(item.reply.prompt_token_ids)
-        except Exception:  # noqa: BLE001 - messages this template refuses: they cannot be its prompt
-            return False
-
-
-def shared_view(item: SharedItem, view: View) -> tuple[str, str, Any, str]:
-    """-> (header, the result coloured, its chart, its stats) for a shared item."""
-    if item.conversation is not None:
-        # a shared fork: beside its parent, as its author saw it
-        body = conversation_html(item.conversation, view, forks=False, share=False) + shown_fork_html(
-            item.conversation, view)
-    else:
-        body = prompt_html(item.messages) + render_outputs(item.reply, view)[0]
-    fig, _, stats = render_numbers(item.reply, view)
-    return shared_header_html(item), body, fig, stats
+            now = service.rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
+        matches = service.prompt_matches(item.messages, item.reply.prompt_token_ids)
+        rep = reproduction(item.reply, now, Settings().tolerance, matches)
+        return reproduction_html(rep, item.model, service.identity)
 
 
 @dataclass(frozen=True)

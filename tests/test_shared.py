@@ -11,19 +11,20 @@ import pytest
 
 from greedyscore.conversation import ORIGINAL, Conversation
 from greedyscore.errors import BadInput
-from greedyscore.render.shared import reproduction_html, shared_header_html
+from greedyscore.render.shared import reproduction_html, shared_header_html, shared_view
 from greedyscore.reply_json import reply_from_json
 from greedyscore.shared import (
     SharedItem,
     reproduction,
     rerun_plan,
     settings_of,
+    share_reply,
     share_reply_json,
     share_text,
     share_turn,
 )
 from greedyscore.types import Message, Settings
-from greedyscore.ui_share import Sharing, shared_view
+from greedyscore.ui_share import Sharing
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "q" \u4f60\u597d \U0001f600'
 NOW = 1_790_000_000.0
@@ -120,15 +121,17 @@ def test_a_tampered_result_is_not_reproduced_and_the_report_says_where(conversat
 def test_an_api_share_does_not_claim_this_servers_weights(conversation, service):
     data = {**conversation.turns[1].reply.to_json(), "messages": [{"role": "user", "content": "x"}]}
     assert share_reply_json(data, service.identity, NOW).model.weights is None  # a client's claim
-    assert share_reply_json(data, service.identity, NOW, made_here=True).model == service.identity
+    made_here = share_reply("chat", conversation.turns[1].reply, (Message("user", "x"),), Settings(), service.identity,
+                            NOW)  # what the CLI shares: its own identity
+    assert made_here.model == service.identity
 
 
 def test_rerun_reports_ids_that_are_not_the_template_of_the_messages_shown(conversation, service):
     sharing = Sharing(None, service)
     item = stored(share_turn(conversation, 1, ORIGINAL, service.identity, NOW))
-    assert sharing._messages_match(item) is True
+    assert service.prompt_matches(item.messages, item.reply.prompt_token_ids) is True
     swapped = replace(item, messages=(*item.messages[:-1], Message("user", "Something else entirely?")))
-    assert sharing._messages_match(swapped) is False
+    assert service.prompt_matches(swapped.messages, swapped.reply.prompt_token_ids) is False
     html = sharing.rerun(swapped)  # the ids reproduce, but they are not the messages shown
     assert "reproduced from the stored prompt ids, but they are not what this server makes" in html
     assert "gs-repro-bad" in html

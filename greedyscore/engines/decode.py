@@ -104,11 +104,12 @@ class DecodeBatch:
         if live:
             top_k = max(self.rows[i].request.top_k for i in live)
             scores = score_rows(self.logits[live], chosen[live], top_k)
+        j = -1
         for i, row in enumerate(self.rows):
             if cancelled[i]:  # Stop seen: the reply ends at the last token the model really chose
                 done.append((row.tag, self._finish(row, "abort")))
                 continue
-            j = live.index(i)
+            j += 1  # this row's place among the live rows
             tok = int(chosen[i])
             row.ids.append(tok)
             row.parts.append(scores.slice(j, j + 1))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime
+from typing import Any
 
 from ..shared import Reproduction, SharedItem
 from ..types import Message, ModelIdentity
+from .explore import conversation_html, shown_fork_html
 from .text import html_visible
+from .view import View, render_numbers, render_outputs
 
 COPY_JS = """
 element.addEventListener('click', (e) => {
@@ -114,3 +117,15 @@ def share_link_html(url: str, expires: float | None = None) -> str:
     return (f'<div class="gs-share-link"><label>Link to this result: <input class="gs-share-url" readonly '
             f'value="{esc(url)}" size="48" aria-label="share link"></label> <button type="button" class="gs-copy">'
             f"Copy</button><span class=\"gs-sub\"> Anyone with the link can open it, read-only.{note}</span></div>")
+
+
+def shared_view(item: SharedItem, view: View) -> tuple[str, str, Any, str]:
+    """-> (header, the result coloured, its chart, its stats) for a shared item."""
+    if item.conversation is not None:
+        # a shared fork: beside its parent, as its author saw it
+        body = conversation_html(item.conversation, view, forks=False, share=False) + shown_fork_html(
+            item.conversation, view)
+    else:
+        body = prompt_html(item.messages) + render_outputs(item.reply, view)[0]
+    fig, _, stats = render_numbers(item.reply, view)
+    return shared_header_html(item), body, fig, stats
