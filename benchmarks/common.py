@@ -14,12 +14,12 @@ import torch
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def fixed_length_engine():
+def fixed_length_engine(precision: str = "float32"):
     """The embedded model whose stop ids are replaced by one it never emits (the last vocab id),
     so every run generates exactly max_new_tokens and the methods compare like for like."""
     from greedyscore.engines.transformers import TransformersEngine
 
-    engine = TransformersEngine.load(None, device="cpu")
+    engine = TransformersEngine.load(None, device="cpu", precision=precision)
     engine.stop_ids = frozenset({engine.model.config.vocab_size - 1})
     return engine
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from .engines import BACKENDS, Engine, load_engine
+from .engines import BACKENDS, Engine, load_engine, pick_backend
+from .errors import EngineUnavailable
+
+DTYPES = ("float32", "bfloat16")
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -23,6 +26,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="auto = lmdeploy when CUDA and lmdeploy are present, else transformers; openai = a "
                         "remote OpenAI-compatible server (vLLM, LMDeploy api_server/proxy, llama.cpp) at --base-url "
                         "(default: %(default)s)")
+    p.add_argument("--dtype", default=env("DTYPE", "float32"), choices=DTYPES,
+                   help="the transformers engine's weights and activations: float32 (exact scores) or bfloat16 "
+                        "(faster where the CPU has bf16 instructions, refused where it has none; its scores are "
+                        "approximate: |Δp| against float32 is measured at load and shown) (default: %(default)s)")
     remote = p.add_argument_group("remote server (--backend openai)")
     remote.add_argument("--base-url", default=env("BASE_URL"), metavar="URL",
                         help="the server, e.g. http://proxy:8000 or http://proxy:8000/v1")
@@ -42,6 +49,14 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
     the default backend means the remote one."""
     if args.backend == "auto" and args.base_url:
         args.backend = "openai"
+    dtype = getattr(args, "dtype", "float32")
+    if dtype != "float32":
+        if pick_backend(args.backend) != "transformers":
+            raise EngineUnavailable(f"--dtype {dtype} is for the transformers engine; LMDeploy and remote servers "
+                                    "choose their own precision (leave --dtype at float32)")
+        from .precision import load_lower_precision
+
+        return load_lower_precision(args.model, dtype)
     if args.backend != "openai":
         return load_engine(args.backend, args.model, base_url=args.base_url)
     return load_engine("openai", args.model, base_url=_api_root(args.base_url), api_key=args.api_key,

@@ -161,6 +161,11 @@ class Service:
         return self.engine.score_source
 
     @property
+    def drift(self):
+        """A lower-precision engine's measured distance from float32 (`precision.Drift`), or None."""
+        return getattr(self.engine, "drift", None)
+
+    @property
     def identity(self) -> ModelIdentity:
         """The model as a shared result records it: its weights are hashed once (the app starts
         that in the background at launch: `threading.Thread(target=lambda: service.identity)`)."""

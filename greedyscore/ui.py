@@ -103,10 +103,14 @@ def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports
 
 
 def _header(service: Service) -> None:
+    drift = service.drift
     gr.Markdown(
-        "# greedyscore\nEvery token of a greedy reply with its **true model probability** "
-        f"({service.score_source}). Hover or focus a token for its alternatives.\n\n"
-        f"**Model:** `{service.model_name}` · **backend:** `{service.backend}` · greedy decoding",
+        "# greedyscore\nEvery token of a greedy reply with its "
+        + (f"**true model probability** ({service.score_source})" if drift is None else
+           f"**model probability** ({drift.precision} logits, softmax in float32)")
+        + ". Hover or focus a token for its alternatives.\n\n"
+        f"**Model:** `{service.model_name}` · **backend:** `{service.backend}` · greedy decoding"
+        + ("" if drift is None else f" · **{drift.note()}**"),
         elem_id="gs-header",
     )
 

@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from ..cpu import bf16_instructions
 from ..errors import BadInput, EngineUnavailable, ModelNotFound
 from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks
 from .base import GenerateRequest, Generation
 from .decode import DecodeBatch, generate_all
 from .hf_text import HFTextMixin
-from .layout import transpose_linears
+from .layout import pack_linears, split_linears
 
 SCORE_CHUNK_TOKENS = 64  # teacher forcing feeds this many tokens per forward: [64, vocab] logits at most
 
@@ -94,7 +95,9 @@ class TransformersEngine(HFTextMixin):
                 warnings.simplefilter("ignore")
                 lm = quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
         if precision == "float32" and device == "cpu":
-            transpose_linears(lm)  # ~1.2x faster decoding on a CPU (engines/layout.py)
+            split_linears(lm)  # ~1.4x faster decoding on a CPU (engines/layout.py)
+        elif precision == "bfloat16" and device == "cpu" and bf16_instructions():
+            pack_linears(lm)  # oneDNN's bf16 kernels: ~1.3x (engines/layout.py)
         print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         engine = cls(lm, tok, name)
         engine.source, engine.precision = source, precision  # what the Compare tab reloads at another precision

