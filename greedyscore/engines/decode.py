@@ -21,6 +21,7 @@ import torch
 
 from ..scoring import StepScores, empty_scores, score_rows
 from .base import GenerateRequest, Generation
+from .llama_step import LlamaStep
 
 
 @dataclass
@@ -36,7 +37,8 @@ class _Row:
 class DecodeBatch:
     """Rows decoding together; not thread-safe (one worker thread owns it)."""
 
-    def __init__(self, model: Any, stop_ids: frozenset[int], keep_prompt_cache: bool = True) -> None:
+    def __init__(self, model: Any, stop_ids: frozenset[int], keep_prompt_cache: bool = True,
+                 fast: bool = True) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.stop_ids = stop_ids
@@ -46,6 +48,7 @@ class DecodeBatch:
         self.values: list[torch.Tensor] = []
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where a real token is cached
         self.logits = torch.zeros(0, 0)  # [rows, vocab]: each row's next-token logits
+        self.fast_step = LlamaStep.of(model) if fast else None  # decode steps without transformers' forward
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -161,6 +164,13 @@ class DecodeBatch:
 
         positions = torch.tensor([[r.length] for r in self.rows])
         self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], 1)
+        if self.fast_step is not None:
+            padded = bool((self.mask == 0).any())
+            self.logits = self.fast_step(tokens.to(self.device), positions.view(-1).to(self.device),
+                                         self.mask.to(self.device) if padded else None, self.keys, self.values).float()
+            for r in self.rows:
+                r.length += 1
+            return
         cache = DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
         out = self.model(input_ids=tokens.view(-1, 1).to(self.device), attention_mask=self.mask.to(self.device),
                          position_ids=positions.to(self.device), cache=cache, use_cache=True)
