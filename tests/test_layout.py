@@ -34,7 +34,7 @@ def test_a_split_linear_computes_its_linear_for_one_row_a_batch_and_odd_widths()
         plain = torch.nn.Linear(64, out, bias=True)
         split = SplitLinear(plain, parts)
         assert split.parts == (1 if out % parts else parts)
-        for shape in ((1, 1, 64), (3, 5, 64), (64,)):
+        for shape in ((1, 1, 64), (3, 5, 64), (64,), (2, 40, 64)):  # the last: more rows than one bmm takes
             x = torch.randn(shape)
             with torch.no_grad():
                 assert torch.allclose(split(x), plain(x), atol=1e-5, rtol=0)

@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 
+BMM_ROWS = 16  # up to this many rows (decode steps of a batch) one bmm, a core per column block
+
+
 class SplitLinear(nn.Module):
     """`nn.Linear`'s function with its weight stored as [parts, in, out/parts] (column blocks)."""
 
@@ -36,8 +39,11 @@ class SplitLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        y = torch.bmm(rows.expand(self.parts, *rows.shape), self.weight_blocks)  # [parts, rows, out/parts]
-        y = y.view(self.out_features) if rows.shape[0] == 1 else y.permute(1, 0, 2).reshape(-1, self.out_features)
+        if rows.shape[0] > BMM_ROWS:  # a prefill: matrix products, each threaded by MKL itself (~1.2x the bmm)
+            y = torch.cat([rows @ w for w in self.weight_blocks], -1)
+        else:
+            y = torch.bmm(rows.expand(self.parts, *rows.shape), self.weight_blocks)  # [parts, rows, out/parts]
+            y = y.view(self.out_features) if rows.shape[0] == 1 else y.permute(1, 0, 2).reshape(-1, self.out_features)
         y = y.view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
