@@ -102,9 +102,10 @@ def test_bfloat16_against_float32_matches_independent_forwards(variants, engine)
             lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
             want = [float(lp[n - 1 + i, t]) for i, t in enumerate(ids[n:])]
             got = [getattr(s, f"logprob_{side}") for s in cmp.spans]
-            # bfloat16 keeps ~3 significant digits: logits of ~20 carry ~0.1 of path-dependent rounding
-            # (which rows are computed together changes the matmul), so B matches to that, A to float32
-            assert got == pytest.approx(want, abs=0.15 if side == "b" else 1e-4)
+            # bfloat16 keeps ~3 significant digits: logits of ~20 carry ~0.1-0.2 of path-dependent rounding
+            # (which rows are computed together, and by which kernel: a chunk of <= 16 rows goes through
+            # the C kernel, a longer one through oneDNN), so B matches to that, A to float32
+            assert got == pytest.approx(want, abs=0.25 if side == "b" else 1e-4)
     assert any(abs(s.delta) > 1e-3 for s in cmp.spans)  # bfloat16 does move the numbers
     page = compare_html(cmp)
     assert "gs-cmp-strip" in page and "points" in page and "B less sure" in page

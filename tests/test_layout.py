@@ -1,31 +1,55 @@
-"""The engine's CPU weight layout (every Linear transposed, in column blocks) computes the model as loaded."""
+"""The engine's CPU weight layouts compute the model as loaded: the C kernel's (the default where
+it builds) and the fallback's (every Linear transposed, in column blocks)."""
 
 from __future__ import annotations
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from greedyscore.engines.layout import SplitLinear
+from greedyscore.engines import layout
+from greedyscore.engines.layout import NativeLinear, SplitLinear, split_linears
 from greedyscore.types import Message
 
 
-def test_split_weights_give_the_logits_of_the_model_as_loaded(engine):
-    assert any(isinstance(m, SplitLinear) and m.parts > 1 for m in engine.model.modules())
-    assert not any(type(m) is torch.nn.Linear for m in engine.model.modules())
-    plain = AutoModelForCausalLM.from_pretrained(engine.source, dtype=torch.float32).eval()
-    ids = torch.tensor([engine.prompt_ids([Message("user", "你好, what is 2+2?")])])
+def _prefill_and_step(model, ids):
     with torch.inference_mode():
-        outs = []
-        for model in (engine.model, plain):
-            cache = DynamicCache(config=model.config)
-            prefill = model(input_ids=ids, cache=cache, use_cache=True).logits[0]
-            step = model(input_ids=torch.tensor([[42]]), cache=cache, use_cache=True).logits[0, -1]
-            outs.append((prefill, step))
-    for mine, theirs in zip(*outs):
+        cache = DynamicCache(config=model.config)
+        prefill = model(input_ids=ids, cache=cache, use_cache=True).logits[0]
+        step = model(input_ids=torch.tensor([[42]]), cache=cache, use_cache=True).logits[0, -1]
+    return prefill, step
+
+
+def _as_loaded(engine):
+    return AutoModelForCausalLM.from_pretrained(engine.source, dtype=torch.float32).eval()
+
+
+def test_the_engine_decodes_through_the_kernel_and_gives_the_logits_of_the_model_as_loaded(engine):
+    assert engine.layout == "native"
+    assert not any(type(m) is torch.nn.Linear for m in engine.model.modules())
+    assert any(isinstance(m, NativeLinear) for m in engine.model.modules())
+    plain = _as_loaded(engine)
+    ids = torch.tensor([engine.prompt_ids([Message("user", "你好, what is 2+2?")])])
+    for mine, theirs in zip(_prefill_and_step(engine.model, ids), _prefill_and_step(plain, ids), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-3, rtol=0)
         assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
-    tied = plain.get_output_embeddings().weight
-    assert torch.equal(engine.model.lm_head.weight_t, tied.t())  # the output layer's own copy, same values
+    # the tied output layer reads the embedding's own tensor: no copy of the 49152 x 576 matrix
+    assert engine.model.lm_head.weight.data_ptr() == engine.model.model.embed_tokens.weight.data_ptr()
+
+
+def test_without_the_kernel_the_split_layout_gives_the_logits_of_the_model_as_loaded(engine, monkeypatch):
+    from greedyscore.engines import native
+
+    monkeypatch.setattr(native, "kernel", lambda: None)
+    split = _as_loaded(engine)
+    assert layout.cpu_layout(split, "float32") == "split"
+    assert any(isinstance(m, SplitLinear) and m.parts > 1 for m in split.modules())
+    plain = _as_loaded(engine)
+    ids = torch.tensor([engine.prompt_ids([Message("user", "Name three rivers.")])])
+    for mine, theirs in zip(_prefill_and_step(split, ids), _prefill_and_step(plain, ids), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-3, rtol=0)
+        assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
+    assert torch.equal(split.lm_head.weight_t, plain.get_output_embeddings().weight.t())
+    assert split_linears(split) == 0  # nothing left to replace
 
 
 def test_a_split_linear_computes_its_linear_for_one_row_a_batch_and_odd_widths():

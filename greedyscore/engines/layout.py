@@ -1,19 +1,24 @@
-"""Weights laid out for decoding on a CPU: every Linear keeps its weight transposed, in column halves.
+"""Weights laid out for decoding on a CPU, where a decode step's speed is the speed at which the
+weights stream from memory (each step multiplies a few row vectors by every weight matrix).
 
-Why: a decode step multiplies one row vector by each weight matrix, so its speed is the speed at
-which the weights stream from memory. torch's MKL reads them at ~10 GB/s here for
-`linear(x, W)` on the [out, in] weight and does not use a second core for one row; `x @ W.T`
-with W.T stored contiguous ([in, out]) reads ~14 GB/s. Stored as [parts, in, out/parts] and
-multiplied with one `bmm`, each core streams its own half of the columns: ~21 GB/s, 1.35x the
-whole decode step over the transposed layout (benchmarks/RESULTS.md). Same products, summed in
-another order: logits agree with the model as loaded to ~1e-5.
+Measured here (AMD EPYC, 2 cores; benchmarks/RESULTS.md): torch's MKL reads the weights at
+~10 GB/s for `linear(x, W)` on the [out, in] weight (it does not use a second core for one row);
+`x @ W.T` with W.T stored contiguous ~14 GB/s; W.T in column halves multiplied by one `bmm`, a core
+per half, ~18 GB/s; the C kernel of engines/native.py ~25-28 GB/s, as llama.cpp. So:
+
+- NativeLinear (the default where a C compiler builds the kernel): the weight as loaded, no copy;
+  up to NATIVE_ROWS rows go through the kernel, a prefill's rows through torch's GEMM.
+- SplitLinear (float32 without the kernel): the transposed weight in column blocks, one `bmm`.
+- PackedLinear (bfloat16 without the kernel, on a CPU with bf16 instructions): oneDNN's packed
+  weights.
+
+Same products, summed in other orders: logits agree with the model as loaded to ~1e-5 (float32).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
 
 BMM_ROWS = 16  # up to this many rows (decode steps of a batch) one bmm, a core per column block
 
@@ -85,3 +90,58 @@ def pack_linears(model: nn.Module) -> int:
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear(child))
     return len(swaps)
+
+
+NATIVE_ROWS = 16  # up to this many rows (a decode step's batch) the kernel; a prefill's rows: torch's GEMM
+
+
+class NativeLinear(nn.Module):
+    """`nn.Linear` whose decode-step products run in the C kernel (engines/native.py), reading
+    the weight as loaded ([out, in], float32 or bfloat16, shared with a tied embedding: no copy).
+    Rows are computed in float32 and returned in the input's dtype."""
+
+    def __init__(self, linear: nn.Linear, kernel) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if not linear.weight.is_contiguous():
+            linear.weight.data = linear.weight.data.contiguous()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] > NATIVE_ROWS:
+            return nn.functional.linear(x, self.weight, self.bias)
+        bias = None if self.bias is None else self.bias.float().contiguous()
+        y = self.kernel.linear(rows.float().contiguous(), self.weight, bias)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+def native_linears(model: nn.Module, kernel) -> int:
+    """Replace every float32 or bfloat16 nn.Linear of `model` in place by a NativeLinear; -> how many."""
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) is nn.Linear and child.weight.dtype in (torch.float32, torch.bfloat16)]
+    for parent, name, child in swaps:
+        setattr(parent, name, NativeLinear(child, kernel))
+    return len(swaps)
+
+
+def cpu_layout(model: nn.Module, precision: str) -> str:
+    """Lay the model's Linears out for decoding on this CPU; -> which layout (for the score source line).
+
+    The C kernel where it builds; else float32 in column blocks (SplitLinear), bfloat16 packed
+    for oneDNN where the CPU has bf16 instructions (PackedLinear), otherwise as loaded."""
+    from ..cpu import bf16_instructions
+    from .native import kernel
+
+    k = kernel() if precision in ("float32", "bfloat16") else None
+    if k is not None:
+        native_linears(model, k)
+        return "native"
+    if precision == "float32":
+        split_linears(model)
+        return "split"
+    if precision == "bfloat16" and bf16_instructions():
+        pack_linears(model)
+        return "packed"
+    return "as loaded"

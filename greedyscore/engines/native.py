@@ -1,0 +1,101 @@
+"""The CPU matrix-vector kernel (kernels/linear.c): built once with the machine's C compiler, called via ctypes.
+
+Why ctypes and a plain C file rather than a torch C++ extension: it compiles in a fraction of a
+second (no torch headers, no ninja), and its OpenMP calls bind to the libgomp torch has already
+loaded (same soname), so torch's thread count applies to it. Built into
+$GREEDYSCORE_CACHE/kernels/, keyed by the source, the compiler and this CPU's flags; where no
+compiler works (or GREEDYSCORE_NATIVE=0) `kernel()` returns None and the engine keeps torch's
+own products (engines/layout.py says which).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels") / "linear.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+
+_lock = threading.Lock()
+_loaded: dict[str, object] = {}
+
+
+class Kernel:
+    """The loaded library: y = x @ w.T + bias for float32 or bfloat16 weights, float32 rows."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        self._f32, self._bf16 = lib.gs_linear_f32, lib.gs_linear_bf16
+        for f in (self._f32, self._bf16):
+            f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+            f.restype = None
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [rows, k] float32 contiguous, weight [n, k] contiguous (float32 or bfloat16), bias
+        [n] float32 or None -> [rows, n] float32. The call releases the GIL (ctypes)."""
+        rows, k = x.shape
+        n = weight.shape[0]
+        y = torch.empty(rows, n, dtype=torch.float32)
+        f = self._bf16 if weight.dtype == torch.bfloat16 else self._f32
+        f(x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n)
+        return y
+
+
+def _cpu_key() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    from ..cpu import cpu_flags
+
+    return " ".join(sorted(cpu_flags(text)))
+
+
+def _build(compiler: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
+    subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, text=True,
+                   timeout=120)
+    tmp.replace(out)  # atomic: another process may be building the same file
+
+
+def kernel() -> Kernel | None:
+    """The kernel for this machine, built on first use; None where it cannot be (then say why once)."""
+    with _lock:
+        if "kernel" in _loaded:
+            return _loaded["kernel"]  # type: ignore[return-value]
+        _loaded["kernel"] = result = _load()
+        return result
+
+
+def _load() -> Kernel | None:
+    if os.environ.get("GREEDYSCORE_NATIVE", "1") in ("0", "false", "no"):
+        return None
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        print("greedyscore: no C compiler found: decoding on the CPU uses torch's slower matrix products "
+              "(install gcc for ~1.4x)", file=sys.stderr, flush=True)
+        return None
+    from ..models import cache_dir
+
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, " ".join(FLAGS), _cpu_key()])
+                             .encode()).hexdigest()[:16]
+        path = cache_dir() / "kernels" / f"linear-{key}.so"
+        if not path.exists():
+            _build(compiler, path)
+        return Kernel(ctypes.CDLL(str(path)), path)
+    except (OSError, subprocess.SubprocessError) as ex:
+        detail = (getattr(ex, "stderr", "") or str(ex)).strip().splitlines() or [type(ex).__name__]
+        print(f"greedyscore: could not build the CPU kernel ({detail[0][:200]}); using torch's matrix products",
+              file=sys.stderr, flush=True)
+        return None

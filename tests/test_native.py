@@ -1,0 +1,77 @@
+"""The C matrix-vector kernel against torch's products: float32 and bfloat16 weights, odd sizes,
+bias or none; and its fixed summation order (a row's result does not depend on its batch or on
+the thread count)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from greedyscore.engines import native
+from greedyscore.engines.layout import NATIVE_ROWS, NativeLinear
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = native.kernel()
+    assert k is not None, "the kernel must build on this machine (gcc is part of it)"
+    return k
+
+
+@pytest.mark.parametrize("k_in", [1, 15, 16, 33, 576, 1003])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernel_computes_x_times_w_transposed(kernel, k_in, dtype):
+    torch.manual_seed(k_in)
+    w = torch.randn(37, k_in).to(dtype)
+    bias = torch.randn(37)
+    for rows in (1, 3, NATIVE_ROWS):
+        x = torch.randn(rows, k_in)
+        want = x.double() @ w.double().t()  # float64 reference of the same (rounded) weights
+        for b in (None, bias):
+            got = kernel.linear(x, w, b)
+            assert got.dtype == torch.float32 and got.shape == (rows, 37)
+            ref = want + (0 if b is None else b.double())
+            assert torch.allclose(got.double(), ref, atol=1e-4 * max(1, k_in ** 0.5), rtol=1e-5)
+
+
+def test_a_row_gets_the_same_bits_alone_in_a_batch_and_with_one_or_two_threads(kernel):
+    torch.manual_seed(0)
+    w = torch.randn(3000, 576)
+    x = torch.randn(9, 576)
+    batch = kernel.linear(x, w, None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = kernel.linear(x, w, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(batch, one_thread)
+    for r in (0, 4, 8):
+        assert torch.equal(kernel.linear(x[r : r + 1].contiguous(), w, None)[0], batch[r])
+
+
+def test_native_linear_keeps_dtype_and_shape_and_leaves_prefills_to_torch(kernel, monkeypatch):
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        plain = torch.nn.Linear(64, 48, bias=True).to(dtype)
+        mine = NativeLinear(plain, kernel)
+        for shape in ((1, 1, 64), (2, 3, 64), (64,)):
+            x = torch.randn(shape).to(dtype)
+            with torch.no_grad():
+                y = mine(x)
+                assert y.dtype == dtype and y.shape == plain(x).shape
+                assert torch.allclose(y.float(), plain(x).float(), atol=0.05 if dtype == torch.bfloat16 else 1e-5)
+    calls = []
+    monkeypatch.setattr(kernel, "linear", lambda *a: calls.append(a) or torch.zeros(0))
+    with torch.no_grad():
+        mine(torch.randn(1, NATIVE_ROWS + 1, 64).to(torch.bfloat16))  # a prefill: torch's GEMM, not the kernel
+    assert calls == []
+
+
+def test_the_kernel_can_be_turned_off_and_says_why_when_it_cannot_build(monkeypatch, capsys):
+    monkeypatch.setenv("GREEDYSCORE_NATIVE", "0")
+    assert native._load() is None
+    monkeypatch.setenv("GREEDYSCORE_NATIVE", "1")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert native._load() is None
+    assert "could not build the CPU kernel" in capsys.readouterr().err
