@@ -110,7 +110,10 @@ class NativeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] > NATIVE_ROWS:
+        if rows.shape[0] > NATIVE_ROWS:  # a prefill: float32 through oneDNN (~1.25x MKL's GEMM here)
+            if self.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+                y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
+                return y.view(*x.shape[:-1], self.out_features)
             return nn.functional.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.float().contiguous()
         y = self.kernel.linear(rows.float().contiguous(), self.weight, bias)
