@@ -40,56 +40,92 @@ static inline float bf16_to_f32(uint16_t h) {
     return v.f;
 }
 
-static float dot_f32(const float* x, const float* w, int64_t k) {
-    v16 a = {0}, b = {0};
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        a += load_f32(x + i) * load_f32(w + i);
-        b += load_f32(x + i + 16) * load_f32(w + i + 16);
+/* The dot products of 1, 2 or 4 rows of x with one weight row, for a weight type W read by LOADW
+   (16 lanes) and SCALARW (one). A weight chunk is loaded once for all the rows; each row's dot is
+   summed exactly as the one-row version sums it. */
+#define ROW_DOTS(SUFFIX, W, LOADW, SCALARW)                                                              \
+    static float dot1_##SUFFIX(const float* x, const W* w, int64_t k) {                                  \
+        v16 a = {0}, b = {0};                                                                            \
+        int64_t i = 0;                                                                                   \
+        for (; i + 32 <= k; i += 32) {                                                                   \
+            a += load_f32(x + i) * LOADW(w + i);                                                         \
+            b += load_f32(x + i + 16) * LOADW(w + i + 16);                                               \
+        }                                                                                                \
+        if (i + 16 <= k) {                                                                               \
+            a += load_f32(x + i) * LOADW(w + i);                                                         \
+            i += 16;                                                                                     \
+        }                                                                                                \
+        float t = 0.0f;                                                                                  \
+        for (; i < k; i++) t += x[i] * SCALARW(w[i]);                                                    \
+        return finish(a, b, t);                                                                          \
+    }                                                                                                    \
+    static void dot2_##SUFFIX(const float* x, const W* w, int64_t k, float* out) {                       \
+        const float *x0 = x, *x1 = x + k;                                                                \
+        v16 a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0};                                                      \
+        int64_t i = 0;                                                                                   \
+        for (; i + 32 <= k; i += 32) {                                                                   \
+            v16 w0 = LOADW(w + i), w1 = LOADW(w + i + 16);                                               \
+            a0 += load_f32(x0 + i) * w0; b0 += load_f32(x0 + i + 16) * w1;                               \
+            a1 += load_f32(x1 + i) * w0; b1 += load_f32(x1 + i + 16) * w1;                               \
+        }                                                                                                \
+        if (i + 16 <= k) {                                                                               \
+            v16 w0 = LOADW(w + i);                                                                       \
+            a0 += load_f32(x0 + i) * w0; a1 += load_f32(x1 + i) * w0;                                    \
+            i += 16;                                                                                     \
+        }                                                                                                \
+        float t0 = 0.0f, t1 = 0.0f;                                                                      \
+        for (; i < k; i++) { float wi = SCALARW(w[i]); t0 += x0[i] * wi; t1 += x1[i] * wi; }             \
+        out[0] = finish(a0, b0, t0); out[1] = finish(a1, b1, t1);                                        \
+    }                                                                                                    \
+    static void dot4_##SUFFIX(const float* x, const W* w, int64_t k, float* out) {                       \
+        const float *x0 = x, *x1 = x + k, *x2 = x + 2 * k, *x3 = x + 3 * k;                              \
+        v16 a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};              \
+        int64_t i = 0;                                                                                   \
+        for (; i + 32 <= k; i += 32) {                                                                   \
+            v16 w0 = LOADW(w + i), w1 = LOADW(w + i + 16);                                               \
+            a0 += load_f32(x0 + i) * w0; b0 += load_f32(x0 + i + 16) * w1;                               \
+            a1 += load_f32(x1 + i) * w0; b1 += load_f32(x1 + i + 16) * w1;                               \
+            a2 += load_f32(x2 + i) * w0; b2 += load_f32(x2 + i + 16) * w1;                               \
+            a3 += load_f32(x3 + i) * w0; b3 += load_f32(x3 + i + 16) * w1;                               \
+        }                                                                                                \
+        if (i + 16 <= k) {                                                                               \
+            v16 w0 = LOADW(w + i);                                                                       \
+            a0 += load_f32(x0 + i) * w0; a1 += load_f32(x1 + i) * w0;                                    \
+            a2 += load_f32(x2 + i) * w0; a3 += load_f32(x3 + i) * w0;                                    \
+            i += 16;                                                                                     \
+        }                                                                                                \
+        float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f;                                                \
+        for (; i < k; i++) {                                                                             \
+            float wi = SCALARW(w[i]);                                                                    \
+            t0 += x0[i] * wi; t1 += x1[i] * wi; t2 += x2[i] * wi; t3 += x3[i] * wi;                      \
+        }                                                                                                \
+        out[0] = finish(a0, b0, t0); out[1] = finish(a1, b1, t1);                                        \
+        out[2] = finish(a2, b2, t2); out[3] = finish(a3, b3, t3);                                        \
+    }                                                                                                    \
+    /* x [rows, k] float32, w [n, k], bias [n] float32 or NULL, y [rows, n] float32. Each weight row  \
+       is read from memory once, by one thread, for all the rows. */                                     \
+    void gs_linear_##SUFFIX(const float* x, const W* w, const float* bias, float* y, int64_t rows,       \
+                            int64_t k, int64_t n) {                                                      \
+        _Pragma("omp parallel for schedule(static)")                                                     \
+        for (int64_t o = 0; o < n; o++) {                                                                \
+            const W* wo = w + o * k;                                                                     \
+            float b = bias ? bias[o] : 0.0f, out[4];                                                     \
+            int64_t r = 0;                                                                               \
+            for (; r + 4 <= rows; r += 4) {                                                              \
+                dot4_##SUFFIX(x + r * k, wo, k, out);                                                    \
+                for (int j = 0; j < 4; j++) y[(r + j) * n + o] = out[j] + b;                             \
+            }                                                                                            \
+            if (r + 2 <= rows) {                                                                         \
+                dot2_##SUFFIX(x + r * k, wo, k, out);                                                    \
+                y[r * n + o] = out[0] + b;                                                               \
+                y[(r + 1) * n + o] = out[1] + b;                                                         \
+                r += 2;                                                                                  \
+            }                                                                                            \
+            if (r < rows) y[r * n + o] = dot1_##SUFFIX(x + r * k, wo, k) + b;                            \
+        }                                                                                                \
     }
-    if (i + 16 <= k) {
-        a += load_f32(x + i) * load_f32(w + i);
-        i += 16;
-    }
-    float t = 0.0f;
-    for (; i < k; i++) t += x[i] * w[i];
-    return finish(a, b, t);
-}
 
-static float dot_bf16(const float* x, const uint16_t* w, int64_t k) {
-    v16 a = {0}, b = {0};
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        a += load_f32(x + i) * load_bf16(w + i);
-        b += load_f32(x + i + 16) * load_bf16(w + i + 16);
-    }
-    if (i + 16 <= k) {
-        a += load_f32(x + i) * load_bf16(w + i);
-        i += 16;
-    }
-    float t = 0.0f;
-    for (; i < k; i++) t += x[i] * bf16_to_f32(w[i]);
-    return finish(a, b, t);
-}
+static inline float f32_scalar(float w) { return w; }
 
-/* x [rows, k] float32, w [n, k] (float32 or bfloat16 bits), bias [n] float32 or NULL, y [rows, n] float32.
-   Each output's weight row is read from memory once; the other rows find it in the L1 cache. */
-void gs_linear_f32(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t k,
-                   int64_t n) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < n; o++) {
-        const float* wo = w + o * k;
-        float b = bias ? bias[o] : 0.0f;
-        for (int64_t r = 0; r < rows; r++) y[r * n + o] = dot_f32(x + r * k, wo, k) + b;
-    }
-}
-
-void gs_linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int64_t rows, int64_t k,
-                    int64_t n) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < n; o++) {
-        const uint16_t* wo = w + o * k;
-        float b = bias ? bias[o] : 0.0f;
-        for (int64_t r = 0; r < rows; r++) y[r * n + o] = dot_bf16(x + r * k, wo, k) + b;
-    }
-}
+ROW_DOTS(f32, float, load_f32, f32_scalar)
+ROW_DOTS(bf16, uint16_t, load_bf16, bf16_to_f32)
