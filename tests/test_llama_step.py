@@ -59,3 +59,28 @@ def test_the_lean_step_on_a_random_llama_in_bfloat16_and_float32():
         reference = _steps(model, stop, prompts, False, 8)
         for mine, theirs in zip(lean, reference, strict=True):
             assert torch.allclose(mine, theirs, atol=atol, rtol=0)
+
+
+def _generate(model, requests, fast: bool) -> dict:
+    batch = DecodeBatch(model, frozenset({96}), fast=fast)
+    for i, r in enumerate(requests):
+        batch.join(r, tag=i)
+    done = {}
+    while len(batch):
+        for i, gen in batch.step():
+            done[i] = gen
+    return done
+
+
+def test_the_lean_step_through_cache_growth_and_rows_leaving():
+    """150 steps cross the in-place cache's growth twice; rows of different lengths leave at
+    different steps (the cache is re-cut, then grows again): every row's tokens and scores are
+    those of transformers' forward."""
+    model = _tiny()
+    requests = [GenerateRequest((5, 6, 7), 150, 3), GenerateRequest(tuple(range(10, 19)), 40, 3),
+                GenerateRequest((20, 21, 22, 23, 24), 97, 3)]
+    lean, reference = _generate(model, requests, True), _generate(model, requests, False)
+    for i, r in enumerate(requests):
+        assert len(lean[i].token_ids) == r.max_new_tokens  # 96 is never chosen here: no early stop
+        assert lean[i].token_ids == reference[i].token_ids
+        assert torch.allclose(lean[i].steps.logprob, reference[i].steps.logprob, atol=1e-5, rtol=0)

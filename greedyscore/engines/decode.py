@@ -44,7 +44,9 @@ class DecodeBatch:
         self.stop_ids = stop_ids
         self.keep_prompt_cache = keep_prompt_cache
         self.rows: list[_Row] = []
-        self.keys: list[torch.Tensor] = []  # per layer [rows, kv_heads, width, head_dim]
+        # per layer [rows, kv_heads, capacity, head_dim]: the first `width` positions are used, the
+        # rest is room to write the next steps' keys and values in place (no copy of the cache per step)
+        self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where a real token is cached
         self.logits = torch.zeros(0, 0)  # [rows, vocab]: each row's next-token logits
@@ -81,17 +83,19 @@ class DecodeBatch:
             grow = n - self.width
             if grow > 0:  # the new prompt is longer: pad every row on the left
                 self._pad_left(grow)
-            pad = self.width - n
-            self.keys = [torch.cat([k, _left_pad(nk, pad)]) for k, nk in zip(self.keys, keys)]
-            self.values = [torch.cat([v, _left_pad(nv, pad)]) for v, nv in zip(self.values, values)]
+            width = self.width
+            pad = width - n
+            self.keys = [torch.cat([k[:, :, :width], _left_pad(nk, pad)]) for k, nk in zip(self.keys, keys)]
+            self.values = [torch.cat([v[:, :, :width], _left_pad(nv, pad)]) for v, nv in zip(self.values, values)]
             new_mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones(1, n, dtype=torch.long)], 1)
             self.mask = torch.cat([self.mask, new_mask])
             self.logits = torch.cat([self.logits, logits])
         self.rows.append(row)
 
     def _pad_left(self, n: int) -> None:
-        self.keys = [_left_pad(k, n) for k in self.keys]
-        self.values = [_left_pad(v, n) for v in self.values]
+        width = self.width
+        self.keys = [_left_pad(k[:, :, :width], n) for k in self.keys]
+        self.values = [_left_pad(v[:, :, :width], n) for v in self.values]
         self.mask = torch.cat([torch.zeros(len(self.rows), n, dtype=torch.long), self.mask], 1)
 
     @torch.inference_mode()
@@ -151,11 +155,12 @@ class DecodeBatch:
             self.mask = torch.zeros(0, 0, dtype=torch.long)
             return
         index = torch.tensor(keep)
+        width = self.width
         self.mask = self.mask[index]
         first = int(self.mask.any(0).nonzero()[0])  # the first column some row still uses
         self.mask = self.mask[:, first:]
-        self.keys = [k[index, :, first:] for k in self.keys]
-        self.values = [v[index, :, first:] for v in self.values]
+        self.keys = [k[index, :, first:width] for k in self.keys]
+        self.values = [v[index, :, first:width] for v in self.values]
         self.logits = self.logits[index]
 
     def _forward(self, tokens: torch.Tensor) -> None:
@@ -163,15 +168,18 @@ class DecodeBatch:
         from transformers import DynamicCache
 
         positions = torch.tensor([[r.length] for r in self.rows])
+        col = self.width  # where this token's keys and values go
         self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], 1)
         if self.fast_step is not None:
+            self._reserve(col + 1)
             padded = bool((self.mask == 0).any())
             self.logits = self.fast_step(tokens.to(self.device), positions.view(-1).to(self.device),
-                                         self.mask.to(self.device) if padded else None, self.keys, self.values).float()
+                                         self.mask.to(self.device) if padded else None, self.keys, self.values,
+                                         col).float()
             for r in self.rows:
                 r.length += 1
             return
-        cache = DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :col], v[:, :, :col]) for k, v in zip(self.keys, self.values)])
         out = self.model(input_ids=tokens.view(-1, 1).to(self.device), attention_mask=self.mask.to(self.device),
                          position_ids=positions.to(self.device), cache=cache, use_cache=True)
         self.keys = [layer.keys for layer in cache.layers]
@@ -179,6 +187,24 @@ class DecodeBatch:
         self.logits = out.logits[:, -1].float()
         for r in self.rows:
             r.length += 1
+
+
+    def _reserve(self, need: int) -> None:
+        """Room for `need` positions in every layer's keys and values, growing by half at a time
+        (at least 64 positions), so a step writes in place and the cache is copied only now and then."""
+        cap = self.keys[0].shape[2]
+        if cap >= need:
+            return
+        cap = max(need, cap + max(64, cap // 2))
+        used = self.width - 1  # the mask already counts the position being written
+
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_empty(t.shape[0], t.shape[1], cap, t.shape[3])
+            out[:, :, :used] = t[:, :, :used]
+            return out
+
+        self.keys = [grown(k) for k in self.keys]
+        self.values = [grown(v) for v in self.values]
 
 
 def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -55,10 +55,11 @@ class LlamaStep:
         return cls(model) if plain else None
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                 keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-        """tokens [rows], positions [rows], mask [rows, width + 1] (1 = a real token; None: no
-        padding), keys/values per layer [rows, kv_heads, width, head_dim], appended to in place
-        (the lists' items are replaced); -> logits [rows, vocab]."""
+                 keys: list[torch.Tensor], values: list[torch.Tensor], col: int) -> torch.Tensor:
+        """tokens [rows], positions [rows], mask [rows, col + 1] (1 = a real token; None: no
+        padding), keys/values per layer [rows, kv_heads, capacity > col, head_dim] whose first
+        `col` positions are the cache: this step's keys and values are written at `col`, in place;
+        -> logits [rows, vocab]."""
         rows = tokens.shape[0]
         h = self.embed(tokens)  # [rows, hidden]
         freqs = positions[:, None].float() * self.inv_freq  # as LlamaRotaryEmbedding.forward
@@ -74,11 +75,12 @@ class LlamaStep:
             v = v_proj(x).view(rows, self.kv_heads, 1, self.head_dim)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            keys[i] = torch.cat([keys[i], k], dim=2)
-            values[i] = torch.cat([values[i], v], dim=2)
+            keys[i][:, :, col] = k[:, :, 0]
+            values[i][:, :, col] = v[:, :, 0]
             # one query token: its grouped heads become the queries of their key/value head
-            out = F.scaled_dot_product_attention(q.view(rows, self.kv_heads, group, self.head_dim), keys[i],
-                                                 values[i], attn_mask=attn_mask, scale=self.scaling)
+            out = F.scaled_dot_product_attention(q.view(rows, self.kv_heads, group, self.head_dim),
+                                                 keys[i][:, :, : col + 1], values[i][:, :, : col + 1],
+                                                 attn_mask=attn_mask, scale=self.scaling)
             h = h + o_proj(out.reshape(rows, self.heads * self.head_dim))
             x = _rms_norm(h, w2, eps2)
             h = h + down(F.silu(gate(x)) * up(x))
