@@ -7,7 +7,7 @@ import argparse
 import os
 
 from .engines import BACKENDS, Engine, load_engine, pick_backend
-from .errors import EngineUnavailable
+from .errors import BadInput, EngineUnavailable
 
 DTYPES = ("float32", "bfloat16")
 
@@ -50,10 +50,13 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
     if args.backend == "auto" and args.base_url:
         args.backend = "openai"
     dtype = getattr(args, "dtype", "float32")
+    if dtype not in DTYPES:  # argparse checks choices on the command line, not on $GREEDYSCORE_DTYPE
+        raise BadInput(f"unknown dtype {dtype!r} (GREEDYSCORE_DTYPE?): use one of {', '.join(DTYPES)}")
     if dtype != "float32":
         if pick_backend(args.backend) != "transformers":
-            raise EngineUnavailable(f"--dtype {dtype} is for the transformers engine; LMDeploy and remote servers "
-                                    "choose their own precision (leave --dtype at float32)")
+            raise EngineUnavailable(f"--dtype {dtype} is for the transformers engine (--backend transformers); "
+                                    "LMDeploy and remote servers choose their own precision (or leave --dtype "
+                                    "at float32)")
         from .precision import load_lower_precision
 
         return load_lower_precision(args.model, dtype)
@@ -74,7 +77,6 @@ def _api_root(url: str | None) -> str | None:
 def share_store(where: str | None = None, ttl_days: float | None = None, max_mb: float | None = None):
     """The share store (app: --store, --share-ttl, --share-max-mb; else GREEDYSCORE_STORE,
     GREEDYSCORE_SHARE_TTL, GREEDYSCORE_SHARE_MAX_MB, so the CLI keeps the demo's limits)."""
-    from .errors import BadInput
     from .models import cache_dir
     from .share import Limits, ShareStore
 

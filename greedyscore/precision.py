@@ -45,7 +45,10 @@ def load_lower_precision(model: str | None, precision: str = "bfloat16"):
     """The transformers engine in `precision` (`--dtype`), its drift from float32 measured and
     written into its score source (what the UI's model line and every reply show).
 
-    Refused on a CPU without bfloat16 instructions: there torch emulates it, slower than float32."""
+    Refused on a CPU without bfloat16 instructions: there torch has no fast bfloat16 arithmetic
+    (its prefill and the model's other operations run slower than in float32). The float32
+    reference is loaded beside the model for the measurement, then freed: the load's peak memory
+    is about 1.5x the float32 model's."""
     import gc
     import sys
 
@@ -58,8 +61,8 @@ def load_lower_precision(model: str | None, precision: str = "bfloat16"):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and precision == "bfloat16" and not bf16_instructions():
         raise EngineUnavailable("--dtype bfloat16 needs a CPU with bfloat16 instructions (avx512_bf16, amx_bf16 or "
-                                "Arm's bf16); this one has none, so bfloat16 would be emulated and slower than "
-                                "float32: leave --dtype at float32")
+                                "Arm's bf16); this one has none, so torch would emulate bfloat16 arithmetic, "
+                                "slower than float32: leave --dtype at float32")
     engine = TransformersEngine.load(model, device=device, precision=precision)
     print(f"greedyscore: measuring {precision} against float32 ...", file=sys.stderr, flush=True)
     reference = TransformersEngine.load(engine.source, device=device, precision="float32")

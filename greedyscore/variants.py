@@ -51,7 +51,9 @@ class Variants:
             if against == "another model":
                 why = " (start the app with --compare-model M)"
             elif against in ("bfloat16", "int8"):
-                why = f" (precision comparisons need a float32 transformers model; this one is {self.main.backend})"
+                precision = getattr(self.main.engine, "precision", None)
+                this = f"{self.main.backend}, {precision}" if precision else self.main.backend
+                why = f" (precision comparisons need a float32 transformers model; this one is {this})"
             raise BadInput(f"comparison {against!r} is not available here{why}: use one of {', '.join(self.choices())}")
         from .engines.transformers import TransformersEngine
 

@@ -34,20 +34,34 @@ def test_the_kernel_computes_x_times_w_transposed(kernel, k_in, dtype):
             assert torch.allclose(got.double(), ref, atol=1e-4 * max(1, k_in ** 0.5), rtol=1e-5)
 
 
-def test_a_row_gets_the_same_bits_alone_in_a_batch_and_with_one_or_two_threads(kernel):
+@pytest.mark.parametrize("k_in", [7, 576, 1003])  # tails: k not a multiple of 16 or 32
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_gets_the_same_bits_alone_in_a_batch_and_with_one_or_two_threads(kernel, k_in, dtype):
     torch.manual_seed(0)
-    w = torch.randn(3000, 576)
-    x = torch.randn(9, 576)
-    batch = kernel.linear(x, w, None)
+    w = torch.randn(301, k_in).to(dtype)
+    bias = torch.randn(301)
+    x = torch.randn(9, k_in)
+    batch = kernel.linear(x, w, bias)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one_thread = kernel.linear(x, w, None)
+        one_thread = kernel.linear(x, w, bias)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(batch, one_thread)
-    for r in (0, 4, 8):
-        assert torch.equal(kernel.linear(x[r : r + 1].contiguous(), w, None)[0], batch[r])
+    for rows in (1, 2, 3, 5, 6, 7):  # every tile: 4-, 2- and 1-row, and their mixes
+        for r in range(9 - rows + 1):
+            assert torch.equal(kernel.linear(x[r : r + rows].contiguous(), w, bias), batch[r : r + rows])
+
+
+def test_the_kernel_refuses_what_it_cannot_read(kernel):
+    x = torch.randn(2, 8)
+    for w, b in ((torch.randn(4, 8).half(), None), (torch.randn(4, 9), None), (torch.randn(8, 4).t(), None),
+                 (torch.randn(4, 8), torch.randn(5))):
+        with pytest.raises(ValueError):
+            kernel.linear(x, w, b)
+    with pytest.raises(ValueError):
+        kernel.linear(x.double(), torch.randn(4, 8), None)
 
 
 def test_native_linear_keeps_dtype_and_shape_and_leaves_prefills_to_torch(kernel, monkeypatch):

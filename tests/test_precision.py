@@ -90,3 +90,9 @@ def test_a_packed_linear_computes_its_bfloat16_linear():
         with torch.no_grad():
             want = (x.float() @ plain.weight.float().t() + plain.bias.float())
             assert torch.allclose(packed(x).float(), want, atol=0.05, rtol=0.02)
+
+
+def test_a_bad_dtype_from_the_environment_is_refused_in_one_line():
+    proc = cli("chat", "Hi", env={"GREEDYSCORE_DTYPE": "bf16"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "unknown dtype 'bf16'" in proc.stderr and "float32, bfloat16" in proc.stderr

@@ -6,7 +6,8 @@ layer (~1/4 of the step for the embedded 135M model, benchmarks/RESULTS.md). Thi
 same computation from the model's own modules and weights, in the same order and dtypes as
 `modeling_llama` (RMSNorm in float32, rotary embedding from the same inverse frequencies, SDPA
 with the grouped heads packed as transformers does for one query token), so its logits are the
-model's to float rounding; tests/test_llama_step.py holds it to transformers' forward.
+model's to float rounding (transformers' SDPA attention; a model loaded with another attention
+implementation keeps the forward); tests/test_llama_step.py holds it to transformers' forward.
 
 Only decode steps run here (one token per row): prefill stays transformers' forward. Models
 outside the plain Llama architecture (biases, scaled rotary embeddings, other attention) get
@@ -51,7 +52,7 @@ class LlamaStep:
         plain = (getattr(cfg, "model_type", "") == "llama" and rope.get("rope_type", "default") == "default"
                  and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
                  and getattr(cfg, "hidden_act", "") == "silu" and getattr(cfg, "pretraining_tp", 1) == 1
-                 and getattr(cfg, "_attn_implementation", "sdpa") in ("sdpa", "eager"))
+                 and getattr(cfg, "_attn_implementation", "sdpa") == "sdpa")
         return cls(model) if plain else None
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,

@@ -3,7 +3,8 @@
 Why ctypes and a plain C file rather than a torch C++ extension: it compiles in a fraction of a
 second (no torch headers, no ninja), and its OpenMP calls bind to the libgomp torch has already
 loaded (same soname), so torch's thread count applies to it. Built into
-$GREEDYSCORE_CACHE/kernels/, keyed by the source, the compiler and this CPU's flags; where no
+$GREEDYSCORE_CACHE/kernels/, keyed by the source, the compiler and this CPU's flags (gcc, or $CC:
+a compiler whose OpenMP is not libgomp, clang's libomp say, would bring a second thread pool); where no
 compiler works (or GREEDYSCORE_NATIVE=0) `kernel()` returns None and the engine keeps torch's
 own products (engines/layout.py says which).
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels") / "linear.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+# -ffp-contract=off: only the kernel's explicit fused multiply-adds are fused, the same in every tile
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
@@ -43,6 +45,13 @@ class Kernel:
         [n] float32 or None -> [rows, n] float32. The call releases the GIL (ctypes)."""
         rows, k = x.shape
         n = weight.shape[0]
+        # the C code trusts these: a wrong dtype, shape or stride would read out of bounds
+        if weight.dtype not in (torch.float32, torch.bfloat16) or weight.shape[1] != k or not weight.is_contiguous():
+            raise ValueError(f"kernel weight: {tuple(weight.shape)} {weight.dtype} for rows of {k}")
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            raise ValueError("kernel rows must be contiguous float32")
+        if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()):
+            raise ValueError("kernel bias must be contiguous float32 of the output width")
         y = torch.empty(rows, n, dtype=torch.float32)
         f = self._bf16 if weight.dtype == torch.bfloat16 else self._f32
         f(x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n)
@@ -62,7 +71,7 @@ def _cpu_key() -> str:
 def _build(compiler: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
-    subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, text=True,
+    subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], check=True, capture_output=True, text=True,
                    timeout=120)
     tmp.replace(out)  # atomic: another process may be building the same file
 
@@ -95,7 +104,8 @@ def _load() -> Kernel | None:
             _build(compiler, path)
         return Kernel(ctypes.CDLL(str(path)), path)
     except (OSError, subprocess.SubprocessError) as ex:
-        detail = (getattr(ex, "stderr", "") or str(ex)).strip().splitlines() or [type(ex).__name__]
-        print(f"greedyscore: could not build the CPU kernel ({detail[0][:200]}); using torch's matrix products",
+        lines = (getattr(ex, "stderr", "") or str(ex)).strip().splitlines() or [type(ex).__name__]
+        detail = next((line for line in lines if "error" in line.lower()), lines[0])
+        print(f"greedyscore: could not build the CPU kernel ({detail[:200]}); using torch's matrix products",
               file=sys.stderr, flush=True)
         return None
