@@ -94,5 +94,5 @@ def test_a_packed_linear_computes_its_bfloat16_linear():
 
 def test_a_bad_dtype_from_the_environment_is_refused_in_one_line():
     proc = cli("chat", "Hi", env={"GREEDYSCORE_DTYPE": "bf16"})
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # the CLI's exit code for bad input
     assert "unknown dtype 'bf16'" in proc.stderr and "float32, bfloat16" in proc.stderr
