@@ -89,3 +89,20 @@ def test_the_kernel_can_be_turned_off_and_says_why_when_it_cannot_build(monkeypa
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert native._load() is None
     assert "could not build the CPU kernel" in capsys.readouterr().err
+
+
+def test_a_model_with_the_kernel_can_be_copied_and_pickled(engine):
+    import copy
+    import pickle
+
+    from greedyscore.engines.layout import NativeLinear
+
+    layer = engine.model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, NativeLinear)
+    x = torch.randn(1, 1, 576)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.kernel is layer.kernel
+        with torch.no_grad():
+            assert torch.equal(clone(x), layer(x))
+    half = copy.deepcopy(engine.model.model.layers[0]).to(torch.bfloat16)  # what the LMDeploy stand-in does
+    assert half.mlp.up_proj.weight.dtype == torch.bfloat16

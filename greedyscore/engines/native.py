@@ -40,6 +40,12 @@ class Kernel:
             f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
             f.restype = None
 
+    def __deepcopy__(self, memo: dict) -> Kernel:
+        return self  # one loaded library per process: copies of a model share it
+
+    def __reduce__(self) -> tuple:
+        return kernel, ()  # a pickled model finds (or builds) the kernel where it is loaded
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [rows, k] float32 contiguous, weight [n, k] contiguous (float32 or bfloat16), bias
         [n] float32 or None -> [rows, n] float32. The call releases the GIL (ctypes)."""
