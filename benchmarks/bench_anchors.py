@@ -56,17 +56,13 @@ def single_stream(engine, fast: bool = True, repeats: int = 3) -> float:
     """Median tokens/s of one scored reply of TOKENS new tokens through the engine's decode loop
     (fast=False: transformers' forward for every step instead of the lean Llama step)."""
     from greedyscore.engines.base import GenerateRequest
-    from greedyscore.engines.decode import DecodeBatch
+    from greedyscore.engines.decode import generate_all
 
     prompt = tuple(filler_prompt(engine, 40))
 
     def reply(n: int) -> int:
-        batch = DecodeBatch(engine.model, engine.stop_ids, fast=fast)
-        batch.join(GenerateRequest(prompt, n, 5))
-        done = []
-        while len(batch):
-            done += batch.step()
-        return len(done[0][1].token_ids)
+        (gen,) = generate_all(engine.model, engine.stop_ids, [GenerateRequest(prompt, n, 5)], fast=fast)
+        return len(gen.token_ids)
 
     reply(8)  # warm-up
     rates = []
@@ -101,19 +97,15 @@ def users8(engine, users: int) -> float:
 
 
 def vllm_users(users: int) -> float | None:
-    from servers import VLLM_PYTHON, free_port, start, stop, vllm_command
+    from servers import VLLM_PYTHON, stop
 
+    from benchmarks.common import start_vllm
     from greedyscore.engines.openai import OpenAIEngine
-    from greedyscore.models import EMBEDDED_NAME, resolve_model
     from greedyscore.service import Service
 
     if not Path(VLLM_PYTHON).exists():
         return None
-    port = free_port()
-    cmd, env = vllm_command(resolve_model(None)[1], port, EMBEDDED_NAME)
-    print("starting vLLM (1-4 minutes) ...", flush=True)
-    url = f"http://127.0.0.1:{port}"
-    proc = start(cmd, f"{url}/v1/models", "bench-vllm", timeout_s=600, env=env)
+    proc, url = start_vllm()
     try:
         engine = OpenAIEngine.load(url)
         engine.extra_body = {"ignore_eos": True}  # exactly 64 tokens, like the local engine
@@ -141,22 +133,6 @@ def memory_probe(users: int, dtype: str) -> None:
     engine.generate_batch([GenerateRequest(prompt, 16, 5) for _ in range(users)])
     status = Path("/proc/self/status").read_text()
     print(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024)
-
-
-def bf16_delta(f32, bf16) -> tuple[float, float]:
-    """max and mean |Δp| of the chosen tokens over 8 replies of 64 tokens: bfloat16's own scores
-    vs the float32 engine's teacher-forced scores of the same tokens."""
-    from benchmarks.bench_load import PROMPTS
-    from greedyscore.engines.base import GenerateRequest
-    from greedyscore.types import Message
-
-    deltas = []
-    for text in PROMPTS:
-        prompt = tuple(bf16.prompt_ids([Message("user", text)]))
-        (gen,) = bf16.generate_batch([GenerateRequest(prompt, 64, 1)])
-        ref = f32.score_ids(prompt, gen.token_ids, 1)
-        deltas += (gen.steps.logprob.exp() - ref.logprob.exp()).abs().tolist()
-    return max(deltas), statistics.fmean(deltas)
 
 
 def main() -> None:
@@ -188,7 +164,11 @@ def main() -> None:
     bf16 = best.get("bfloat16")
     if bf16 is not None:
         bf16["users"] = users8(b16, args.users)
-        bf16["max_dp"], bf16["mean_dp"] = bf16_delta(engine, b16)
+        from benchmarks.bench_load import PROMPTS
+        from greedyscore.precision import measure_drift
+
+        drift = measure_drift(b16, engine, "bfloat16", tuple(PROMPTS), 64)
+        bf16["max_dp"], bf16["mean_dp"] = drift.max_dp, drift.mean_dp
         del b16
     del engine
     vllm = None if args.no_vllm else vllm_users(args.users)

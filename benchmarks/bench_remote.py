@@ -20,7 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from benchmarks.bench_load import load  # noqa: E402
-from benchmarks.common import fixed_length_engine, git_rev, machine, median, table, write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    fixed_length_engine,
+    git_rev,
+    machine,
+    median,
+    start_vllm,
+    table,
+    write_section,
+)
 
 QUESTION = "Tell me about rivers."
 
@@ -57,20 +65,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--base-url", help="a running vLLM serving the embedded model (default: start one)")
     args = ap.parse_args()
-    from servers import free_port, start, stop, vllm_command
+    from servers import stop
 
     from greedyscore.engines.openai import OpenAIEngine
-    from greedyscore.models import EMBEDDED_NAME, resolve_model
+    from greedyscore.models import EMBEDDED_NAME
     from greedyscore.service import Service
 
     local_engine = fixed_length_engine()
     proc, url = None, args.base_url
     if url is None:
-        port = free_port()
-        cmd, env = vllm_command(resolve_model(None)[1], port, EMBEDDED_NAME)
-        print("starting vLLM (1-4 minutes) ...", flush=True)
-        url = f"http://127.0.0.1:{port}"
-        proc = start(cmd, f"{url}/v1/models", "bench-vllm", timeout_s=600, env=env)
+        proc, url = start_vllm()
     try:
         remote_engine = OpenAIEngine.load(url)
         remote_engine.extra_body = {"ignore_eos": True}  # exactly T tokens, like the local engine

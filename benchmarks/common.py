@@ -76,3 +76,17 @@ def git_rev() -> str:
                               cwd=RESULTS.parent).stdout.strip() or "?"
     except OSError:
         return "?"
+
+
+def start_vllm():
+    """vLLM's CPU server (.venv-vllm) on the embedded model, on a free loopback port; -> (process, URL).
+    Stop it with tests/servers.stop."""
+    from servers import free_port, start, vllm_command
+
+    from greedyscore.models import EMBEDDED_NAME, resolve_model
+
+    port = free_port()
+    cmd, env = vllm_command(resolve_model(None)[1], port, EMBEDDED_NAME)
+    print("starting vLLM (1-4 minutes) ...", flush=True)
+    url = f"http://127.0.0.1:{port}"
+    return start(cmd, f"{url}/v1/models", "bench-vllm", timeout_s=600, env=env), url

@@ -29,13 +29,14 @@ class Drift:
                 f"(measured at load on {self.tokens} tokens)")
 
 
-def measure_drift(engine, reference, precision: str) -> Drift:
-    """|Δp| of the chosen tokens: `engine`'s greedy replies to PROBES, scored by itself and by
+def measure_drift(engine, reference, precision: str, probes: tuple[str, ...] = PROBES,
+                  tokens: int = PROBE_TOKENS) -> Drift:
+    """|Δp| of the chosen tokens: `engine`'s greedy replies to `probes`, scored by itself and by
     `reference` (float32) with teacher forcing."""
     deltas: list[float] = []
-    for text in PROBES:
+    for text in probes:
         prompt = tuple(engine.prompt_ids([Message("user", text)]))
-        (gen,) = engine.generate_batch([GenerateRequest(prompt, PROBE_TOKENS, 1)])
+        (gen,) = engine.generate_batch([GenerateRequest(prompt, tokens, 1)])
         ref = reference.score_ids(prompt, gen.token_ids, 1)
         deltas += (gen.steps.logprob.exp() - ref.logprob.exp()).abs().tolist()
     return Drift(max(deltas), sum(deltas) / len(deltas), len(deltas), precision)

@@ -215,9 +215,11 @@ def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], 2)
 
 
-def generate_all(model: Any, stop_ids: frozenset[int], requests: Sequence[GenerateRequest]) -> list[Generation]:
-    """A fixed batch through the loop: every request joins, steps run until all have finished."""
-    batch = DecodeBatch(model, stop_ids)
+def generate_all(model: Any, stop_ids: frozenset[int], requests: Sequence[GenerateRequest],
+                 fast: bool = True) -> list[Generation]:
+    """A fixed batch through the loop: every request joins, steps run until all have finished
+    (fast=False: transformers' forward for every step, not the lean Llama step)."""
+    batch = DecodeBatch(model, stop_ids, fast=fast)
     for i, r in enumerate(requests):
         batch.join(r, tag=i)
     results: dict[int, Generation] = {}

@@ -57,10 +57,15 @@ def split_linears(model: nn.Module, parts: int | None = None) -> int:
     """Replace every nn.Linear of `model` in place, one column block per torch thread by default
     (a tied output layer gets its own copy, the embedding keeps the original); -> how many."""
     parts = parts or max(1, torch.get_num_threads())
+    return _replace_linears(model, lambda linear: SplitLinear(linear, parts))
+
+
+def _replace_linears(model: nn.Module, make, dtypes: tuple[torch.dtype, ...] | None = None) -> int:
+    """Replace every plain nn.Linear of `model` (of these weight dtypes) by make(linear); -> how many."""
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) is nn.Linear]
+             if type(child) is nn.Linear and (dtypes is None or child.weight.dtype in dtypes)]
     for parent, name, child in swaps:
-        setattr(parent, name, SplitLinear(child, parts))
+        setattr(parent, name, make(child))
     return len(swaps)
 
 
@@ -85,11 +90,7 @@ class PackedLinear(nn.Module):
 
 def pack_linears(model: nn.Module) -> int:
     """Replace every nn.Linear of `model` in place by a PackedLinear; -> how many."""
-    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) is nn.Linear]
-    for parent, name, child in swaps:
-        setattr(parent, name, PackedLinear(child))
-    return len(swaps)
+    return _replace_linears(model, PackedLinear)
 
 
 NATIVE_ROWS = 16  # up to this many rows (a decode step's batch) the kernel; a prefill's rows: torch's GEMM
@@ -122,11 +123,7 @@ class NativeLinear(nn.Module):
 
 def native_linears(model: nn.Module, kernel) -> int:
     """Replace every float32 or bfloat16 nn.Linear of `model` in place by a NativeLinear; -> how many."""
-    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) is nn.Linear and child.weight.dtype in (torch.float32, torch.bfloat16)]
-    for parent, name, child in swaps:
-        setattr(parent, name, NativeLinear(child, kernel))
-    return len(swaps)
+    return _replace_linears(model, lambda linear: NativeLinear(linear, kernel), (torch.float32, torch.bfloat16))
 
 
 def cpu_layout(model: nn.Module, precision: str) -> str:
