@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -39,8 +40,8 @@ def test_the_lean_step_gives_transformers_logits_for_a_padded_batch(engine):
 
 def _tiny(**extra) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **extra)
+    cfg = LlamaConfig(**{"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, **extra})
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -84,3 +85,77 @@ def test_the_lean_step_through_cache_growth_and_rows_leaving():
         assert len(lean[i].token_ids) == r.max_new_tokens  # 96 is never chosen here: no early stop
         assert lean[i].token_ids == reference[i].token_ids
         assert torch.allclose(lean[i].steps.logprob, reference[i].steps.logprob, atol=1e-5, rtol=0)
+
+
+def _torch_ops(batch: DecodeBatch) -> DecodeBatch:
+    """The batch's lean step with its C path off: the torch operations of LlamaStep.__call__."""
+    batch.fast_step.native = None
+    return batch
+
+
+def test_float32_llamas_take_the_c_step_and_it_gives_the_torch_steps_logits(engine):
+    """kernels/llama_step.c against the same step in torch operations (and both against
+    transformers above): the embedded model, and random ones whose head size has a tail (18)."""
+    assert DecodeBatch(engine.model, engine.stop_ids).fast_step.native is not None
+    chat = [engine.prompt_ids([Message("user", text)]) for text in ("Hi", "Name three rivers of Europe.")]
+    stop = frozenset({engine.model.config.vocab_size - 1})
+    for model, prompts, atol in ((engine.model, chat, 1e-4), (_tiny(), [[5, 6, 7], [8, 9, 10, 11, 12]], 1e-5),
+                                 (_tiny(hidden_size=72), [[1, 2], [3, 4, 5, 6, 7, 8, 9]], 1e-5)):
+        c_step = _steps(model, stop, prompts, True, 10)
+        batch = _torch_ops(DecodeBatch(model, stop))
+        for p in prompts:
+            batch.join(GenerateRequest(tuple(p), 10, 3))
+        for mine in c_step:
+            batch.step()
+            assert torch.allclose(mine, batch.logits, atol=atol, rtol=0)
+            assert torch.equal(mine.argmax(-1), batch.logits.argmax(-1))
+
+
+def test_the_c_step_gives_a_row_the_same_bits_alone_in_a_padded_batch_and_with_one_or_two_threads():
+    """Padding is skipped, not masked with -inf, and every product sums in one fixed order: a
+    reply's tokens and scores do not depend on who shares its batch, nor a step's logits on the
+    thread count (prefills, torch's GEMMs, may differ by thread count: the step is fed one cache)."""
+    model = _tiny(hidden_size=72)
+    requests = [GenerateRequest((5, 6, 7), 30, 3), GenerateRequest(tuple(range(10, 29)), 30, 3),
+                GenerateRequest((20, 21, 22, 23, 24), 12, 3)]
+    together = _generate(model, requests, True)
+    for i, r in enumerate(requests):
+        alone = _generate(model, [r], True)[0]
+        assert alone.token_ids == together[i].token_ids
+        assert torch.equal(alone.steps.logprob, together[i].steps.logprob)
+        assert torch.equal(alone.steps.top_logprobs, together[i].steps.top_logprobs)
+    batch = DecodeBatch(model, frozenset({96}))
+    for r in requests:
+        batch.join(r)
+    for _ in range(3):
+        batch.step()
+    col = batch.width
+    batch._reserve(col + 1)
+    tokens, positions = torch.tensor([1, 2, 3]), torch.tensor([r.length for r in batch.rows])
+    mask = torch.cat([batch.mask, torch.ones(3, 1, dtype=torch.long)], 1)
+    threads = torch.get_num_threads()
+    logits = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            keys, values = [k.clone() for k in batch.keys], [v.clone() for v in batch.values]
+            logits.append(batch.fast_step(tokens, positions, mask, keys, values, col))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_the_c_step_refuses_a_cache_it_cannot_address():
+    model = _tiny()
+    step = LlamaStep.of(model)
+    assert step.native is not None
+    keys = [torch.zeros(1, 2, 4, 16) for _ in range(2)]
+    tokens, positions = torch.tensor([3]), torch.tensor([4])
+    with pytest.raises(ValueError, match="keys/values"):
+        step(tokens, positions, None, keys, [k.clone() for k in keys], 4)  # no room at col 4
+    with pytest.raises(ValueError, match="keys/values"):
+        step(tokens, positions, None, keys, [torch.zeros(1, 2, 4, 16).transpose(1, 2).contiguous()
+                                             .transpose(1, 2) for _ in range(2)], 2)  # another layout
+    with pytest.raises(ValueError, match="mask"):
+        step(tokens, positions, torch.ones(1, 2), keys, [k.clone() for k in keys], 2)
+    assert step(tokens, positions, None, keys, [k.clone() for k in keys], 2).shape == (1, 97)

@@ -9,6 +9,10 @@ with the grouped heads packed as transformers does for one query token), so its 
 model's to float rounding (transformers' SDPA attention; a model loaded with another attention
 implementation keeps the forward); tests/test_llama_step.py holds it to transformers' forward.
 
+Where the C kernel builds (engines/native.py) and the model is float32, the whole step is one
+call into kernels/llama_step.c (`NativeStep`: the same operations, without ~30 torch calls per
+layer from Python); otherwise the torch operations below run it.
+
 Only decode steps run here (one token per row): prefill stays transformers' forward. Models
 outside the plain Llama architecture (biases, scaled rotary embeddings, other attention) get
 None from `LlamaStep.of` and keep transformers' forward.
@@ -16,6 +20,7 @@ None from `LlamaStep.of` and keep transformers' forward.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import torch
@@ -41,6 +46,7 @@ class LlamaStep:
         self.scaling = self.head_dim**-0.5
         self.inv_freq = inner.rotary_emb.inv_freq.float()
         self.rope_scale = float(inner.rotary_emb.attention_scaling)
+        self.native = NativeStep.of(model)
 
     @classmethod
     def of(cls, model: Any) -> LlamaStep | None:
@@ -63,10 +69,10 @@ class LlamaStep:
         -> logits [rows, vocab]."""
         rows = tokens.shape[0]
         h = self.embed(tokens)  # [rows, hidden]
-        freqs = positions[:, None].float() * self.inv_freq  # as LlamaRotaryEmbedding.forward
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(h.dtype).view(rows, 1, 1, -1)
-        sin = (emb.sin() * self.rope_scale).to(h.dtype).view(rows, 1, 1, -1)
+        cos, sin = self.rotary(positions, h.dtype)
+        if self.native is not None and keys[0].dtype == torch.float32:
+            return self.native(h, cos, sin, mask, keys, values, col)
+        cos, sin = cos.view(rows, 1, 1, -1), sin.view(rows, 1, 1, -1)
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
         group = self.heads // self.kv_heads
         for i, (w1, eps1, q_proj, k_proj, v_proj, o_proj, w2, eps2, gate, up, down) in enumerate(self.layers):
@@ -86,6 +92,88 @@ class LlamaStep:
             x = _rms_norm(h, w2, eps2)
             h = h + down(F.silu(gate(x)) * up(x))
         return self.lm_head(_rms_norm(h, *self.norm))
+
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [rows, head_dim] of each row's position, as LlamaRotaryEmbedding.forward makes them."""
+        freqs = positions[:, None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.rope_scale).to(dtype), (emb.sin() * self.rope_scale).to(dtype)
+
+
+class NativeStep:
+    """The layers, final norm and output layer of a float32 Llama decode step in one C call
+    (kernels/llama_step.c), reading the model's own weights in place (pointers taken here: the
+    model's weights must not be replaced afterwards)."""
+
+    DIMS = 11  # the C side's dims array
+
+    def __init__(self, model: Any, kernel: Any) -> None:
+        cfg, inner = model.config, model.model
+        self.kernel = kernel
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                      self.head_dim, cfg.intermediate_size, model.lm_head.out_features)
+        weights: list[torch.Tensor] = []
+        eps: list[float] = []
+        for layer in inner.layers[: cfg.num_hidden_layers]:
+            att, mlp = layer.self_attn, layer.mlp
+            weights += [layer.input_layernorm.weight, att.q_proj.weight, att.k_proj.weight, att.v_proj.weight,
+                        att.o_proj.weight, layer.post_attention_layernorm.weight, mlp.gate_proj.weight,
+                        mlp.up_proj.weight, mlp.down_proj.weight]
+            eps += [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon]
+        weights += [inner.norm.weight, model.lm_head.weight]
+        eps.append(inner.norm.variance_epsilon)
+        self._weights = [w.detach() for w in weights]  # kept alive: the C side holds their addresses
+        self._pointers = (ctypes.c_void_p * len(weights))(*[w.data_ptr() for w in self._weights])
+        self._eps = torch.tensor(eps, dtype=torch.float32)
+
+    @classmethod
+    def of(cls, model: Any) -> NativeStep | None:
+        """The C step where the kernel is built and every weight it reads is contiguous float32."""
+        from .native import kernel
+
+        k = kernel()
+        if k is None or getattr(model.config, "head_dim", 64) % 2:
+            return None
+        inner = model.model
+        mods = [m for layer in inner.layers for m in (layer.input_layernorm, layer.self_attn.q_proj,
+                layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+        mods += [inner.norm, model.lm_head]
+        ok = all(isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dtype == torch.float32
+                 and m.weight.is_contiguous() and m.weight.device.type == "cpu" for m in mods)
+        return cls(model, k) if ok else None
+
+    def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                 keys: list[torch.Tensor], values: list[torch.Tensor], col: int) -> torch.Tensor:
+        """h [rows, hidden] the tokens' embeddings, cos/sin [rows, head_dim]; the rest as
+        LlamaStep.__call__ -> logits [rows, vocab] float32."""
+        layers, hidden, heads, kv_heads, head_dim, inter, vocab = self.shape
+        rows = h.shape[0]
+        k0 = keys[0]
+        # the C code trusts these: a wrong shape, stride or dtype would write out of bounds
+        want = (rows, kv_heads, k0.shape[2], head_dim)
+        if (k0.shape[2] <= col or len(keys) != layers or len(values) != layers
+                or any(t.shape != want or t.stride() != k0.stride() or t.dtype != torch.float32
+                       for t in (*keys, *values)) or k0.stride()[2:] != (head_dim, 1)):
+            raise ValueError(f"native step: keys/values must be float32 [rows, kv_heads, > col, head_dim] "
+                             f"with one layout, got {tuple(k0.shape)} {k0.stride()} at col {col}")
+        h = h.to(torch.float32).contiguous().clone()
+        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        dims = (ctypes.c_int64 * self.DIMS)(rows, layers, hidden, heads, kv_heads, head_dim, inter, vocab, col,
+                                            k0.stride(0), k0.stride(1))
+        if mask is not None:
+            mask = mask.to(torch.uint8).contiguous()
+            if mask.shape != (rows, col + 1):
+                raise ValueError(f"native step: mask {tuple(mask.shape)} for {rows} rows at col {col}")
+        scratch = torch.empty(self.kernel.llama_scratch(dims), dtype=torch.float32)
+        logits = torch.empty(rows, vocab, dtype=torch.float32)
+        key_ptrs = (ctypes.c_void_p * layers)(*[t.data_ptr() for t in keys])
+        value_ptrs = (ctypes.c_void_p * layers)(*[t.data_ptr() for t in values])
+        self.kernel.llama_step(dims, self._pointers, self._eps.data_ptr(), h.data_ptr(), cos.data_ptr(),
+                               sin.data_ptr(), None if mask is None else mask.data_ptr(), key_ptrs, value_ptrs,
+                               scratch.data_ptr(), logits.data_ptr())
+        return logits
 
 
 def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

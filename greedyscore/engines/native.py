@@ -1,4 +1,5 @@
-"""The CPU matrix-vector kernel (kernels/linear.c): built once with the machine's C compiler, called via ctypes.
+"""The CPU kernels (kernels/linear.c: matrix-vector products; kernels/llama_step.c: a whole Llama
+decode step): built once with the machine's C compiler, called via ctypes.
 
 Why ctypes and a plain C file rather than a torch C++ extension: it compiles in a fraction of a
 second (no torch headers, no ninja), and its OpenMP calls bind to the libgomp torch has already
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels") / "linear.c"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = (KERNELS / "linear.c", KERNELS / "llama_step.c")  # + linear.h, which both include
 # -ffp-contract=off: only the kernel's explicit fused multiply-adds are fused, the same in every tile
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 
@@ -31,7 +33,8 @@ _loaded: dict[str, object] = {}
 
 
 class Kernel:
-    """The loaded library: y = x @ w.T + bias for float32 or bfloat16 weights, float32 rows."""
+    """The loaded library: y = x @ w.T + bias for float32 or bfloat16 weights, float32 rows; and a
+    whole Llama decode step (`llama_step`, `llama_scratch`: engines/llama_step.py calls them)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.path = path
@@ -39,6 +42,12 @@ class Kernel:
         for f in (self._f32, self._bf16):
             f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
             f.restype = None
+        self.llama_step = lib.gs_llama_step
+        self.llama_step.argtypes = [ctypes.c_void_p] * 11
+        self.llama_step.restype = None
+        self.llama_scratch = lib.gs_llama_scratch
+        self.llama_scratch.argtypes = [ctypes.c_void_p]
+        self.llama_scratch.restype = ctypes.c_int64
 
     def __deepcopy__(self, memo: dict) -> Kernel:
         return self  # one loaded library per process: copies of a model share it
@@ -77,8 +86,8 @@ def _cpu_key() -> str:
 def _build(compiler: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
-    subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], check=True, capture_output=True, text=True,
-                   timeout=120)
+    subprocess.run([compiler, *FLAGS, "-o", str(tmp), *map(str, SOURCES), "-lm"], check=True, capture_output=True,
+                   text=True, timeout=120)
     tmp.replace(out)  # atomic: another process may be building the same file
 
 
@@ -103,7 +112,8 @@ def _load() -> Kernel | None:
 
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, " ".join(FLAGS), _cpu_key()])
+        sources = [p.read_text() for p in sorted(KERNELS.iterdir()) if p.suffix in (".c", ".h")]
+        key = hashlib.sha256("\0".join([*sources, compiler, version, " ".join(FLAGS), _cpu_key()])
                              .encode()).hexdigest()[:16]
         path = cache_dir() / "kernels" / f"linear-{key}.so"
         if not path.exists():

@@ -12,41 +12,7 @@
    lanes. A row's result in a batch is therefore bit-identical to the same row alone. The build
    says -ffp-contract=off, so the compiler never fuses a multiply and an add on its own (it would
    in some tiles and not in others); the fused multiply-adds are the explicit fma16 and fmaf. */
-#include <math.h>
-#include <stdint.h>
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef uint16_t h16u __attribute__((vector_size(32), aligned(2), may_alias));
-typedef uint32_t u16 __attribute__((vector_size(64)));
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-static inline v16 fma16(v16 x, v16 w, v16 acc) { return (v16)_mm512_fmadd_ps((__m512)x, (__m512)w, (__m512)acc); }
-#else /* a multiply and an add, the same everywhere */
-static inline v16 fma16(v16 x, v16 w, v16 acc) { return acc + x * w; }
-#endif
-
-static inline float finish(v16 a, v16 b, float tail) {
-    v16 s = a + b;
-    float h[8], q[4];
-    for (int j = 0; j < 8; j++) h[j] = s[j] + s[j + 8];
-    for (int j = 0; j < 4; j++) q[j] = h[j] + h[j + 4];
-    return ((q[0] + q[2]) + (q[1] + q[3])) + tail;
-}
-
-static inline v16 load_f32(const float* p) { return *(const v16u*)p; }
-
-/* 16 bfloat16 values widened to float32: the bf16 bits are the float's high half */
-static inline v16 load_bf16(const uint16_t* p) {
-    u16 bits = __builtin_convertvector(*(const h16u*)p, u16) << 16;
-    return (v16)bits;
-}
-
-static inline float bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
-    return v.f;
-}
+#include "linear.h"
 
 /* The dot products of 1, 2 or 4 rows of x with one weight row, for a weight type W read by LOADW
    (16 lanes) and SCALARW (one). A weight chunk is loaded once for all the rows; each row's dot is
@@ -111,10 +77,11 @@ static inline float bf16_to_f32(uint16_t h) {
         out[2] = finish(a2, b2, t2); out[3] = finish(a3, b3, t3);                                                    \
     }                                                                                                                \
     /* x [rows, k] float32, w [n, k], bias [n] float32 or NULL, y [rows, n] float32. Each weight row                 \
-       is read from memory once, by one thread, for all the rows. */                                                 \
-    void gs_linear_##SUFFIX(const float* x, const W* w, const float* bias, float* y, int64_t rows,                   \
-                            int64_t k, int64_t n) {                                                                  \
-        _Pragma("omp parallel for schedule(static)")                                                                 \
+       is read from memory once, by one thread, for all the rows. An orphaned `omp for`: the threads                 \
+       of the enclosing parallel region share the output rows (one thread outside of one). */                       \
+    void gs_rows_##SUFFIX(const float* x, const W* w, const float* bias, float* y, int64_t rows, int64_t k,          \
+                          int64_t n) {                                                                               \
+        _Pragma("omp for schedule(static)")                                                                          \
         for (int64_t o = 0; o < n; o++) {                                                                            \
             const W* wo = w + o * k;                                                                                 \
             float b = bias ? bias[o] : 0.0f, out[4];                                                                 \
@@ -131,9 +98,16 @@ static inline float bf16_to_f32(uint16_t h) {
             }                                                                                                        \
             if (r < rows) y[r * n + o] = dot1_##SUFFIX(x + r * k, wo, k) + b;                                        \
         }                                                                                                            \
+    }                                                                                                                \
+    void gs_linear_##SUFFIX(const float* x, const W* w, const float* bias, float* y, int64_t rows, int64_t k,        \
+                            int64_t n) {                                                                             \
+        _Pragma("omp parallel") gs_rows_##SUFFIX(x, w, bias, y, rows, k, n);                                         \
     }
 
 static inline float f32_scalar(float w) { return w; }
 
 ROW_DOTS(f32, float, load_f32, f32_scalar)
 ROW_DOTS(bf16, uint16_t, load_bf16, bf16_to_f32)
+
+/* one dot product, summed as every row above (the llama step's norms and attention use it) */
+float gs_dot_f32(const float* x, const float* w, int64_t k) { return dot1_f32(x, w, k); }

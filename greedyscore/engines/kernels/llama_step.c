@@ -1,0 +1,131 @@
+/* One decode step of a Llama model in a single call: every layer of a few rows, float32.
+
+   Why: with the matrix products in linear.c, a decode step of the embedded 135M model spent a
+   third of its time outside them: ~30 torch calls per layer from Python (norms, rotary,
+   attention, activation, residual adds), each a few microseconds, with the second core idle
+   in between. Here the whole step is one OpenMP parallel region: the products share the output
+   rows among the threads (gs_rows: the same dot products, so the same bits, as linear.c alone),
+   the small vector work runs on one thread between them, attention splits over (row, head).
+
+   The computation is modeling_llama's (transformers 5.24) in float32: RMSNorm, rotary embedding
+   (cos/sin from the caller, as LlamaRotaryEmbedding makes them), grouped-query attention over
+   the cache with padding masked out, SiLU-gated MLP, residual adds, final norm and output layer.
+   engines/llama_step.py calls it and tests/test_llama_step.py holds it to transformers' forward. */
+#include "linear.h"
+
+/* dims: rows, layers, hidden, heads, kv_heads, head_dim, inter, vocab, col, row_stride, head_stride
+   (the last two of every layer's keys and values, in floats; a position is head_dim floats) */
+enum { ROWS, LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB, COL, ROW_STRIDE, HEAD_STRIDE, NDIMS };
+/* weights per layer, in this order, then the final norm and the output layer */
+enum { LN1, WQ, WK, WV, WO, LN2, GATE, UP, DOWN, PER_LAYER };
+
+static void rms_norm(const float* h, const float* w, float eps, float* out, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float* x = h + r * n;
+        float* y = out + r * n;
+        float inv = 1.0f / sqrtf(gs_dot_f32(x, x, n) / (float)n + eps);
+        for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * inv);
+    }
+}
+
+/* v * cos + rotate_half(v) * sin, rotate_half(v) = cat(-v[half:], v[:half]) */
+static void rotate(float* v, const float* c, const float* s, int64_t d) {
+    int64_t half = d / 2;
+    float tmp[d];
+    for (int64_t j = 0; j < half; j++) tmp[j] = v[j] * c[j] + (-v[j + half]) * s[j];
+    for (int64_t j = half; j < d; j++) tmp[j] = v[j] * c[j] + v[j - half] * s[j];
+    for (int64_t j = 0; j < d; j++) v[j] = tmp[j];
+}
+
+/* one query head of one row over its key/value head's cache: softmax(q.K * scale) @ V */
+static void attend(const float* q, const float* keys, const float* values, const uint8_t* mask, int64_t n,
+                   int64_t d, float scale, float* p, float* out) {
+    float top = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        if (mask && !mask[t]) continue;
+        p[t] = gs_dot_f32(q, keys + t * d, d) * scale;
+        if (p[t] > top) top = p[t];
+    }
+    float sum = 0.0f;
+    for (int64_t t = 0; t < n; t++) {
+        p[t] = (mask && !mask[t]) ? 0.0f : expf(p[t] - top);
+        sum += p[t];
+    }
+    for (int64_t j = 0; j < d; j++) out[j] = 0.0f;
+    for (int64_t t = 0; t < n; t++) {
+        if (p[t] == 0.0f) continue;
+        float w = p[t] / sum;
+        const float* v = values + t * d;
+        for (int64_t j = 0; j < d; j++) out[j] += w * v[j];
+    }
+}
+
+static void add(float* h, const float* y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) h[i] += y[i];
+}
+
+/* h [rows, hidden]: the tokens' embeddings (overwritten: the residual stream); cos, sin [rows,
+   head_dim]; mask [rows, col + 1] (1 = a real token) or NULL; keys/values: per layer, this step's
+   are written at position `col`; scratch: gs_llama_scratch floats; logits [rows, vocab]. */
+void gs_llama_step(const int64_t* dims, const float* const* w, const float* eps, float* h, const float* cos,
+                   const float* sin, const uint8_t* mask, float* const* keys, float* const* values, float* scratch,
+                   float* logits) {
+    const int64_t rows = dims[ROWS], H = dims[HIDDEN], heads = dims[HEADS], kvh = dims[KV_HEADS], d = dims[HEAD_DIM];
+    const int64_t I = dims[INTER], col = dims[COL], n = col + 1, rs = dims[ROW_STRIDE], hs = dims[HEAD_STRIDE];
+    const int64_t group = heads / kvh, qw = heads * d, kw = kvh * d;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *x = scratch, *q = x + rows * H, *k = q + rows * qw, *v = k + rows * kw, *att = v + rows * kw;
+    float *tmp = att + rows * qw, *g = tmp + rows * H, *u = g + rows * I, *p = u + rows * I;
+#pragma omp parallel
+    {
+        for (int64_t l = 0; l < dims[LAYERS]; l++) {
+            const float* const* lw = w + l * PER_LAYER;
+#pragma omp single
+            rms_norm(h, lw[LN1], eps[2 * l], x, rows, H);
+            gs_rows_f32(x, lw[WQ], NULL, q, rows, H, qw);
+            gs_rows_f32(x, lw[WK], NULL, k, rows, H, kw);
+            gs_rows_f32(x, lw[WV], NULL, v, rows, H, kw);
+#pragma omp single
+            for (int64_t r = 0; r < rows; r++) {
+                for (int64_t j = 0; j < heads; j++) rotate(q + r * qw + j * d, cos + r * d, sin + r * d, d);
+                for (int64_t j = 0; j < kvh; j++) {
+                    rotate(k + r * kw + j * d, cos + r * d, sin + r * d, d);
+                    float *kc = keys[l] + r * rs + j * hs + col * d, *vc = values[l] + r * rs + j * hs + col * d;
+                    for (int64_t i = 0; i < d; i++) {
+                        kc[i] = k[r * kw + j * d + i];
+                        vc[i] = v[r * kw + j * d + i];
+                    }
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < rows * heads; t++) {
+                int64_t r = t / heads, j = t % heads, off = r * rs + (j / group) * hs;
+                attend(q + r * qw + j * d, keys[l] + off, values[l] + off, mask ? mask + r * n : NULL, n, d, scale,
+                       p + t * n, att + r * qw + j * d);
+            }
+            gs_rows_f32(att, lw[WO], NULL, tmp, rows, qw, H);
+#pragma omp single
+            {
+                add(h, tmp, rows * H);
+                rms_norm(h, lw[LN2], eps[2 * l + 1], x, rows, H);
+            }
+            gs_rows_f32(x, lw[GATE], NULL, g, rows, H, I);
+            gs_rows_f32(x, lw[UP], NULL, u, rows, H, I);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < rows * I; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            gs_rows_f32(g, lw[DOWN], NULL, tmp, rows, I, H);
+#pragma omp single
+            add(h, tmp, rows * H);
+        }
+        const float* const* fw = w + dims[LAYERS] * PER_LAYER;
+#pragma omp single
+        rms_norm(h, fw[0], eps[2 * dims[LAYERS]], x, rows, H);
+        gs_rows_f32(x, fw[1], NULL, logits, rows, H, dims[VOCAB]);
+    }
+}
+
+/* the scratch gs_llama_step needs, in floats */
+int64_t gs_llama_scratch(const int64_t* dims) {
+    const int64_t rows = dims[ROWS], qw = dims[HEADS] * dims[HEAD_DIM], kw = dims[KV_HEADS] * dims[HEAD_DIM];
+    return rows * (2 * dims[HIDDEN] + 2 * qw + 2 * kw + 2 * dims[INTER] + dims[HEADS] * (dims[COL] + 1));
+}
