@@ -51,6 +51,8 @@ class DecodeBatch:
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where a real token is cached
         self.logits = torch.zeros(0, 0)  # [rows, vocab]: each row's next-token logits
         self.fast_step = LlamaStep.of(model) if fast else None  # decode steps without transformers' forward
+        # the C step keeps float32 keys and values whatever the model's dtype (a bfloat16 prefill's are widened)
+        self.cache_dtype = torch.float32 if self.fast_step is not None and self.fast_step.native else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -74,6 +76,9 @@ class DecodeBatch:
         if self.keep_prompt_cache and n > 1:  # n - 1 positions: what verification's teacher forcing prefills
             row.prompt_cache = DynamicCache(ddp_cache_data=[(k[:, :, : n - 1].clone(), v[:, :, : n - 1].clone())
                                                             for k, v in zip(keys, values)])
+        if self.cache_dtype is not None and keys[0].dtype != self.cache_dtype:  # after the prompt cache: model dtype
+            keys = [k.to(self.cache_dtype) for k in keys]
+            values = [v.to(self.cache_dtype) for v in values]
         logits = out.logits[:, -1].float()
         if not self.rows:
             self.keys, self.values = keys, values

@@ -9,9 +9,10 @@ with the grouped heads packed as transformers does for one query token), so its 
 model's to float rounding (transformers' SDPA attention; a model loaded with another attention
 implementation keeps the forward); tests/test_llama_step.py holds it to transformers' forward.
 
-Where the C kernel builds (engines/native.py) and the model is float32, the whole step is one
-call into kernels/llama_step.c (`NativeStep`: the same operations, without ~30 torch calls per
-layer from Python); otherwise the torch operations below run it.
+Where the C kernel builds (engines/native.py), the whole step is one call into
+kernels/llama_step.c (`NativeStep`: the same operations in float32, without ~30 torch calls per
+layer from Python; a bfloat16 model's weights are widened as they are read); otherwise the torch
+operations below run it.
 
 Only decode steps run here (one token per row): prefill stays transformers' forward. Models
 outside the plain Llama architecture (biases, scaled rotary embeddings, other attention) get
@@ -69,9 +70,9 @@ class LlamaStep:
         -> logits [rows, vocab]."""
         rows = tokens.shape[0]
         h = self.embed(tokens)  # [rows, hidden]
+        if self.native is not None:
+            return self.native(h, *self.rotary(positions, torch.float32), mask, keys, values, col)
         cos, sin = self.rotary(positions, h.dtype)
-        if self.native is not None and keys[0].dtype == torch.float32:
-            return self.native(h, cos, sin, mask, keys, values, col)
         cos, sin = cos.view(rows, 1, 1, -1), sin.view(rows, 1, 1, -1)
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
         group = self.heads // self.kv_heads
@@ -101,11 +102,12 @@ class LlamaStep:
 
 
 class NativeStep:
-    """The layers, final norm and output layer of a float32 Llama decode step in one C call
-    (kernels/llama_step.c), reading the model's own weights in place (pointers taken here: the
-    model's weights must not be replaced afterwards)."""
+    """The layers, final norm and output layer of a Llama decode step in one C call
+    (kernels/llama_step.c), in float32 with the model's matrix weights read in place, float32 or
+    bfloat16 (pointers taken here: the model's weights must not be replaced afterwards). Its keys
+    and values are float32 whatever the model's dtype (`DecodeBatch` widens a bfloat16 prefill's)."""
 
-    DIMS = 11  # the C side's dims array
+    DIMS = 12  # the C side's dims array
 
     def __init__(self, model: Any, kernel: Any) -> None:
         cfg, inner = model.config, model.model
@@ -113,15 +115,16 @@ class NativeStep:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
                       self.head_dim, cfg.intermediate_size, model.lm_head.out_features)
+        self.bf16 = model.lm_head.weight.dtype == torch.bfloat16
         weights: list[torch.Tensor] = []
         eps: list[float] = []
         for layer in inner.layers[: cfg.num_hidden_layers]:
             att, mlp = layer.self_attn, layer.mlp
-            weights += [layer.input_layernorm.weight, att.q_proj.weight, att.k_proj.weight, att.v_proj.weight,
-                        att.o_proj.weight, layer.post_attention_layernorm.weight, mlp.gate_proj.weight,
+            weights += [_f32(layer.input_layernorm.weight), att.q_proj.weight, att.k_proj.weight, att.v_proj.weight,
+                        att.o_proj.weight, _f32(layer.post_attention_layernorm.weight), mlp.gate_proj.weight,
                         mlp.up_proj.weight, mlp.down_proj.weight]
             eps += [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon]
-        weights += [inner.norm.weight, model.lm_head.weight]
+        weights += [_f32(inner.norm.weight), model.lm_head.weight]
         eps.append(inner.norm.variance_epsilon)
         self._weights = [w.detach() for w in weights]  # kept alive: the C side holds their addresses
         self._pointers = (ctypes.c_void_p * len(weights))(*[w.data_ptr() for w in self._weights])
@@ -129,19 +132,22 @@ class NativeStep:
 
     @classmethod
     def of(cls, model: Any) -> NativeStep | None:
-        """The C step where the kernel is built and every weight it reads is contiguous float32."""
+        """The C step where the kernel is built and the matrix weights it reads are contiguous, on
+        the CPU, all float32 or all bfloat16."""
         from .native import kernel
 
         k = kernel()
         if k is None or getattr(model.config, "head_dim", 64) % 2:
             return None
         inner = model.model
-        mods = [m for layer in inner.layers for m in (layer.input_layernorm, layer.self_attn.q_proj,
-                layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
-        mods += [inner.norm, model.lm_head]
-        ok = all(isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dtype == torch.float32
-                 and m.weight.is_contiguous() and m.weight.device.type == "cpu" for m in mods)
+        mats = [m for layer in inner.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
+                layer.mlp.down_proj)] + [model.lm_head]
+        weights = [getattr(m, "weight", None) for m in mats]
+        if not all(isinstance(w, torch.Tensor) for w in weights):
+            return None  # another layout (SplitLinear, PackedLinear): no [out, in] weight to read
+        ok = (len({w.dtype for w in weights}) == 1 and weights[0].dtype in (torch.float32, torch.bfloat16)
+              and all(w.is_contiguous() and w.device.type == "cpu" for w in weights))
         return cls(model, k) if ok else None
 
     def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
@@ -159,9 +165,11 @@ class NativeStep:
             raise ValueError(f"native step: keys/values must be float32 [rows, kv_heads, > col, head_dim] "
                              f"with one layout, got {tuple(k0.shape)} {k0.stride()} at col {col}")
         h = h.to(torch.float32).contiguous().clone()
-        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        if cos.dtype != torch.float32 or sin.dtype != torch.float32:
+            raise ValueError("native step: cos/sin must be float32")
+        cos, sin = cos.contiguous(), sin.contiguous()
         dims = (ctypes.c_int64 * self.DIMS)(rows, layers, hidden, heads, kv_heads, head_dim, inter, vocab, col,
-                                            k0.stride(0), k0.stride(1))
+                                            k0.stride(0), k0.stride(1), int(self.bf16))
         if mask is not None:
             mask = mask.to(torch.uint8).contiguous()
             if mask.shape != (rows, col + 1):
@@ -174,6 +182,10 @@ class NativeStep:
                                sin.data_ptr(), None if mask is None else mask.data_ptr(), key_ptrs, value_ptrs,
                                scratch.data_ptr(), logits.data_ptr())
         return logits
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float32).contiguous()
 
 
 def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -7,15 +7,17 @@
    rows among the threads (gs_rows: the same dot products, so the same bits, as linear.c alone),
    the small vector work runs on one thread between them, attention splits over (row, head).
 
-   The computation is modeling_llama's (transformers 5.24) in float32: RMSNorm, rotary embedding
+   The computation is modeling_llama's (transformers 5.24) in float32 (the matrix weights float32
+   or bfloat16, widened as they are read; the norms' weights float32): RMSNorm, rotary embedding
    (cos/sin from the caller, as LlamaRotaryEmbedding makes them), grouped-query attention over
    the cache with padding masked out, SiLU-gated MLP, residual adds, final norm and output layer.
    engines/llama_step.py calls it and tests/test_llama_step.py holds it to transformers' forward. */
 #include "linear.h"
 
 /* dims: rows, layers, hidden, heads, kv_heads, head_dim, inter, vocab, col, row_stride, head_stride
-   (the last two of every layer's keys and values, in floats; a position is head_dim floats) */
-enum { ROWS, LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB, COL, ROW_STRIDE, HEAD_STRIDE, NDIMS };
+   (the last two of every layer's keys and values, in floats; a position is head_dim floats), and
+   bf16: 1 where the matrix weights (not the norms') are bfloat16 */
+enum { ROWS, LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB, COL, ROW_STRIDE, HEAD_STRIDE, BF16, NDIMS };
 /* weights per layer, in this order, then the final norm and the output layer */
 enum { LN1, WQ, WK, WV, WO, LN2, GATE, UP, DOWN, PER_LAYER };
 
@@ -60,6 +62,12 @@ static void attend(const float* q, const float* keys, const float* values, const
     }
 }
 
+/* y = x @ w.T for float32 (bf16 == 0) or bfloat16 weights: an orphaned `omp for` */
+static void mm(int bf16, const float* x, const void* w, float* y, int64_t rows, int64_t k, int64_t n) {
+    if (bf16) gs_rows_bf16(x, (const uint16_t*)w, NULL, y, rows, k, n);
+    else gs_rows_f32(x, (const float*)w, NULL, y, rows, k, n);
+}
+
 static void add(float* h, const float* y, int64_t n) {
     for (int64_t i = 0; i < n; i++) h[i] += y[i];
 }
@@ -67,24 +75,25 @@ static void add(float* h, const float* y, int64_t n) {
 /* h [rows, hidden]: the tokens' embeddings (overwritten: the residual stream); cos, sin [rows,
    head_dim]; mask [rows, col + 1] (1 = a real token) or NULL; keys/values: per layer, this step's
    are written at position `col`; scratch: gs_llama_scratch floats; logits [rows, vocab]. */
-void gs_llama_step(const int64_t* dims, const float* const* w, const float* eps, float* h, const float* cos,
+void gs_llama_step(const int64_t* dims, const void* const* w, const float* eps, float* h, const float* cos,
                    const float* sin, const uint8_t* mask, float* const* keys, float* const* values, float* scratch,
                    float* logits) {
     const int64_t rows = dims[ROWS], H = dims[HIDDEN], heads = dims[HEADS], kvh = dims[KV_HEADS], d = dims[HEAD_DIM];
     const int64_t I = dims[INTER], col = dims[COL], n = col + 1, rs = dims[ROW_STRIDE], hs = dims[HEAD_STRIDE];
     const int64_t group = heads / kvh, qw = heads * d, kw = kvh * d;
+    const int bf = dims[BF16] != 0;
     const float scale = 1.0f / sqrtf((float)d);
     float *x = scratch, *q = x + rows * H, *k = q + rows * qw, *v = k + rows * kw, *att = v + rows * kw;
     float *tmp = att + rows * qw, *g = tmp + rows * H, *u = g + rows * I, *p = u + rows * I;
 #pragma omp parallel
     {
         for (int64_t l = 0; l < dims[LAYERS]; l++) {
-            const float* const* lw = w + l * PER_LAYER;
+            const void* const* lw = w + l * PER_LAYER;
 #pragma omp single
-            rms_norm(h, lw[LN1], eps[2 * l], x, rows, H);
-            gs_rows_f32(x, lw[WQ], NULL, q, rows, H, qw);
-            gs_rows_f32(x, lw[WK], NULL, k, rows, H, kw);
-            gs_rows_f32(x, lw[WV], NULL, v, rows, H, kw);
+            rms_norm(h, (const float*)lw[LN1], eps[2 * l], x, rows, H);
+            mm(bf, x, lw[WQ], q, rows, H, qw);
+            mm(bf, x, lw[WK], k, rows, H, kw);
+            mm(bf, x, lw[WV], v, rows, H, kw);
 #pragma omp single
             for (int64_t r = 0; r < rows; r++) {
                 for (int64_t j = 0; j < heads; j++) rotate(q + r * qw + j * d, cos + r * d, sin + r * d, d);
@@ -103,24 +112,24 @@ void gs_llama_step(const int64_t* dims, const float* const* w, const float* eps,
                 attend(q + r * qw + j * d, keys[l] + off, values[l] + off, mask ? mask + r * n : NULL, n, d, scale,
                        p + t * n, att + r * qw + j * d);
             }
-            gs_rows_f32(att, lw[WO], NULL, tmp, rows, qw, H);
+            mm(bf, att, lw[WO], tmp, rows, qw, H);
 #pragma omp single
             {
                 add(h, tmp, rows * H);
-                rms_norm(h, lw[LN2], eps[2 * l + 1], x, rows, H);
+                rms_norm(h, (const float*)lw[LN2], eps[2 * l + 1], x, rows, H);
             }
-            gs_rows_f32(x, lw[GATE], NULL, g, rows, H, I);
-            gs_rows_f32(x, lw[UP], NULL, u, rows, H, I);
+            mm(bf, x, lw[GATE], g, rows, H, I);
+            mm(bf, x, lw[UP], u, rows, H, I);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < rows * I; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-            gs_rows_f32(g, lw[DOWN], NULL, tmp, rows, I, H);
+            mm(bf, g, lw[DOWN], tmp, rows, I, H);
 #pragma omp single
             add(h, tmp, rows * H);
         }
-        const float* const* fw = w + dims[LAYERS] * PER_LAYER;
+        const void* const* fw = w + dims[LAYERS] * PER_LAYER;
 #pragma omp single
-        rms_norm(h, fw[0], eps[2 * dims[LAYERS]], x, rows, H);
-        gs_rows_f32(x, fw[1], NULL, logits, rows, H, dims[VOCAB]);
+        rms_norm(h, (const float*)fw[0], eps[2 * dims[LAYERS]], x, rows, H);
+        mm(bf, x, fw[1], logits, rows, H, dims[VOCAB]);
     }
 }
 
