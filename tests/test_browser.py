@@ -308,6 +308,12 @@ def test_one_model_event_at_a_time_per_visitor_and_clear_stays_clear(browser, ap
     an old conversation); Clear during a turn stops it and the turn does not come back."""
     page = open_page(browser, app_server)
     ask(page, "What is the capital of France?", 1)
+    # a reply long enough to still be running when the fork is asked for (the server's default is 32 tokens)
+    page.get_by_text("Settings").first.click()
+    tokens = page.get_by_label("number input for max new tokens")
+    tokens.fill("600")
+    tokens.press("Enter")
+    assert tokens.input_value() == "600"
     send(page, "Write a very long story about a dragon who learns to paint.")
     page.wait_for_function("() => { const l = document.querySelector('#gs-live .gs-bubble');"
                            " return l && l.innerText.trim().length > 10; }", timeout=120_000)
