@@ -6,8 +6,8 @@ Measured here (AMD EPYC, 2 cores; benchmarks/RESULTS.md): torch's MKL reads the 
 `x @ W.T` with W.T stored contiguous ~14 GB/s; W.T in column halves multiplied by one `bmm`, a core
 per half, ~18 GB/s; the C kernel of engines/native.py ~25-28 GB/s, as llama.cpp. So:
 
-- NativeLinear (the default where a C compiler builds the kernel): the weight as loaded, no copy;
-  up to NATIVE_ROWS rows go through the kernel, a prefill's rows through torch's GEMM.
+- NativeLinear (the default where a C compiler builds the kernel): the weight packed in panels
+  for the kernel, every row through it (a bfloat16 prefill's through oneDNN's GEMM).
 - SplitLinear (float32 without the kernel): the transposed weight in column blocks, one `bmm`.
 - PackedLinear (bfloat16 without the kernel, on a CPU with bf16 instructions): oneDNN's packed
   weights.
@@ -93,32 +93,44 @@ def pack_linears(model: nn.Module) -> int:
     return _replace_linears(model, PackedLinear)
 
 
-NATIVE_ROWS = 16  # up to this many rows (a decode step's batch) the kernel; a prefill's rows: torch's GEMM
-
-
 class NativeLinear(nn.Module):
-    """`nn.Linear` whose decode-step products run in the C kernel (engines/native.py), reading
-    the weight as loaded ([out, in], float32 or bfloat16, shared with a tied embedding: no copy).
-    Rows are computed in float32 and returned in the input's dtype."""
+    """`nn.Linear` whose products run in the C kernel (engines/native.py) on the weight packed in
+    panels for it, for every number of rows: decode steps, batches and float32 prefills alike
+    (the kernel matches oneDNN's GEMM on a prefill and beats it on a few rows). Rows are computed
+    in float32 and returned in the input's dtype.
+
+    The plain weight is dropped (a tied embedding keeps its own tensor), except in bfloat16: there
+    a prefill's rows go through oneDNN's bf16 GEMM (bf16 dot-product instructions, ~1.5x the
+    kernel's widened float32 products), which reads the plain weight."""
 
     def __init__(self, linear: nn.Linear, kernel) -> None:
+        from .native import pack
+
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        if not linear.weight.is_contiguous():
-            linear.weight.data = linear.weight.data.contiguous()
-        self.weight, self.bias = linear.weight, linear.bias
+        self.packed = nn.Parameter(pack(linear.weight.detach()), requires_grad=False)
+        self.bias = linear.bias
+        bf16_gemm = linear.weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+        self.plain = nn.Parameter(linear.weight.detach(), requires_grad=False) if bf16_gemm else None
         self.kernel = kernel
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The [out, in] weight (a copy when only the packed one is kept)."""
+        from .native import unpack
+
+        return self.plain if self.plain is not None else unpack(self.packed, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] > NATIVE_ROWS:  # a prefill: float32 through oneDNN (~1.25x MKL's GEMM here)
-            if self.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-                y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
-                return y.view(*x.shape[:-1], self.out_features)
-            return nn.functional.linear(x, self.weight, self.bias)
+        if self.plain is not None and rows.shape[0] > GEMM_ROWS:
+            return nn.functional.linear(x, self.plain, self.bias)  # a bfloat16 prefill: oneDNN's GEMM
         bias = None if self.bias is None else self.bias.float().contiguous()
-        y = self.kernel.linear(rows.float().contiguous(), self.weight, bias)
+        y = self.kernel.linear(rows.float().contiguous(), self.packed, bias, self.out_features)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+GEMM_ROWS = 16  # beyond this many rows (a prefill) a bfloat16 NativeLinear uses oneDNN's GEMM
 
 
 def native_linears(model: nn.Module, kernel) -> int:

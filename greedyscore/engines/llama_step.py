@@ -26,6 +26,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .layout import NativeLinear
 
 
 class LlamaStep:
@@ -103,8 +106,8 @@ class LlamaStep:
 
 class NativeStep:
     """The layers, final norm and output layer of a Llama decode step in one C call
-    (kernels/llama_step.c), in float32 with the model's matrix weights read in place, float32 or
-    bfloat16 (pointers taken here: the model's weights must not be replaced afterwards). Its keys
+    (kernels/llama_step.c), in float32 with the model's matrix weights packed for the kernel,
+    float32 or bfloat16 (pointers taken here: the model's weights must not be replaced afterwards). Its keys
     and values are float32 whatever the model's dtype (`DecodeBatch` widens a bfloat16 prefill's)."""
 
     DIMS = 12  # the C side's dims array
@@ -115,25 +118,25 @@ class NativeStep:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
                       self.head_dim, cfg.intermediate_size, model.lm_head.out_features)
-        self.bf16 = model.lm_head.weight.dtype == torch.bfloat16
         weights: list[torch.Tensor] = []
         eps: list[float] = []
         for layer in inner.layers[: cfg.num_hidden_layers]:
             att, mlp = layer.self_attn, layer.mlp
-            weights += [_f32(layer.input_layernorm.weight), att.q_proj.weight, att.k_proj.weight, att.v_proj.weight,
-                        att.o_proj.weight, _f32(layer.post_attention_layernorm.weight), mlp.gate_proj.weight,
-                        mlp.up_proj.weight, mlp.down_proj.weight]
+            weights += [_f32(layer.input_layernorm.weight), _packed(att.q_proj), _packed(att.k_proj),
+                        _packed(att.v_proj), _packed(att.o_proj), _f32(layer.post_attention_layernorm.weight),
+                        _packed(mlp.gate_proj), _packed(mlp.up_proj), _packed(mlp.down_proj)]
             eps += [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon]
-        weights += [_f32(inner.norm.weight), model.lm_head.weight]
+        weights += [_f32(inner.norm.weight), _packed(model.lm_head)]
         eps.append(inner.norm.variance_epsilon)
-        self._weights = [w.detach() for w in weights]  # kept alive: the C side holds their addresses
-        self._pointers = (ctypes.c_void_p * len(weights))(*[w.data_ptr() for w in self._weights])
+        self.bf16 = weights[-1].dtype == torch.bfloat16
+        self._weights = weights  # kept alive: the C side holds their addresses
+        self._pointers = (ctypes.c_void_p * len(weights))(*[w.data_ptr() for w in weights])
         self._eps = torch.tensor(eps, dtype=torch.float32)
 
     @classmethod
     def of(cls, model: Any) -> NativeStep | None:
-        """The C step where the kernel is built and the matrix weights it reads are contiguous, on
-        the CPU, all float32 or all bfloat16."""
+        """The C step where the kernel is built and the matrix weights are on the CPU, all float32
+        or all bfloat16 (plain Linears, as in tests' small models, get packed copies)."""
         from .native import kernel
 
         k = kernel()
@@ -143,11 +146,11 @@ class NativeStep:
         mats = [m for layer in inner.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
                 layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
                 layer.mlp.down_proj)] + [model.lm_head]
-        weights = [getattr(m, "weight", None) for m in mats]
-        if not all(isinstance(w, torch.Tensor) for w in weights):
-            return None  # another layout (SplitLinear, PackedLinear): no [out, in] weight to read
-        ok = (len({w.dtype for w in weights}) == 1 and weights[0].dtype in (torch.float32, torch.bfloat16)
-              and all(w.is_contiguous() and w.device.type == "cpu" for w in weights))
+        if not all(isinstance(m, (nn.Linear, NativeLinear)) for m in mats):
+            return None  # another layout (SplitLinear, PackedLinear)
+        tensors = [m.packed if isinstance(m, NativeLinear) else m.weight for m in mats]
+        ok = (len({w.dtype for w in tensors}) == 1 and tensors[0].dtype in (torch.float32, torch.bfloat16)
+              and all(w.device.type == "cpu" for w in tensors))
         return cls(model, k) if ok else None
 
     def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
@@ -186,6 +189,13 @@ class NativeStep:
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32).contiguous()
+
+
+def _packed(linear: nn.Module) -> torch.Tensor:
+    """The module's weight as the kernel reads it: a NativeLinear's own, or a packed copy."""
+    from .native import pack
+
+    return linear.packed if isinstance(linear, NativeLinear) else pack(linear.weight.detach())
 
 
 def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

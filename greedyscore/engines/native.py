@@ -33,8 +33,9 @@ _loaded: dict[str, object] = {}
 
 
 class Kernel:
-    """The loaded library: y = x @ w.T + bias for float32 or bfloat16 weights, float32 rows; and a
-    whole Llama decode step (`llama_step`, `llama_scratch`: engines/llama_step.py calls them)."""
+    """The loaded library: y = x @ w.T + bias for float32 or bfloat16 weights packed by `pack`,
+    float32 rows; and a whole Llama decode step (`llama_step`, `llama_scratch`:
+    engines/llama_step.py calls them)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.path = path
@@ -48,6 +49,8 @@ class Kernel:
         self.llama_scratch = lib.gs_llama_scratch
         self.llama_scratch.argtypes = [ctypes.c_void_p]
         self.llama_scratch.restype = ctypes.c_int64
+        if lib.gs_panel() != PANEL:
+            raise OSError(f"{path}: panels of {lib.gs_panel()} outputs, this code packs {PANEL}")
 
     def __deepcopy__(self, memo: dict) -> Kernel:
         return self  # one loaded library per process: copies of a model share it
@@ -55,22 +58,45 @@ class Kernel:
     def __reduce__(self) -> tuple:
         return kernel, ()  # a pickled model finds (or builds) the kernel where it is loaded
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [rows, k] float32 contiguous, weight [n, k] contiguous (float32 or bfloat16), bias
-        [n] float32 or None -> [rows, n] float32. The call releases the GIL (ctypes)."""
+    def linear(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
+        """x [rows, k] float32 contiguous, packed: a [n, k] weight as `pack` lays it out (float32
+        or bfloat16), bias [n] float32 or None -> [rows, n] float32. The call releases the GIL."""
         rows, k = x.shape
-        n = weight.shape[0]
         # the C code trusts these: a wrong dtype, shape or stride would read out of bounds
-        if weight.dtype not in (torch.float32, torch.bfloat16) or weight.shape[1] != k or not weight.is_contiguous():
-            raise ValueError(f"kernel weight: {tuple(weight.shape)} {weight.dtype} for rows of {k}")
+        if packed.dtype not in (torch.float32, torch.bfloat16) or packed.shape != packed_shape(n, k) \
+                or not packed.is_contiguous():
+            raise ValueError(f"kernel weight: {tuple(packed.shape)} {packed.dtype}, want {packed_shape(n, k)} "
+                             f"(`pack` of a [{n}, {k}] weight)")
         if x.dtype != torch.float32 or not x.is_contiguous():
             raise ValueError("kernel rows must be contiguous float32")
         if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()):
             raise ValueError("kernel bias must be contiguous float32 of the output width")
         y = torch.empty(rows, n, dtype=torch.float32)
-        f = self._bf16 if weight.dtype == torch.bfloat16 else self._f32
-        f(x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n)
+        f = self._bf16 if packed.dtype == torch.bfloat16 else self._f32
+        f(x.data_ptr(), packed.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n)
         return y
+
+
+PANEL = 32  # outputs per panel: GS_PANEL in kernels/linear.h
+
+
+def packed_shape(n: int, k: int) -> tuple[int, int, int]:
+    return (-(-n // PANEL), k, PANEL)
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """A [n, k] weight laid out for the kernel: [ceil(n / 32), k, 32], panel p holding outputs
+    32p..32p+31 for each k contiguously (the last panel padded with zeros); same dtype."""
+    n, k = weight.shape
+    rows = packed_shape(n, k)[0] * PANEL
+    padded = weight.new_zeros(rows, k)
+    padded[:n] = weight
+    return padded.view(rows // PANEL, PANEL, k).transpose(1, 2).contiguous()
+
+
+def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The [n, k] weight of `pack`'s layout (a copy)."""
+    return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:n]
 
 
 def _cpu_key() -> str:
