@@ -107,7 +107,7 @@ def _header(service: Service) -> None:
     gr.Markdown(
         "# greedyscore\nEvery token of a greedy reply with its "
         + (f"**true model probability** ({service.score_source})" if drift is None else
-           f"**model probability** ({drift.precision} logits, softmax in float32)")
+           f"**model probability** ({service.score_source.removesuffix('; ' + drift.note())})")
         + ". Hover or focus a token for its alternatives.\n\n"
         f"**Model:** `{service.model_name}` · **backend:** `{service.backend}` · greedy decoding"
         + ("" if drift is None else f" · **{drift.note()}**"),

@@ -158,4 +158,6 @@ def test_the_c_step_refuses_a_cache_it_cannot_address():
                                              .transpose(1, 2) for _ in range(2)], 2)  # another layout
     with pytest.raises(ValueError, match="mask"):
         step(tokens, positions, torch.ones(1, 2), keys, [k.clone() for k in keys], 2)
+    with pytest.raises(ValueError, match="cos/sin"):  # a position per token, or C reads past cos/sin
+        step(tokens, torch.tensor([4, 5]), None, keys, [k.clone() for k in keys], 2)
     assert step(tokens, positions, None, keys, [k.clone() for k in keys], 2).shape == (1, 97)

@@ -48,7 +48,8 @@ def test_bfloat16_on_this_cpu_is_measured_against_float32_or_refused(engine):
         return
     assert proc.returncode == 0, proc.stderr
     reply = json.loads(proc.stdout)
-    assert reply["score_source"].startswith("bfloat16 logits (cpu)")
+    assert reply["score_source"].startswith("bfloat16 weights (cpu): prompts in bfloat16, each new token's step "
+                                            "in float32 arithmetic")
     assert "approximate: |Δp| vs float32 max" in reply["score_source"]
     # the reply's own scores vs the float32 engine's teacher-forced ones: bfloat16 differs, a little
     ids = [t["id"] for t in reply["tokens"]]
@@ -78,7 +79,7 @@ def test_bfloat16_engine_decodes_through_the_kernel_and_measures_its_drift():
     from greedyscore.ui import build_demo
 
     page = json.dumps(build_demo(service).config, ensure_ascii=False, default=str)  # the header's model line
-    assert "**model probability** (bfloat16 logits, softmax in float32)" in page
+    assert "**model probability** (bfloat16 weights (cpu): prompts in bfloat16" in page
     assert f"**{drift.note()}**" in page and "true model probability" not in page
 
 

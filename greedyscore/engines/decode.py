@@ -51,11 +51,15 @@ class DecodeBatch:
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where a real token is cached
         self.logits = torch.zeros(0, 0)  # [rows, vocab]: each row's next-token logits
         self.fast_step = LlamaStep.of(model) if fast else None  # decode steps without transformers' forward
-        # the C step keeps float32 keys and values whatever the model's dtype (a bfloat16 prefill's are widened)
-        self.cache_dtype = torch.float32 if self.fast_step is not None and self.fast_step.native else None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def cache_dtype(self) -> torch.dtype | None:
+        """float32 where the C step runs: it keeps float32 keys and values whatever the model's dtype
+        (a bfloat16 prefill's are widened at join); None: the model's own."""
+        return torch.float32 if self.fast_step is not None and self.fast_step.native is not None else None
 
     @property
     def width(self) -> int:

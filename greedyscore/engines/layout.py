@@ -4,7 +4,7 @@ weights stream from memory (each step multiplies a few row vectors by every weig
 Measured here (AMD EPYC, 2 cores; benchmarks/RESULTS.md): torch's MKL reads the weights at
 ~10 GB/s for `linear(x, W)` on the [out, in] weight (it does not use a second core for one row);
 `x @ W.T` with W.T stored contiguous ~14 GB/s; W.T in column halves multiplied by one `bmm`, a core
-per half, ~18 GB/s; the C kernel of engines/native.py ~25-28 GB/s, as llama.cpp. So:
+per half, ~18 GB/s; the C kernel of engines/native.py ~30-40 GB/s, as llama.cpp. So:
 
 - NativeLinear (the default where a C compiler builds the kernel): the weight packed in panels
   for the kernel, every row through it (a bfloat16 prefill's through oneDNN's GEMM).

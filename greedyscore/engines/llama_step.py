@@ -129,9 +129,11 @@ class NativeStep:
         weights += [_f32(inner.norm.weight), _packed(model.lm_head)]
         eps.append(inner.norm.variance_epsilon)
         self.bf16 = weights[-1].dtype == torch.bfloat16
-        self._weights = weights  # kept alive: the C side holds their addresses
+        # detached: a later .to()/.float() of the model swaps its Parameters' data, these keep the storage
+        self._weights = [w.detach() for w in weights]  # kept alive: the C side holds their addresses
         self._pointers = (ctypes.c_void_p * len(weights))(*[w.data_ptr() for w in weights])
-        self._eps = torch.tensor(eps, dtype=torch.float32)
+        self.scaling = self.head_dim**-0.5  # as LlamaAttention: after the norms' epsilons
+        self._eps = torch.tensor([*eps, self.scaling], dtype=torch.float32)
 
     @classmethod
     def of(cls, model: Any) -> NativeStep | None:
@@ -140,7 +142,10 @@ class NativeStep:
         from .native import kernel
 
         k = kernel()
-        if k is None or getattr(model.config, "head_dim", 64) % 2:
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if (k is None or head_dim % 2 or cfg.num_attention_heads % cfg.num_key_value_heads
+                or len(model.model.layers) < cfg.num_hidden_layers):
             return None
         inner = model.model
         mats = [m for layer in inner.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
@@ -167,6 +172,11 @@ class NativeStep:
                        for t in (*keys, *values)) or k0.stride()[2:] != (head_dim, 1)):
             raise ValueError(f"native step: keys/values must be float32 [rows, kv_heads, > col, head_dim] "
                              f"with one layout, got {tuple(k0.shape)} {k0.stride()} at col {col}")
+        if h.shape != (rows, hidden) or cos.shape != (rows, head_dim) or sin.shape != (rows, head_dim):
+            raise ValueError(f"native step: h {tuple(h.shape)}, cos/sin {tuple(cos.shape)} for {rows} rows")
+        tensors = [h, cos, sin, *keys, *values] + ([] if mask is None else [mask])
+        if any(t.device.type != "cpu" for t in tensors):
+            raise ValueError("native step: every tensor must be on the CPU")
         h = h.to(torch.float32).contiguous().clone()
         if cos.dtype != torch.float32 or sin.dtype != torch.float32:
             raise ValueError("native step: cos/sin must be float32")

@@ -1,5 +1,5 @@
-"""The CPU kernels (kernels/linear.c: matrix-vector products; kernels/llama_step.c: a whole Llama
-decode step): built once with the machine's C compiler, called via ctypes.
+"""The CPU kernels (kernels/linear.c: matrix products over weights packed in panels;
+kernels/llama_step.c: a whole Llama decode step): built once with the machine's C compiler, called via ctypes.
 
 Why ctypes and a plain C file rather than a torch C++ extension: it compiles in a fraction of a
 second (no torch headers, no ninja), and its OpenMP calls bind to the libgomp torch has already
@@ -69,6 +69,8 @@ class Kernel:
                              f"(`pack` of a [{n}, {k}] weight)")
         if x.dtype != torch.float32 or not x.is_contiguous():
             raise ValueError("kernel rows must be contiguous float32")
+        if any(t is not None and t.device.type != "cpu" for t in (x, packed, bias)):
+            raise ValueError("the CPU kernel needs CPU tensors")
         if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()):
             raise ValueError("kernel bias must be contiguous float32 of the output width")
         y = torch.empty(rows, n, dtype=torch.float32)
@@ -96,7 +98,7 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
     """The [n, k] weight of `pack`'s layout (a copy)."""
-    return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:n]
+    return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:n].clone(memory_format=torch.contiguous_format)
 
 
 def _cpu_key() -> str:

@@ -100,6 +100,9 @@ class TransformersEngine(HFTextMixin):
         engine.layout = layout
         if precision == "int8":
             engine.score_source = "int8 dynamic-quantised linear layers, float32 logits (cpu), softmax in float32"
+        elif precision == "bfloat16" and layout == "native":  # the C decode step: bf16 weights, float32 arithmetic
+            engine.score_source = ("bfloat16 weights (cpu): prompts in bfloat16, each new token's step in float32 "
+                                   "arithmetic, softmax in float32")
         return engine
 
     # --- generation and scoring ----------------------------------------------------------

@@ -3,7 +3,7 @@
    Why: a decode step streams every weight once. torch's MKL reads them at ~10-18 GB/s on the
    machines we measured for one row (it does not use a second core, and it is slow on AMD CPUs),
    and a batch of rows turns the step compute-bound. Here the weight is packed in panels of 32
-   outputs ([n / 32, k, 32], engines/native.py packs it once at load): for each k, 32 weights are
+   outputs ([n / 32, k, 32], engines/native.py packs it when the model is laid out): for each k, 32 weights are
    one contiguous 128-byte read, multiplied by x[r, k] broadcast for up to 8 rows at once into
    16 vector accumulators (a register-blocked GEMM micro-kernel): one row streams the weights at
    ~30-40 GB/s as llama.cpp does, 8 rows run ~2x and 16 rows ~2.6x the flops of a
@@ -18,7 +18,8 @@
    its own; the fused multiply-adds are the explicit fma16 and fmaf. */
 #include "linear.h"
 
-#define BLOCK 32 /* k per partial sum */
+#define BLOCK 32     /* k per partial sum */
+#define ROW_BLOCK 64 /* rows of x per sweep over the panels (64 x 1536 floats: 384 KB, in L2) */
 
 /* R rows of x (stride k) against one panel (32 outputs from o) -> y[r, o..o+32) (+ bias), for a
    weight type W whose 16 lanes LOADW widens */
@@ -57,20 +58,23 @@
     PANEL(SUFFIX, W, LOADW, 1)                                                                                       \
     void gs_rows_##SUFFIX(const float* x, const W* wp, const float* bias, float* y, int64_t rows, int64_t k,         \
                           int64_t n) {                                                                               \
-        _Pragma("omp for schedule(static)")                                                                          \
-        for (int64_t p = 0; p < (n + GS_PANEL - 1) / GS_PANEL; p++) {                                                \
-            const W* w = wp + p * k * GS_PANEL;                                                                      \
-            int64_t r = 0, o = p * GS_PANEL;                                                                         \
-            for (; r + 8 <= rows; r += 8) panel_##SUFFIX##_8(x + r * k, w, bias, y + r * n, k, n, o);                \
-            if (r + 4 <= rows) {                                                                                     \
-                panel_##SUFFIX##_4(x + r * k, w, bias, y + r * n, k, n, o);                                          \
-                r += 4;                                                                                              \
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) { /* a prefill: these rows stay in cache for every panel */ \
+            int64_t end = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;                                             \
+            _Pragma("omp for schedule(static)")                                                                      \
+            for (int64_t p = 0; p < (n + GS_PANEL - 1) / GS_PANEL; p++) {                                            \
+                const W* w = wp + p * k * GS_PANEL;                                                                  \
+                int64_t r = r0, o = p * GS_PANEL;                                                                    \
+                for (; r + 8 <= end; r += 8) panel_##SUFFIX##_8(x + r * k, w, bias, y + r * n, k, n, o);             \
+                if (r + 4 <= end) {                                                                                  \
+                    panel_##SUFFIX##_4(x + r * k, w, bias, y + r * n, k, n, o);                                      \
+                    r += 4;                                                                                          \
+                }                                                                                                    \
+                if (r + 2 <= end) {                                                                                  \
+                    panel_##SUFFIX##_2(x + r * k, w, bias, y + r * n, k, n, o);                                      \
+                    r += 2;                                                                                          \
+                }                                                                                                    \
+                if (r < end) panel_##SUFFIX##_1(x + r * k, w, bias, y + r * n, k, n, o);                             \
             }                                                                                                        \
-            if (r + 2 <= rows) {                                                                                     \
-                panel_##SUFFIX##_2(x + r * k, w, bias, y + r * n, k, n, o);                                          \
-                r += 2;                                                                                              \
-            }                                                                                                        \
-            if (r < rows) panel_##SUFFIX##_1(x + r * k, w, bias, y + r * n, k, n, o);                                \
         }                                                                                                            \
     }                                                                                                                \
     void gs_linear_##SUFFIX(const float* x, const W* wp, const float* bias, float* y, int64_t rows, int64_t k,       \

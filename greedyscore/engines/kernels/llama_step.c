@@ -3,9 +3,9 @@
    Why: with the matrix products in linear.c, a decode step of the embedded 135M model spent a
    third of its time outside them: ~30 torch calls per layer from Python (norms, rotary,
    attention, activation, residual adds), each a few microseconds, with the second core idle
-   in between. Here the whole step is one OpenMP parallel region: the products share the output
-   rows among the threads (gs_rows: the same dot products, so the same bits, as linear.c alone),
-   the small vector work runs on one thread between them, attention splits over (row, head).
+   in between. Here the whole step is one OpenMP parallel region: the products share the weight
+   panels among the threads (gs_rows: the same sums, so the same bits, as linear.c alone), the
+   small vector work runs on one thread between them, attention splits over (row, head).
 
    The computation is modeling_llama's (transformers 5.24) in float32 (the matrix weights float32
    or bfloat16, widened as they are read; the norms' weights float32): RMSNorm, rotary embedding
@@ -30,13 +30,14 @@ static void rms_norm(const float* h, const float* w, float eps, float* out, int6
     }
 }
 
-/* v * cos + rotate_half(v) * sin, rotate_half(v) = cat(-v[half:], v[:half]) */
+/* v * cos + rotate_half(v) * sin, rotate_half(v) = cat(-v[half:], v[:half]), in place pair by pair */
 static void rotate(float* v, const float* c, const float* s, int64_t d) {
     int64_t half = d / 2;
-    float tmp[d];
-    for (int64_t j = 0; j < half; j++) tmp[j] = v[j] * c[j] + (-v[j + half]) * s[j];
-    for (int64_t j = half; j < d; j++) tmp[j] = v[j] * c[j] + v[j - half] * s[j];
-    for (int64_t j = 0; j < d; j++) v[j] = tmp[j];
+    for (int64_t j = 0; j < half; j++) {
+        float lo = v[j], hi = v[j + half];
+        v[j] = lo * c[j] + (-hi) * s[j];
+        v[j + half] = hi * c[j + half] + lo * s[j + half];
+    }
 }
 
 /* one query head of one row over its key/value head's cache: softmax(q.K * scale) @ V */
@@ -72,9 +73,12 @@ static void add(float* h, const float* y, int64_t n) {
     for (int64_t i = 0; i < n; i++) h[i] += y[i];
 }
 
-/* h [rows, hidden]: the tokens' embeddings (overwritten: the residual stream); cos, sin [rows,
-   head_dim]; mask [rows, col + 1] (1 = a real token) or NULL; keys/values: per layer, this step's
-   are written at position `col`; scratch: gs_llama_scratch floats; logits [rows, vocab]. */
+/* w: per layer LN1..DOWN (the norms' weights float32, the matrices packed by engines/native.py),
+   then the final norm and the output layer; eps: per layer the two norms' epsilons, the final
+   norm's, then the attention scale; h [rows, hidden]: the tokens' embeddings (overwritten: the
+   residual stream); cos, sin [rows, head_dim]; mask [rows, col + 1] (1 = a real token) or NULL;
+   keys/values: per layer, this step's are written at position `col`; scratch: gs_llama_scratch
+   floats; logits [rows, vocab]. */
 void gs_llama_step(const int64_t* dims, const void* const* w, const float* eps, float* h, const float* cos,
                    const float* sin, const uint8_t* mask, float* const* keys, float* const* values, float* scratch,
                    float* logits) {
@@ -82,7 +86,7 @@ void gs_llama_step(const int64_t* dims, const void* const* w, const float* eps, 
     const int64_t I = dims[INTER], col = dims[COL], n = col + 1, rs = dims[ROW_STRIDE], hs = dims[HEAD_STRIDE];
     const int64_t group = heads / kvh, qw = heads * d, kw = kvh * d;
     const int bf = dims[BF16] != 0;
-    const float scale = 1.0f / sqrtf((float)d);
+    const float scale = eps[2 * dims[LAYERS] + 1];
     float *x = scratch, *q = x + rows * H, *k = q + rows * qw, *v = k + rows * kw, *att = v + rows * kw;
     float *tmp = att + rows * qw, *g = tmp + rows * H, *u = g + rows * I, *p = u + rows * I;
 #pragma omp parallel
