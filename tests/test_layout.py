@@ -62,3 +62,20 @@ def test_a_split_linear_computes_its_linear_for_one_row_a_batch_and_odd_widths()
             x = torch.randn(shape)
             with torch.no_grad():
                 assert torch.allclose(split(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_the_laid_out_model_lets_go_of_the_loaded_file():
+    """The loaded model's tensors are views of the mmapped safetensors file; packing reads every
+    weight, so while one view lives the whole file stays resident (~0.5 GB here). After the layout
+    no tensor of the model may point into the file: it is unmapped (a fresh process: other tests
+    map the same file)."""
+    import subprocess
+    import sys
+
+    code = ("from greedyscore.engines.transformers import TransformersEngine\n"
+            "e = TransformersEngine.load(None, device='cpu')\n"
+            "from pathlib import Path\n"
+            "maps = Path('/proc/self/maps').read_text()\n"
+            "print(e.layout, any(line.endswith('.safetensors') for line in maps.splitlines()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["native", "False"]

@@ -62,10 +62,10 @@ def split_linears(model: nn.Module, parts: int | None = None) -> int:
 
 def _replace_linears(model: nn.Module, make, dtypes: tuple[torch.dtype, ...] | None = None) -> int:
     """Replace every plain nn.Linear of `model` (of these weight dtypes) by make(linear); -> how many."""
-    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+    swaps = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
              if type(child) is nn.Linear and (dtypes is None or child.weight.dtype in dtypes)]
-    for parent, name, child in swaps:
-        setattr(parent, name, make(child))
+    for parent, name in swaps:  # one at a time: each old Linear is freed before the next is made
+        setattr(parent, name, make(getattr(parent, name)))
     return len(swaps)
 
 
@@ -138,6 +138,21 @@ def native_linears(model: nn.Module, kernel) -> int:
     return _replace_linears(model, lambda linear: NativeLinear(linear, kernel), (torch.float32, torch.bfloat16))
 
 
+def _own_memory(model: nn.Module) -> None:
+    """Copy the tensors the layout left (embedding, norms) out of the loaded file.
+
+    Why: transformers maps the safetensors file into memory and the model's tensors are views of
+    it; packing reads every weight once, so all of the file's pages become resident, and they stay
+    so while any view lives (a float32 model: ~1.4 GB resident instead of ~1 GB)."""
+    for module in model.modules():
+        if isinstance(module, NativeLinear):
+            continue
+        for param in module.parameters(recurse=False):
+            param.data = param.data.clone()
+        for name, buf in list(module.named_buffers(recurse=False)):
+            module._buffers[name] = buf.clone()
+
+
 def cpu_layout(model: nn.Module, precision: str) -> str:
     """Lay the model's Linears out for decoding on this CPU; -> which layout (for the score source line).
 
@@ -149,6 +164,7 @@ def cpu_layout(model: nn.Module, precision: str) -> str:
     k = kernel() if precision in ("float32", "bfloat16") else None
     if k is not None:
         native_linears(model, k)
+        _own_memory(model)
         return "native"
     if precision == "float32":
         split_linears(model)
