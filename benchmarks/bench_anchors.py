@@ -133,7 +133,8 @@ def memory(users: int, dtype: str) -> tuple[float, float]:
 def memory_probe(users: int, dtype: str) -> None:
     """Load, then `users` rows with PREFILL-token prompts decode 16 tokens; print the peak and the
     current resident MB (VmHWM: getrusage's ru_maxrss would carry the parent's peak across fork and
-    exec; the peak includes the load, when the packed weights and the file's pages coexist)."""
+    exec; the peak includes the load, when the packed weights and the file's pages coexist, and the
+    prefills' activations)."""
     from greedyscore.engines.base import GenerateRequest
 
     engine = fixed_length_engine(dtype)
@@ -212,8 +213,8 @@ def main() -> None:
         f"first two columns, against vLLM in the last.\n\n"
         + table(["", "single stream tok/s", "prefill tok/s", f"{args.users} users at once, aggregate tok/s"], rows)
         + "\n\nResident memory of a fresh process (load, then the users' rows of "
-        f"{PREFILL}-token prompts decoding 16 tokens), MB at the end and at the peak (the peak is the load: "
-        "the packed weights and the file's pages read to pack them, before those are released):\n\n"
+        f"{PREFILL}-token prompts decoding 16 tokens), MB at the end and at the peak (the load, where the "
+        "packed weights and the file's pages read to pack them coexist, or the prompts' prefill):\n\n"
         + table(["dtype", "1 user: end / peak", f"{args.users} users: end / peak"],
                 [[d, "{1:.0f} / {0:.0f}".format(*mem[(1, d)]), "{1:.0f} / {0:.0f}".format(*mem[(args.users, d)])]
                  for d in dict.fromkeys(k[1] for k in mem)])
