@@ -46,7 +46,7 @@ class LlamaStep:
         self.lm_head = model.lm_head.forward
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = _head_dim(cfg)
         self.scaling = self.head_dim**-0.5
         self.inv_freq = inner.rotary_emb.inv_freq.float()
         self.rope_scale = float(inner.rotary_emb.attention_scaling)
@@ -115,16 +115,15 @@ class NativeStep:
     def __init__(self, model: Any, kernel: Any) -> None:
         cfg, inner = model.config, model.model
         self.kernel = kernel
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = _head_dim(cfg)
         self.shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
                       self.head_dim, cfg.intermediate_size, model.lm_head.out_features)
         weights: list[torch.Tensor] = []
         eps: list[float] = []
         for layer in inner.layers[: cfg.num_hidden_layers]:
-            att, mlp = layer.self_attn, layer.mlp
-            weights += [_f32(layer.input_layernorm.weight), _packed(att.q_proj), _packed(att.k_proj),
-                        _packed(att.v_proj), _packed(att.o_proj), _f32(layer.post_attention_layernorm.weight),
-                        _packed(mlp.gate_proj), _packed(mlp.up_proj), _packed(mlp.down_proj)]
+            q, k, v, o, gate, up, down = map(_packed, _matrices(layer))
+            weights += [_f32(layer.input_layernorm.weight), q, k, v, o, _f32(layer.post_attention_layernorm.weight),
+                        gate, up, down]
             eps += [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon]
         weights += [_f32(inner.norm.weight), _packed(model.lm_head)]
         eps.append(inner.norm.variance_epsilon)
@@ -143,14 +142,10 @@ class NativeStep:
 
         k = kernel()
         cfg = model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if (k is None or head_dim % 2 or cfg.num_attention_heads % cfg.num_key_value_heads
+        if (k is None or _head_dim(cfg) % 2 or cfg.num_attention_heads % cfg.num_key_value_heads
                 or len(model.model.layers) < cfg.num_hidden_layers):
             return None
-        inner = model.model
-        mats = [m for layer in inner.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
-                layer.mlp.down_proj)] + [model.lm_head]
+        mats = [m for layer in model.model.layers for m in _matrices(layer)] + [model.lm_head]
         if not all(isinstance(m, (nn.Linear, NativeLinear)) for m in mats):
             return None  # another layout (SplitLinear, PackedLinear)
         tensors = [m.packed if isinstance(m, NativeLinear) else m.weight for m in mats]
@@ -195,6 +190,16 @@ class NativeStep:
                                sin.data_ptr(), None if mask is None else mask.data_ptr(), key_ptrs, value_ptrs,
                                scratch.data_ptr(), logits.data_ptr())
         return logits
+
+
+def _head_dim(cfg: Any) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def _matrices(layer: nn.Module) -> tuple[nn.Module, ...]:
+    """A decoder layer's projections, in the C step's order: q, k, v, o, gate, up, down."""
+    att, mlp = layer.self_attn, layer.mlp
+    return att.q_proj, att.k_proj, att.v_proj, att.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
