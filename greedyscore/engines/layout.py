@@ -156,8 +156,9 @@ def _own_memory(model: nn.Module) -> None:
 def cpu_layout(model: nn.Module, precision: str) -> str:
     """Lay the model's Linears out for decoding on this CPU; -> which layout (for the score source line).
 
-    The C kernel where it builds; else float32 in column blocks (SplitLinear), bfloat16 packed
-    for oneDNN where the CPU has bf16 instructions (PackedLinear), otherwise as loaded."""
+    The C kernel where it builds (and a float32 prefill's attention through it); else float32 in
+    column blocks (SplitLinear), bfloat16 packed for oneDNN where the CPU has bf16 instructions
+    (PackedLinear), otherwise as loaded."""
     from ..cpu import bf16_instructions
     from .native import kernel
 
@@ -165,6 +166,10 @@ def cpu_layout(model: nn.Module, precision: str) -> str:
     if k is not None:
         native_linears(model, k)
         _own_memory(model)
+        if precision == "float32":
+            from .attention import use_kernel_attention
+
+            use_kernel_attention(model, k)  # a float32 prefill's attention too
         return "native"
     if precision == "float32":
         split_linears(model)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import NAME as KERNEL_ATTENTION
 from .layout import NativeLinear
 
 
@@ -62,7 +63,7 @@ class LlamaStep:
         plain = (getattr(cfg, "model_type", "") == "llama" and rope.get("rope_type", "default") == "default"
                  and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
                  and getattr(cfg, "hidden_act", "") == "silu" and getattr(cfg, "pretraining_tp", 1) == 1
-                 and getattr(cfg, "_attn_implementation", "sdpa") == "sdpa")
+                 and getattr(cfg, "_attn_implementation", "sdpa") in ("sdpa", KERNEL_ATTENTION))
         return cls(model) if plain else None
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,

@@ -1,5 +1,6 @@
 """The CPU kernels (kernels/linear.c: matrix products over weights packed in panels;
-kernels/llama_step.c: a whole Llama decode step): built once with the machine's C compiler, called via ctypes.
+kernels/llama_step.c: a whole Llama decode step; kernels/attention.c: a prefill's causal
+attention): built once with the machine's C compiler, called via ctypes.
 
 Why ctypes and a plain C file rather than a torch C++ extension: it compiles in a fraction of a
 second (no torch headers, no ninja), and its OpenMP calls bind to the libgomp torch has already
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "linear.c", KERNELS / "llama_step.c")  # + linear.h, which both include
+SOURCES = (KERNELS / "linear.c", KERNELS / "llama_step.c", KERNELS / "attention.c")  # + linear.h, which all include
 # -ffp-contract=off: only the kernel's explicit fused multiply-adds are fused, the same in every tile
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 
@@ -34,8 +35,8 @@ _loaded: dict[str, object] = {}
 
 class Kernel:
     """The loaded library: y = x @ w.T + bias for float32 or bfloat16 weights packed by `pack`,
-    float32 rows; and a whole Llama decode step (`llama_step`, `llama_scratch`:
-    engines/llama_step.py calls them)."""
+    float32 rows; a whole Llama decode step (`llama_step`, `llama_scratch`: engines/llama_step.py
+    calls them); a prefill's causal attention (`causal_attention`)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.path = path
@@ -49,6 +50,9 @@ class Kernel:
         self.llama_scratch = lib.gs_llama_scratch
         self.llama_scratch.argtypes = [ctypes.c_void_p]
         self.llama_scratch.restype = ctypes.c_int64
+        self._attention = lib.gs_causal_attention
+        self._attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float]
+        self._attention.restype = ctypes.c_int64
         if lib.gs_panel() != PANEL:
             raise OSError(f"{path}: panels of {lib.gs_panel()} outputs, this code packs {PANEL}")
 
@@ -77,6 +81,28 @@ class Kernel:
         f = self._bf16 if packed.dtype == torch.bfloat16 else self._f32
         f(x.data_ptr(), packed.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n)
         return y
+
+
+    def causal_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """softmax(q k^T * scale, causal) v for one sequence: q [heads, n, d], k and v
+        [kv_heads, n, d] float32 CPU tensors with unit stride along d (any other strides, e.g.
+        transformers' transposed views), heads a multiple of kv_heads, d of 16 -> [n, heads, d]."""
+        heads, n, d = q.shape
+        kv = k.shape[0]
+        if k.shape != (kv, n, d) or v.shape != (kv, n, d) or kv < 1 or heads % kv or d % 16 or n < 1:
+            raise ValueError(f"attention shapes q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)}: want "
+                             "[heads, n, d] and [kv_heads, n, d], heads a multiple of kv_heads, d of 16")
+        if any(t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(2) != 1 for t in (q, k, v)):
+            raise ValueError("the attention kernel needs float32 CPU tensors, unit stride along the head size")
+        out = torch.empty(n, heads, d, dtype=torch.float32)
+        dims = (ctypes.c_int64 * 10)(n, heads, kv, d, q.stride(1), q.stride(0), k.stride(1), k.stride(0),
+                                     v.stride(1), v.stride(0))
+        rc = self._attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dims, scale)
+        if rc == -2:
+            raise MemoryError(f"attention over {n} positions: out of memory for its scratch")
+        if rc:
+            raise ValueError(f"attention kernel refused dims {list(dims)}")
+        return out
 
 
 PANEL = 32  # outputs per panel: GS_PANEL in kernels/linear.h

@@ -3,6 +3,7 @@
 #ifndef GS_LINEAR_H
 #define GS_LINEAR_H
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef float v16 __attribute__((vector_size(64)));
