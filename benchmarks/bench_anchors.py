@@ -79,18 +79,25 @@ def single_stream(engine, fast: bool = True, repeats: int = 3) -> float:
     return statistics.median(reply(TOKENS) for _ in range(repeats))
 
 
-def prefill(engine, repeats: int = 3) -> float:
-    """Median tokens/s of the engine's prefill of a PREFILL-token prompt (a row joining the batch)."""
+def prefill(engine, repeats: int = 3, attention: str | None = None) -> float:
+    """Median tokens/s of the engine's prefill of a PREFILL-token prompt (a row joining the batch);
+    attention: another attention implementation for it ("sdpa": torch's, not the C kernel's)."""
     from greedyscore.engines.base import GenerateRequest
 
     request = GenerateRequest(tuple(filler_prompt(engine, PREFILL)), 1, 5)
+    config = engine.model.config
+    own = config._attn_implementation
     rates = []
-    for _ in range(repeats):
-        batch = engine.decoder()
-        t0 = time.perf_counter()
-        batch.join(request)
-        rates.append(PREFILL / (time.perf_counter() - t0))
-        batch.clear()
+    try:
+        config._attn_implementation = attention or own
+        for _ in range(repeats):
+            batch = engine.decoder()
+            t0 = time.perf_counter()
+            batch.join(request)
+            rates.append(PREFILL / (time.perf_counter() - t0))
+            batch.clear()
+    finally:
+        config._attn_implementation = own
     return statistics.median(rates)
 
 
@@ -98,7 +105,7 @@ def users8(engine, users: int) -> float:
     from greedyscore.service import Service
 
     service = Service(engine, max_batch=users)
-    load(service, 1, 1, 8)  # warm-up
+    load(service, users, 1, 16)  # warm-up: every batch size once (a first batch of 8 ran ~20% slow)
     return load(service, users, 1, 64)["tps"]
 
 
@@ -116,7 +123,7 @@ def vllm_users(users: int) -> float | None:
         engine = OpenAIEngine.load(url)
         engine.extra_body = {"ignore_eos": True}  # exactly 64 tokens, like the local engine
         service = Service(engine, max_batch=users)
-        load(service, 1, 1, 8)
+        load(service, users, 1, 16)
         return load(service, users, 1, 64)["tps"]
     finally:
         stop(proc)
@@ -161,18 +168,17 @@ def main() -> None:
     rounds = []
     for r in range(args.rounds):  # interleaved: a busy moment of the machine hits both sides
         got = {"llama.cpp": llama_bench(args.threads), "float32": {"decode": single_stream(engine),
-               "prefill": prefill(engine), "decode_hf": single_stream(engine, fast=False)}}
+               "prefill": prefill(engine), "decode_hf": single_stream(engine, fast=False),
+               "prefill_sdpa": prefill(engine, attention="sdpa"), "users": users8(engine, args.users)}}
         if b16 is not None:
-            got["bfloat16"] = {"decode": single_stream(b16), "prefill": prefill(b16)}
+            got["bfloat16"] = {"decode": single_stream(b16), "prefill": prefill(b16), "users": users8(b16, args.users)}
         print(f"round {r + 1}", got, flush=True)
         rounds.append(got)
     best = {side: {k: max(g[side][k] for g in rounds) for k in rounds[0][side]} for side in rounds[0]}
     anchors = {k: max((g["llama.cpp"][k] for g in rounds), key=lambda v: v[0]) for k in rounds[0]["llama.cpp"]}
     ours = best["float32"]
-    ours["users"] = users8(engine, args.users)
     bf16 = best.get("bfloat16")
     if bf16 is not None:
-        bf16["users"] = users8(b16, args.users)
         from benchmarks.bench_load import PROMPTS
         from greedyscore.precision import measure_drift
 
@@ -195,7 +201,9 @@ def main() -> None:
              f"{pp:.0f} ± {anchors['pp512'][1]:.0f} (pp512, 1.00x)", "–"],
             row("greedyscore float32, every token scored", ours),
             ["the same, transformers' forward for every step (no C/lean Llama step)",
-             f"{ours['decode_hf']:.1f} ({ours['decode_hf'] / tg:.2f}x)", "", ""]]
+             f"{ours['decode_hf']:.1f} ({ours['decode_hf'] / tg:.2f}x)", "", ""],
+            ["the same, torch's SDPA attention in the prefill (no C attention)", "",
+             f"{ours['prefill_sdpa']:.0f} ({ours['prefill_sdpa'] / pp:.2f}x)", ""]]
     if bf16:
         rows.append(row("greedyscore --dtype bfloat16", bf16))
     if vllm:
@@ -209,7 +217,8 @@ def main() -> None:
         f"tg{TOKENS}; greedyscore's decode steps after a 40-token prompt, each token scored, the prompt's "
         f"prefill not counted, as tg counts no prompt); prefill: a {PREFILL}-token "
         f"prompt for greedyscore, llama-bench's pp512 for llama.cpp (a shorter prompt: an easier test); "
-        f"{args.users} users: 64 new tokens each through Service.chat. Ratios: against llama.cpp in the "
+        f"{args.users} users: 64 new tokens each through Service.chat after a warm-up of 16 (greedyscore: "
+        f"best of the rounds; vLLM: once, its server started after them). Ratios: against llama.cpp in the "
         f"first two columns, against vLLM in the last.\n\n"
         + table(["", "single stream tok/s", "prefill tok/s", f"{args.users} users at once, aggregate tok/s"], rows)
         + "\n\nResident memory of a fresh process (load, then the users' rows of "

@@ -60,7 +60,7 @@
                           int64_t n) {                                                                               \
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) { /* a prefill: these rows stay in cache for every panel */ \
             int64_t end = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;                                             \
-            _Pragma("omp for schedule(static)")                                                                      \
+            _Pragma("omp for schedule(static) nowait")                                                               \
             for (int64_t p = 0; p < (n + GS_PANEL - 1) / GS_PANEL; p++) {                                            \
                 const W* w = wp + p * k * GS_PANEL;                                                                  \
                 int64_t r = r0, o = p * GS_PANEL;                                                                    \

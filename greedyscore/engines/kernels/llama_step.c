@@ -12,6 +12,8 @@
    (cos/sin from the caller, as LlamaRotaryEmbedding makes them), grouped-query attention over
    the cache with padding masked out, SiLU-gated MLP, residual adds, final norm and output layer.
    engines/llama_step.py calls it and tests/test_llama_step.py holds it to transformers' forward. */
+#include <omp.h>
+
 #include "linear.h"
 
 /* dims: rows, layers, hidden, heads, kv_heads, head_dim, inter, vocab, col, row_stride, head_stride
@@ -89,51 +91,65 @@ void gs_llama_step(const int64_t* dims, const void* const* w, const float* eps, 
     const float scale = eps[2 * dims[LAYERS] + 1];
     float *x = scratch, *q = x + rows * H, *k = q + rows * qw, *v = k + rows * kw, *att = v + rows * kw;
     float *tmp = att + rows * qw, *g = tmp + rows * H, *u = g + rows * I, *p = u + rows * I;
+    gs_barrier bar = {0, 0};
 #pragma omp parallel
     {
+        /* one thread does the small vector work between the products, all meet at a barrier before
+           what reads it: ~9 barriers a layer, spinning (gs_barrier_wait, linear.h) */
+        const int threads = omp_get_num_threads(), first = omp_get_thread_num() == 0;
+        int sense = 0;
+        if (first) rms_norm(h, (const float*)w[LN1], eps[0], x, rows, H);
+        gs_barrier_wait(&bar, threads, &sense);
         for (int64_t l = 0; l < dims[LAYERS]; l++) {
             const void* const* lw = w + l * PER_LAYER;
-#pragma omp single
-            rms_norm(h, (const float*)lw[LN1], eps[2 * l], x, rows, H);
             mm(bf, x, lw[WQ], q, rows, H, qw);
             mm(bf, x, lw[WK], k, rows, H, kw);
             mm(bf, x, lw[WV], v, rows, H, kw);
-#pragma omp single
-            for (int64_t r = 0; r < rows; r++) {
-                for (int64_t j = 0; j < heads; j++) rotate(q + r * qw + j * d, cos + r * d, sin + r * d, d);
-                for (int64_t j = 0; j < kvh; j++) {
-                    rotate(k + r * kw + j * d, cos + r * d, sin + r * d, d);
-                    float *kc = keys[l] + r * rs + j * hs + col * d, *vc = values[l] + r * rs + j * hs + col * d;
-                    for (int64_t i = 0; i < d; i++) {
-                        kc[i] = k[r * kw + j * d + i];
-                        vc[i] = v[r * kw + j * d + i];
+            gs_barrier_wait(&bar, threads, &sense);
+            if (first)
+                for (int64_t r = 0; r < rows; r++) {
+                    for (int64_t j = 0; j < heads; j++) rotate(q + r * qw + j * d, cos + r * d, sin + r * d, d);
+                    for (int64_t j = 0; j < kvh; j++) {
+                        rotate(k + r * kw + j * d, cos + r * d, sin + r * d, d);
+                        float *kc = keys[l] + r * rs + j * hs + col * d, *vc = values[l] + r * rs + j * hs + col * d;
+                        for (int64_t i = 0; i < d; i++) {
+                            kc[i] = k[r * kw + j * d + i];
+                            vc[i] = v[r * kw + j * d + i];
+                        }
                     }
                 }
-            }
-#pragma omp for schedule(static)
+            gs_barrier_wait(&bar, threads, &sense);
+#pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < rows * heads; t++) {
                 int64_t r = t / heads, j = t % heads, off = r * rs + (j / group) * hs;
                 attend(q + r * qw + j * d, keys[l] + off, values[l] + off, mask ? mask + r * n : NULL, n, d, scale,
                        p + t * n, att + r * qw + j * d);
             }
+            gs_barrier_wait(&bar, threads, &sense);
             mm(bf, att, lw[WO], tmp, rows, qw, H);
-#pragma omp single
-            {
+            gs_barrier_wait(&bar, threads, &sense);
+            if (first) {
                 add(h, tmp, rows * H);
                 rms_norm(h, (const float*)lw[LN2], eps[2 * l + 1], x, rows, H);
             }
+            gs_barrier_wait(&bar, threads, &sense);
             mm(bf, x, lw[GATE], g, rows, H, I);
             mm(bf, x, lw[UP], u, rows, H, I);
-#pragma omp for schedule(static)
+            gs_barrier_wait(&bar, threads, &sense);
+#pragma omp for schedule(static) nowait
             for (int64_t i = 0; i < rows * I; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            gs_barrier_wait(&bar, threads, &sense);
             mm(bf, g, lw[DOWN], tmp, rows, I, H);
-#pragma omp single
-            add(h, tmp, rows * H);
+            gs_barrier_wait(&bar, threads, &sense);
+            if (first) { /* the residual, then the next layer's first norm (or the final one) */
+                add(h, tmp, rows * H);
+                int last = l + 1 == dims[LAYERS];
+                const float* nw = (const float*)(last ? w[dims[LAYERS] * PER_LAYER] : w[(l + 1) * PER_LAYER + LN1]);
+                rms_norm(h, nw, eps[last ? 2 * dims[LAYERS] : 2 * (l + 1)], x, rows, H);
+            }
+            gs_barrier_wait(&bar, threads, &sense);
         }
-        const void* const* fw = w + dims[LAYERS] * PER_LAYER;
-#pragma omp single
-        rms_norm(h, (const float*)fw[0], eps[2 * dims[LAYERS]], x, rows, H);
-        mm(bf, x, fw[1], logits, rows, H, dims[VOCAB]);
+        mm(bf, x, w[dims[LAYERS] * PER_LAYER + 1], logits, rows, H, dims[VOCAB]);
     }
 }
 
