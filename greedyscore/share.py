@@ -70,11 +70,24 @@ class _SQLite:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with self.connect() as db:
-                db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
         except (OSError, sqlite3.Error) as ex:
             raise StoreUnavailable(f"cannot open the share store {path}: {ex} (choose another --store, or "
                                    "--no-share)") from ex
+
+    def _wal(self) -> None:
+        """Switch the file to write-ahead logging. Processes that open a new store at once race for
+        it, and SQLite answers "database is locked" at once, without its busy wait: try again."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with self.connect() as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as ex:
+                if "locked" not in str(ex) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
