@@ -20,40 +20,6 @@ enum { N, HEADS, KV_HEADS, D, Q_ROW, Q_HEAD, K_ROW, K_HEAD, V_ROW, V_HEAD, DIMS 
 #define QB 8 /* query rows per work item */
 #define KB GS_PANEL /* keys per panel */
 
-/* e^x for x <= 0 (a softmax's shifted scores), to ~1 ulp: x = n ln2 + r, e^r by Cephes' expf
-   polynomial, times 2^n; 0 below ~-87 (where float32's e^x underflows) */
-#if defined(__AVX512F__)
-static inline v16 exp16(v16 x) {
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps((__m512)x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v16 nv = (v16)n, r = fma16(nv, splat(-0.693359375f), x);
-    r = fma16(nv, splat(2.12194440e-4f), r);
-    v16 p = fma16(splat(1.9875691500e-4f), r, splat(1.3981999507e-3f));
-    p = fma16(p, r, splat(8.3334519073e-3f));
-    p = fma16(p, r, splat(4.1665795894e-2f));
-    p = fma16(p, r, splat(1.6666665459e-1f));
-    p = fma16(p, r, splat(5.0000001201e-1f));
-    p = fma16(p, r * r, r + splat(1.0f));
-    return (v16)_mm512_scalef_ps((__m512)p, n); /* p 2^n, 0 where 2^n underflows */
-}
-#else
-static inline v16 exp16(v16 x) {
-    v16 out;
-    for (int c = 0; c < 16; c++) out[c] = expf(x[c]);
-    return out;
-}
-#endif
-
-/* max of two vectors, lane by lane */
-static inline v16 max16(v16 a, v16 b) {
-#if defined(__AVX512F__)
-    return (v16)_mm512_max_ps((__m512)a, (__m512)b);
-#else
-    u16 m = (u16)(a > b);
-    return (v16)((m & (u16)a) | (~m & (u16)b));
-#endif
-}
-
 /* s[r, 0..32) = x[r] . panel's 32 keys, for 8 rows of x (stride d) */
 static void scores8(const float* x, const float* panel, float* s, int64_t d, int64_t s_stride) {
     v16 a[QB][2];
@@ -70,15 +36,6 @@ static void scores8(const float* x, const float* panel, float* s, int64_t d, int
         *(v16u*)(s + r * s_stride) = a[r][0];
         *(v16u*)(s + r * s_stride + 16) = a[r][1];
     }
-}
-
-/* x kept in a register: without this GCC folds the load into each of the 4 rows' multiply-adds,
-   4 reads of every value vector from L1 where one will do (the loop then waits on loads) */
-static inline v16 in_register(v16 x) {
-#if defined(__AVX512F__)
-    __asm__("" : "+v"(x));
-#endif
-    return x;
 }
 
 /* out[r, 0..16 CV) = sum over keys j < len of p[r, j] v[j, 0..16 CV), for 4 rows (a row's p is 0

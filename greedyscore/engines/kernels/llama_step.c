@@ -42,26 +42,56 @@ static void rotate(float* v, const float* c, const float* s, int64_t d) {
     }
 }
 
-/* one query head of one row over its key/value head's cache: softmax(q.K * scale) @ V */
+/* out[0..16 CV) = sum over the row's keys t of p[t] v[t, 0..16 CV) (padding skipped), times inv */
+#define WEIGHTED(CV)                                                                                          \
+    static void weighted_##CV(const float* p, const float* values, const uint8_t* mask, int64_t start,      \
+                              int64_t n, int64_t d, float inv, float* out) {                                 \
+        v16 a[CV];                                                                                            \
+        for (int c = 0; c < CV; c++) a[c] = (v16){0};                                                         \
+        for (int64_t t = start; t < n; t++) {                                                                 \
+            if (mask && !mask[t]) continue;                                                                   \
+            v16 w = splat(p[t]);                                                                              \
+            for (int c = 0; c < CV; c++) a[c] = fma16(w, load_f32(values + t * d + 16 * c), a[c]);            \
+        }                                                                                                     \
+        for (int c = 0; c < CV; c++) *(v16u*)(out + 16 * c) = a[c] * splat(inv);                              \
+    }
+WEIGHTED(4)
+WEIGHTED(1)
+
+/* one query head of one row over its key/value head's cache: softmax(q.K * scale) @ V. A row's
+   keys start at its first unmasked position (padding is on the left): the vector sums run from
+   there, so a row's numbers do not depend on how much padding its batch gave it. */
 static void attend(const float* q, const float* keys, const float* values, const uint8_t* mask, int64_t n,
                    int64_t d, float scale, float* p, float* out) {
+    int64_t start = 0;
+    while (mask && start < n && !mask[start]) start++;
     float top = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        if (mask && !mask[t]) continue;
-        p[t] = gs_dot_f32(q, keys + t * d, d) * scale;
-        if (p[t] > top) top = p[t];
+    for (int64_t t = start; t < n; t++) {
+        p[t] = (mask && !mask[t]) ? -INFINITY : gs_dot_f32(q, keys + t * d, d) * scale;
+        top = p[t] > top ? p[t] : top;
+    }
+    v16 acc = {0}, shift = splat(top);
+    int64_t t = start;
+    for (; t + 16 <= n; t += 16) {
+        v16 e = exp16(load_f32(p + t) - shift);
+        *(v16u*)(p + t) = e;
+        acc += e;
     }
     float sum = 0.0f;
-    for (int64_t t = 0; t < n; t++) {
-        p[t] = (mask && !mask[t]) ? 0.0f : expf(p[t] - top);
+    for (int c = 0; c < 16; c++) sum += acc[c];
+    for (; t < n; t++) {
+        p[t] = expf(p[t] - top);
         sum += p[t];
     }
-    for (int64_t j = 0; j < d; j++) out[j] = 0.0f;
-    for (int64_t t = 0; t < n; t++) {
-        if (p[t] == 0.0f) continue;
-        float w = p[t] / sum;
-        const float* v = values + t * d;
-        for (int64_t j = 0; j < d; j++) out[j] += w * v[j];
+    float inv = 1.0f / sum;
+    int64_t c = 0;
+    for (; c + 64 <= d; c += 64) weighted_4(p, values + c, mask, start, n, d, inv, out + c);
+    for (; c + 16 <= d; c += 16) weighted_1(p, values + c, mask, start, n, d, inv, out + c);
+    for (; c < d; c++) { /* a head size that is not a multiple of 16 */
+        float a = 0.0f;
+        for (int64_t t = start; t < n; t++)
+            if (!mask || mask[t]) a = fmaf(p[t], values[t * d + c], a);
+        out[c] = a * inv;
     }
 }
 
