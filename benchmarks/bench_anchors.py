@@ -37,7 +37,8 @@ PREFILL = 2000
 
 
 def llama_bench(threads: int) -> dict[str, tuple[float, float]]:
-    """llama-bench pp512 and tg128 on the F32 GGUF -> {test: (tokens/s, stddev)}."""
+    """llama-bench pp512, tg128 and tg128 after PREFILL tokens of context on the F32 GGUF ->
+    {test: (tokens/s, stddev)} ("pp512", "tg128", "tg128@d2000")."""
     from benchmarks.llama_cpp import binaries, cache_dir
     from greedyscore.models import embedded_gguf
 
@@ -48,15 +49,17 @@ def llama_bench(threads: int) -> dict[str, tuple[float, float]]:
                         "F32"], check=True, capture_output=True)
         Path(str(f32) + ".part").rename(f32)
     out = subprocess.run([str(bins["llama-bench"]), "-m", str(f32), "-t", str(threads), "-p", "512",
-                          "-n", str(TOKENS), "-o", "json"], check=True, capture_output=True, text=True).stdout
-    rows = json.loads(out)
-    return {("pp512" if r["n_prompt"] else f"tg{r['n_gen']}"): (r["avg_ts"], r["stddev_ts"]) for r in rows}
+                          "-n", str(TOKENS), "-d", f"0,{PREFILL}", "-o", "json"], check=True, capture_output=True,
+                         text=True).stdout
+    rows = [r for r in json.loads(out) if not (r["n_prompt"] and r["n_depth"])]  # pp512 at depth: not compared
+    return {(f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}" + (f"@d{r['n_depth']}" if r["n_depth"]
+             else "")): (r["avg_ts"], r["stddev_ts"]) for r in rows}
 
 
-def single_stream(engine, fast: bool = True, repeats: int = 3) -> float:
+def single_stream(engine, fast: bool = True, repeats: int = 3, context: int = 40) -> float:
     """Median decode tokens/s of one scored reply of TOKENS new tokens through the engine's decode
     loop, as llama-bench's tg counts: from the first new token (the prefill's) to the last, i.e.
-    TOKENS - 1 steps, each a forward, an argmax and the token's scores; the 40-token prompt's
+    TOKENS - 1 steps, each a forward, an argmax and the token's scores; the `context`-token prompt's
     prefill is left out as tg leaves out prompt processing (fast=False: transformers' forward for
     every step instead of the C/lean Llama step). In a thread of its own, as Service's worker
     decodes: the main thread has run OpenMP work (the load), so libgomp has more threads than
@@ -64,7 +67,7 @@ def single_stream(engine, fast: bool = True, repeats: int = 3) -> float:
     from greedyscore.engines.base import GenerateRequest
     from greedyscore.engines.decode import DecodeBatch
 
-    prompt = tuple(filler_prompt(engine, 40))
+    prompt = tuple(filler_prompt(engine, context))
 
     def reply(n: int) -> float:
         batch = DecodeBatch(engine.model, engine.stop_ids, fast=fast)
@@ -179,7 +182,8 @@ def main() -> None:
     for r in range(args.rounds):  # interleaved: a busy moment of the machine hits both sides
         got = {"llama.cpp": llama_bench(args.threads), "float32": {"decode": single_stream(engine),
                "prefill": prefill(engine), "decode_hf": single_stream(engine, fast=False),
-               "prefill_sdpa": prefill(engine, attention="sdpa"), "users": users8(engine, args.users)}}
+               "prefill_sdpa": prefill(engine, attention="sdpa"), "users": users8(engine, args.users),
+               "decode_long": single_stream(engine, context=PREFILL)}}
         if b16 is not None:
             got["bfloat16"] = {"decode": single_stream(b16), "prefill": prefill(b16), "users": users8(b16, args.users)}
         print(f"round {r + 1}", got, flush=True)
@@ -200,7 +204,7 @@ def main() -> None:
     mem = {(n, d): memory(n, d) for n in (1, args.users) for d in ("float32",) + (("bfloat16",) if bf16 else ())}
     print("memory", mem, flush=True)
 
-    tg, pp = anchors[f"tg{TOKENS}"][0], anchors["pp512"][0]
+    tg, pp, tgl = anchors[f"tg{TOKENS}"][0], anchors["pp512"][0], anchors[f"tg{TOKENS}@d{PREFILL}"][0]
 
     def row(name: str, r: dict) -> list[str]:
         return [name, f"{r['decode']:.1f} ({r['decode'] / tg:.2f}x)", f"{r['prefill']:.0f} ({r['prefill'] / pp:.2f}x)",
@@ -210,6 +214,10 @@ def main() -> None:
              f"{tg:.1f} ± {anchors[f'tg{TOKENS}'][1]:.1f} (1.00x)",
              f"{pp:.0f} ± {anchors['pp512'][1]:.0f} (pp512, 1.00x)", "–"],
             row("greedyscore float32, every token scored", ours),
+            [f"llama.cpp, tg{TOKENS} after {PREFILL} tokens of context (llama-bench -d {PREFILL})",
+             f"{tgl:.1f} ± {anchors[f'tg{TOKENS}@d{PREFILL}'][1]:.1f} (1.00x)", "", ""],
+            [f"greedyscore float32, after a {PREFILL}-token prompt",
+             f"{ours['decode_long']:.1f} ({ours['decode_long'] / tgl:.2f}x)", "", ""],
             ["the same, transformers' forward for every step (no C/lean Llama step)",
              f"{ours['decode_hf']:.1f} ({ours['decode_hf'] / tg:.2f}x)", "", ""],
             ["the same, torch's SDPA attention in the prefill (no C attention)", "",
