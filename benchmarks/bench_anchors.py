@@ -180,12 +180,12 @@ def main() -> None:
     b16 = fixed_length_engine("bfloat16") if bf16_instructions() else None
     rounds = []
     for r in range(args.rounds):  # interleaved: a busy moment of the machine hits both sides
-        got = {"llama.cpp": llama_bench(args.threads), "float32": {"decode": single_stream(engine),
-               "prefill": prefill(engine), "decode_hf": single_stream(engine, fast=False),
-               "prefill_sdpa": prefill(engine, attention="sdpa"), "users": users8(engine, args.users),
-               "decode_long": single_stream(engine, context=PREFILL)}}
-        if b16 is not None:
+        got = {"llama.cpp": llama_bench(args.threads), "float32": {"decode": single_stream(engine)}}
+        if b16 is not None:  # right after float32's: the pair's ratio is not the machine's drift
             got["bfloat16"] = {"decode": single_stream(b16), "prefill": prefill(b16), "users": users8(b16, args.users)}
+        got["float32"].update({"prefill": prefill(engine), "decode_hf": single_stream(engine, fast=False),
+                               "prefill_sdpa": prefill(engine, attention="sdpa"), "users": users8(engine, args.users),
+                               "decode_long": single_stream(engine, context=PREFILL)})
         print(f"round {r + 1}", got, flush=True)
         rounds.append(got)
     best = {side: {k: max(g[side][k] for g in rounds) for k in rounds[0][side]} for side in rounds[0]}
@@ -248,7 +248,9 @@ def main() -> None:
                  for d in dict.fromkeys(k[1] for k in mem)])
     )
     if bf16:
-        body += (f"\n\nbfloat16 vs float32: {bf16['decode'] / ours['decode']:.2f}x the single-stream speed; "
+        pairs = ", ".join(f"{g['bfloat16']['decode'] / g['float32']['decode']:.2f}x" for g in rounds)
+        body += (f"\n\nbfloat16 vs float32: {pairs} the single-stream speed (each round's pair, measured one "
+                 f"after the other: this machine's memory bandwidth drifts by more between rounds); "
                  f"|Δp| of the chosen tokens (bfloat16's own vs float32's teacher-forced, 8 replies of 64 "
                  f"tokens): max {bf16['max_dp']:.4f}, mean {bf16['mean_dp']:.4f}.")
     print(body)
