@@ -65,6 +65,10 @@ static void attend(const float* q, const float* keys, const float* values, const
                    int64_t d, float scale, float* p, float* out) {
     int64_t start = 0;
     while (mask && start < n && !mask[start]) start++;
+    if (start == n) { /* no real key (not a row decode.py makes): attend to nothing */
+        for (int64_t j = 0; j < d; j++) out[j] = 0.0f;
+        return;
+    }
     float top = -INFINITY;
     for (int64_t t = start; t < n; t++) {
         p[t] = (mask && !mask[t]) ? -INFINITY : gs_dot_f32(q, keys + t * d, d) * scale;
