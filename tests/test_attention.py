@@ -8,6 +8,7 @@ import ctypes
 
 import pytest
 import torch
+from threads import torch_threads
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from greedyscore.engines import attention, native
@@ -85,12 +86,8 @@ def test_any_strides_along_positions_and_heads(kernel):
 
 def test_the_result_does_not_depend_on_the_thread_count(kernel):
     q, k, v = _qkv(257, 9, 3, 64)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = kernel.causal_attention(q, k, v, 0.125)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(one, kernel.causal_attention(q, k, v, 0.125))
 
 

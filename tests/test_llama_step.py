@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from threads import torch_threads
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from greedyscore.engines.base import GenerateRequest
@@ -133,15 +134,11 @@ def test_the_c_step_gives_a_row_the_same_bits_alone_in_a_padded_batch_and_with_o
     batch._reserve(col + 1)
     tokens, positions = torch.tensor([1, 2, 3]), torch.tensor([r.length for r in batch.rows])
     mask = torch.cat([batch.mask, torch.ones(3, 1, dtype=torch.long)], 1)
-    threads = torch.get_num_threads()
     logits = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with torch_threads(n):
             keys, values = [k.clone() for k in batch.keys], [v.clone() for v in batch.values]
             logits.append(batch.fast_step(tokens, positions, mask, keys, values, col))
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(logits[0], logits[1])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from threads import torch_threads
 
 from greedyscore.engines import native
 from greedyscore.engines.layout import GEMM_ROWS, NativeLinear
@@ -46,12 +47,8 @@ def test_a_row_gets_the_same_bits_alone_in_a_batch_and_with_one_or_two_threads(k
     packed = pack(w)
     x = torch.randn(17, k_in)
     batch = kernel.linear(x, packed, bias, 301)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one_thread = kernel.linear(x, packed, bias, 301)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(batch, one_thread)
     for rows in (1, 2, 3, 5, 7, 9, 12, 15):  # every tile: 8-, 4-, 2- and 1-row, and their mixes
         for r in range(17 - rows + 1):
