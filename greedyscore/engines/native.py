@@ -82,7 +82,6 @@ class Kernel:
         f(x.data_ptr(), packed.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n)
         return y
 
-
     def causal_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """softmax(q k^T * scale, causal) v for one sequence: q [heads, n, d], k and v
         [kv_heads, n, d] float32 CPU tensors with unit stride along d (any other strides, e.g.
