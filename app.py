@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from greedyscore.engine_args import add_engine_args, env
+    from greedyscore.engine_args import MAX_RATE, MAX_STORE_MB, MAX_TTL_DAYS, add_engine_args, env, positive_flag
 
     p = argparse.ArgumentParser(
         description="greedyscore web demo: chat, and see every token's true probability.",
@@ -44,18 +44,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                             "several app processes behind a load balancer (default: $GREEDYSCORE_CACHE/shares.db)")
     links.add_argument("--no-share", action="store_true", default=env("NO_SHARE", "") in ("1", "true", "yes"),
                        help="turn Share buttons and share links off")
-    links.add_argument("--share-ttl", type=float, default=env("SHARE_TTL"), metavar="DAYS",
-                       help="shared results expire after this many days (default: kept until room is needed)")
-    links.add_argument("--share-max-mb", type=float, default=env("SHARE_MAX_MB", "500"), metavar="MB",
+    links.add_argument("--share-ttl", type=positive_flag("--share-ttl", MAX_TTL_DAYS), default=env("SHARE_TTL"),
+                       metavar="DAYS", help="shared results expire after this many days (default: kept until room "
+                                            "is needed)")
+    links.add_argument("--share-max-mb", type=positive_flag("--share-max-mb", MAX_STORE_MB),
+                       default=env("SHARE_MAX_MB", "500"), metavar="MB",
                        help="the store's total size; the oldest results go first beyond it (default: %(default)s)")
+    links.add_argument("--share-rate", type=positive_flag("--share-rate", MAX_RATE, whole=True),
+                       default=env("SHARE_RATE", "30"), metavar="N",
+                       help="shares per client address an hour, counted in this process (default: %(default)s)")
+    links.add_argument("--trusted-proxies", default=env("TRUSTED_PROXIES", ""), metavar="IPS",
+                       help="comma-separated addresses (or networks, or *) of reverse proxies whose X-Forwarded-For "
+                            "names the client, for the share rate limit; without it the connecting address counts "
+                            "and X-Forwarded-For is ignored (default: none)")
     args = p.parse_args(argv)  # argparse applies type=int to string defaults too: bad env -> usage error
     if args.auth and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
+    try:
+        args.trusted_proxies = trusted_proxies(args.trusted_proxies)
+    except ValueError as ex:
+        p.error(f"--trusted-proxies: {ex}")
     if args.max_new_tokens <= 0 or args.max_queue <= 0 or args.concurrency <= 0:
         p.error("--max-new-tokens, --max-queue and --concurrency must be positive")
-    if (args.share_ttl is not None and not args.share_ttl > 0) or not args.share_max_mb > 0:
-        p.error("--share-ttl and --share-max-mb must be positive")
     return args
+
+
+def trusted_proxies(raw: str) -> str:
+    """Example: trusted_proxies(" 10.0.0.1, 10.1.0.0/16 ") -> "10.0.0.1,10.1.0.0/16"; "*" trusts every peer."""
+    import ipaddress
+
+    entries = [e.strip() for e in raw.split(",") if e.strip()]
+    for e in entries:
+        if e != "*":
+            try:
+                ipaddress.ip_network(e, strict=False)
+            except ValueError:
+                raise ValueError(f"{e!r} is not an IP address or network (give addresses, networks or *)") from None
+    return ",".join(entries)
 
 
 def make_service(engine, args: argparse.Namespace):
@@ -70,10 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from greedyscore.engine_args import engine_from_args, share_store
     from greedyscore.errors import GreedyScoreError
-    from greedyscore.ui import UIConfig, build_demo, launch_kwargs
+    from greedyscore.ui import UIConfig, build_demo, launch
 
     try:
-        store = None if args.no_share else share_store(args.store, args.share_ttl, args.share_max_mb)
+        store = None if args.no_share else share_store(args.store, args.share_ttl, args.share_max_mb,
+                                                       int(args.share_rate))
         engine = engine_from_args(args)  # once, before the first request
     except GreedyScoreError as ex:
         print(f"greedyscore: error: {ex}", file=sys.stderr)
@@ -97,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           file=sys.stderr, flush=True)
     print(f"greedyscore: shared results in {store}" if store else "greedyscore: sharing is off", file=sys.stderr,
           flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs())
+    launch(demo, args.trusted_proxies, server_name=args.host, server_port=args.port, share=args.share, auth=auth)
     return 0
 
 

@@ -29,6 +29,7 @@ from .errors import Busy
 
 log = logging.getLogger("greedyscore")
 BUSY = "the server is busy: try again in a moment"
+CLOSED = "this Service is closed: its model work has ended"
 
 
 class BatchEngine(Protocol):
@@ -46,6 +47,8 @@ class Runner(Protocol):
 
     def follow_up(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
 
+    def close(self) -> None: ...
+
 
 def make_runner(engine: Any, max_batch: int, max_pending: int) -> Runner:
     """The runner an engine asks for: `engine.concurrent` -> Concurrent, else a batching worker."""
@@ -60,6 +63,7 @@ class _Job:
     request: GenerateRequest | None = None  # a generation: batched with others
     call: Callable[[], Any] | None = None  # any other model work: run alone
     counted: bool = False  # holds one of the max_pending places until the worker takes it
+    stop: bool = False  # `close`: the worker ends once the work before it is done
 
 
 class Batcher:
@@ -80,6 +84,7 @@ class Batcher:
         self._queue: queue.Queue[_Job] = queue.Queue()  # bounded by hand: follow-ups are never refused
         self._waiting = 0  # counted jobs in the queue
         self._lock = threading.Lock()
+        self._closed = False
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches, for tests and benchmarks
         self._thread = threading.Thread(target=self._run, daemon=True, name="greedyscore-batcher")
         self._thread.start()
@@ -95,11 +100,34 @@ class Batcher:
     def follow_up(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """`call` for an accepted request's further work: never refused as busy."""
         job = _Job(Future(), call=lambda: fn(*args, **kwargs))
-        self._queue.put(job)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(CLOSED)
+            self._queue.put(job)
         return job.future.result()
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Finish the work already queued, then end the worker thread and wait for it. A process
+        must not exit while the worker is inside torch or the C kernel (still starting, say):
+        C++ then aborts it ("terminate called without an active exception")."""
+        with self._lock:
+            self._closed = True
+        if self._thread.is_alive():
+            self._queue.put(_Job(Future(), stop=True))
+            self._thread.join(timeout_s)
+        if not self._thread.is_alive():  # anything that slipped in behind the stop: refused, not left hanging
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not job.stop and job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(RuntimeError(CLOSED))
 
     def _put(self, job: _Job) -> Future:
         with self._lock:
+            if self._closed:
+                raise RuntimeError(CLOSED)
             if self._waiting >= self.max_pending:
                 raise Busy(BUSY)
             self._waiting += 1
@@ -116,9 +144,11 @@ class Batcher:
 
     def _run(self) -> None:
         if hasattr(self.engine, "decoder"):
-            self._run_continuous(self.engine.decoder())
+            return self._run_continuous(self.engine.decoder())
         while True:
             first = self._take()
+            if first.stop:
+                return
             if first.call is not None:
                 self._run_call(first)
                 continue
@@ -132,21 +162,28 @@ class Batcher:
                     job = self._take(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
                     break
-                (batch if job.call is None else later).append(job)
+                (batch if job.call is None and not job.stop else later).append(job)
             self._run_batch(batch)
             for job in later:
+                if job.stop:
+                    return
                 self._run_call(job)
 
     def _run_continuous(self, batch: Any) -> None:
         """Continuous batching over an engine's own decode loop (`engine.decoder()`): before every
         step, waiting requests join (up to max_batch rows) and other model work runs; a row that
-        finishes or is stopped leaves at once. Never returns."""
+        finishes or is stopped leaves at once. Returns after `close`, once its work is done."""
         waiting: deque[_Job] = deque()  # requests beyond max_batch rows
+        closing = False
         while True:
+            if closing and not len(batch) and not waiting:
+                return
             try:
-                while True:  # everything that arrived; block only when there is nothing to do
+                while not closing:  # everything that arrived; block only when there is nothing to do
                     job = self._take(timeout=None if not len(batch) and not waiting else 0)
-                    if job.call is not None:
+                    if job.stop:
+                        closing = True
+                    elif job.call is not None:
                         self._run_call(job)
                     else:
                         waiting.append(job)
@@ -241,6 +278,10 @@ class Concurrent:
     def follow_up(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """An accepted request's further work (the engine runs concurrent calls): never refused."""
         return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        """Let the calls in flight finish, then end the pool's threads."""
+        self._pool.shutdown(wait=True)
 
     def _start(self, fn: Callable[[], Any], count: bool = False) -> Future:
         if not self._slots.acquire(blocking=False):

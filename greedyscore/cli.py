@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
 if TYPE_CHECKING:
     from .service import Service
+    from .share import ShareStore
 
 EPILOG = """examples:
   python -m greedyscore chat "What is the capital of France?"
@@ -113,18 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_messages(path: str) -> list[Message]:
+    """A messages file (or stdin) as UTF-8 JSON: read as bytes, so stdin decodes as strictly as a file."""
     from .service import parse_messages_json
 
+    what = "standard input" if path == "-" else f"messages file {path!r}"
     try:
-        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as ex:
-        raise BadInput(f"cannot read messages file {path!r}: {ex.strerror}") from ex
-    return parse_messages_json(raw, f"messages file {path!r}")
+        raise BadInput(f"cannot read {what}: {ex.strerror}") from ex
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as ex:
+        raise BadInput(f"{what} is not UTF-8 text (byte 0x{raw[ex.start]:02x} at offset {ex.start}): save it as "
+                       "UTF-8 JSON") from ex
+    return parse_messages_json(text, what)
 
 
-def run(args: argparse.Namespace) -> tuple[ScoredReply, Service, list[Message]]:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every text argument is Unicode text: invalid UTF-8 in argv arrives as lone surrogates
+    (Python's surrogateescape), refused here with the argument's name (`text_input`)."""
+    from .text_input import check_text
+
+    positional = "prompt" if args.command in ("chat", "fork") else "text"
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            check_text(value, name.upper() if name == positional else f"--{name.replace('_', '-')}", from_bytes=True)
+
+
+def run(args: argparse.Namespace, opened: list[Service]) -> tuple[ScoredReply, Service, list[Message]]:
     """Validate what needs no model first (fast failure), then load the engine and run.
-    -> (the reply, the service that made it, the messages it answered or was scored after)."""
+    -> (the reply, the service that made it, the messages it answered or was scored after);
+    the service is also put in `opened`, for the caller to close."""
     from .engine_args import engine_from_args
     from .service import Service, check_messages, check_settings
 
@@ -144,8 +165,11 @@ def run(args: argparse.Namespace) -> tuple[ScoredReply, Service, list[Message]]:
     elif messages is None and not (args.text or "").strip():
         raise BadInput("empty text: give TEXT or --messages FILE")
     reply_ids = _reply_ids(args.reply_ids) if getattr(args, "reply_ids", None) else None
+    if args.command == "fork" and args.at < 0:
+        raise BadInput(f"--at must be a position in the reply, 0 or more, got {args.at}")
 
     service = Service(engine_from_args(args))
+    opened.append(service)
     progress = not args.json and sys.stderr.isatty()
     if args.command == "chat":
         return _drain(service.stream(messages, settings), progress), service, messages
@@ -158,11 +182,11 @@ def run(args: argparse.Namespace) -> tuple[ScoredReply, Service, list[Message]]:
     return service.score_text(args.text, settings, prompt=args.prompt), service, after
 
 
-def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messages: list[Message]) -> str:
+def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messages: list[Message],
+          store: ShareStore) -> str:
     """Store the result (as the demo's Share button does) -> its id."""
     import time
 
-    from .engine_args import share_store
     from .shared import settings_of, share_reply
 
     if args.command in ("chat", "fork"):
@@ -170,7 +194,7 @@ def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messag
     else:
         kind, settings = "text", settings_of(reply)
     item = share_reply(kind, reply, tuple(messages), settings, service.identity, time.time())
-    return share_store(args.store).put(item.to_json(), "cli")
+    return store.put(item.to_json(), "cli")
 
 
 def _reply_ids(raw: str) -> list[int]:
@@ -178,26 +202,32 @@ def _reply_ids(raw: str) -> list[int]:
         ids = json.loads(raw)
     except json.JSONDecodeError as ex:
         raise BadInput(f"--reply-ids is not valid JSON: {ex.msg}") from ex
+    except ValueError as ex:  # an integer of thousands of digits: Python refuses to read it
+        raise BadInput("--reply-ids holds a number thousands of digits long: token ids are small whole numbers") \
+            from ex
     if not isinstance(ids, list) or not ids:
         raise BadInput("--reply-ids must be a non-empty JSON list of token ids")
     return ids
 
 
 def _drain(stream: Iterator[TextDelta | ScoredReply], progress: bool) -> ScoredReply:
-    """Loop over a turn's stream: the reply's tail on stderr while it comes, then the reply."""
-    for event in stream:
-        if isinstance(event, ScoredReply):
-            if progress:
-                print("\r\033[K", end="", file=sys.stderr)
-            return event
-        if progress and event.delta:
-            tail = visible(event.text)[-70:]
-            print(f"\r\033[K… {tail}", end="", file=sys.stderr, flush=True)
+    """Loop over a turn's stream: the reply's tail on stderr while it comes, then the reply.
+    Closed on the way out, so Ctrl-C stops the generation (the Service can then close at once)."""
+    with closing(stream):  # type: ignore[type-var]
+        for event in stream:
+            if isinstance(event, ScoredReply):
+                if progress:
+                    print("\r\033[K", end="", file=sys.stderr)
+                return event
+            if progress and event.delta:
+                tail = visible(event.text)[-70:]
+                print(f"\r\033[K… {tail}", end="", file=sys.stderr, flush=True)
     raise AssertionError("a stream always ends with its ScoredReply")
 
 
-def run_compare(args: argparse.Namespace):
-    """`compare`: both scorings, aligned (engines load only after the settings check)."""
+def run_compare(args: argparse.Namespace, opened: list[Service]):
+    """`compare`: both scorings, aligned (engines load only after the settings check); every
+    Service it loads is put in `opened`, for the caller to close."""
     from .engine_args import engine_from_args
     from .service import Service, check_settings
     from .variants import Variants, compare_text
@@ -205,11 +235,15 @@ def run_compare(args: argparse.Namespace):
     check_settings(Settings(top_k=args.top_k))
     if not args.text.strip():
         raise BadInput("empty text: give TEXT")
-    service = Service(engine_from_args(args))
-    variants = Variants(service, args.compare_model)
     conv_b = _read_messages(args.conversation_b) if args.conversation_b else ()
-    return compare_text(variants, args.text, args.against, args.prompt, args.system_a, args.system_b, args.top_k,
-                        conv_b)
+    service = Service(engine_from_args(args))
+    opened.append(service)
+    variants = Variants(service, args.compare_model)
+    try:
+        return compare_text(variants, args.text, args.against, args.prompt, args.system_a, args.system_b,
+                            args.top_k, conv_b)
+    finally:
+        opened.extend(variants.loaded())
 
 
 def _print_comparison(cmp) -> None:
@@ -227,21 +261,12 @@ def _print_comparison(cmp) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The edge: errors become one line on stderr; exit 2 for bad input, 1 for anything else.
+    Every Service opened is closed before returning, on every path."""
     args = build_parser().parse_args(argv)
-    if args.command == "compare":
-        try:
-            cmp = run_compare(args)
-        except GreedyScoreError as ex:
-            print(f"greedyscore: error: {ex}", file=sys.stderr)
-            return 2 if isinstance(ex, BadInput) else 1
-        if args.json:
-            print(json.dumps(cmp.to_json(), ensure_ascii=False))
-        else:
-            _print_comparison(cmp)
-        return 0
+    opened: list[Service] = []
     try:
-        reply, service, messages = run(args)
-        share_id = share(args, reply, service, messages) if args.share else None
+        return _main(args, opened)
     except GreedyScoreError as ex:
         print(f"greedyscore: error: {ex}", file=sys.stderr)
         return 2 if isinstance(ex, BadInput) else 1
@@ -252,6 +277,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"greedyscore: error: {type(ex).__name__}: {first} (the model or engine failed; "
               f"check --model, or report this with the command you ran)", file=sys.stderr)
         return 1
+    finally:
+        for service in opened:
+            service.close()
+
+
+def _main(args: argparse.Namespace, opened: list[Service]) -> int:
+    check_arguments(args)
+    if args.command == "compare":
+        cmp = run_compare(args, opened)
+        if args.json:
+            print(json.dumps(cmp.to_json(), ensure_ascii=False))
+        else:
+            _print_comparison(cmp)
+        return 0
+    from .engine_args import share_store
+
+    store = share_store(args.store) if args.share else None  # before any model time is spent
+    reply, service, messages = run(args, opened)
+    share_id = share(args, reply, service, messages, store) if store is not None else None
     if args.json:
         extra = {"share": {"id": share_id, "path": f"/?r={share_id}"}} if share_id else {}
         print(json.dumps({**reply.to_json(), **extra}, ensure_ascii=False))

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 from .engines import BACKENDS, Engine, load_engine, pick_backend
 from .errors import BadInput, EngineUnavailable
 
 DTYPES = ("float32", "bfloat16")
+MAX_TTL_DAYS = 36_500.0  # the share limits' upper bounds: a hundred years, a petabyte, a share a second
+MAX_STORE_MB = 1e9
+MAX_RATE = 3600.0
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -74,16 +78,49 @@ def _api_root(url: str | None) -> str | None:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def share_store(where: str | None = None, ttl_days: float | None = None, max_mb: float | None = None):
-    """The share store (app: --store, --share-ttl, --share-max-mb; else GREEDYSCORE_STORE,
-    GREEDYSCORE_SHARE_TTL, GREEDYSCORE_SHARE_MAX_MB, so the CLI keeps the demo's limits)."""
+def positive_number(value: object, name: str, most: float = 1e9, whole: bool = False) -> float:
+    """A limit as a user gives it: a number in (0, most] (whole if asked), or BadInput naming `name`.
+
+    Example: positive_number("1.5", "--share-ttl") -> 1.5; positive_number("-1", ...) raises
+    """
+    kind = "a whole number" if whole else "a number"
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise BadInput(f"{name} must be {kind} above 0, got {value!r}") from None
+    if not (0 < x <= most) or (whole and x % 1):
+        raise BadInput(f"{name} must be {kind} above 0 and at most {most:,g}, got {value!r}")
+    return x
+
+
+def positive_flag(name: str, most: float = 1e9, whole: bool = False) -> Callable[[str], float]:
+    """An argparse `type=` for a limit flag (argparse also applies it to a GREEDYSCORE_ default and
+    prefixes its message with the flag)."""
+
+    def parse(raw: str) -> float:
+        try:
+            where = f"its value (here or in GREEDYSCORE_{name[2:].upper().replace('-', '_')})"
+            return positive_number(raw, where, most, whole)
+        except BadInput as ex:
+            raise argparse.ArgumentTypeError(str(ex)) from None
+
+    return parse
+
+
+def share_store(where: str | None = None, ttl_days: float | None = None, max_mb: float | None = None,
+                per_hour: int | None = None):
+    """The share store (app: --store, --share-ttl, --share-max-mb, --share-rate; else
+    GREEDYSCORE_STORE, GREEDYSCORE_SHARE_TTL, GREEDYSCORE_SHARE_MAX_MB, GREEDYSCORE_SHARE_RATE, so
+    the CLI keeps the demo's limits). Bad limits raise BadInput naming them, before anything runs."""
     from .models import cache_dir
     from .share import Limits, ShareStore
 
-    try:
-        ttl = ttl_days if ttl_days is not None else (float(env("SHARE_TTL")) if env("SHARE_TTL") else None)
-        mb = max_mb if max_mb is not None else float(env("SHARE_MAX_MB", "500"))
-    except ValueError as ex:
-        raise BadInput("GREEDYSCORE_SHARE_TTL and GREEDYSCORE_SHARE_MAX_MB must be numbers") from ex
-    limits = Limits(max_total_bytes=int(mb * 1e6), ttl_s=ttl * 86400 if ttl else None)
+    if ttl_days is None and env("SHARE_TTL"):
+        ttl_days = positive_number(env("SHARE_TTL"), "GREEDYSCORE_SHARE_TTL", MAX_TTL_DAYS)
+    if max_mb is None:
+        max_mb = positive_number(env("SHARE_MAX_MB", "500"), "GREEDYSCORE_SHARE_MAX_MB", MAX_STORE_MB)
+    if per_hour is None:
+        per_hour = int(positive_number(env("SHARE_RATE", "30"), "GREEDYSCORE_SHARE_RATE", MAX_RATE, whole=True))
+    limits = Limits(max_total_bytes=max(1, round(max_mb * 1e6)), ttl_s=ttl_days * 86400 if ttl_days else None,
+                    per_session=int(per_hour))
     return ShareStore(where or env("STORE") or cache_dir() / "shares.db", limits)

@@ -37,7 +37,7 @@ class Exports:
         folder.mkdir(mode=0o700)
         j, c = folder / "tokens.json", folder / "tokens.csv"
         j.write_text(json.dumps(data or reply.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
-        c.write_text(tokens_csv(reply), encoding="utf-8")
+        c.write_text(tokens_csv(reply), encoding="utf-8", newline="")  # its "\r\n" rows as they are
         return str(j), str(c)
 
     def prune(self) -> None:

@@ -26,6 +26,7 @@ from .detokenize import Detokenizer, token_texts
 from .engines.base import Engine, GenerateRequest, Generation
 from .errors import BadInput, GreedyScoreError, InputTooLong, ModelFailed, OutOfMemory, Unsupported
 from .scoring import StepScores, build_tokens, compare_engine_logprobs, empty_scores, reply_stats
+from .text_input import check_text
 from .types import MAX_TOP_K, ROLES, Message, ModelIdentity, ScoredReply, Settings, TextDelta, Timings
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ def parse_messages(raw: object) -> list[Message]:
     for i, m in enumerate(raw):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise BadInput(f"message {i} must be an object with string \"role\" and \"content\"")
-        out.append(Message(m["role"], m["content"]))
+        out.append(Message(check_text(m["role"], f"message {i}'s role"), check_text(m["content"], f"message {i}")))
     return out
 
 
@@ -58,10 +59,29 @@ def parse_messages_json(text: str, what: str = "the conversation") -> list[Messa
     return parse_messages(data)
 
 
+def shown(value: Any) -> str:
+    """A value for a message, short even when a client sent something huge.
+
+    Example: shown(10**5000) -> "a 5,001-digit number"; shown(3) -> "3"
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        digits = int((value.bit_length() - 1) * math.log10(2))  # a lower bound, then exact
+        while abs(value) >= 10**digits:
+            digits += 1
+        return f"a {digits:,}-digit number"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def whole_number(name: str, value: Any) -> int:
-    """A whole number from a UI/API value (20 or 20.0); bools and fractions are input errors."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value % 1:
-        raise BadInput(f"{name} must be a whole number, got {value!r}")
+    """A whole number from a UI/API value (20 or 20.0) that fits 64 bits; bools, fractions and
+    anything bigger are input errors."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadInput(f"{name} must be a whole number, got {shown(value)}")
+    if isinstance(value, float) and (not math.isfinite(value) or value % 1):
+        raise BadInput(f"{name} must be a whole number, got {shown(value)}")
+    if not -(2**63) <= value < 2**63:
+        raise BadInput(f"{name} must be a whole number of at most 64 bits, got {shown(value)}")
     return int(value)
 
 
@@ -79,22 +99,28 @@ def check_settings(settings: Settings, context_length: int | None = None) -> Non
     """Settings in range (the context check only once a model is known)."""
     n = settings.max_new_tokens
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise BadInput(f"max_new_tokens must be a positive integer, got {n!r}")
+        raise BadInput(f"max_new_tokens must be a positive integer, got {shown(n)}")
+    if n >= 2**63:
+        raise BadInput(f"max_new_tokens must be a positive integer of at most 64 bits, got {shown(n)}")
     if context_length is not None and n >= context_length:
         raise BadInput(f"max_new_tokens {n:,} is beyond the model's context of {context_length:,} tokens")
     k = settings.top_k
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
-        raise BadInput(f"top_k must be a whole number between 1 and {MAX_TOP_K}, got {k!r}")
+        raise BadInput(f"top_k must be a whole number between 1 and {MAX_TOP_K}, got {shown(k)}")
     if not isinstance(settings.verify, bool):
-        raise BadInput(f"verify must be true or false, got {settings.verify!r}")
+        raise BadInput(f"verify must be true or false, got {shown(settings.verify)}")
     tol = settings.tolerance
     if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < 1:
-        raise BadInput(f"tolerance must be a number in [0, 1), got {tol!r}")
+        raise BadInput(f"tolerance must be a number in [0, 1), got {shown(tol)}")
 
 
 def check_roles(messages: Sequence[Message]) -> None:
-    for m in messages:
+    """Known roles, and every message Unicode text (`text_input`): what any conversation needs
+    before a template sees it."""
+    for i, m in enumerate(messages):
+        check_text(m.content, f"message {i}")
         if m.role not in ROLES:
+            check_text(m.role, f"message {i}'s role")
             raise BadInput(f"unknown role {m.role!r}: use one of {', '.join(ROLES)}")
 
 
@@ -147,6 +173,18 @@ class Service:
         self.runner = make_runner(engine, max_batch, max_pending)
         self._identity: ModelIdentity | None = None
         self._identity_lock = threading.Lock()
+
+    def close(self) -> None:
+        """End the model work (what is queued finishes first). A program that returns early, e.g.
+        on bad input, closes its Service first: exiting while the worker thread is still inside
+        torch aborts the process."""
+        self.runner.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def model_name(self) -> str:
@@ -231,7 +269,7 @@ class Service:
         self.check_messages(messages)
         if self.engine.server_template:  # a remote server templates (and checks the fit): its ids come back
             return self._turn([], settings, cancel or threading.Event(), heartbeat_s, messages=tuple(messages))
-        prompt = self.engine.prompt_ids(messages)
+        prompt = self._prompt_ids(messages)
         self._check_fit(len(prompt), settings.max_new_tokens)
         return self._turn(prompt, settings, cancel or threading.Event(), heartbeat_s)
 
@@ -345,19 +383,23 @@ class Service:
         """
         self.check_settings(settings)
         self.check_messages(messages)
+        at, token_id = whole_number("at", at), whole_number("token_id", token_id)
+        vocab = self.engine.vocab_size
+        if at < 0:
+            raise BadInput(f"at must be a position in the reply, 0 or more, got {at}")
+        if not 0 <= token_id < vocab:  # both before a fresh original reply is generated
+            raise BadInput(f"unknown token id {token_id}: this model's ids are 0 to {vocab - 1}")
         if reply_token_ids is None or (isinstance(reply_token_ids, list | tuple) and not reply_token_ids):
             reply_token_ids = [t.id for t in self.chat(messages, replace(settings, verify=False)).tokens]
         if not isinstance(reply_token_ids, list | tuple) or not reply_token_ids:
             raise BadInput("reply_token_ids must be the original reply's token ids, a non-empty list")
         reply = [whole_number("reply token id", t) for t in reply_token_ids]
-        at, token_id = whole_number("at", at), whole_number("token_id", token_id)
-        if not 0 <= at < len(reply):
+        if at >= len(reply):
             raise BadInput(f"at must be a position in the reply, 0 to {len(reply) - 1}, got {at}")
-        vocab = self.engine.vocab_size
-        for t in [*reply[:at], token_id]:
+        for t in reply[:at]:
             if not 0 <= t < vocab:
                 raise BadInput(f"unknown token id {t}: this model's ids are 0 to {vocab - 1}")
-        prompt = self.engine.prompt_ids(messages)
+        prompt = self._prompt_ids(messages)
         forced = (*reply[:at], token_id)
         ends = token_id in self.engine.stop_ids
         self._check_fit(len(prompt) + len(forced), 0 if ends else settings.max_new_tokens, "fork (prompt + prefix)")
@@ -419,10 +461,10 @@ class Service:
         if prompt is not None:
             return self.score_reply([Message("user", prompt)], text, settings)
         self.check_settings(settings)
-        if not text.strip():
+        if not check_text(text, "the text").strip():
             raise BadInput("empty text: paste some text to score")
         self._check_chars(len(text))
-        context, target = self.engine.text_ids(text)
+        context, target = self._text_ids(text)
         if not context:  # no BOS: the first token has nothing to be predicted from
             context, target = target[:1], target[1:]
         return self._teacher_forced(context, target, settings, "text")
@@ -433,11 +475,11 @@ class Service:
         if not messages:
             return self.score_text(text, settings)
         self.check_settings(settings)
-        if not text.strip():
+        if not check_text(text, "the text").strip():
             raise BadInput("empty text: paste some text to score")
         check_roles(messages)
         self._check_chars(len(text) + sum(len(m.content) for m in messages))
-        return self._teacher_forced(self.engine.prompt_ids(messages), self.engine.text_ids(text)[1], settings, "text")
+        return self._teacher_forced(self._prompt_ids(messages), self._text_ids(text)[1], settings, "text")
 
     def score_messages(self, messages: Sequence[Message], settings: Settings = Settings()) -> ScoredReply:
         """Teacher-forced scores of a whole conversation, every templated token after the first."""
@@ -446,7 +488,7 @@ class Service:
             raise BadInput("empty conversation: give at least one message with text")
         check_roles(messages)  # any last turn may be scored
         self._check_chars(sum(len(m.content) for m in messages))
-        ids = self.engine.prompt_ids(messages)
+        ids = self._prompt_ids(messages)
         return self._teacher_forced(ids[:1], ids[1:], settings, "conversation")
 
     def _teacher_forced(self, context: list[int], target: list[int], settings: Settings, what: str) -> ScoredReply:
@@ -459,11 +501,11 @@ class Service:
     # --- the guessing game -------------------------------------------------------------------
     def guess_ids(self, guess: str) -> list[int]:
         """A learner's guess as token ids (plain text, no special tokens)."""
-        if not guess.strip():
+        if not check_text(guess, "the guess").strip():
             raise BadInput("type a guess first")
         if len(guess) > 200:
             raise BadInput("a guess is a word or two: 200 characters at most")
-        ids = self.engine.text_ids(guess)[1]
+        ids = self._text_ids(guess)[1]
         if not ids:
             raise BadInput("that guess has no tokens: type a word or a sign")
         return ids
@@ -477,6 +519,15 @@ class Service:
         return float(steps.logprob.sum()), int(steps.rank[0])
 
     # --- helpers ---------------------------------------------------------------------------
+    def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The chat template's ids; a template or tokenizer failure is a domain error like any other."""
+        with model_errors():
+            return list(self.engine.prompt_ids(messages))
+
+    def _text_ids(self, text: str) -> tuple[list[int], list[int]]:
+        with model_errors():
+            return self.engine.text_ids(text)
+
     def _model(self, fn: Callable[..., T], *args: Any, follow_up: bool = False, **kwargs: Any) -> T:
         """Model work other than generation, where the runner puts it; engine failures made domain
         errors. follow_up: work for a request already accepted (its reply exists), never refused."""

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import GreedyScoreError
+from .errors import BadInput, GreedyScoreError
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16): 128 bits
+ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")  # fullmatch: no trailing newline  # secrets.token_urlsafe(16): 128 bits
 # Schema version i+1 = MIGRATIONS[:i+1] applied, in order (the same SQL on SQLite and PostgreSQL).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE items (id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL, size BIGINT NOT NULL, "
@@ -53,11 +53,23 @@ class StoreUnavailable(GreedyScoreError):
 
 @dataclass(frozen=True)
 class Limits:
+    """Every limit is positive and finite (checked here, whoever builds one): a negative time to
+    live once made the clean-up delete the whole store."""
+
     max_item_bytes: int = 5_000_000
     max_total_bytes: int = 500_000_000
     ttl_s: float | None = None  # None: kept until evicted
     per_session: int = 30  # shares per client address ...
     per_seconds: float = 3600.0  # ... in this window
+
+    def __post_init__(self) -> None:
+        for name in ("max_item_bytes", "max_total_bytes", "ttl_s", "per_session", "per_seconds"):
+            v = getattr(self, name)
+            if v is None and name == "ttl_s":
+                continue
+            whole = name in ("max_item_bytes", "max_total_bytes", "per_session")
+            if isinstance(v, bool) or not isinstance(v, int if whole else int | float) or not 0 < v < math.inf:
+                raise BadInput(f"the share store's {name} must be a positive finite number, got {v!r}")
 
 
 class _SQLite:
@@ -234,7 +246,7 @@ class ShareStore:
 
     def get(self, item_id: str) -> dict[str, Any]:
         """The stored item; NotShared with a clear message when there is none to show."""
-        if not isinstance(item_id, str) or not ID_RE.match(item_id):
+        if not isinstance(item_id, str) or not ID_RE.fullmatch(item_id):
             raise NotShared("that share link is not valid: check that it was copied whole")
         with self._db() as db:
             row = db.execute("SELECT created, body FROM items WHERE id = ?", (item_id,)).fetchone()
@@ -248,9 +260,10 @@ class ShareStore:
             raise NotShared("that shared result is damaged and cannot be shown") from ex
 
     def _evict(self, db: Any, now: float, keep: str) -> None:
-        """Expired items, then the oldest (never `keep`, the one just stored) until the total fits."""
+        """Expired items, then the oldest until the total fits; never `keep`, the one just stored,
+        whatever the limits say."""
         if self.limits.ttl_s is not None:
-            db.execute("DELETE FROM items WHERE created < ?", (now - self.limits.ttl_s,))
+            db.execute("DELETE FROM items WHERE created < ? AND id <> ?", (now - self.limits.ttl_s, keep))
         total = db.execute("SELECT COALESCE(SUM(size), 0) FROM items").fetchone()[0]
         while total > self.limits.max_total_bytes:
             oldest = db.execute("SELECT id, size FROM items WHERE id <> ? ORDER BY created, id LIMIT 1",

@@ -8,6 +8,7 @@ HTML and figures come from `render`; download files from `Exports`. Everything a
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -593,6 +594,11 @@ def _api(service: Service, config: UIConfig, variants: Variants, sharing: Sharin
     shared_btn.click(shared, [item_id, *view], outputs, api_name="shared", **cheap)
 
 
-def launch_kwargs() -> dict[str, Any]:
-    """What `launch()` needs besides host/port: in Gradio 6 the CSS is a launch argument."""
-    return {"css": CSS}
+def launch(demo: gr.Blocks, trusted_proxies: str = "", **kwargs: Any) -> None:
+    """`demo.launch(**kwargs)` with what it needs besides: the CSS (a launch argument in Gradio 6)
+    and which proxies may name the client. uvicorn rewrites the client address from
+    X-Forwarded-For for the addresses in FORWARDED_ALLOW_IPS (read when Gradio builds its server),
+    loopback unless set: any local user or proxy could then claim any address and step around the
+    share rate limit. Only `trusted_proxies` (default: none) is trusted."""
+    os.environ["FORWARDED_ALLOW_IPS"] = trusted_proxies
+    demo.launch(css=CSS, **kwargs)

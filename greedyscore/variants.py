@@ -33,6 +33,11 @@ class Variants:
         self._loaded: dict[str, Service] = {}
         self._lock = threading.Lock()
 
+    def loaded(self) -> list[Service]:
+        """The second configurations loaded so far (their owner closes them)."""
+        with self._lock:
+            return list(self._loaded.values())
+
     def _precisions(self) -> bool:
         engine = self.main.engine
         return self.main.backend == "transformers" and getattr(engine, "precision", None) == "float32" and \

@@ -203,3 +203,39 @@ def test_compare_endpoint(client):
     assert sp["a"] == "system prompt A" and any(abs(s["delta"]) > 1e-3 for s in sp["spans"])
     with pytest.raises(Exception, match="compare-model"):
         client.predict(text, "", "another model", api_name="/compare")
+
+
+@pytest.mark.parametrize("argv,env,needle", [
+    (["--share-ttl", "-1"], {}, "--share-ttl"),
+    (["--share-ttl", "0"], {}, "--share-ttl"),
+    (["--share-ttl", "nan"], {}, "--share-ttl"),
+    (["--share-ttl", "inf"], {}, "--share-ttl"),
+    ([], {"GREEDYSCORE_SHARE_TTL": "-1"}, "GREEDYSCORE_SHARE_TTL"),
+    (["--share-max-mb", "inf"], {}, "--share-max-mb"),
+    (["--share-max-mb", "-1"], {}, "--share-max-mb"),
+    ([], {"GREEDYSCORE_SHARE_MAX_MB": "1e999"}, "GREEDYSCORE_SHARE_MAX_MB"),
+    (["--share-rate", "0"], {}, "--share-rate"),
+    (["--share-rate", "1.5"], {}, "--share-rate"),
+    (["--trusted-proxies", "proxy.example"], {}, "--trusted-proxies"),
+])
+def test_bad_app_limits_are_usage_errors_that_name_them(argv, env, needle, monkeypatch, capsys):
+    """`--share-max-mb inf` was a traceback; a negative TTL was accepted from the environment."""
+    import app
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as info:
+        app.parse_args(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and needle in err, err
+    assert "must be" in err or "not an IP address" in err, err
+
+
+def test_app_limits_that_are_fine_are_taken():
+    import app
+
+    args = app.parse_args(["--share-ttl", "0.5", "--share-max-mb", "20", "--share-rate", "3",
+                           "--trusted-proxies", " 10.0.0.1, 10.1.0.0/16 ,::1"])
+    assert (args.share_ttl, args.share_max_mb, args.share_rate) == (0.5, 20.0, 3.0)
+    assert args.trusted_proxies == "10.0.0.1,10.1.0.0/16,::1"
+    assert app.parse_args([]).trusted_proxies == ""  # no proxy is trusted unless named

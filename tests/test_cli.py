@@ -23,9 +23,12 @@ def cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subpro
     )
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> None:
+    """One `greedyscore: error:` line naming `needles`, no traceback, and a deliberate exit code
+    (2 for bad input, 1 otherwise; never a crash: -6 is the abort C++ gives a process that exits
+    while the worker thread is inside torch)."""
+    assert proc.returncode in ((1, 2) if code is None else (code,)), (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "terminate called" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("greedyscore: error:")]
     assert len(lines) == 1, proc.stderr
     for n in needles:
@@ -114,6 +117,75 @@ def test_bad_input_one_line(args, needles):
     assert_one_line_error(cli(*args), *needles)
 
 
+BAD_INPUT_AFTER_THE_ENGINE_STARTS = [  # each found once exiting 134 (abort) after its message
+    ("chat", "--max-new-tokens", "100000", "hi"),
+    ("fork", "--max-new-tokens", "4", "--at", "99", "--token-id", "60", "Hi"),
+    ("fork", "--max-new-tokens", "4", "--at", "1", "--token-id", "99999999", "Hi"),
+]
+
+
+def test_every_bad_input_exits_2_every_time():
+    """Bad input that is only known once the engine (and its worker thread) has started: exit 2,
+    five times each (the abort came 6 times in 6 here), never the abort."""
+    for _ in range(5):
+        for args in BAD_INPUT_AFTER_THE_ENGINE_STARTS:
+            assert_one_line_error(cli(*args), code=2)
+
+
+def run_bytes(*args: bytes, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """The CLI with raw bytes in argv and stdin, as a shell passes them."""
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"greedyscore", *args], capture_output=True, input=stdin,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, cwd=ROOT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+@pytest.mark.parametrize("args,needles", [
+    ((b"chat", b"ab\xffcd"), ("PROMPT", "not valid UTF-8", "0xff")),
+    ((b"chat", b"--max-new-tokens", b"4", b"\xed\xa0\x80"), ("PROMPT", "not valid UTF-8")),
+    ((b"score", b"caf\xe9"), ("TEXT", "not valid UTF-8", "0xe9")),
+    ((b"score", b"--prompt", b"\xc3", b"ok"), ("--prompt", "not valid UTF-8")),
+    ((b"compare", b"--system-a", b"\x80", b"Paris."), ("--system-a", "not valid UTF-8")),
+])
+def test_invalid_utf8_arguments_are_named(args, needles):
+    proc = run_bytes(*args)
+    assert_one_line_error(proc, *needles, code=2)
+    assert "loaded in" not in proc.stderr  # refused before any model loads
+
+
+def test_messages_that_are_not_text_are_named(tmp_path):
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('[{"role": "user", "content": "café"}]'.encode("latin-1"))
+    assert_one_line_error(cli("chat", "--messages", str(latin1)), "messages file", "not UTF-8", "0xe9", code=2)
+    proc = run_bytes(b"chat", b"--messages", b"-", stdin='[{"role": "user", "content": "café"}]'.encode("cp1252"))
+    assert_one_line_error(proc, "standard input", "not UTF-8", code=2)
+    lone = tmp_path / "lone.json"
+    lone.write_text('[{"role": "system", "content": "ok"}, {"role": "user", "content": "a\\udc80b"}]')
+    assert_one_line_error(cli("chat", "--messages", str(lone)), "message 1", "U+DC80", code=2)
+
+
+def test_huge_numbers_blame_the_input_not_the_model():
+    digits = "7" * 5000
+    assert_one_line_error(cli("fork", "--at", "1", "--token-id", "3", "--reply-ids", f"[{digits}]", "Hi"),
+                          "--reply-ids", "digits", code=2)
+    proc = cli("fork", "--at", "1", "--token-id", "3", "--reply-ids", f"[1, {'9' * 4000}]", "Hi")
+    assert_one_line_error(proc, "reply token id", "64 bits", "4,000-digit", code=2)
+    assert "the model or engine failed" not in proc.stderr
+
+
+def test_bad_share_limits_exit_2_before_the_model_runs(tmp_path):
+    """GREEDYSCORE_SHARE_TTL=-1 once deleted the whole store and still printed an id."""
+    from greedyscore.share import ShareStore
+
+    store = tmp_path / "shares.db"
+    kept = ShareStore(store).put({"n": 1})
+    for name, value in (("SHARE_TTL", "-1"), ("SHARE_TTL", "inf"), ("SHARE_MAX_MB", "-1"), ("SHARE_MAX_MB", "nan")):
+        proc = cli("chat", "--json", "--share", "--store", str(store), "--max-new-tokens", "4", "Hi",
+                   env={f"GREEDYSCORE_{name}": value})
+        assert_one_line_error(proc, f"GREEDYSCORE_{name}", code=2)
+        assert proc.stdout == "" and "loaded in" not in proc.stderr
+    assert ShareStore(store).get(kept) == {"n": 1}
+
+
 def test_unknown_role(tmp_path):
     f = tmp_path / "m.json"
     f.write_text(json.dumps([{"role": "wizard", "content": "hi"}]))
@@ -166,6 +238,7 @@ def test_fork_json_marks_the_shared_prefix(engine):
     (("--at", "99", "--token-id", "60"), ("at must be a position", "0 to")),
     (("--at", "1", "--token-id", "99999999"), ("unknown token id",)),
     (("--at", "1", "--token-id", "60", "--reply-ids", "[1, 2"), ("--reply-ids", "json")),
+    (("--at", "-1", "--token-id", "60"), ("--at", "0 or more")),
 ])
 def test_fork_bad_input_one_line(args, needles):
     assert_one_line_error(cli("fork", "--max-new-tokens", "6", *args, "Hi"), *needles)
@@ -202,4 +275,5 @@ def test_share_prints_an_id_the_demo_store_holds(tmp_path, service):
     assert reproduction(item.reply, service.rerun(plan.prompt, plan.settings), 1e-3).reproduced
     (tmp_path / "a-file").write_text("x")
     proc = cli("score", "--share", "--store", str(tmp_path / "a-file" / "shares.db"), "Some text.")
-    assert_one_line_error(proc, "cannot open the share store", "choose another --store")
+    assert_one_line_error(proc, "cannot open the share store", "choose another --store", code=1)
+    assert "loaded in" not in proc.stderr  # the store is checked before any model time is spent

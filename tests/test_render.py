@@ -18,6 +18,7 @@ from greedyscore.errors import BadInput
 from greedyscore.render import (
     CSS,
     PALETTES,
+    cell_text,
     color_for,
     legend_html,
     page_html,
@@ -493,25 +494,75 @@ def test_terminal_output_has_every_token_a_legend_and_stats():
     assert "[[ Paris|8.0%]]" in plain and "{<|im_end|>|93.0%}" in plain and "legend:" in plain
 
 
+def csv_rows(text: str) -> list[list[str]]:
+    """The CSV read back as csv's documentation says to read a file: newline=""."""
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
 def test_csv_round_trips():
     reply = sample_reply()
-    rows = list(csv.reader(io.StringIO(tokens_csv(reply))))
+    rows = csv_rows(tokens_csv(reply))
     header, body = rows[0], rows[1:]
     assert header[:10] == ["index", "id", "text", "special", "prob", "logprob", "rank", "entropy", "margin", "top"]
     assert header[10:] == ["rescored_prob", "rescored_rank", "near_tie"]
     assert len(body) == len(reply.tokens)
     for row, t in zip(body, reply.tokens, strict=True):
         rec = dict(zip(header, row, strict=True))
-        assert rec["text"] == t.text and int(rec["id"]) == t.id and rec["special"] == str(int(t.special))
+        assert cell_text(rec["text"]) == t.text and int(rec["id"]) == t.id and rec["special"] == str(int(t.special))
         assert float(rec["prob"]) == t.prob and float(rec["logprob"]) == t.logprob
-        assert parse_top(rec["top"]) == [(a.text, a.prob) for a in t.top]
+        assert parse_top(cell_text(rec["top"])) == [(a.text, a.prob) for a in t.top]
 
 
 @pytest.mark.parametrize("text", ["a|b", "c:d", "e\\|f", 'x,y\n"z"', "", "|"])
 def test_csv_top_field_escapes_separators(text):
     t = tok(text, 0.5, top=(Alternative(1, text, 0.5), Alternative(2, "ok", 0.25)))
-    rows = list(csv.reader(io.StringIO(tokens_csv(make_reply([t])))))
+    rows = csv_rows(tokens_csv(make_reply([t])))
     assert rows[1][2] == text and parse_top(rows[1][9]) == [(text, 0.5), ("ok", 0.25)]
+
+
+FORMULAS = ["=1+1", "=HYPERLINK(\"http://x\",\"y\")", "+1", "-1", "-", "@SUM(A1)", "\tx", "\r", "\r=1", "'=1", "'"]
+
+
+@pytest.mark.parametrize("text", FORMULAS)
+def test_csv_cells_never_start_a_formula(text):
+    """OWASP's CSV injection starts (=, +, -, @, tab, CR) never begin a text cell, in the text or the
+    alternatives column; the text comes back exactly; the numbers stay plain numbers, minus signs
+    and all."""
+    t = tok(text, 0.25, top=(Alternative(5, text, 0.5), Alternative(1, text, 0.25)), margin=0.25)
+    reply = make_reply([t, tok("-", 0.125, id=2, top=(Alternative(2, "-", 0.125),))])
+    header, *body = csv_rows(tokens_csv(reply))
+    for row in body:
+        rec = dict(zip(header, row, strict=True))
+        for cell in (rec["text"], rec["top"]):
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+        assert float(rec["logprob"]) < 0 and rec["logprob"].startswith("-")  # a number, not text
+    first = dict(zip(header, body[0], strict=True))
+    assert cell_text(first["text"]) == text and float(first["logprob"]) == t.logprob
+    assert parse_top(cell_text(first["top"])) == [(text, 0.5), (text, 0.25)]
+
+
+CONTROLS = [chr(c) for c in (*range(32), 0x7F, 0x85, 0x2028, 0x2029)]
+
+
+def test_csv_reads_back_one_row_per_token_for_every_control_character(tmp_path):
+    """A lone "\r" is a real token of the model; every control character, alone, leading, inside
+    and trailing, in the text and in the alternatives: one row per token, texts exact, also from
+    the file the download writes."""
+    from greedyscore.exports import Exports
+
+    texts = [t for c in CONTROLS for t in (c, c + "a", "a" + c + "b", "b" + c)] + ["\r\n", "\n\r", "\r\r"]
+    tokens = [tok(text, 0.5, id=i, top=(Alternative(i, text, 0.5), Alternative(0, "x" + text, 0.25)))
+              for i, text in enumerate(texts)]
+    reply = make_reply(tokens)
+    _, path = Exports(tmp_path).write(reply)
+    with open(path, encoding="utf-8", newline="") as f:
+        from_file = list(csv.reader(f))
+    for header, *body in (csv_rows(tokens_csv(reply)), from_file):
+        assert len(body) == len(tokens)
+        for row, t in zip(body, tokens, strict=True):
+            rec = dict(zip(header, row, strict=True))
+            assert int(rec["index"]) == t.id and cell_text(rec["text"]) == t.text
+            assert parse_top(cell_text(rec["top"])) == [(t.text, 0.5), ("x" + t.text, 0.25)]
 
 
 def test_render_outputs_draw_everything_in_the_chosen_view():

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from greedyscore.errors import BadInput
 from greedyscore.share import MIGRATIONS, Limits, NotShared, ShareLimit, ShareStore, StoreUnavailable
 from greedyscore.types import Message, Settings
 
@@ -87,6 +88,42 @@ def test_size_and_rate_limits_are_clear(store_at):
         small.put({"text": "y" * 400})
     kept = small.put({"text": "z" * 250})  # fits: everything older goes, never the new one
     assert small.get(kept)["text"] == "z" * 250
+
+
+@pytest.mark.parametrize("field", ["max_item_bytes", "max_total_bytes", "ttl_s", "per_session", "per_seconds"])
+@pytest.mark.parametrize("value", [0, -1, -86400.0, float("nan"), float("inf"), float("-inf"), True, "5"])
+def test_limits_refuse_what_is_not_positive_and_finite(field, value):
+    with pytest.raises(BadInput, match=field):
+        Limits(**{field: value})
+
+
+def test_clean_up_never_deletes_the_item_it_stores(store_at):
+    """A negative time to live once deleted the whole store, the new share included. Limits now
+    refuse one; forced past that check, the clean-up still keeps the share it is storing, and
+    removes what the limits do cover."""
+    clock = Clock()
+    old = ShareStore(store_at, Limits(), clock).put({"n": 0})
+    clock.now += 1
+    limits = Limits(ttl_s=60)
+    object.__setattr__(limits, "ttl_s", -86400.0)  # as if built by something that skipped the check
+    new = ShareStore(store_at, limits, clock).put({"n": 1})
+    sane = ShareStore(store_at, Limits(), clock)
+    assert sane.get(new) == {"n": 1}
+    with pytest.raises(NotShared, match="removed"):
+        sane.get(old)
+
+
+@pytest.mark.parametrize("name,value", [("SHARE_TTL", "-1"), ("SHARE_TTL", "0"), ("SHARE_TTL", "nan"),
+                                        ("SHARE_TTL", "inf"), ("SHARE_MAX_MB", "-1"), ("SHARE_MAX_MB", "inf"),
+                                        ("SHARE_MAX_MB", "1e400"), ("SHARE_RATE", "2.5"), ("SHARE_RATE", "0"),
+                                        ("SHARE_TTL", "ten")])
+def test_limits_from_the_environment_are_checked_where_they_are_read(tmp_path, monkeypatch, name, value):
+    from greedyscore.engine_args import share_store
+
+    monkeypatch.setenv(f"GREEDYSCORE_{name}", value)
+    with pytest.raises(BadInput, match=f"GREEDYSCORE_{name} must be"):
+        share_store(str(tmp_path / "shares.db"))
+    assert not (tmp_path / "shares.db").exists()  # refused before the store is opened
 
 
 def test_schema_is_versioned_and_a_newer_store_is_refused(store_at):

@@ -20,7 +20,7 @@ from .colors import (
     text_color,
     token_value,
 )
-from .export import parse_top, tokens_csv
+from .export import cell_text, parse_top, tokens_csv
 from .html import CSS, CSS_PATH, page_html, reply_html, stats_html, tokens_html
 from .terminal import reply_ansi
 from .text import pct, visible
@@ -43,6 +43,7 @@ __all__ = [
     "legend_html",
     "measure_text",
     "page_html",
+    "cell_text",
     "parse_top",
     "pct",
     "plotly_colorscale",

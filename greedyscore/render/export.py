@@ -1,7 +1,11 @@
 """Raw numbers for spreadsheets: one CSV row per token (the JSON export is `ScoredReply.to_json`).
 
-Texts are written raw (not made visible) and quoted by the csv module, so newlines, commas and
-quotes round-trip through csv.reader. Floats use repr: no digits are lost.
+Texts are written raw (not made visible) and quoted by the csv module; rows end in "\r\n", so
+a field holding a lone "\r" (a real token) or "\n" is quoted too, and every row reads back with
+csv.reader as one row. A text cell that a spreadsheet would run as a formula (it starts with
+=, +, -, @, tab or carriage return) gets a leading apostrophe, as OWASP recommends against CSV
+injection; so does one that already starts with an apostrophe, so `cell_text` undoes it exactly.
+Numeric cells stay plain numbers. Floats use repr: no digits are lost.
 """
 
 from __future__ import annotations
@@ -13,6 +17,20 @@ from ..types import Alternative, ScoredReply
 
 COLUMNS: tuple[str, ...] = ("index", "id", "text", "special", "prob", "logprob", "rank", "entropy", "margin", "top")
 VERIFY_COLUMNS: tuple[str, ...] = ("rescored_prob", "rescored_rank", "near_tie")  # only when verified
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list of cell starts a spreadsheet evaluates
+QUOTE_MARK = "'"
+
+
+def text_cell(text: str) -> str:
+    """A text as a cell no spreadsheet runs. Example: text_cell("=1+1") -> "'=1+1"; text_cell("-") -> "'-" """
+    return QUOTE_MARK + text if text.startswith((*FORMULA_START, QUOTE_MARK)) else text
+
+
+def cell_text(cell: str) -> str:
+    """Inverse of text_cell. Example: cell_text("'=1+1") -> "=1+1" """
+    return cell[1:] if cell.startswith(QUOTE_MARK) else cell
 
 
 def _f(x: float) -> str:
@@ -32,7 +50,10 @@ def format_top(top: tuple[Alternative, ...]) -> str:
 
 
 def parse_top(field: str) -> list[tuple[str, float]]:
-    """Inverse of format_top. Example: parse_top("a:0.5|b:0.25") -> [("a", 0.5), ("b", 0.25)]"""
+    """Inverse of format_top (the field as format_top wrote it: `cell_text` of the CSV cell).
+
+    Example: parse_top("a:0.5|b:0.25") -> [("a", 0.5), ("b", 0.25)]
+    """
     if field == "":
         return []
     items, cur, i = [], [], 0
@@ -59,13 +80,13 @@ def parse_top(field: str) -> list[tuple[str, float]]:
 def tokens_csv(reply: ScoredReply) -> str:
     """One header row, then one row per scored token (special tokens included)."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")  # fields with \r or \n are then quoted
     interval = any(t.entropy_max is not None for t in reply.tokens)  # a server's top-k only
     w.writerow(COLUMNS + (("entropy_max",) if interval else ()) + (VERIFY_COLUMNS if reply.verified else ()))
     for i, t in enumerate(reply.tokens):
         row: list[object] = [
-            i, t.id, t.text, int(t.special), _f(t.prob), _f(t.logprob), t.rank,
-            _f(t.entropy), _f(t.margin), format_top(t.top),
+            i, t.id, text_cell(t.text), int(t.special), _f(t.prob), _f(t.logprob), t.rank,
+            _f(t.entropy), _f(t.margin), text_cell(format_top(t.top)),
         ]  # fmt: skip
         if interval:
             row.append("" if t.entropy_max is None else _f(t.entropy_max))
