@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import BadInput
-from .reply_json import reply_from_json
+from .reply_json import MAX_ID, reply_from_json
 from .types import Message, ScoredReply
 
 ORIGINAL = 0  # the node id of a turn's own reply in its fork tree
@@ -78,7 +78,7 @@ class Turn:
             raise BadInput("not a greedyscore conversation: a turn's forks must be a list")
         for f in raw:
             ids = [f.get(k) if isinstance(f, dict) else None for k in ("id", "parent", "at", "token_id")]
-            if (not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ids)
+            if (not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_ID for x in ids)
                     or ids[1] not in paths or ids[0] in paths):
                 raise BadInput("not a greedyscore conversation: a fork needs a new id, parent (an earlier path), at "
                                "and token_id")
@@ -149,7 +149,7 @@ class Conversation:
         conv = Conversation(tuple(Turn.from_json(t) for t in turns))
         if selected is None:
             return conv
-        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (selected, shown)):
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_ID for x in (selected, shown)):
             raise BadInput("not a greedyscore conversation: the shared turn is not in it")
         try:
             return conv.show(selected, shown) if shown != ORIGINAL else conv.select(selected)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .types import Alternative, ReplyStats, ScoredToken
+from .stats import is_near_tie
+from .types import Alternative, ScoredToken
 
 ENTROPY_EXACT = 1e-6  # an entropy interval narrower than this (nats) is a number
 CHUNK_ROWS = 16  # rows of [vocab] scored at once: 16 x 49k x 4 B = 3 MB per temporary
@@ -118,15 +119,6 @@ def seed_recipe_probs(full_logits: torch.Tensor, n_prompt: int, reply_ids: Seque
     return [float(probs[n_prompt - 1 + i, t]) for i, t in enumerate(reply_ids)]
 
 
-def reply_stats(logprobs: Sequence[float]) -> ReplyStats:
-    """Example: reply_stats([0.0, -math.log(2)]).perplexity -> sqrt(2)."""
-    n = len(logprobs)
-    if n == 0:
-        return ReplyStats(0, 0.0, 1.0, 1.0)
-    mean = sum(logprobs) / n
-    return ReplyStats(n_tokens=n, mean_logprob=mean, perplexity=math.exp(-mean), min_prob=math.exp(min(logprobs)))
-
-
 def build_tokens(
     ids: Sequence[int],
     scores: StepScores,
@@ -162,7 +154,7 @@ def build_tokens(
             extra = dict(
                 rescored_prob=rp,
                 rescored_rank=int(r_rank[i]),
-                near_tie=bool(r_rank[i] != 1 or abs(rp - prob) > tolerance),
+                near_tie=is_near_tie(prob, rp, int(r_rank[i]), tolerance),
             )
         out.append(
             ScoredToken(

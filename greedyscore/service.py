@@ -25,7 +25,8 @@ from .calibration import calibration
 from .detokenize import Detokenizer, token_texts
 from .engines.base import Engine, GenerateRequest, Generation
 from .errors import BadInput, GreedyScoreError, InputTooLong, ModelFailed, OutOfMemory, Unsupported
-from .scoring import StepScores, build_tokens, compare_engine_logprobs, empty_scores, reply_stats
+from .scoring import StepScores, build_tokens, compare_engine_logprobs, empty_scores
+from .stats import reply_stats
 from .text_input import check_text
 from .types import MAX_TOP_K, ROLES, Message, ModelIdentity, ScoredReply, Settings, TextDelta, Timings
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from .conversation import ORIGINAL, Conversation, Turn
 from .errors import BadInput
-from .reply_json import reply_from_json
+from .reply_json import MAX_ID, reply_from_json
 from .service import check_settings, parse_messages
+from .text_input import check_tree
 from .types import MAX_TOP_K, Message, ModelIdentity, ScoredReply, Settings
 
 FORMAT = 1  # the document's version; a newer one is refused with a message
@@ -65,7 +66,10 @@ class SharedItem:
 
     @staticmethod
     def from_json(d: Any) -> SharedItem:
-        """The inverse of `to_json`; BadInput (a page message) for anything else."""
+        """The inverse of `to_json`; BadInput (a page message) for anything else, a string that is
+        not text anywhere in it included (so the page, its stream and its exports can always
+        encode what they show)."""
+        check_tree(d, "this shared result")
         if not isinstance(d, dict) or d.get("kind") not in KINDS:
             raise BadInput("this is not a greedyscore shared result")
         if not isinstance(d.get("format"), int) or d["format"] > FORMAT:
@@ -123,7 +127,9 @@ def share_reply(kind: str, reply: ScoredReply, messages: tuple[Message, ...], se
 def share_reply_json(data: Any, model: ModelIdentity, now: float) -> SharedItem:
     """The tokens JSON that /chat or /score_text returned (its "messages" and "settings" say how it
     was made). It came from a client: the weights it was made with are not known (Re-run checks
-    it), so only the greedyscore version of `model` is kept."""
+    it), so only the greedyscore version of `model` is kept, and everything its tokens imply is
+    derived from them (`reply_from_json`)."""
+    check_tree(data, "the tokens JSON")
     reply = reply_from_json(data)
     messages = tuple(parse_messages(data["messages"])) if data.get("messages") else ()
     settings = _settings(data["settings"]) if data.get("settings") else settings_of(reply)
@@ -141,6 +147,8 @@ def _settings(d: Any) -> Settings:
     except TypeError as ex:
         raise BadInput("this shared result's settings are not valid") from ex
     check_settings(settings)
+    if settings.max_new_tokens > MAX_ID:
+        raise BadInput(f"this shared result's max_new_tokens is beyond {MAX_ID:,}")
     return settings
 
 

@@ -4,6 +4,8 @@ malformed documents refused with a message, hostile text escaped."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import replace
 from html.parser import HTMLParser
 
@@ -230,3 +232,100 @@ def test_header_names_the_model_weights_settings_and_context(conversation, servi
     assert "a fork of a chat reply" in head and service.identity.weights[:19] in head
     n_new = len(item.reply.tokens) - 2  # the fork's own tokens after its forced prefix of 2
     assert f"max {n_new} new tokens, top-k 3" in head and "2026-09-21" in head
+
+
+def hand_token(i: int, p: float = 0.01, **kw) -> dict:
+    return {"id": i, "text": "a", "special": False, "prob": p, "logprob": math.log(p), "rank": 5, "entropy": 4.0,
+            "margin": 0.2, "top": [], "joined": 0, **kw}
+
+
+def test_a_client_share_cannot_claim_numbers_its_tokens_do_not_have(service):
+    """8 tokens at 1% once showed "999999 tokens, perplexity 1, min probability 100%": what follows
+    from the tokens is derived from them on read (stats, text, near ties, calibration)."""
+    from greedyscore.render import View
+
+    claimed = {"tokens": [hand_token(i, near_tie=True) for i in range(8)], "prompt_token_ids": [1, 2],
+               "model": "m", "backend": "b", "text": "weights verified ok", "verified": True,
+               "stats": {"n_tokens": 999999, "mean_logprob": 0.0, "perplexity": 1.0, "min_prob": 1.0},
+               "calibration": {"bins": [], "ece": 0.0, "brier": 0.0, "n": 999999, "accuracy": 1.0},
+               "messages": [{"role": "user", "content": "x"}], "kind": "text"}
+    item = stored(share_reply_json(claimed, service.identity, NOW))
+    reply = item.reply
+    assert reply.stats.n_tokens == 8 and reply.stats.perplexity == pytest.approx(100.0)
+    assert reply.stats.min_prob == pytest.approx(0.01) and reply.text == "a" * 8
+    assert not any(t.near_tie for t in reply.tokens)  # no rescoring: nothing to be a near tie of
+    cal = reply.calibration
+    assert cal.n == 8 and cal.accuracy == 0.0 and sum(b.n for b in cal.bins) == 8
+    stats = shared_view(item, View())[3]
+    assert "999999" not in stats and "999,999" not in stats and "100%" not in stats
+
+
+def test_near_ties_follow_from_the_rescored_numbers_by_this_servers_tolerance(service):
+    tokens = [hand_token(0, 0.5, rescored_prob=0.5, rescored_rank=1, near_tie=True),
+              hand_token(1, 0.5, rescored_prob=0.4, rescored_rank=1, near_tie=False),
+              hand_token(2, 0.5, rescored_prob=0.5, rescored_rank=2, near_tie=False)]
+    reply = reply_from_json({"tokens": tokens, "prompt_token_ids": [1], "model": "m", "backend": "b", "text": "",
+                             "stats": {}, "verified": True})
+    assert [t.near_tie for t in reply.tokens] == [False, True, True]
+
+
+BIG = [2**64, 10**30, 2**31]
+
+
+@pytest.mark.parametrize("change, needle", [
+    *[(lambda d, v=v: d["tokens"][0].update(id=v), "tokens[0].id must be a whole number in") for v in BIG],
+    *[(lambda d, v=v: d["tokens"][0]["top"][0].update(id=v), "top[0].id must be a whole number in") for v in BIG],
+    (lambda d: d["tokens"][1].update(rank=2**70), "tokens[1].rank must be a whole number in"),
+    (lambda d: d["tokens"][1].update(joined=5), "tokens[1].joined must be a whole number in [0, 1]"),
+    (lambda d: d.update(prompt_token_ids=[1, 2**64]), "prompt_token_ids must be token ids"),
+    (lambda d: d["tokens"][0].update(entropy=1e9), "tokens[0].entropy must be a number in"),
+    (lambda d: d["tokens"][0].update(entropy_max=0.0, entropy=1.0), "tokens[0].entropy_max"),
+    (lambda d: d.update(timings={"generate_s": 1e300, "score_s": 0}), "timings.generate_s"),
+    (lambda d: d.update(settings={"max_new_tokens": 2**62}), "max_new_tokens is beyond"),
+    (lambda d: d["tokens"][0].update(prob=0.999), "prob and exp(logprob) disagree"),
+    (lambda d: d["tokens"][0].update(margin=0.0), "the margin and its top two alternatives disagree"),
+    (lambda d: d["tokens"][0]["top"].reverse(), "top is not in order of probability"),
+    (lambda d: d["tokens"][0]["top"][1].update(id=d["tokens"][0]["id"]), "its own entry in top"),
+    (lambda d: d["tokens"][0].update(margin=-0.5), "tokens[0].margin must be a number in"),
+])
+def test_numbers_are_bounded_and_tokens_that_contradict_themselves_are_refused(conversation, service, change,
+                                                                               needle):
+    data = {**conversation.turns[1].reply.to_json(), "messages": [{"role": "user", "content": "hi"}]}
+    data = json.loads(json.dumps(data))
+    change(data)
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        share_reply_json(data, service.identity, NOW)
+
+
+@pytest.mark.parametrize("field", [2**64, 10**30])
+def test_a_fork_id_past_31_bits_is_refused(conversation, service, field):
+    data = json.loads(json.dumps(share_turn(conversation, 1, 1, service.identity, NOW).to_json()))
+    data["conversation"]["turns"][1]["forks"][0]["id"] = field
+    with pytest.raises(BadInput, match="a fork needs a new id"):
+        SharedItem.from_json(data)
+
+
+SURROGATE_PLACES = {
+    "a message": lambda d: d["messages"].append({"role": "user", "content": "x\ud800y"}),
+    "the model name": lambda d: d["model"].update(name="m\udfff"),
+    "a token text": lambda d: d["conversation"]["turns"][1].update(tokens=[
+        {**d["conversation"]["turns"][1]["tokens"][0], "text": "\udc80"}, *d["conversation"]["turns"][1]["tokens"][1:]]),
+    "an alternative": lambda d: d["conversation"]["turns"][1]["tokens"][0]["top"][0].update(text="\ud83d"),
+    "a note": lambda d: d["conversation"]["turns"][1].update(notes=["\ud800"]),
+    "a user turn": lambda d: d["conversation"]["turns"][1].update(user="hi \udc00"),
+    "a key": lambda d: d.update({"\ud800": 1}),
+}
+
+
+@pytest.mark.parametrize("place", SURROGATE_PLACES)
+def test_a_lone_surrogate_anywhere_in_a_share_is_refused_with_a_message(conversation, service, place):
+    """A stored share with one broke the visitor's page (its response stream died mid-way); a
+    client's /share is refused the same way."""
+    data = json.loads(json.dumps(share_turn(conversation, 1, 1, service.identity, NOW).to_json()))
+    SURROGATE_PLACES[place](data)
+    with pytest.raises(BadInput, match="which is not text") as caught:
+        SharedItem.from_json(data)
+    str(caught.value).encode("utf-8")  # the message itself can be shown
+    with pytest.raises(BadInput, match="which is not text"):
+        share_reply_json({**data["conversation"]["turns"][1], **({"\ud800": 1} if place == "a key" else {}),
+                          "messages": data["messages"], "model": data["model"]["name"]}, service.identity, NOW)

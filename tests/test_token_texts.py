@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from greedyscore.detokenize import Detokenizer, token_texts
-from greedyscore.scoring import reply_stats
+from greedyscore.stats import reply_stats
 
 SPECIAL = {999: "<|end|>"}
 
