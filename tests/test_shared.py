@@ -308,8 +308,7 @@ def test_a_fork_id_past_31_bits_is_refused(conversation, service, field):
 SURROGATE_PLACES = {
     "a message": lambda d: d["messages"].append({"role": "user", "content": "x\ud800y"}),
     "the model name": lambda d: d["model"].update(name="m\udfff"),
-    "a token text": lambda d: d["conversation"]["turns"][1].update(tokens=[
-        {**d["conversation"]["turns"][1]["tokens"][0], "text": "\udc80"}, *d["conversation"]["turns"][1]["tokens"][1:]]),
+    "a token text": lambda d: d["conversation"]["turns"][1]["tokens"][2].update(text="\udc80"),
     "an alternative": lambda d: d["conversation"]["turns"][1]["tokens"][0]["top"][0].update(text="\ud83d"),
     "a note": lambda d: d["conversation"]["turns"][1].update(notes=["\ud800"]),
     "a user turn": lambda d: d["conversation"]["turns"][1].update(user="hi \udc00"),
