@@ -27,6 +27,7 @@ from .render.calibration import calibration_html, reliability_figure
 from .render.compare import compare_outputs
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
 from .render.shared import share_link_html
+from .render.text import neutral
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
 from .shared import share_reply_json, share_text, share_turn
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
@@ -110,7 +111,7 @@ def _header(service: Service) -> None:
         + (f"**true model probability** ({service.score_source})" if drift is None else
            f"**model probability** ({service.score_source.removesuffix('; ' + drift.note())})")
         + ". Hover or focus a token for its alternatives.\n\n"
-        f"**Model:** `{service.model_name}` · **backend:** `{service.backend}` · greedy decoding"
+        f"**Model:** `{neutral(service.model_name)}` · **backend:** `{neutral(service.backend)}` · greedy decoding"
         + ("" if drift is None else f" · **{drift.note()}**"),
         elem_id="gs-header",
     )

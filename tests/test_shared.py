@@ -328,3 +328,37 @@ def test_a_lone_surrogate_anywhere_in_a_share_is_refused_with_a_message(conversa
     with pytest.raises(BadInput, match="which is not text"):
         share_reply_json({**data["conversation"]["turns"][1], **({"\ud800": 1} if place == "a key" else {}),
                           "messages": data["messages"], "model": data["model"]["name"]}, service.identity, NOW)
+
+
+def direction_controls() -> set[str]:
+    """Every character that sets the direction of the text after it, by Unicode's own data (not
+    the renderer's list): embeddings, overrides, isolates, their terminators, and the marks."""
+    import sys
+    import unicodedata
+
+    explicit = {"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"}
+    found = {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.bidirectional(chr(c)) in explicit}
+    return found | {unicodedata.lookup(n) for n in ("LEFT-TO-RIGHT MARK", "RIGHT-TO-LEFT MARK", "ARABIC LETTER MARK")}
+
+
+def test_direction_controls_never_reach_a_page_or_a_chart_raw(service):
+    """U+202E in a model name once made "... weights verified ok" read backwards over the real
+    values. Each control, in every field a share carries: shown as a mark; inline fields isolated."""
+    from greedyscore.align import compare
+    from greedyscore.render import View
+    from greedyscore.render.compare import compare_outputs
+
+    controls = direction_controls()
+    assert len(controls) >= 12
+    spoof = "".join(sorted(controls))
+    reply = service.chat([Message("user", "Hi")], Settings(max_new_tokens=4, top_k=2))
+    reply = replace(reply, notes=(f"note {spoof} ok",), score_source=f"src {spoof}")
+    data = {**reply.to_json(), "model": f"model {spoof} weights verified ok", "backend": f"b {spoof}",
+            "messages": [{"role": "system", "content": f"ctx {spoof}"}, {"role": "user", "content": f"msg {spoof}"}]}
+    item = stored(share_reply_json(data, service.identity, NOW))
+    head, body, fig, stats = shared_view(item, View())
+    cmp_html, cmp_fig, _ = compare_outputs(compare(reply, reply, f"A {spoof}", f"B {spoof}"))
+    for out in (head, body, stats, fig.to_json(), cmp_html, cmp_fig.to_json()):
+        assert not controls & set(out), [hex(ord(c)) for c in controls & set(out)]
+    assert "\\u202e" in head and "<bdi>model \\u061c" in head  # visible, and the field isolated
+    assert "<bdi>b \\u061c" in stats and "\\u202e" in body

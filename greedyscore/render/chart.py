@@ -8,7 +8,6 @@ too: `&`, `<`, `>` only, the entities Plotly decodes back for display (it shows 
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -29,7 +28,7 @@ from .colors import (
     token_value,
     value_text,
 )
-from .text import entropy_text, pct, visible
+from .text import entropy_text, pct, plotly_text, visible
 
 MAX_TICK_LABELS = 60  # more token labels than this overlap: label every n-th bar
 TICK_CHARS = 10  # token labels on the x axis are cut to this many characters
@@ -41,9 +40,7 @@ AXIS_STYLE: dict = dict(gridcolor="#e9ecef", zerolinecolor="#ced4da", linecolor=
 Y_TITLES = {"prob": "probability", "margin": "margin (p1 \u2212 p2)", "entropy": "confidence (1 \u2212 H / ln 20)"}
 
 
-def _esc(s: str) -> str:
-    """Example: _esc('<b> & "x"') -> '&lt;b&gt; &amp; "x"'"""
-    return html.escape(s, quote=False)
+_esc = plotly_text  # every string into a Plotly label
 
 
 @lru_cache(maxsize=1 << 16)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 
 import plotly.graph_objects as go
@@ -10,7 +9,7 @@ import plotly.graph_objects as go
 from ..align import Comparison, Span, biggest
 from .chart import AXIS_STYLE, PLAIN_LAYOUT, _esc, _label
 from .html import tokens_html
-from .text import html_visible, pct
+from .text import bdi, esc, html_visible, pct
 
 CAP = 2.0  # nats: |log p_b - log p_a| beyond this gets the strongest colour
 LESS, MORE = (202, 0, 32), (5, 113, 176)  # red: B less sure; blue: B surer (ColorBrewer RdBu ends)
@@ -34,7 +33,7 @@ def _strip(spans: tuple[Span, ...]) -> str:
                f"(\u0394 log p {s.delta:+.3f} nats, {s.points:+.1f} points)")
         dark = abs(s.delta) > CAP * 0.6
         cells.append(f'<span class="gs-cmp-span" style="background:{delta_color(s.delta)};'
-                     f'color:{"#fff" if dark else "#212529"}" title="{html.escape(tip, quote=True)}" '
+                     f'color:{"#fff" if dark else "#212529"}" title="{esc(tip)}" '
                      f'data-delta="{s.delta!r}">{html_visible(s.text, empty="")}</span>')
     return f'<div class="gs-cmp-strip">{"".join(cells)}</div>'
 
@@ -49,7 +48,7 @@ def _legend() -> str:
 
 def compare_html(cmp: Comparison, palette: str = "cividis") -> str:
     """Both sides coloured by probability, the difference strip with its legend, the biggest changes."""
-    a, b = html.escape(cmp.label_a), html.escape(cmp.label_b)
+    a, b = bdi(cmp.label_a), bdi(cmp.label_b)
     rows = []
     for s in biggest(cmp):
         if abs(s.points) < 0.05:
@@ -60,7 +59,7 @@ def compare_html(cmp: Comparison, palette: str = "cividis") -> str:
     changes = f'<ul class="gs-cmp-biggest">{"".join(rows)}</ul>' if rows else "<p>No span changed by 0.05 points.</p>"
     total_a = sum(s.logprob_a for s in cmp.spans)
     total_b = sum(s.logprob_b for s in cmp.spans)
-    notes = "".join(f'<p class="gs-cmp-note">{html.escape(n)}</p>' for n in cmp.notes)
+    notes = "".join(f'<p class="gs-cmp-note">{esc(n)}</p>' for n in cmp.notes)
     return (
         f'<div class="gs-compare"><p><b>A:</b> {a} \u00b7 <b>B:</b> {b} \u00b7 whole text: log p A {total_a:.2f}, '
         f"B {total_b:.2f} nats \u00b7 {len(cmp.spans)} spans</p>{notes}"

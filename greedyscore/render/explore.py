@@ -11,7 +11,6 @@ renderers stay pure; the UI wires the events):
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,12 @@ from ..conversation import ORIGINAL, Conversation, Turn
 from ..types import ScoredReply
 from .colors import legend_html
 from .html import tokens_html
-from .text import html_visible, num, pct, spoken
+from .text import esc, html_visible, num, pct, spoken
 from .view import View
 
 EXPLORE_JS: str = Path(__file__).with_name("explore.js").read_text(encoding="utf-8")  # gr.HTML js_on_load
 FORK_POINTS = 3  # how many "forks that matter" to list
 SNIPPET_CHARS = 60
-
-
-def esc(s: str) -> str:
-    return html.escape(s, quote=True)
 
 
 def share_button(n: int, node: int, what: str) -> str:
@@ -47,7 +42,7 @@ def conversation_html(conv: Conversation, view: View, forks: bool = True, share:
 
 
 def _turn_html(n: int, turn: Turn, view: View, selected: bool, forks: bool = True, share: bool = True) -> str:
-    user = f'<div class="gs-turn gs-turn-user"><div class="gs-bubble">{esc(turn.user)}</div></div>'
+    user = f'<div class="gs-turn gs-turn-user"><div class="gs-bubble" dir="auto">{esc(turn.user)}</div></div>'
     if turn.reply is None:
         return user
     note = ""

@@ -1,8 +1,9 @@
 """Scored tokens -> escaped HTML: coloured token spans with CSS-only tooltips, a legend, stats.
 
 Every string that comes from the model or the user goes through `html.escape(..., quote=True)`
-(text and attributes alike) after invisible characters are made visible; `gr.HTML` passes
-strings through unchanged, so this module is the only guard.
+(text and attributes alike) after invisible characters are made visible (token texts:
+`html_visible`; other fields: `text.esc`, their direction controls marked, and `text.bdi` inline);
+`gr.HTML` passes strings through unchanged, so this module is the only guard.
 
 Class names (styled by assets/greedyscore.css, exported here as `CSS`):
   gs-reply, gs-tokens, gs-empty     containers
@@ -23,7 +24,6 @@ Class names (styled by assets/greedyscore.css, exported here as `CSS`):
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,17 +43,12 @@ from .colors import (
     token_value,
     unit_value,
 )
-from .text import char_mark, entropy_text, html_visible, num, pct, seconds, spoken, sub_invisible
+from .text import bdi, char_mark, entropy_text, esc, html_visible, num, pct, seconds, spoken, sub_invisible
 
 CSS_PATH = Path(__file__).with_name("greedyscore.css")  # package data; assets/greedyscore.css links here
 CSS: str = CSS_PATH.read_text(encoding="utf-8")
 
 __all__ = ["CSS", "CSS_PATH", "legend_html", "page_html", "reply_html", "stats_html", "tokens_html"]
-
-
-def esc(s: str) -> str:
-    """Example: esc('<a href="x">') -> '&lt;a href=&quot;x&quot;&gt;'"""
-    return html.escape(s, quote=True)
 
 
 def _html_mark(ch: str) -> str:
@@ -280,14 +275,14 @@ def stats_rows(
         ("near ties", tie_text),
         ("finish", finish),
         ("time", f"generate {seconds(tm.generate_s)} \u00b7 score {seconds(tm.score_s)}{rate}"),
-        ("model", f"{esc(reply.model)} \u00b7 {esc(reply.backend)}"),
+        ("model", f"{bdi(reply.model)} \u00b7 {bdi(reply.backend)}"),
     ]
     if reply.score_source:
-        rows.append(("scores from", esc(reply.score_source)))
+        rows.append(("scores from", bdi(reply.score_source)))
     if reply.forked_at is not None:
         rows.append(("forked at", f"token {reply.forked_at} (the tokens before it are the original reply's)"))
     if reply.notes:
-        rows.append(("notes", "<br>".join(esc(n) for n in reply.notes)))
+        rows.append(("notes", "<br>".join(bdi(n) for n in reply.notes)))
     return rows
 
 

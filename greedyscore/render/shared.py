@@ -6,14 +6,13 @@ escaped exactly as live text is (the coloured tokens go through the same `tokens
 
 from __future__ import annotations
 
-import html
 from datetime import UTC, datetime
 from typing import Any
 
 from ..shared import Reproduction, SharedItem
 from ..types import Message, ModelIdentity
 from .explore import conversation_html, shown_fork_html
-from .text import html_visible
+from .text import bdi, esc, html_visible
 from .view import View, render_numbers, render_outputs
 
 COPY_JS = """
@@ -33,10 +32,6 @@ element.addEventListener('click', (e) => {
 """  # gr.HTML js_on_load of the share link: the clipboard API needs a secure page, else execCommand
 
 
-def esc(s: str) -> str:
-    return html.escape(s, quote=True)
-
-
 def when(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -54,14 +49,14 @@ def shared_header_html(item: SharedItem) -> str:
     settings = f"top-k {s.top_k}"
     if item.kind == "chat":
         settings = f"greedy, max {s.max_new_tokens} new tokens, {settings}"
-    context = "".join(f'<li><b>{esc(c.role)}</b>: {esc(c.content)}</li>' for c in item.context)
+    context = "".join(f'<li><b>{bdi(c.role)}</b>: {bdi(c.content)}</li>' for c in item.context)
     context_html = f'<div class="gs-shared-context">Before this:<ul>{context}</ul></div>' if context else ""
     return (
         f'<div class="gs-shared-head" role="region" aria-label="shared result">'
         f"<b>Shared result</b>: {what}, shared {when(item.created)}, read-only."
-        f'<div class="gs-shared-model">Model <code>{esc(m.name)}</code> \u00b7 backend <code>{esc(m.backend)}</code>'
-        f" \u00b7 weights <code>{esc(weights_text(m.weights))}</code> \u00b7 {settings}"
-        f" \u00b7 greedyscore {esc(m.greedyscore)}</div>{context_html}</div>"
+        f'<div class="gs-shared-model">Model <code>{bdi(m.name)}</code> \u00b7 backend <code>{bdi(m.backend)}</code>'
+        f" \u00b7 weights <code>{bdi(weights_text(m.weights))}</code> \u00b7 {settings}"
+        f" \u00b7 greedyscore {bdi(m.greedyscore)}</div>{context_html}</div>"
     )
 
 
@@ -69,7 +64,7 @@ def prompt_html(messages: tuple[Message, ...]) -> str:
     """A shared text's prompt, shown above it."""
     if not messages:
         return ""
-    rows = "".join(f"<li><b>{esc(m.role)}</b>: {esc(m.content)}</li>" for m in messages)
+    rows = "".join(f"<li><b>{bdi(m.role)}</b>: {bdi(m.content)}</li>" for m in messages)
     return f'<div class="gs-shared-context">Scored as the reply to:<ul>{rows}</ul></div>'
 
 
@@ -85,7 +80,7 @@ def identities_html(stored: ModelIdentity, now: ModelIdentity) -> str:
                         ("scores from", stored.score_source, now.score_source),
                         ("greedyscore", stored.greedyscore, now.greedyscore)):
         cls = "" if a == b else ' class="gs-differs"'
-        rows.append(f"<tr{cls}><th>{label}</th><td>{esc(a)}</td><td>{esc(b)}</td></tr>")
+        rows.append(f"<tr{cls}><th>{label}</th><td>{bdi(a)}</td><td>{bdi(b)}</td></tr>")
     return ('<table class="gs-identities"><thead><tr><th></th><th>stored</th><th>this server</th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
 

@@ -4,6 +4,13 @@ A token text can hold anything a model emits: newlines, tabs, control bytes, zer
 bidi-override characters. Shown raw they vanish, break the layout or (in a terminal) inject
 escape sequences, so every renderer shows them through `visible` first, then escapes the result
 for its medium (`html_visible` for HTML and Plotly's HTML-like labels).
+
+Every other string from a user, a client or a model (a message, a model name, a backend, a
+note, a label) reaches HTML through `esc` and Plotly through `plotly_text`: escaped, and with
+the characters that would reorder the rest of the line made visible (bidi embeddings,
+overrides, isolates and marks: U+202E once made "... weights verified ok" read backwards over
+the real values), as are lone surrogates, which no page can encode. Inline fields are also
+isolated with `bdi`, so even right-to-left letters cannot move their neighbours.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from functools import lru_cache
 INVISIBLE_RE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]"
 )
+# What reorders the text around it, and lone surrogates: made visible in every field (`neutral`).
+SPOOF_RE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 NEWLINE_MARK = "\u21b5"  # ↵
 TAB_MARK = "\u21e5"  # ⇥
 SPACE_MARK = "\u2423"  # ␣
@@ -54,6 +63,35 @@ def visible(text: str, spaces: bool = False) -> str:
     """
     out = INVISIBLE_RE.sub(_mark_match, text)
     return out.replace(" ", SPACE_MARK) if spaces else out
+
+
+def neutral(text: str) -> str:
+    """`text` with its direction controls and lone surrogates shown as marks, all else kept.
+
+    Example: neutral("ok\u202ekaerb") -> "ok\\u202ekaerb"; neutral("a\nb") -> "a\nb"
+    """
+    return SPOOF_RE.sub(_mark_match, text) if SPOOF_RE.search(text) else text
+
+
+def esc(text: str) -> str:
+    """A user's or model's string for HTML text or an attribute: `neutral`, then escaped.
+
+    Example: esc('<a href="x">\u202e') -> '&lt;a href=&quot;x&quot;&gt;\\u202e'
+    """
+    return html.escape(neutral(text), quote=True)
+
+
+def bdi(text: str) -> str:
+    """An inline field, isolated from the line around it. Example: bdi("m<1>") -> "<bdi>m&lt;1&gt;</bdi>" """
+    return f"<bdi>{esc(text)}</bdi>"
+
+
+def plotly_text(text: str) -> str:
+    """A string for a Plotly label (its HTML-like markup): `neutral`, then escaped.
+
+    Example: plotly_text('<b> & "x"') -> '&lt;b&gt; &amp; "x"'
+    """
+    return html.escape(neutral(text), quote=False)
 
 
 @lru_cache(maxsize=1 << 16)
