@@ -73,3 +73,42 @@ def test_share_on_two_processes_then_open_after_a_restart(store_at):
             client.predict({"tokens": [{"id": 1}]}, api_name="/share")
     finally:
         stop(c)
+
+
+def tiny_result() -> dict:
+    """A tokens JSON as /score_text returns it (one token at 50%): sharing it needs no model."""
+    import math
+
+    token = {"id": 1, "text": "a", "special": False, "prob": 0.5, "logprob": math.log(0.5), "rank": 1,
+             "entropy": 0.7, "margin": 0.0, "top": []}
+    return {"tokens": [token], "prompt_token_ids": [1], "model": "m", "backend": "b", "text": "a", "stats": {},
+            "kind": "text", "messages": []}
+
+
+def shares_as(url: str, forwarded_for: str) -> str:
+    """Share once from a client that claims to be `forwarded_for` -> "ok" or the refusal."""
+    client = Client(url, verbose=False, headers={"X-Forwarded-For": forwarded_for})
+    try:
+        client.predict(tiny_result(), api_name="/share")
+        return "ok"
+    except Exception as ex:  # noqa: BLE001 - the refusal's message
+        return str(ex)
+
+
+def test_the_share_rate_limit_trusts_x_forwarded_for_only_from_named_proxies(tmp_path):
+    """By default the connecting address counts (here loopback for every client): X-Forwarded-For
+    claims are ignored, so a second claimed address does not get a fresh allowance. With
+    --trusted-proxies naming loopback (a local reverse proxy), each forwarded client counts alone."""
+    plain, url = launch(str(tmp_path / "a.db"), "--share-rate", "2")
+    try:
+        assert [shares_as(url, "10.0.0.1") for _ in range(2)] == ["ok", "ok"]
+        assert "you have shared 2 results recently" in shares_as(url, "10.0.0.2")  # a claim, ignored
+    finally:
+        stop(plain)
+    proxied, url = launch(str(tmp_path / "b.db"), "--share-rate", "2", "--trusted-proxies", "127.0.0.1")
+    try:
+        assert [shares_as(url, "10.0.0.1") for _ in range(2)] == ["ok", "ok"]
+        assert "you have shared 2 results recently" in shares_as(url, "10.0.0.1")
+        assert shares_as(url, "10.0.0.2") == "ok"  # another client behind the proxy
+    finally:
+        stop(proxied)
