@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import BadInput, GreedyScoreError
 
-ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")  # fullmatch: no trailing newline  # secrets.token_urlsafe(16): 128 bits
+ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16), 128 bits; fullmatch: no trailing newline
 # Schema version i+1 = MIGRATIONS[:i+1] applied, in order (the same SQL on SQLite and PostgreSQL).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE items (id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL, size BIGINT NOT NULL, "

@@ -21,6 +21,11 @@ from .types import MAX_TOP_K, Message, ModelIdentity, ScoredReply, Settings
 FORMAT = 1  # the document's version; a newer one is refused with a message
 KINDS = ("chat", "text")  # a chat turn (maybe a fork of it), or teacher-forced text (Score text)
 SHOWN_DIFFERENCES = 8
+# What a shared page draws, bounded so that it opens in < 3 s (benchmarks/bench_share_page.py): cells (a
+# scored token, or one alternative in a token's tooltip: 4,000 tokens at top-5, 1,142 at top-20, so a
+# longest reply, 1,024 tokens, at any top-k) and characters of messages.
+MAX_SHARED_CELLS = 24_000
+MAX_SHARED_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,35 @@ class SharedItem:
     model: ModelIdentity
     created: float
     conversation: Conversation | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what its page could not show quickly (a share being made, or read from a store)."""
+        drawn = self.drawn
+        cells = sum(len(t.top) + 1 for r in drawn for t in r.tokens)
+        if cells > MAX_SHARED_CELLS:
+            n = sum(len(r.tokens) for r in drawn)
+            raise BadInput(f"this result shows {n:,} scored tokens with {cells - n:,} alternatives, more than the "
+                           f"{MAX_SHARED_CELLS:,} (tokens and alternatives) a shared page shows without making its "
+                           "visitors wait: share a shorter reply, or one scored with a smaller top-k")
+        chars = self.n_chars
+        if chars > MAX_SHARED_CHARS:
+            raise BadInput(f"this result's messages hold {chars:,} characters, more than the {MAX_SHARED_CHARS:,} a "
+                           "shared page shows: share a shorter conversation")
+
+    @property
+    def n_chars(self) -> int:
+        """Characters of the messages and of the turns' user texts (a visitor's page draws them)."""
+        users = sum(len(t.user) for t in self.conversation.turns) if self.conversation is not None else 0
+        return users + sum(len(m.content) for m in self.messages)
+
+    @property
+    def drawn(self) -> list[ScoredReply]:
+        """The replies its page draws: every turn's, and the shared fork beside its parent."""
+        conv = self.conversation
+        if conv is None:
+            return [self.reply]
+        fork = [self.reply] if conv.shown != ORIGINAL else []
+        return fork + [t.reply for t in conv.turns if t.reply is not None]
 
     @property
     def context(self) -> tuple[Message, ...]:

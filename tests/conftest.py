@@ -25,12 +25,18 @@ def service(engine: TransformersEngine) -> Service:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
+def app_store(tmp_path_factory) -> Path:
+    """The SQLite share store of `app_server` (a test may put documents in it as another process would)."""
+    return tmp_path_factory.mktemp("store") / "shares.db"
+
+
+@pytest.fixture(scope="session")
+def app_server(app_store):
     """`python app.py` in a subprocess, as a user starts it (its share store in a temp dir); -> its URL."""
     from servers import free_port, start, stop
 
     port = free_port()
-    store = tmp_path_factory.mktemp("store") / "shares.db"
+    store = app_store
     proc = start([sys.executable, "app.py", "--port", str(port), "--concurrency", "16", "--max-queue", "64",
                   "--max-new-tokens", "32", "--store", str(store)], f"http://127.0.0.1:{port}/", "app-server",
                  env={"GRADIO_ANALYTICS_ENABLED": "False"})

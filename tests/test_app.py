@@ -239,3 +239,59 @@ def test_app_limits_that_are_fine_are_taken():
     assert (args.share_ttl, args.share_max_mb, args.share_rate) == (0.5, 20.0, 3.0)
     assert args.trusted_proxies == "10.0.0.1,10.1.0.0/16,::1"
     assert app.parse_args([]).trusted_proxies == ""  # no proxy is trusted unless named
+
+
+def raw_call(app_server: str, endpoint: str, body: str) -> tuple[str, str]:
+    """Gradio's HTTP call protocol with a hand-written JSON body (gradio_client cannot send a lone
+    surrogate: it fails to encode one before sending). -> (last event, its data)."""
+    import urllib.request
+
+    base = app_server + "gradio_api/call/" + endpoint
+    request = urllib.request.Request(base, data=body.encode("ascii"), headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["event_id"]
+    stream = urllib.request.urlopen(f"{base}/{event_id}", timeout=300).read().decode("utf-8")
+    events = [block.split("\n") for block in stream.strip().split("\n\n")]
+    last = events[-1]
+    return last[0].removeprefix("event: "), last[1].removeprefix("data: ")
+
+
+SURROGATE_CALLS = {  # JSON's \ud800 escape is valid JSON that decodes to a lone surrogate; every value given
+    "chat": '["a\\ud800b", [], 4, 3, false, "prob", "cividis", 0.5]',
+    "chat history": '["hi", [{"role": "user", "content": "\\udfff"}], 4, 3, false, "prob", "cividis", 0.5]',
+    "fork": '[[{"role": "user", "content": "x\\ud83d"}], [1, 2], 1, 3, 4, 3, false, "prob", "cividis", 0.5]',
+    "score_text": '["a\\udc80", "", 3, "prob", "cividis", 0.5]',
+    "calibration": '["The cat sat on the mat. The dog sat on the log.", "\\ud800", 3]',
+    "compare": '["a\\ud800", "", "another system prompt", "x", "y", 3, null]',
+    "share": '[{"tokens": [{"id": 1, "text": "\\ud800", "prob": 0.5, "logprob": -0.6931471805599453, "rank": 1, '
+             '"entropy": 0.7, "margin": 0.0, "top": []}]}]',
+}
+
+
+@pytest.mark.parametrize("name", SURROGATE_CALLS)
+def test_a_lone_surrogate_over_http_gets_a_message_and_the_app_keeps_serving(client, app_server, name):
+    event, data = raw_call(app_server, name.split()[0], f'{{"data": {SURROGATE_CALLS[name]}}}')
+    assert event == "error"
+    assert "lone surrogate (U+D" in json.loads(data)["error"]
+    _, _, tokens, _ = chat(client, "Say OK.", max_new=3)
+    assert tokens["tokens"]
+
+
+def test_a_share_over_the_page_budget_gets_a_message_made_or_stored(client, app_store):
+    """Sharing a result whose page would be slow is refused with the budget named; one stored over
+    it (by an older greedyscore, another process) opens as a message, not an 11 s page."""
+    from greedyscore.share import ShareStore
+    from greedyscore.shared import MAX_SHARED_CELLS
+
+    _, _, scored, _ = client.predict("The cat sat on the mat by the door.", "", 20, *VIEW, api_name="/score_text")
+    cells = len(scored["tokens"]) * 21
+    scored["tokens"] = scored["tokens"] * (MAX_SHARED_CELLS // cells + 1)
+    with pytest.raises(Exception, match=f"more than the {MAX_SHARED_CELLS:,} \\(tokens and alternatives\\) a shared "
+                                        "page shows without making its visitors wait: share a shorter reply"):
+        client.predict(scored, api_name="/share")
+    doc = {"format": 1, "kind": "text", "created": 1.0, "settings": {"max_new_tokens": 1, "top_k": 20},
+           "model": {"name": "m", "backend": "b", "score_source": "s", "greedyscore": "0"}, "messages": [],
+           "reply": scored}
+    item_id = ShareStore(app_store).put(doc)
+    with pytest.raises(Exception, match="a shared page shows without making its visitors wait"):
+        client.predict(item_id, *VIEW, api_name="/shared")
+    assert client.predict(scored | {"tokens": scored["tokens"][:3]}, api_name="/share")["id"]  # still sharing

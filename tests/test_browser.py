@@ -463,3 +463,25 @@ def test_share_a_scored_text_and_rerun_it(browser, app_server):
     assert other.locator("#gs-score-text textarea").input_value() == "The Eiffel Tower is in Paris."
     author.close()
     visitor.close()
+
+
+def test_a_stored_share_with_a_lone_surrogate_shows_a_message_and_the_page_keeps_working(browser, app_server,
+                                                                                       app_store, service):
+    """A document another process (or an older greedyscore) stored with a lone surrogate in it: the
+    page says what is wrong instead of its stream dying, and the visitor's Chat still answers."""
+    import time
+
+    from greedyscore.share import ShareStore
+    from greedyscore.shared import share_text
+    from greedyscore.types import Message, Settings
+
+    reply = service.score_text("Paris is lovely.", Settings(top_k=3))
+    doc = share_text(reply, (Message("user", "Describe Paris."),), service.identity, time.time()).to_json()
+    doc["messages"][0]["content"] = "Describe \ud800 Paris."
+    item_id = ShareStore(app_store).put(doc)
+    page = open_page(browser, f"{app_server}?r={item_id}")
+    page.locator("#gs-shared .gs-shared-missing").wait_for(timeout=60_000)
+    assert "lone surrogate (U+D800" in page.locator("#gs-shared").inner_text()
+    send(page, "Say OK.")
+    wait_reply(page)
+    page.context.close()

@@ -18,6 +18,7 @@ from greedyscore.detokenize import MAX_PENDING, WINDOW
 from greedyscore.errors import BadInput, Busy, ModelFailed
 from greedyscore.service import Service
 from greedyscore.types import Message, ScoredReply, Settings, TextDelta
+from greedyscore.variants import SYSTEM, Variants, compare_text
 
 REPLIES = {
     "hi": "Hello there!",
@@ -340,3 +341,30 @@ def test_follow_up_work_of_an_accepted_request_is_never_busy(concurrent):
     worker.join(10)
     assert done == [42]
     assert drain(streams[0])[1].text == REPLIES["hi"] and drain(streams[1])[1].text == REPLIES["hi"]
+
+
+SURROGATE_PLACES = {  # every way text reaches the model's tokenizer, each with a lone surrogate (U+D800-U+DFFF)
+    "a chat message": lambda s: s.chat([Message("user", "a\ud800b")]),
+    "a role": lambda s: s.chat([Message("us\udc00er", "hi")]),
+    "a system prompt": lambda s: s.stream([Message("system", "\ud83d"), Message("user", "hi")], Settings()),
+    "an earlier turn": lambda s: s.chat([Message("user", "hi"), Message("assistant", "x\udfff"),
+                                         Message("user", "and?")]),
+    "a fork's messages": lambda s: s.stream_fork([Message("user", "\udbff!")], [1, 2], 1, 3),
+    "a scored text": lambda s: s.score_text("x\ud800"),
+    "a scored text's prompt": lambda s: s.score_text("hi", prompt="\ud800"),
+    "a reply scored after messages": lambda s: s.score_reply([Message("user", "hi")], "ok \udc80"),
+    "a scored conversation": lambda s: s.score_messages([Message("user", "\ud800")]),
+    "a guess": lambda s: s.guess_ids("\ude00"),
+    "a compared text": lambda s: compare_text(Variants(s), "x\ud800", SYSTEM, "", "a", "b"),
+}
+
+
+@pytest.mark.parametrize("place", SURROGATE_PLACES)
+def test_a_lone_surrogate_is_refused_where_text_enters_and_the_service_keeps_serving(service, place):
+    """The real tokenizer raises a bare TypeError on these; the service names the input instead."""
+    with pytest.raises(BadInput, match=r"lone surrogate \(U\+D[89A-F][0-9A-F]{2} at character \d+\), which is not "
+                                       r"text: send it as UTF-8 text"):
+        result = SURROGATE_PLACES[place](service)
+        if not isinstance(result, ScoredReply):
+            drain(result)
+    assert service.chat(user("Say OK."), Settings(max_new_tokens=2)).tokens  # still serving

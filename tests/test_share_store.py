@@ -58,6 +58,9 @@ def test_unknown_malformed_expired_and_evicted_ids_say_so(store_at):
     first = store.put({"text": "a" * 1000})
     clock.now += 1
     second = store.put({"text": "b" * 1000})
+    for near in (second + "\n", second + "\r\n", "\n" + second, second[:-1]):  # a real id, one character off
+        with pytest.raises(NotShared, match="that share link is not valid"):  # not looked up at all
+            store.get(near)
     clock.now += 1
     store.put({"text": "c" * 1500})  # over 3000 bytes in all: the oldest goes
     with pytest.raises(NotShared, match="removed to make room"):

@@ -16,6 +16,8 @@ from greedyscore.errors import BadInput
 from greedyscore.render.shared import reproduction_html, shared_header_html, shared_view
 from greedyscore.reply_json import reply_from_json
 from greedyscore.shared import (
+    MAX_SHARED_CELLS,
+    MAX_SHARED_CHARS,
     SharedItem,
     reproduction,
     rerun_plan,
@@ -25,7 +27,7 @@ from greedyscore.shared import (
     share_text,
     share_turn,
 )
-from greedyscore.types import Message, Settings
+from greedyscore.types import MAX_TOP_K, Message, Settings
 from greedyscore.ui_share import Sharing
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "q" \u4f60\u597d \U0001f600'
@@ -362,3 +364,34 @@ def test_direction_controls_never_reach_a_page_or_a_chart_raw(service):
         assert not controls & set(out), [hex(ord(c)) for c in controls & set(out)]
     assert "\\u202e" in head and "<bdi>model \\u061c" in head  # visible, and the field isolated
     assert "<bdi>b \\u061c" in stats and "\\u202e" in body
+
+
+def test_a_share_its_page_cannot_draw_quickly_is_refused_when_made_and_when_read(service):
+    """The page budget counts a token and each alternative in its tooltip (bench_share_page measures
+    the page at the budget), on every path a share is made and on the way back from a store."""
+    reply = service.score_text("The cat sat on the mat by the door.", Settings(top_k=MAX_TOP_K))
+    assert {len(t.top) for t in reply.tokens} == {MAX_TOP_K}
+    fits = MAX_SHARED_CELLS // (MAX_TOP_K + 1)
+    tokens = (reply.tokens * (fits // len(reply.tokens) + 2))[: fits + 1]
+    longest, over = replace(reply, tokens=tokens[:fits]), replace(reply, tokens=tokens)
+    assert stored(share_text(longest, (), service.identity, NOW)).reply.tokens == longest.tokens
+    budget = rf"{len(over.tokens):,} scored tokens with {len(over.tokens) * MAX_TOP_K:,} alternatives, more than the "
+    with pytest.raises(BadInput, match=budget + rf"{MAX_SHARED_CELLS:,} \(tokens and alternatives\)"):
+        share_text(over, (), service.identity, NOW)
+    with pytest.raises(BadInput, match=budget):
+        share_reply_json({**over.to_json(), "messages": [{"role": "user", "content": "hi"}]}, service.identity, NOW)
+    doc = share_text(longest, (), service.identity, NOW).to_json()
+    doc["reply"]["tokens"].append(doc["reply"]["tokens"][0])  # stored by an older greedyscore
+    with pytest.raises(BadInput, match=budget):
+        SharedItem.from_json(json.loads(json.dumps(doc)))
+    # a conversation: every turn's reply is drawn, so two turns that fit alone are too much together
+    half = replace(reply, tokens=tokens[: fits // 2 + 1])
+    conv = Conversation().ask("a").answer(half).ask("b").answer(half)
+    assert share_turn(conv, 0, ORIGINAL, service.identity, NOW).conversation is not None
+    with pytest.raises(BadInput, match="shared page shows without making its visitors wait"):
+        share_turn(conv, 1, ORIGINAL, service.identity, NOW)
+    small = replace(reply, tokens=reply.tokens[:3])
+    with pytest.raises(BadInput, match=rf"messages hold {MAX_SHARED_CHARS + 1:,} characters, more than the "):
+        share_text(small, (Message("user", "x" * (MAX_SHARED_CHARS + 1)),), service.identity, NOW)
+    assert share_text(small, (Message("user", "x" * MAX_SHARED_CHARS),), service.identity, NOW).n_chars == \
+        MAX_SHARED_CHARS
