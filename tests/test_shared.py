@@ -13,6 +13,7 @@ import pytest
 
 from greedyscore.conversation import ORIGINAL, Conversation
 from greedyscore.errors import BadInput
+from greedyscore.render import View
 from greedyscore.render.shared import reproduction_html, shared_header_html, shared_view
 from greedyscore.reply_json import reply_from_json
 from greedyscore.shared import (
@@ -395,3 +396,11 @@ def test_a_share_its_page_cannot_draw_quickly_is_refused_when_made_and_when_read
         share_text(small, (Message("user", "x" * (MAX_SHARED_CHARS + 1)),), service.identity, NOW)
     assert share_text(small, (Message("user", "x" * MAX_SHARED_CHARS),), service.identity, NOW).n_chars == \
         MAX_SHARED_CHARS
+
+
+def test_a_scored_texts_prompt_is_shown_once(service):
+    """Above the text ("Scored as the reply to"), not again in the header."""
+    reply = service.score_text("Blue.", Settings(top_k=2), prompt="Name a colour of the sky.")
+    item = stored(share_text(reply, (Message("user", "Name a colour of the sky."),), service.identity, NOW))
+    head, body, _, _ = shared_view(item, View())
+    assert (head + body).count("Name a colour of the sky.") == 1 and "Scored as the reply to" in body

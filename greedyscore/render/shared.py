@@ -49,7 +49,8 @@ def shared_header_html(item: SharedItem) -> str:
     settings = f"top-k {s.top_k}"
     if item.kind == "chat":
         settings = f"greedy, max {s.max_new_tokens} new tokens, {settings}"
-    context = "".join(f'<li><b>{bdi(c.role)}</b>: {bdi(c.content)}</li>' for c in item.context)
+    before = item.context if item.conversation is not None else ()  # a text's prompt: above the text, once
+    context = "".join(f'<li><b>{bdi(c.role)}</b>: {bdi(c.content)}</li>' for c in before)
     context_html = f'<div class="gs-shared-context">Before this:<ul>{context}</ul></div>' if context else ""
     return (
         f'<div class="gs-shared-head" role="region" aria-label="shared result">'
