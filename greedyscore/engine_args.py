@@ -11,6 +11,9 @@ from .engines import BACKENDS, Engine, load_engine, pick_backend
 from .errors import BadInput, EngineUnavailable
 
 DTYPES = ("float32", "bfloat16")
+LMDEPLOY_ENGINES = ("auto", "turbomind", "pytorch")
+LMDEPLOY_FLAGS = {"max_batch_size": "--max-batch-size", "session_len": "--session-len", "kv_cache": "--kv-cache",
+                  "eager": "--eager"}
 MAX_TTL_DAYS = 36_500.0  # the share limits' upper bounds: a hundred years, a petabyte, a share a second
 MAX_STORE_MB = 1e9
 MAX_RATE = 3600.0
@@ -46,6 +49,19 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     remote.add_argument("--full-vocab", action="store_true", default=env("FULL_VOCAB", "") in ("1", "true", "yes"),
                         help="ask for the whole vocabulary's logprobs (vLLM started with --max-logprobs -1): exact "
                              "entropy instead of an interval, at a cost in speed")
+    gpu = p.add_argument_group("LMDeploy on a CUDA GPU (--backend lmdeploy)")
+    gpu.add_argument("--lmdeploy-engine", default=env("LMDEPLOY_ENGINE", "auto"), choices=LMDEPLOY_ENGINES,
+                     help="auto = TurboMind when its binary loads, else the PyTorch engine (default: %(default)s)")
+    gpu.add_argument("--max-batch-size", type=positive_flag("--max-batch-size", 4096, whole=True),
+                     default=env("MAX_BATCH_SIZE"), metavar="N",
+                     help="requests the engine decodes together (lmdeploy's default on a large GPU is 1024, with "
+                          "CUDA graphs captured at a dozen sizes: minutes of start-up)")
+    gpu.add_argument("--session-len", type=positive_flag("--session-len", 2**24, whole=True),
+                     default=env("SESSION_LEN"), metavar="N", help="prompt + reply tokens (default: the model's)")
+    gpu.add_argument("--kv-cache", type=positive_flag("--kv-cache", 1.0), default=env("KV_CACHE"), metavar="SHARE",
+                     help="share of the free GPU memory for the KV cache, in (0, 1] (lmdeploy's default: 0.8)")
+    gpu.add_argument("--eager", action="store_true", default=env("EAGER", "") in ("1", "true", "yes"),
+                     help="the PyTorch engine without CUDA graphs: the fastest start, slower decoding")
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
@@ -64,10 +80,33 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
         from .precision import load_lower_precision
 
         return load_lower_precision(args.model, dtype)
+    lmdeploy = lmdeploy_options(args)
+    if lmdeploy and pick_backend(args.backend) != "lmdeploy":
+        raise BadInput(f"{', '.join(LMDEPLOY_FLAGS[k] for k in lmdeploy if k in LMDEPLOY_FLAGS)} "
+                       "set LMDeploy's engine: add --backend lmdeploy (on a CUDA GPU), or drop them")
     if args.backend != "openai":
-        return load_engine(args.backend, args.model, base_url=args.base_url)
+        options = {} if pick_backend(args.backend) != "lmdeploy" else _lmdeploy_load(args)
+        return load_engine(args.backend, args.model, base_url=args.base_url, **options)
     return load_engine("openai", args.model, base_url=_api_root(args.base_url), api_key=args.api_key,
                        tokenizer=args.tokenizer, full_vocab=args.full_vocab)
+
+
+def lmdeploy_options(args: argparse.Namespace) -> dict[str, object]:
+    """The LMDeploy flags the user set (their defaults are None / False)."""
+    given = {k: getattr(args, k, None) for k in LMDEPLOY_FLAGS}
+    return {k: v for k, v in given.items() if v not in (None, False)}
+
+
+def _lmdeploy_load(args: argparse.Namespace) -> dict[str, object]:
+    """LMDeployEngine.load's keywords from the flags."""
+    engine = getattr(args, "lmdeploy_engine", "auto")
+    if engine not in LMDEPLOY_ENGINES:  # $GREEDYSCORE_LMDEPLOY_ENGINE skips argparse's choices
+        raise BadInput(f"unknown LMDeploy engine {engine!r} (GREEDYSCORE_LMDEPLOY_ENGINE?): use one of "
+                       f"{', '.join(LMDEPLOY_ENGINES)}")
+    whole = {k: int(getattr(args, k)) for k in ("max_batch_size", "session_len") if getattr(args, k, None)}
+    kv = getattr(args, "kv_cache", None)
+    return dict(engine=None if engine == "auto" else engine, eager_mode=bool(getattr(args, "eager", False)),
+                cache_max_entry_count=float(kv) if kv else None, **whole)
 
 
 def _api_root(url: str | None) -> str | None:

@@ -346,7 +346,8 @@ class Service:
             steps = self._model(self.engine.score_ids, context, new, settings.top_k, follow_up=True)
         notes = gen.notes
         if gen.engine_logprobs is not None:
-            notes += tuple(compare_engine_logprobs(gen.engine_logprobs, new, steps, settings.tolerance))
+            tol = max(settings.tolerance, getattr(self.engine, "logprob_tolerance", 0.0))  # the engine's dtype
+            notes += tuple(compare_engine_logprobs(gen.engine_logprobs, new, steps, tol))
         if forced_steps is not None:
             steps = StepScores.cat([forced_steps, steps])
         rescored = None

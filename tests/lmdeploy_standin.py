@@ -15,12 +15,16 @@ forward passes are transformers on CPU.
   step (SUCCESS), the last step's ids coming with FINISH, CANCEL after `async_cancel`, and
   INPUT_LENGTH_ERROR for a too-long input (pytorch/engine/engine_instance.py);
 - `output_logits='all'`: logits of every input position, CPU, model dtype (what async_get_logits reads);
+- cancel: `async_cancel(session_id)` ends that session's running request (CANCEL at its next
+  step) and is forgotten when the request ends; a cancel for a session with no request running
+  does nothing, as in the engines (so a Stop sent too early is lost here too);
 - logprobs: with `logprobs_mode='raw_logprobs'` (PyTorch engine) a dict {chosen id: logprob, then
-  the top-K} from a float32 log-softmax of the raw logits (logits_process.compute_logprobs);
+  the top-K} from a log-softmax of the raw logits in the model's dtype, as
+  FusedLogitsProcessor computes it (`scores.log_softmax(-1)`, no cast), then compute_logprobs;
   TurboMind renormalises after top-k, so greedy gives {chosen id: 0.0}; otherwise None.
 
-Greedy only (AsyncEngine turns do_sample=False into top_k=1); sampling is not modelled.
-Knob: `shift=n` makes the engine consume n extra BOS tokens, as a template mismatch would.
+Greedy only (AsyncEngine turns do_sample=False into top_k=1); sampling is not modelled, and
+forwards run one at a time (no batching across requests).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
 from lmdeploy.messages import EngineOutput, ResponseType
 from lmdeploy.pipeline import Pipeline, _EventLoopThread
-from lmdeploy.serve.core.async_engine import AsyncEngine, PreprocessedRequest
+from lmdeploy.serve.core.async_engine import AsyncEngine
 from lmdeploy.utils import get_logger
 
 logger = get_logger("lmdeploy")
@@ -51,7 +55,9 @@ class TransformersBackend:
         self.max_session_len = engine_config.session_len
         self.lock = threading.Lock()  # one forward at a time
         self.requests: list[dict[str, Any]] = []  # what the AsyncEngine sent, for tests to inspect
-        self.cancelled: set[int] = set()  # session ids async_cancel was called for
+        self.cancelled: set[int] = set()  # sessions whose running request was cancelled (until it ends)
+        self.running: set[int] = set()  # sessions with a request in async_stream_infer
+        self.cancels: list[int] = []  # every async_cancel that reached a running request, for tests
 
     def create_instance(self) -> StandinInstance:
         return StandinInstance(self)
@@ -73,7 +79,7 @@ class TransformersBackend:
         """One step's logprobs as the engine reports them (chosen id first, then the top-k)."""
         if not self.raw_logprobs:
             return {chosen: 0.0}  # TurboMind: renormalised over the kept top_k=1 token
-        lp = torch.log_softmax(logits.float(), dim=-1)  # [vocab]
+        lp = torch.log_softmax(logits, dim=-1)  # [vocab], in the model's dtype
         row = {chosen: float(lp[chosen])}
         if k > 0:
             vals, idx = lp.topk(k)
@@ -88,7 +94,9 @@ class StandinInstance:
         self.engine = engine
 
     async def async_cancel(self, session_id: int) -> None:
-        self.engine.cancelled.add(session_id)
+        if session_id in self.engine.running:
+            self.engine.cancelled.add(session_id)
+            self.engine.cancels.append(session_id)
 
     async def async_stream_infer(
         self,
@@ -102,11 +110,23 @@ class StandinInstance:
     ):
         """Greedy steps; yields EngineOutput(SUCCESS, [new id]) per step when streaming, the last
         ids with FINISH (all of them when not streaming), or CANCEL once cancelled."""
-        from transformers import DynamicCache
 
         engine = self.engine
         gen_config = gen_config or GenerationConfig()
         engine.requests.append(dict(session_id=session_id, input_ids=list(input_ids), gen_config=gen_config))
+        engine.running.add(session_id)
+        try:
+            async for out in self._steps(session_id, input_ids, gen_config, stream_output):
+                yield out
+        finally:
+            engine.running.discard(session_id)
+            engine.cancelled.discard(session_id)
+
+    async def _steps(self, session_id: int, input_ids: list[int], gen_config: GenerationConfig,
+                     stream_output: bool):
+        from transformers import DynamicCache
+
+        engine = self.engine
         if len(input_ids) > engine.max_session_len:
             yield EngineOutput(ResponseType.INPUT_LENGTH_ERROR, [])
             return
@@ -141,9 +161,8 @@ class StandinInstance:
 class StandinAsyncEngine(AsyncEngine):
     """lmdeploy's AsyncEngine, building TransformersBackend instead of a GPU engine."""
 
-    def __init__(self, model_path: str, model: Any, backend: str, backend_config: Any, shift: int = 0) -> None:
+    def __init__(self, model_path: str, model: Any, backend: str, backend_config: Any) -> None:
         self._standin_model = model
-        self.shift = shift
         super().__init__(model_path, backend=backend, backend_config=backend_config)
 
     def _build_turbomind(self, model_path: str, backend_config: Any = None, **kwargs: Any) -> TransformersBackend:
@@ -151,14 +170,6 @@ class StandinAsyncEngine(AsyncEngine):
 
     def _build_pytorch(self, model_path: str, backend_config: Any = None, **kwargs: Any) -> TransformersBackend:
         return TransformersBackend(self._standin_model, backend_config, "pytorch")
-
-    async def preprocess(self, *args: Any, **kwargs: Any) -> PreprocessedRequest:
-        request = await super().preprocess(*args, **kwargs)
-        if self.shift:  # the knob: the engine consumes a prompt other than the one greedyscore built
-            ids = [self.tokenizer.bos_token_id] * self.shift + list(request.inputs["input_ids"])
-            request.inputs["input_ids"] = ids
-            request.input_token_len = len(ids)
-        return request
 
 
 class StandinPipeline(Pipeline):
@@ -171,7 +182,6 @@ class StandinPipeline(Pipeline):
         model: Any,
         backend: str = "pytorch",
         backend_config: Any = None,
-        shift: int = 0,
         log_level: str = "WARNING",
     ) -> None:
         logger.setLevel(log_level)
@@ -181,7 +191,7 @@ class StandinPipeline(Pipeline):
                 if backend == "pytorch"
                 else TurbomindEngineConfig(enable_prefix_caching=False, enable_metrics=False)
             )
-        self.async_engine = StandinAsyncEngine(model_path, model, backend, backend_config, shift)
+        self.async_engine = StandinAsyncEngine(model_path, model, backend, backend_config)
         self.internal_thread = _EventLoopThread(daemon=True)
         self.limiter = None
         self.session_mgr = self.async_engine.session_mgr

@@ -10,6 +10,7 @@ import asyncio
 import copy
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from lmdeploy_standin import StandinPipeline
 from greedyscore.engines import load_engine
 from greedyscore.engines.lmdeploy import LMDeployEngine
 from greedyscore.engines.transformers import TransformersEngine
-from greedyscore.errors import AlignmentError, EngineUnavailable, GreedyScoreError
+from greedyscore.errors import BadInput, Busy, EngineUnavailable, GreedyScoreError, ModelFailed
 from greedyscore.models import EMBEDDED_NAME, resolve_model
 from greedyscore.scoring import compare_engine_logprobs
 from greedyscore.types import Message
@@ -192,11 +193,12 @@ def test_cancel_stops_and_aborts_the_session(pipes, tf_generations):
             cancel.set()
 
     backend = pipes["pytorch"].backend
-    before = set(backend.cancelled)
+    before = len(backend.cancels)
     gen = generate(lm, lm.prompt_ids(messages), N_NEW, 5, on_ids=on_ids, cancel=cancel)
     assert gen.finish_reason == "abort"
     assert gen.token_ids == tf_generations("chinese").token_ids[:3]
-    assert backend.cancelled - before  # Session.abort reached the engine (async_cancel)
+    assert len(backend.cancels) > before  # Session.abort reached the running request (async_cancel)
+    assert not backend.running and not backend.cancelled
     # the pipeline is still usable afterwards
     again = generate(lm, lm.prompt_ids(messages), 3, 5)
     assert again.token_ids == tf_generations("chinese").token_ids[:3]
@@ -237,26 +239,13 @@ def test_service_chat_over_lmdeploy_matches_transformers(lm, tf):
     assert ours.notes == ()
 
 
-# --- (c) the alignment guard ----------------------------------------------------------------------
-def test_shifted_prompt_raises_alignment_error(model_dir, tf):
-    """The guard: an engine that consumed other ids than ours (the stand-in's preprocess adds a BOS)."""
-    pipe = StandinPipeline(model_dir, tf.model, backend="pytorch", shift=1)
-    try:
-        lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
-        prompt = lm.prompt_ids(CONVERSATIONS["chinese"])
-        seen: list[int] = []
-        before = len(pipe.backend.requests)
-        with pytest.raises(AlignmentError) as info:
-            generate(lm, prompt, N_NEW, 5, on_ids=seen.extend)
-        assert f"{len(prompt) + 1} prompt tokens" in str(info.value) and str(len(prompt)) in str(info.value)
-        assert seen == [] and len(pipe.backend.requests) == before  # refused before anything ran
-    finally:
-        pipe.close()
-
-
+# --- (c) the ids the engine consumes ---------------------------------------------------------------
 def test_engine_generates_from_exactly_the_ids_given(pipes, tf):
     """Generation runs on token ids: the engine consumes ours, whatever their source (here a plain
-    text with no chat template), and greedy continues them exactly as transformers does."""
+    text with no chat template), and greedy continues them exactly as transformers does. This is
+    the alignment guard: 0.18's preprocess passes input_ids through and sets input_token_len from
+    them, so a length check in the engine could never fail; this fails if lmdeploy's code ever
+    hands the engine other ids."""
     lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
     context, target = lm.text_ids("Once upon a time, in a small village,")
     prompt = context + target
@@ -313,5 +302,141 @@ def test_score_source_names_the_logits_dtype_the_engine_returns(model_dir, tf, p
 
         reply = Service(lm).chat(CONVERSATIONS["english"], Settings(max_new_tokens=4))
         assert reply.score_source == lm.score_source and reply.to_json()["score_source"] == lm.score_source
+        # its own logprobs come in bfloat16 (as the PyTorch engine computes them): no spurious notes
+        assert lm.logprob_tolerance > 1e-3
+        for case in ("english", "chinese", "emoji"):
+            assert Service(lm).chat(CONVERSATIONS[case], Settings(max_new_tokens=32)).notes == ()
+        lm.logprob_tolerance = 0.0  # the old rule, 1e-3 whatever the dtype, flags ordinary tokens
+        assert Service(lm).chat(CONVERSATIONS["chinese"], Settings(max_new_tokens=32)).notes
     finally:
         pipe.close()
+
+
+# --- (e) Stop while waiting for a request handle, a dead or stuck loop, bounded rescoring ----------
+def small_pipe(model_dir, tf, **config):
+    from lmdeploy import PytorchEngineConfig
+
+    cfg = PytorchEngineConfig(logprobs_mode="raw_logprobs", enable_prefix_caching=False, enable_metrics=False,
+                              **config)
+    return StandinPipeline(model_dir, tf.model, backend="pytorch", backend_config=cfg)
+
+
+def test_a_stop_while_the_request_waits_for_a_handle_ends_it(model_dir, tf):
+    """max_batch_size=1: one request holds the only request handle, a second waits for it and is
+    stopped while waiting (Session.async_abort does nothing before a handle exists). It must end
+    as "abort" without decoding, and leave no session or handle behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = small_pipe(model_dir, tf, max_batch_size=1)
+    try:
+        lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
+        prompt = lm.prompt_ids(CONVERSATIONS["english"])
+        started, stop = threading.Event(), threading.Event()
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(generate, lm, prompt, 48, 3, on_ids=lambda ids: started.set())
+            assert started.wait(60)
+            n_before = len(pipe.backend.requests)
+            waiting = pool.submit(generate, lm, prompt, 48, 3, cancel=stop)
+            deadline = time.monotonic() + 30
+            while not any(s._handle is None for s in pipe.session_mgr.sessions.values()):  # the second is queued
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            stop.set()
+            stopped, ran = waiting.result(timeout=120), first.result(timeout=120)
+        assert ran.finish_reason in ("length", "stop") and ran.token_ids  # the first ran its course
+        assert stopped.finish_reason == "abort"
+        assert len(stopped.token_ids) <= 1  # ended at its first step, not after 48
+        assert len(pipe.backend.requests) <= n_before + 1
+        assert pipe.session_mgr.sessions == {} and pipe.session_mgr.request_handle_pool.num_dispatched == 0
+        assert not pipe.backend.running
+    finally:
+        pipe.close()
+
+
+def test_a_dead_engine_loop_is_one_clear_error_and_a_stuck_one_times_out(model_dir, tf):
+    pipe = small_pipe(model_dir, tf)
+    lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch", timeout_s=0.5)
+    prompt = lm.prompt_ids(CONVERSATIONS["english"])
+    loop = pipe.internal_thread.loop
+    loop.call_soon_threadsafe(time.sleep, 3.0)  # the loop thread busy elsewhere: nothing answers for 3 s
+    t0 = time.monotonic()
+    with pytest.raises(ModelFailed, match=r"lmdeploy did not finish a rescoring within 0 s: the engine may be stuck"):
+        lm.score_ids(prompt[:1], prompt[1:], 3)
+    assert time.monotonic() - t0 < 2.5
+    lm.timeout_s = 120
+    assert generate(lm, prompt, 2, 3).finish_reason == "length"  # it answers again once free
+    loop.call_soon_threadsafe(loop.stop)
+    pipe.internal_thread.thread.join(10)
+    for call in (lambda: generate(lm, prompt, 2, 3), lambda: lm.score_ids(prompt[:1], prompt[1:], 3)):
+        t0 = time.monotonic()
+        with pytest.raises(EngineUnavailable, match="LMDeploy's engine loop has stopped.*restart the server"):
+            call()
+        assert time.monotonic() - t0 < 2.5
+    pipe.internal_thread.closed = True  # its loop is gone: nothing left for lmdeploy's atexit close
+
+
+def test_rescoring_is_bounded_in_count_and_memory(pipes):
+    from greedyscore.engines.lmdeploy import RescoreBudget
+
+    budget = RescoreBudget(count=1, max_bytes=10**9, wait_s=0.2)
+    lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch", rescore_budget=budget)
+    ids = lm.text_ids("The quick brown fox jumps over the lazy dog.")[1]
+    with budget.hold(1000):  # another caller's rescoring in flight: the only place taken
+        with pytest.raises(Busy, match="rescoring 1 replies already, the most it holds at once: try again"):
+            lm.score_ids(ids[:1], ids[1:], 3)
+    assert len(lm.score_ids(ids[:1], ids[1:], 3)) == len(ids) - 1 and budget.in_flight == 0
+    lm.rescores = RescoreBudget(max_bytes=(len(ids) - 1) * lm.vocab_size * 4 - 1)  # rows: context + target[:-1]
+    with pytest.raises(BadInput, match="GiB of logits, more than the .* GiB this server allows: shorten"):
+        lm.score_ids(ids[:1], ids[1:], 3)
+    assert lm.rescores.in_flight == 0 and lm.rescores.held == 0
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("max_batch_size", 0, "max_batch_size must be a whole number from 1 to 4,096, got 0"),
+    ("max_batch_size", 2.5, "max_batch_size must be a whole number"),
+    ("max_batch_size", True, "max_batch_size must be a whole number"),
+    ("session_len", -1, "session_len must be a whole number from 1"),
+    ("cache_max_entry_count", 1.5, r"cache_max_entry_count\) must be a number in \(0, 1\], got 1.5"),
+    ("cache_max_entry_count", 0, "must be a number in"),
+    ("eager_mode", "yes", "eager_mode must be true or false"),
+])
+def test_bad_engine_settings_are_named_before_anything_loads(field, value, needle):
+    with pytest.raises(BadInput, match=needle):
+        LMDeployEngine.load(None, engine="pytorch", **{field: value})
+
+
+def test_engine_settings_reach_lmdeploys_configs():
+    from lmdeploy import PytorchEngineConfig, TurbomindEngineConfig
+
+    from greedyscore.engines.lmdeploy import engine_settings
+
+    extra = engine_settings("pytorch", 0.3, 8, 4096, True)
+    config = PytorchEngineConfig(logprobs_mode="raw_logprobs", **extra)
+    assert (config.max_batch_size, config.session_len, config.cache_max_entry_count, config.eager_mode) == \
+        (8, 4096, 0.3, True)
+    assert not config.enable_prefix_caching and TurbomindEngineConfig(**engine_settings("turbomind", None, 2, None,
+                                                                                          False)).max_batch_size == 2
+    with pytest.raises(BadInput, match="eager mode is a setting of LMDeploy's PyTorch engine"):
+        engine_settings("turbomind", None, None, None, True)
+
+
+def test_lmdeploy_flags_reach_load_and_on_another_backend_say_what_they_are_for():
+    import argparse
+
+    from greedyscore.engine_args import _lmdeploy_load, add_engine_args, engine_from_args
+
+    p = argparse.ArgumentParser()
+    add_engine_args(p)
+    args = p.parse_args(["--backend", "transformers", "--max-batch-size", "8", "--eager"])
+    with pytest.raises(BadInput, match="--max-batch-size, --eager set LMDeploy's engine: add --backend lmdeploy"):
+        engine_from_args(args)
+    for bad in (["--max-batch-size", "0"], ["--session-len", "2.5"], ["--kv-cache", "1.5"], ["--kv-cache", "nan"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+    args = p.parse_args(["--backend", "lmdeploy", "--max-batch-size", "8", "--session-len", "4096", "--kv-cache",
+                         "0.5", "--eager", "--lmdeploy-engine", "pytorch"])
+    assert _lmdeploy_load(args) == dict(engine="pytorch", eager_mode=True, cache_max_entry_count=0.5,
+                                        max_batch_size=8, session_len=4096)
+    assert _lmdeploy_load(p.parse_args(["--backend", "lmdeploy"]))["engine"] is None  # auto: TurboMind if it loads
+    with pytest.raises(EngineUnavailable, match="lmdeploy needs a CUDA GPU"):  # the settings were fine
+        engine_from_args(args)

@@ -17,6 +17,7 @@ transformers stand-in for the GPU engine) and on a GPU by `tests/test_gpu.py` (`
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import threading
 import time
@@ -25,15 +26,64 @@ from typing import Any
 
 import torch
 
-from ..errors import AlignmentError, EngineUnavailable, GreedyScoreError
+from ..errors import AlignmentError, BadInput, Busy, EngineUnavailable, GreedyScoreError, ModelFailed
 from ..models import resolve_model
-from ..scoring import StepScores, empty_scores, score_logits
+from ..scoring import ENGINE_LOGPROB_TOLERANCE, StepScores, empty_scores, score_logits
 from ..types import Message
 from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
 
 ENGINES = ("turbomind", "pytorch")
 INSTALL_HINT = "run `make gpu` (or `pip install -r requirements-gpu.txt`) on a machine with a CUDA GPU"
+LOOP_TIMEOUT_S = 600.0  # the longest one call on the pipeline's event loop may take before it is called dead
+POLL_S = 1.0  # how often a caller waiting on the loop checks that its thread is alive
+MAX_RESCORES = 4  # rescoring calls in flight at once (each a CPU tensor of context x vocab)
+MAX_RESCORE_BYTES = 4 * 2**30  # their logits, in all
+RESCORE_WAIT_S = 30.0  # how long a rescoring waits for room before it says busy
+LOOP_DEAD = "LMDeploy's engine loop has stopped, so no request can run: restart the server"
+
+
+class RescoreBudget:
+    """Rescoring runs on the callers' threads, each holding a [context, vocab] CPU tensor: at most
+    `count` at once and `max_bytes` of logits in all; a call that finds no room within `wait_s`
+    is Busy, and one that could never fit is refused."""
+
+    def __init__(self, count: int = MAX_RESCORES, max_bytes: int = MAX_RESCORE_BYTES,
+                 wait_s: float = RESCORE_WAIT_S) -> None:
+        self.count, self.max_bytes, self.wait_s = count, max_bytes, wait_s
+        self.in_flight, self.held = 0, 0
+        self._room = threading.Condition()
+
+    def hold(self, n_bytes: int) -> _Held:
+        if n_bytes > self.max_bytes:
+            raise BadInput(f"rescoring this needs {n_bytes / 2**30:.1f} GiB of logits, more than the "
+                           f"{self.max_bytes / 2**30:.1f} GiB this server allows: shorten the prompt or reply")
+        return _Held(self, n_bytes)
+
+
+class _Held:
+    """One rescoring's place in a RescoreBudget (a context manager)."""
+
+    def __init__(self, budget: RescoreBudget, n_bytes: int) -> None:
+        self.budget, self.n_bytes = budget, n_bytes
+
+    def __enter__(self) -> None:
+        b = self.budget
+        with b._room:
+            fits = b._room.wait_for(lambda: b.in_flight < b.count and b.held + self.n_bytes <= b.max_bytes,
+                                    timeout=b.wait_s)
+            if not fits:
+                raise Busy(f"the server is rescoring {b.in_flight} replies already, the most it holds at once: "
+                           "try again in a moment")
+            b.in_flight += 1
+            b.held += self.n_bytes
+
+    def __exit__(self, *exc: object) -> None:
+        b = self.budget
+        with b._room:
+            b.in_flight -= 1
+            b.held -= self.n_bytes
+            b._room.notify_all()
 
 
 class LMDeployEngine(HFTextMixin):
@@ -42,8 +92,11 @@ class LMDeployEngine(HFTextMixin):
     concurrent = True  # LMDeploy's async engine batches concurrent requests itself
     server_template = False  # prompt ids come from the local chat template
 
-    def __init__(self, pipe: Any, model_name: str, backend_name: str) -> None:
+    def __init__(self, pipe: Any, model_name: str, backend_name: str, timeout_s: float = LOOP_TIMEOUT_S,
+                 rescore_budget: RescoreBudget | None = None) -> None:
         self.pipe = pipe
+        self.timeout_s = timeout_s
+        self.rescores = rescore_budget or RescoreBudget()
         self.model_name = model_name
         self.backend = f"lmdeploy-{backend_name}"
         engine = pipe.async_engine
@@ -63,6 +116,8 @@ class LMDeployEngine(HFTextMixin):
         probe = self._logits([int(self.hf.bos_token_id or 0), *self.text_ids("Hi")[1]])
         dtype = str(probe.dtype).removeprefix("torch.")
         self.score_source = f"{dtype} logits from LMDeploy's {backend_name} engine, softmax in float32"
+        # the cross-check of the engine's own logprobs (computed in this dtype) allows for its rounding
+        self.logprob_tolerance = ENGINE_LOGPROB_TOLERANCE.get(dtype, 0.0)
 
     @classmethod
     def load(
@@ -70,15 +125,23 @@ class LMDeployEngine(HFTextMixin):
         model: str | None = None,
         engine: str | None = "turbomind",
         cache_max_entry_count: float | None = None,
+        max_batch_size: int | None = None,
+        session_len: int | None = None,
+        eager_mode: bool = False,
         **_: Any,
     ) -> LMDeployEngine:
         """Build a pipeline with prefix caching off (async_get_logits needs all rows recomputed).
 
-        Steps: check lmdeploy and CUDA; resolve the model dir; pick the engine (None: TurboMind
-        when built, else PyTorch); `lmdeploy.pipeline(dir, backend_config=...)`. The PyTorch
-        engine gets `logprobs_mode='raw_logprobs'` so its own logprobs can be cross-checked.
-        `cache_max_entry_count` is the share of free GPU memory for the KV cache (lmdeploy: 0.8).
+        Steps: check the settings, lmdeploy and CUDA; resolve the model dir; pick the engine
+        (None: TurboMind when built, else PyTorch); `lmdeploy.pipeline(dir, backend_config=...)`.
+        The PyTorch engine gets `logprobs_mode='raw_logprobs'` so its own logprobs can be
+        cross-checked. `cache_max_entry_count`: the share of free GPU memory for the KV cache
+        (lmdeploy: 0.8); `max_batch_size`: requests decoded together (lmdeploy's default on a big
+        GPU is 1024 request handles, and CUDA graphs captured at a dozen sizes: minutes of start-up);
+        `session_len`: prompt + reply tokens (default: the model's); `eager_mode` (PyTorch engine):
+        no CUDA graphs, the fastest start.
         """
+        extra = engine_settings(engine, cache_max_entry_count, max_batch_size, session_len, eager_mode)
         lmdeploy = _import_lmdeploy()
         if not torch.cuda.is_available():
             raise EngineUnavailable("lmdeploy needs a CUDA GPU; on a CPU use --backend transformers")
@@ -89,14 +152,13 @@ class LMDeployEngine(HFTextMixin):
         if engine not in ENGINES:
             raise EngineUnavailable(f"unknown lmdeploy engine {engine!r}: choose one of {', '.join(ENGINES)}")
         name, source = resolve_model(model)
-        # metrics off: a Prometheus logger per pipeline (and prometheus_client) that we never read
-        extra: dict[str, Any] = dict(enable_prefix_caching=False, enable_metrics=False)
-        if cache_max_entry_count is not None:
-            extra["cache_max_entry_count"] = cache_max_entry_count
-        if engine == "pytorch":
-            config: Any = lmdeploy.PytorchEngineConfig(logprobs_mode="raw_logprobs", **extra)
-        else:
-            config = lmdeploy.TurbomindEngineConfig(**extra)
+        try:
+            if engine == "pytorch":
+                config: Any = lmdeploy.PytorchEngineConfig(logprobs_mode="raw_logprobs", **extra)
+            else:
+                config = lmdeploy.TurbomindEngineConfig(**{k: v for k, v in extra.items() if k != "eager_mode"})
+        except (AssertionError, ValueError, TypeError) as ex:  # lmdeploy's own checks are bare asserts
+            raise BadInput(f"lmdeploy refused the engine settings {extra}: {ex or type(ex).__name__}") from ex
         t0 = time.perf_counter()
         print(f"greedyscore: loading {name} on lmdeploy {engine} ...", file=sys.stderr, flush=True)
         try:
@@ -137,17 +199,41 @@ class LMDeployEngine(HFTextMixin):
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """Each request runs as its own request on the pipeline's event loop (LMDeploy batches
         concurrent requests itself); -> one Generation per request, in order."""
-        loop = self.pipe.internal_thread.loop
-        futures = [asyncio.run_coroutine_threadsafe(self._generate(r), loop) for r in requests]
-        return [f.result() for f in futures]
+        futures = [self._submit(self._generate(r)) for r in requests]
+        return [self._wait(f, "a generation") for f in futures]
+
+    def _submit(self, coro: Any) -> concurrent.futures.Future:
+        thread = self.pipe.internal_thread
+        if getattr(thread, "closed", False) or not thread.thread.is_alive() or thread.loop.is_closed():
+            coro.close()
+            raise EngineUnavailable(LOOP_DEAD)
+        return asyncio.run_coroutine_threadsafe(coro, thread.loop)
+
+    def _wait(self, future: concurrent.futures.Future, what: str) -> Any:
+        """The future's result; a loop whose thread died, or that does not answer within
+        `timeout_s`, is one clear error instead of a visitor waiting forever."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return future.result(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+            except concurrent.futures.TimeoutError:
+                if not self.pipe.internal_thread.thread.is_alive():
+                    future.cancel()
+                    raise EngineUnavailable(LOOP_DEAD) from None
+                if time.monotonic() >= deadline:
+                    future.cancel()
+                    raise ModelFailed(f"lmdeploy did not finish {what} within {self.timeout_s:.0f} s: the engine "
+                                      "may be stuck; try again, and restart the server if it persists") from None
 
     async def _generate(self, req: GenerateRequest) -> Generation:
         """Greedy decoding of exactly req.prompt_ids through `AsyncEngine.preprocess(input_ids=...)`
         and `AsyncEngine.generate`.
 
         Steps: preprocess our ids (no template: the ids scored are by construction the ids
-        consumed); check `input_token_len == len(prompt_ids)` (a guard against a preprocess that
-        adds tokens); watch the cancel event (Stop -> `Session.async_abort`); collect the
+        consumed: 0.18's preprocess passes `input_ids` through untouched and sets
+        input_token_len = len(input_ids), so a length check here could never fail; the test
+        that the engine instance receives exactly our ids, on lmdeploy's real code, is the guard);
+        watch the cancel event (Stop -> `Session.async_abort`, repeated until the request ends); collect the
         incremental token_ids (and raw logprobs) of each output, passing new ids to `on_ids`; the
         last output carries the finish reason and, with include_stop_str_in_output, the stop id.
         Returns no single-pass scores: the service rescores the ids with `score_ids`.
@@ -164,12 +250,6 @@ class LMDeployEngine(HFTextMixin):
                                               input_ids=prompt)
         except RequestError as ex:
             raise GreedyScoreError(f"lmdeploy refused the request: {ex.message}") from ex
-        if request.input_token_len != len(prompt):
-            self.pipe.session_mgr.remove(session)
-            raise AlignmentError(
-                f"lmdeploy consumed {request.input_token_len} prompt tokens but greedyscore built "
-                f"{len(prompt)}: scores would be shifted"
-            )
         cancel = req.cancel or threading.Event()
         watcher = asyncio.create_task(_abort_on(cancel, session))  # Stop while the engine is busy elsewhere
         token_ids: list[int] = []
@@ -185,8 +265,7 @@ class LMDeployEngine(HFTextMixin):
                     req.on_ids(new)
                 if out.finish_reason is not None:
                     reason = out.finish_reason
-                elif cancel.is_set() and not watcher.done():  # Stop seen between two tokens: abort now
-                    watcher.cancel()
+                elif cancel.is_set():  # Stop seen between two tokens: abort now, not at the next poll
                     await session.async_abort()  # the engine ends it; its last output says "abort"
         except RequestError as ex:
             raise GreedyScoreError(f"lmdeploy failed: {ex.message}") from ex
@@ -221,16 +300,48 @@ class LMDeployEngine(HFTextMixin):
         return score_logits(rows, torch.tensor([int(t) for t in target_ids]), top_k)
 
     def _logits(self, ids: list[int]) -> torch.Tensor:
-        """Raw logits [len(ids), vocab] of one prefill, CPU, in the model's dtype."""
-        coro = self.pipe.async_engine.async_get_logits([ids])
-        return asyncio.run_coroutine_threadsafe(coro, self.pipe.internal_thread.loop).result()[0]
+        """Raw logits [len(ids), vocab] of one prefill, CPU, in the model's dtype; within the
+        rescoring budget (each call holds such a tensor on the caller's thread)."""
+        with self.rescores.hold(len(ids) * self.vocab_size * 4):  # float32 after .float(): the larger copy
+            future = self._submit(self.pipe.async_engine.async_get_logits([ids]))
+            return self._wait(future, "a rescoring")[0]
+
+
+def engine_settings(engine: str | None, cache_max_entry_count: float | None, max_batch_size: int | None,
+                    session_len: int | None, eager_mode: bool) -> dict[str, Any]:
+    """The backend config's fields, each checked here with a message naming it (lmdeploy's own
+    checks are bare `AssertionError`s): prefix caching and metrics off (a Prometheus logger per
+    pipeline that nothing reads)."""
+    extra: dict[str, Any] = dict(enable_prefix_caching=False, enable_metrics=False)
+    if cache_max_entry_count is not None:
+        c = cache_max_entry_count
+        if isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c <= 1:
+            raise BadInput(f"the KV cache share (cache_max_entry_count) must be a number in (0, 1], got {c!r}")
+        extra["cache_max_entry_count"] = float(c)
+    for field, value, most in (("max_batch_size", max_batch_size, 4096), ("session_len", session_len, 2**24)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise BadInput(f"{field} must be a whole number from 1 to {most:,}, got {value!r}")
+        extra[field] = value
+    if not isinstance(eager_mode, bool):
+        raise BadInput(f"eager_mode must be true or false, got {eager_mode!r}")
+    if eager_mode:
+        if engine == "turbomind":
+            raise BadInput("eager mode is a setting of LMDeploy's PyTorch engine: drop it, or choose that engine")
+        extra["eager_mode"] = True
+    return extra
 
 
 async def _abort_on(cancel: threading.Event, session: Any, every_s: float = 0.05) -> None:
-    """Abort the session once `cancel` is set (polled: it is a thread event, set from any thread)."""
-    while not cancel.is_set():
+    """Once `cancel` is set (a thread event, set from any thread: polled), abort the session, and
+    again every `every_s` until the request ends (the caller cancels this task then):
+    `Session.async_abort` does nothing while the request still waits for a request handle, so one
+    abort sent then is lost and the reply would run to its length."""
+    while True:
+        if cancel.is_set():
+            await session.async_abort()
         await asyncio.sleep(every_s)
-    await session.async_abort()
 
 
 def _import_lmdeploy() -> Any:
