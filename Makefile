@@ -10,7 +10,7 @@ PORT ?= 8000
 # vLLM's KV cache on a CPU, GiB (its default takes a share of all the machine's RAM)
 KV_GIB ?= 1
 
-.PHONY: demo cli test test-gpu gpu lint bench bench-anchors browser postgres screenshot clean vllm serve-vllm proxy
+.PHONY: demo cli test test-gpu gpu gpu-kit lint bench bench-anchors browser postgres screenshot clean vllm serve-vllm proxy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,14 @@ gpu: $(BIN)/python
 	$(BIN)/pip install -r requirements-gpu.txt
 	$(BIN)/pip install --no-deps $(EMBEDDED) && $(BIN)/pip install pytest
 	touch $(VENV)/.app
+
+# The wheels a GPU device call carries (the device image has no lmdeploy and no registry): lmdeploy
+# repacked without TurboMind's binary, plus what its PyTorch-engine path imports that the image lacks;
+# about 10 MiB in .gpu-kit/ (ignored). Then, in a device call that carries .gpu-kit:
+# python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-kit/*.whl && export PYTHONPATH=/tmp/site
+gpu-kit: $(VENV)/.test
+	rm -rf .gpu-kit
+	$(BIN)/python tests/gpu_kit.py .gpu-kit
 
 test-gpu:
 	$(BIN)/python -m pytest tests/test_gpu.py -v -rs
