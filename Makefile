@@ -101,6 +101,7 @@ bench: $(VENV)/.test browser vllm
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_share_page.py
+	$(BIN)/python benchmarks/bench_engine_logprobs.py
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_fork.py

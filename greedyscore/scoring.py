@@ -180,7 +180,8 @@ def build_tokens(
 # 16-bit dtype (the PyTorch engine's raw_logprobs: `log_softmax` in the model's dtype, on decode-step
 # logits, against a prefill's): bfloat16 measured up to 0.055 on the CPU stand-in (0.004 of it the
 # rounding of the log-softmax alone, the rest decode vs prefill arithmetic); float16, not runnable on
-# these CPUs, gets the same bound until a GPU measures it. An offset error moves p far more.
+# these CPUs, gets the same bound until a GPU measures it (benchmarks/bench_engine_logprobs.py). An offset
+# error moves p far more.
 ENGINE_LOGPROB_TOLERANCE = {"bfloat16": 0.1, "float16": 0.1}
 
 
