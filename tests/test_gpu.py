@@ -19,7 +19,7 @@ from cases import CONVERSATIONS, generate
 from greedyscore.engines.lmdeploy import LMDeployEngine
 from greedyscore.engines.transformers import TransformersEngine
 from greedyscore.errors import EngineUnavailable
-from greedyscore.scoring import compare_engine_logprobs
+from greedyscore.scoring import ENGINE_LOGPROB_TOLERANCE, compare_engine_logprobs
 from greedyscore.types import Message, Settings
 
 
@@ -36,7 +36,10 @@ def _skip_reason() -> str | None:
 SKIP = _skip_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
-TOL = 2e-2  # |p_lmdeploy - p_float32| for fp16/bf16 logits
+# |p_lmdeploy - p_float32| for fp16/bf16 logits, and the gap a near tie may have: the embedded model
+# in bf16 against float32 on a CPU (transformers both sides, the ids the bf16 model chose) already
+# showed 0.040 and a rank gap of 0.029, over the 2e-2 this had: the engine cross-check's bound
+TOL = ENGINE_LOGPROB_TOLERANCE["bfloat16"]
 N_NEW = 32
 FIRST_SAME = 4  # greedy ids that must agree before any near tie may part them
 CASES = {k: CONVERSATIONS[k] for k in ("english", "chinese", "multi-turn", "emoji")}
