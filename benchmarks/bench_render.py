@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import git_rev, machine, table, write_section  # noqa: E402
+from benchmarks.common import git_rev, machine, scored_prose, table, write_section  # noqa: E402
 
 N = 2000
 
@@ -23,13 +23,8 @@ def long_reply():
     """A real 2,000-token scored text (teacher forcing on the embedded model)."""
     from greedyscore.engines.transformers import TransformersEngine
     from greedyscore.service import Service
-    from greedyscore.types import Settings
 
-    service = Service(TransformersEngine.load(None, device="cpu"))
-    words = "In 1848 the river town built a stone bridge; 你好, traders came with 🍎 and\n\tsalt. " * 200
-    ids = service.engine.text_ids(words)[1][:N]
-    reply = service.score_text(service.engine.decode(ids), Settings(top_k=5))
-    return reply
+    return scored_prose(Service(TransformersEngine.load(None, device="cpu")), N, 5)
 
 
 def conversation(reply):

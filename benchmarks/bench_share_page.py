@@ -19,20 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from benchmarks.common import git_rev, machine, table, write_section  # noqa: E402
-
-PROSE = "In 1848 the river town built a stone bridge; 你好, traders came with 🍎 and\n\tsalt. "
+from benchmarks.common import git_rev, machine, scored_prose, table, write_section  # noqa: E402
 
 
 def scored_texts(shapes: list[tuple[int, int]]):
     """{(n, top_k): a real n-token teacher-forced reply with top_k alternatives} on the embedded model."""
     from greedyscore.engines.transformers import TransformersEngine
     from greedyscore.service import Service
-    from greedyscore.types import Settings
 
     service = Service(TransformersEngine.load(None, device="cpu"))
-    ids = service.engine.text_ids(PROSE * (max(n for n, _ in shapes) // 8 + 10))[1]
-    return service, {(n, k): service.score_text(service.engine.decode(ids[:n]), Settings(top_k=k)) for n, k in shapes}
+    return service, {(n, k): scored_prose(service, n, k) for n, k in shapes}
 
 
 def put_shares(store_path: Path, service, replies: dict) -> dict[str, str]:

@@ -37,6 +37,17 @@ def filler_prompt(engine, n_tokens: int) -> list[int]:
     return head[:end] + body[: n_tokens - len(head)] + head[end:]
 
 
+PROSE = "In 1848 the river town built a stone bridge; 你好, traders came with 🍎 and\n\tsalt. "
+
+
+def scored_prose(service, n_tokens: int, top_k: int):
+    """A real n_tokens-token teacher-forced reply (ASCII, CJK, emoji, newlines, tabs) on `service`."""
+    from greedyscore.types import Settings
+
+    ids = service.engine.text_ids(PROSE * (n_tokens // 8 + 10))[1][:n_tokens]
+    return service.score_text(service.engine.decode(ids), Settings(top_k=top_k))
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:

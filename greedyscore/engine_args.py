@@ -80,21 +80,17 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
         from .precision import load_lower_precision
 
         return load_lower_precision(args.model, dtype)
-    lmdeploy = lmdeploy_options(args)
-    if lmdeploy and pick_backend(args.backend) != "lmdeploy":
-        raise BadInput(f"{', '.join(LMDEPLOY_FLAGS[k] for k in lmdeploy if k in LMDEPLOY_FLAGS)} "
-                       "set LMDeploy's engine: add --backend lmdeploy (on a CUDA GPU), or drop them")
+    chosen = pick_backend(args.backend)
+    given = [flag for key, flag in LMDEPLOY_FLAGS.items() if getattr(args, key, None) not in (None, False)]
+    if given and chosen != "lmdeploy":
+        raise BadInput(f"{', '.join(given)} set LMDeploy's engine: add --backend lmdeploy (on a CUDA GPU), or "
+                       "drop them")
+    if chosen == "lmdeploy":
+        return load_engine("lmdeploy", args.model, base_url=args.base_url, **_lmdeploy_load(args))
     if args.backend != "openai":
-        options = {} if pick_backend(args.backend) != "lmdeploy" else _lmdeploy_load(args)
-        return load_engine(args.backend, args.model, base_url=args.base_url, **options)
+        return load_engine(args.backend, args.model, base_url=args.base_url)
     return load_engine("openai", args.model, base_url=_api_root(args.base_url), api_key=args.api_key,
                        tokenizer=args.tokenizer, full_vocab=args.full_vocab)
-
-
-def lmdeploy_options(args: argparse.Namespace) -> dict[str, object]:
-    """The LMDeploy flags the user set (their defaults are None / False)."""
-    given = {k: getattr(args, k, None) for k in LMDEPLOY_FLAGS}
-    return {k: v for k, v in given.items() if v not in (None, False)}
 
 
 def _lmdeploy_load(args: argparse.Namespace) -> dict[str, object]:

@@ -21,7 +21,8 @@ import concurrent.futures
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -54,36 +55,26 @@ class RescoreBudget:
         self.in_flight, self.held = 0, 0
         self._room = threading.Condition()
 
-    def hold(self, n_bytes: int) -> _Held:
+    @contextmanager
+    def hold(self, n_bytes: int) -> Iterator[None]:
+        """A place for one rescoring of `n_bytes` of logits, for the `with` block."""
         if n_bytes > self.max_bytes:
             raise BadInput(f"rescoring this needs {n_bytes / 2**30:.1f} GiB of logits, more than the "
                            f"{self.max_bytes / 2**30:.1f} GiB this server allows: shorten the prompt or reply")
-        return _Held(self, n_bytes)
-
-
-class _Held:
-    """One rescoring's place in a RescoreBudget (a context manager)."""
-
-    def __init__(self, budget: RescoreBudget, n_bytes: int) -> None:
-        self.budget, self.n_bytes = budget, n_bytes
-
-    def __enter__(self) -> None:
-        b = self.budget
-        with b._room:
-            fits = b._room.wait_for(lambda: b.in_flight < b.count and b.held + self.n_bytes <= b.max_bytes,
-                                    timeout=b.wait_s)
-            if not fits:
-                raise Busy(f"the server is rescoring {b.in_flight} replies already, the most it holds at once: "
+        with self._room:
+            if not self._room.wait_for(lambda: self.in_flight < self.count and self.held + n_bytes <= self.max_bytes,
+                                       timeout=self.wait_s):
+                raise Busy(f"the server is rescoring {self.in_flight} replies already, the most it holds at once: "
                            "try again in a moment")
-            b.in_flight += 1
-            b.held += self.n_bytes
-
-    def __exit__(self, *exc: object) -> None:
-        b = self.budget
-        with b._room:
-            b.in_flight -= 1
-            b.held -= self.n_bytes
-            b._room.notify_all()
+            self.in_flight += 1
+            self.held += n_bytes
+        try:
+            yield
+        finally:
+            with self._room:
+                self.in_flight -= 1
+                self.held -= n_bytes
+                self._room.notify_all()
 
 
 class LMDeployEngine(HFTextMixin):
