@@ -71,9 +71,7 @@ def score_rows(logits: torch.Tensor, chosen: torch.Tensor, top_k: int) -> StepSc
     chosen = chosen.to(lp.device).long().view(-1, 1)
     chosen_lp = lp.gather(1, chosen)  # [c, 1]
     rank = (lp > chosen_lp).sum(dim=-1) + 1
-    entropy = -(lp.exp() * lp).nan_to_num(0.0).sum(dim=-1)
-    k = max(int(top_k), 2)
-    top_lp, top_ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    top_lp, top_ids, entropy = _top_and_entropy(lp, top_k)
     top_p = top_lp.exp()
     margin = top_p[:, 0] - top_p[:, 1]
     return StepScores(
@@ -83,6 +81,70 @@ def score_rows(logits: torch.Tensor, chosen: torch.Tensor, top_k: int) -> StepSc
         margin=margin.cpu(),
         top_ids=top_ids[:, :top_k].cpu(),
         top_logprobs=top_lp[:, :top_k].cpu(),
+    )
+
+
+def _top_and_entropy(lp: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From log-probs [c, vocab]: the top max(k, 2) log-probs and ids (the margin needs two), entropy."""
+    entropy = -(lp.exp() * lp).nan_to_num(0.0).sum(dim=-1)
+    top_lp, top_ids = lp.topk(min(max(int(top_k), 2), lp.shape[-1]), dim=-1)
+    return top_lp, top_ids, entropy
+
+
+def summarise_rows(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a greedy step's scores need of its row, computed where the logits are (a GPU: nothing
+    is copied or waited for): logits [c, vocab] -> float32 top max(k, 2) log-probs [c, k'], their
+    ids [c, k'], entropy [c]. `greedy_steps` turns rows of these into StepScores.
+
+    Example: summarise_rows(torch.tensor([[0., 0., 1.]]), 1)[1] -> tensor([[2, 0]])
+    """
+    return _top_and_entropy(torch.log_softmax(logits.float(), dim=-1), top_k)
+
+
+def align_greedy(top_lp: torch.Tensor, top_ids: torch.Tensor, chosen: Sequence[int]) -> int | None:
+    """Where `chosen` (n greedy picks) sits in m >= n summarised rows: the one offset o at which
+    every pick is its row's most likely token or tied with it; None when none or several fit.
+
+    An engine's sampler can see rows that yield no token of the reply (the last row of each
+    chunk of a chunked prefill before it, a step run ahead after it): matching the picks finds
+    the rows that produced the reply instead of assuming the offset.
+    Example: align_greedy(lp, ids_with_argmax([7, 3, 5, 9]), [3, 5]) -> 1
+    """
+    n, m = len(chosen), int(top_ids.shape[0])
+    want = torch.tensor([int(c) for c in chosen], dtype=torch.long).view(-1, 1)
+    fits = []
+    for o in range(m - n + 1):
+        ids, lp = top_ids[o : o + n], top_lp[o : o + n]
+        hit = ids == want
+        tied = torch.where(hit, lp, torch.tensor(-math.inf)).amax(dim=1) >= lp[:, 0]
+        if bool((hit.any(dim=1) & tied).all()):
+            fits.append(o)
+    return fits[0] if len(fits) == 1 else None
+
+
+def greedy_steps(top_lp: torch.Tensor, top_ids: torch.Tensor, entropy: torch.Tensor, chosen: Sequence[int],
+                 top_k: int) -> StepScores | None:
+    """StepScores of greedy picks from rows summarised while generating (`summarise_rows`, on the
+    CPU now): each pick is its row's most likely token (rank 1, its log-prob the row's top one);
+    None when the picks cannot be placed in the rows (`align_greedy`): then rescore.
+
+    Example: greedy_steps(*summarise_rows(logits, 5), chosen=[int(logits[0].argmax())], top_k=5)
+    """
+    if not chosen:
+        return empty_scores(top_k)
+    o = align_greedy(top_lp, top_ids, chosen)
+    if o is None:
+        return None
+    n = len(chosen)
+    top_lp, top_ids, entropy = top_lp[o : o + n], top_ids[o : o + n], entropy[o : o + n]
+    top_p = top_lp.exp()
+    return StepScores(
+        logprob=top_lp[:, 0].clone(),  # the pick ties the top one (align_greedy checked)
+        rank=torch.ones(n, dtype=torch.long),
+        entropy=entropy.clone(),
+        margin=top_p[:, 0] - top_p[:, 1],
+        top_ids=top_ids[:, :top_k].long().clone(),
+        top_logprobs=top_lp[:, :top_k].clone(),
     )
 
 

@@ -126,14 +126,19 @@ def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
     assert gen.finish_reason == reference.finish_reason
     if gen.finish_reason == "stop":
         assert gen.token_ids[-1] == IM_END and IM_END in lm.stop_ids
-    assert gen.steps is None  # LMDeploy hands over no usable scores: the service rescores
-
-    steps = lm.score_ids(prompt, gen.token_ids, 5)
-    p_ours, p_ref = steps.logprob.exp(), reference.steps.logprob.exp()
-    assert torch.allclose(p_ours, p_ref, atol=1e-4, rtol=0)
-    assert torch.equal(steps.rank, reference.steps.rank)
-    assert torch.equal(steps.top_ids[:, :2], reference.steps.top_ids[:, :2])
-    assert torch.allclose(steps.entropy, reference.steps.entropy, atol=1e-3)
+    assert gen.notes == ()
+    # single pass: scored while generating (PyTorch engine: the logits processor; TurboMind: the
+    # generated rows), equal to the TransformersEngine's and to a teacher-forced rescoring
+    rescored = lm.score_ids(prompt, gen.token_ids, 5)
+    for steps in (gen.steps, rescored):
+        assert steps is not None and len(steps) == len(gen.token_ids)
+        p_ours, p_ref = steps.logprob.exp(), reference.steps.logprob.exp()
+        assert torch.allclose(p_ours, p_ref, atol=1e-4, rtol=0)
+        assert torch.equal(steps.rank, reference.steps.rank)
+        assert torch.equal(steps.top_ids[:, :2], reference.steps.top_ids[:, :2])
+        assert torch.allclose(steps.entropy, reference.steps.entropy, atol=1e-3)
+        assert torch.allclose(steps.margin, reference.steps.margin, atol=1e-4)
+    steps = gen.steps
 
     if lm.backend == "lmdeploy-pytorch":  # raw_logprobs: the engine's own numbers agree
         assert gen.engine_logprobs is not None and len(gen.engine_logprobs) == len(gen.token_ids)
@@ -440,3 +445,136 @@ def test_lmdeploy_flags_reach_load_and_on_another_backend_say_what_they_are_for(
     assert _lmdeploy_load(p.parse_args(["--backend", "lmdeploy"]))["engine"] is None  # auto: TurboMind if it loads
     with pytest.raises(EngineUnavailable, match="lmdeploy needs a CUDA GPU"):  # the settings were fine
         engine_from_args(args)
+
+
+# --- (f) single-pass scores: taken in the generating pass, placed on the reply's ids ----------------
+def _brute(logits: torch.Tensor, chosen: list[int]) -> tuple[list[float], list[float]]:
+    """float64 log-softmax of each row: (log p of the chosen id, entropy), written out."""
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    ent = -(lp.exp() * lp).sum(-1)
+    return [float(lp[i, c]) for i, c in enumerate(chosen)], ent.tolist()
+
+
+def test_greedy_steps_place_picks_among_extra_rows_against_brute_force():
+    from greedyscore.scoring import align_greedy, greedy_steps, summarise_rows
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 50, generator=g) * 3
+    argmax = logits.argmax(-1).tolist()
+    top_lp, top_ids, ent = summarise_rows(logits, 4)
+    for first, n in ((0, 7), (2, 4), (1, 5), (0, 6)):  # extra rows before (chunks) and after (run-ahead)
+        picks = argmax[first : first + n]
+        assert align_greedy(top_lp, top_ids, picks) == first
+        steps = greedy_steps(top_lp, top_ids, ent, picks, 3)
+        lp, h = _brute(logits[first : first + n], picks)
+        assert steps.logprob.tolist() == pytest.approx(lp, abs=1e-5)
+        assert steps.entropy.tolist() == pytest.approx(h, abs=1e-4)
+        assert steps.rank.tolist() == [1] * n and steps.top_ids[:, 0].tolist() == picks
+        p = torch.softmax(logits[first : first + n].double(), -1).topk(2).values
+        assert steps.margin.tolist() == pytest.approx((p[:, 0] - p[:, 1]).tolist(), abs=1e-5)
+    assert greedy_steps(top_lp, top_ids, ent, [argmax[0], (argmax[1] + 1) % 50], 3) is None  # not greedy
+    assert align_greedy(top_lp, top_ids, argmax + [argmax[0]]) is None  # more picks than rows
+    same = torch.zeros(4, 50)
+    same[:, 7] = 5.0  # every row alike: a reply of one repeated id fits at several offsets
+    assert align_greedy(*summarise_rows(same, 2)[:2], [7, 7]) is None
+    tie = torch.zeros(1, 50)
+    tie[0, [3, 9]] = 4.0  # a tie: the engine's argmax may take either id
+    tl, ti, te = summarise_rows(tie, 2)
+    assert greedy_steps(tl, ti, te, [9], 2).logprob.tolist() == pytest.approx(_brute(tie, [9])[0], abs=1e-6)
+
+
+def test_a_reply_is_scored_in_the_generating_pass_without_a_second_prefill(lm, tf, monkeypatch):
+    """The service takes the engine's single-pass scores: no [prompt + reply, vocab] rescoring runs
+    for a reply (async_get_logits would make one), and the numbers equal the transformers engine's."""
+    from greedyscore.service import Service
+    from greedyscore.types import Settings
+
+    def no_rescoring(*args, **kwargs):
+        raise AssertionError("a reply was rescored")
+
+    settings = Settings(max_new_tokens=16, top_k=3)
+    ref = Service(tf).chat(CONVERSATIONS["chinese"], settings)
+    monkeypatch.setattr(lm.pipe.async_engine, "async_get_logits", no_rescoring)
+    ours = Service(lm).chat(CONVERSATIONS["chinese"], settings)
+    assert [t.id for t in ours.tokens] == [t.id for t in ref.tokens] and ours.notes == ()
+    assert [t.prob for t in ours.tokens] == pytest.approx([t.prob for t in ref.tokens], abs=1e-4)
+    assert [t.entropy for t in ours.tokens] == pytest.approx([t.entropy for t in ref.tokens], abs=1e-3)
+    assert [[a.id for a in t.top] for t in ours.tokens] == [[a.id for a in t.top] for t in ref.tokens]
+
+
+def test_a_chunked_prefill_shows_the_recorder_extra_rows_and_the_scores_stay_exact(model_dir, tf, tf_generations,
+                                                                                  monkeypatch):
+    """max_prefill_token_num=8: the engine's sampler also sees the last row of each prompt chunk
+    before the last (its pick dropped), so the recorder holds more rows than the reply has ids;
+    the picks are placed on the right ones."""
+    import greedyscore.engines.lmdeploy as module
+
+    seen: list[tuple[int, int]] = []
+    real = module.greedy_steps
+
+    def spy(top_lp, top_ids, entropy, chosen, top_k):
+        seen.append((int(top_ids.shape[0]), len(chosen)))
+        return real(top_lp, top_ids, entropy, chosen, top_k)
+
+    monkeypatch.setattr(module, "greedy_steps", spy)
+    pipe = small_pipe(model_dir, tf, max_prefill_token_num=8)
+    try:
+        lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
+        prompt = lm.prompt_ids(CONVERSATIONS["chinese"])
+        assert len(prompt) > 3 * 8
+        gen = generate(lm, prompt, 12, 5)
+        reference = tf_generations("chinese", 12)
+        assert gen.token_ids == reference.token_ids and gen.notes == ()
+        rows, picks = seen[-1]
+        assert rows >= picks + (len(prompt) - 1) // 8  # one extra row per chunk before the last
+        assert torch.allclose(gen.steps.logprob.exp(), reference.steps.logprob.exp(), atol=1e-4, rtol=0)
+        assert torch.allclose(gen.steps.entropy, reference.steps.entropy, atol=1e-3)
+    finally:
+        pipe.close()
+
+
+def test_concurrent_replies_sampled_in_one_batch_each_get_their_own_scores(pipes, tf_generations):
+    """The stand-in samples every running sequence's row in one [batch, vocab] step, each row
+    through its own request's recorder, as the PyTorch engine does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = pipes["pytorch"].backend
+    lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
+    cases = ["english", "chinese", "emoji", "multi-turn"]
+    start = len(backend.batch_sizes)
+    with ThreadPoolExecutor(len(cases)) as pool:
+        gens = list(pool.map(lambda c: generate(lm, lm.prompt_ids(CONVERSATIONS[c]), 10, 3), cases))
+    assert max(backend.batch_sizes[start:]) > 1  # rows of several requests sampled together
+    for case, gen in zip(cases, gens, strict=True):
+        reference = tf_generations(case, 10)
+        assert gen.token_ids == reference.token_ids and gen.notes == ()
+        assert torch.allclose(gen.steps.logprob.exp(), reference.steps.logprob.exp(), atol=1e-4, rtol=0)
+        assert torch.equal(gen.steps.top_ids, reference.steps.top_ids[:, :3])
+
+
+@pytest.mark.parametrize("engine_name", ["pytorch", "turbomind"])
+def test_scores_that_cannot_be_placed_are_said_and_rescored(engine_name, pipes, tf, monkeypatch):
+    """A recorder that missed rows (PyTorch engine) or rows that do not match the reply (TurboMind):
+    the Generation says so and carries no scores, and the service rescores exactly those ids."""
+    import greedyscore.engines.lmdeploy as module
+    from greedyscore.service import Service
+    from greedyscore.types import Settings
+
+    lm = LMDeployEngine(pipes[engine_name], EMBEDDED_NAME, engine_name)
+    if engine_name == "pytorch":
+        real = module.StepRecorder.__call__
+
+        def every_other(self, all_ids, scores):
+            self.skip = not getattr(self, "skip", False)
+            return scores if self.skip else real(self, all_ids, scores)
+
+        monkeypatch.setattr(module.StepRecorder, "__call__", every_other)
+    else:
+        monkeypatch.setattr(module._Collected, "logits", lambda self: None)
+    gen = generate(lm, lm.prompt_ids(CONVERSATIONS["english"]), 8, 3)
+    assert gen.steps is None and "could not be placed" in gen.notes[0] and "rescored" in gen.notes[0]
+    settings = Settings(max_new_tokens=8, top_k=3)
+    messages = CONVERSATIONS["english"]
+    ours, ref = Service(lm).chat(messages, settings), Service(tf).chat(messages, settings)
+    assert [t.prob for t in ours.tokens] == pytest.approx([t.prob for t in ref.tokens], abs=1e-4)
+    assert any("could not be placed" in n for n in ours.notes)

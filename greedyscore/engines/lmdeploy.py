@@ -3,15 +3,23 @@
 Generation runs on token ids: greedyscore builds the prompt ids (the pipeline's own template and
 tokenizer) and hands exactly those to `AsyncEngine.preprocess(..., input_ids=ids)`, so the ids
 scored are by construction the ids the engine consumed. LMDeploy's greedy path reports no usable
-score (top_k=1 renormalises every logprob to 0.0), so this engine hands over no single-pass
-scores: the service rescores exactly the generated ids with `score_ids`, which reads the raw
-logits of one prefill (`AsyncEngine.async_get_logits`). With the PyTorch engine in
-`logprobs_mode='raw_logprobs'` the engine's own full-vocabulary log-softmax comes back too, and
-`scoring.compare_engine_logprobs` cross-checks it against the rescoring.
+score (top_k=1 renormalises every logprob to 0.0), so the scores are taken in the generating pass,
+on the GPU, from the raw logits the engine decodes with:
+- PyTorch engine: a logits processor (`StepRecorder`, lmdeploy's `GenerationConfig.logits_processors`,
+  which the sampler calls with each sequence's raw row before any penalty or temperature) keeps each
+  row's float32 top-k and entropy on the GPU; after the reply they are placed on its ids
+  (`scoring.greedy_steps`) and only those numbers are copied. With `logprobs_mode='raw_logprobs'`
+  the engine's own log-softmax comes back too and `scoring.compare_engine_logprobs` cross-checks it.
+- TurboMind: `output_logits='generation'` returns the rows of the generated tokens with the reply;
+  they are scored on the GPU (`scoring.score_logits`) and only the numbers are copied.
+No [prompt + reply, vocab] tensor is made for a reply. Where the rows cannot be placed on the reply
+the Generation says so and carries no scores: the service then rescores exactly the generated ids
+with `score_ids` (one prefill's raw logits, `AsyncEngine.async_get_logits`), as it does for text,
+forks and verification.
 
 Everything from lmdeploy is imported inside functions: importing greedyscore never needs it.
 Tested on CPU against `tests/lmdeploy_standin.py` (lmdeploy's real Pipeline/AsyncEngine code over a
-transformers stand-in for the GPU engine) and on a GPU by `tests/test_gpu.py` (`make test-gpu`).
+transformers stand-in for the GPU engine) and on a GPU by `tests/test_gpu.py` (`make gpu-check`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,14 @@ import torch
 
 from ..errors import AlignmentError, BadInput, Busy, EngineUnavailable, GreedyScoreError, ModelFailed
 from ..models import resolve_model
-from ..scoring import ENGINE_LOGPROB_TOLERANCE, StepScores, empty_scores, score_logits
+from ..scoring import (
+    ENGINE_LOGPROB_TOLERANCE,
+    StepScores,
+    empty_scores,
+    greedy_steps,
+    score_logits,
+    summarise_rows,
+)
 from ..types import Message
 from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
@@ -77,6 +92,46 @@ class RescoreBudget:
                 self._room.notify_all()
 
 
+class StepRecorder:
+    """A logits processor for LMDeploy's PyTorch engine that keeps, for every row its sampler
+    sees for one request, the float32 top-k, ids and entropy (`scoring.summarise_rows`), on the
+    row's device; nothing is copied or waited for while decoding.
+
+    lmdeploy calls `processor(all_ids, scores)` per sequence with its raw logits row, before
+    penalties and temperature, and keeps what it returns (the row, unchanged here). AsyncEngine
+    deep-copies the GenerationConfig: a copy of the recorder records here (`__deepcopy__`).
+    """
+
+    def __init__(self, top_k: int) -> None:
+        self.top_k = top_k
+        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._done: Any = None  # a CUDA event after the last row's work (the sampler's own stream)
+
+    def __call__(self, all_ids: Any, scores: torch.Tensor) -> torch.Tensor:
+        top_lp, top_ids, entropy = summarise_rows(scores.view(1, -1), self.top_k)
+        self.rows.append((top_lp[0], top_ids[0], entropy[0]))
+        if scores.is_cuda:
+            self._done = torch.cuda.Event()
+            self._done.record()
+        return scores
+
+    def __deepcopy__(self, memo: dict) -> StepRecorder:
+        return self
+
+    def steps(self, chosen: Sequence[int]) -> StepScores | None:
+        """The rows placed on the reply's ids (`scoring.greedy_steps`), copied to the CPU; None
+        where they cannot be placed."""
+        if self._done is not None:
+            self._done.synchronize()  # the rows were computed on the engine's stream
+        rows = list(self.rows)
+        if len(rows) < len(chosen):
+            return None
+        if not rows:
+            return empty_scores(self.top_k)
+        top_lp, top_ids, entropy = (torch.stack(col).cpu() for col in zip(*rows))
+        return greedy_steps(top_lp, top_ids, entropy, chosen, self.top_k)
+
+
 class LMDeployEngine(HFTextMixin):
     """The Engine protocol over an lmdeploy `Pipeline` (injected, so tests can pass a stand-in)."""
 
@@ -90,6 +145,7 @@ class LMDeployEngine(HFTextMixin):
         self.rescores = rescore_budget or RescoreBudget()
         self.model_name = model_name
         self.backend = f"lmdeploy-{backend_name}"
+        self.engine_name = backend_name
         engine = pipe.async_engine
         self.chat_template = engine.chat_template  # lmdeploy.model chat template (what the pipeline uses)
         self.tokenizer = engine.tokenizer  # lmdeploy.tokenizer.Tokenizer
@@ -119,6 +175,7 @@ class LMDeployEngine(HFTextMixin):
         max_batch_size: int | None = None,
         session_len: int | None = None,
         eager_mode: bool = False,
+        max_prefill_token_num: int | None = None,
         **_: Any,
     ) -> LMDeployEngine:
         """Build a pipeline with prefix caching off (async_get_logits needs all rows recomputed).
@@ -130,9 +187,11 @@ class LMDeployEngine(HFTextMixin):
         (lmdeploy: 0.8); `max_batch_size`: requests decoded together (lmdeploy's default on a big
         GPU is 1024 request handles, and CUDA graphs captured at a dozen sizes: minutes of start-up);
         `session_len`: prompt + reply tokens (default: the model's); `eager_mode` (PyTorch engine):
-        no CUDA graphs, the fastest start.
+        no CUDA graphs, the fastest start; `max_prefill_token_num`: the most prompt tokens one
+        prefill step takes (longer prompts are prefilled in chunks; lmdeploy: 8192).
         """
-        extra = engine_settings(engine, cache_max_entry_count, max_batch_size, session_len, eager_mode)
+        extra = engine_settings(engine, cache_max_entry_count, max_batch_size, session_len, eager_mode,
+                                max_prefill_token_num)
         lmdeploy = _import_lmdeploy()
         if not torch.cuda.is_available():
             raise EngineUnavailable("lmdeploy needs a CUDA GPU; on a CPU use --backend transformers")
@@ -176,8 +235,10 @@ class LMDeployEngine(HFTextMixin):
         return [int(i) for i in self.tokenizer.encode(prompt, add_bos=True)]
 
     # --- generation and scoring ----------------------------------------------------------
-    def gen_config(self, max_new_tokens: int, top_k: int) -> Any:
-        """Greedy (do_sample=False -> top_k=1), stop token kept, raw logprobs where they are true."""
+    def gen_config(self, max_new_tokens: int, top_k: int, recorder: StepRecorder | None = None) -> Any:
+        """Greedy (do_sample=False -> top_k=1), stop token kept, the scores' source for this engine:
+        the recorder on the PyTorch engine (and raw logprobs to cross-check), the generated rows'
+        logits on TurboMind."""
         from lmdeploy import GenerationConfig
 
         return GenerationConfig(
@@ -185,6 +246,8 @@ class LMDeployEngine(HFTextMixin):
             max_new_tokens=max_new_tokens,
             include_stop_str_in_output=True,  # else 0.18 drops the stop id from token_ids and logprobs
             logprobs=top_k if self.raw_logprobs else None,
+            logits_processors=[recorder] if recorder is not None else None,
+            output_logits="generation" if self.engine_name == "turbomind" else None,
         )
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
@@ -218,16 +281,14 @@ class LMDeployEngine(HFTextMixin):
 
     async def _generate(self, req: GenerateRequest) -> Generation:
         """Greedy decoding of exactly req.prompt_ids through `AsyncEngine.preprocess(input_ids=...)`
-        and `AsyncEngine.generate`.
+        and `AsyncEngine.generate`, scored in the same pass.
 
-        Steps: preprocess our ids (no template: the ids scored are by construction the ids
-        consumed: 0.18's preprocess passes `input_ids` through untouched and sets
-        input_token_len = len(input_ids), so a length check here could never fail; the test
-        that the engine instance receives exactly our ids, on lmdeploy's real code, is the guard);
-        watch the cancel event (Stop -> `Session.async_abort`, repeated until the request ends); collect the
-        incremental token_ids (and raw logprobs) of each output, passing new ids to `on_ids`; the
-        last output carries the finish reason and, with include_stop_str_in_output, the stop id.
-        Returns no single-pass scores: the service rescores the ids with `score_ids`.
+        Steps: preprocess our ids (no template: 0.18's preprocess passes `input_ids` through
+        untouched; the test that the engine instance receives exactly our ids, on lmdeploy's real
+        code, is the guard); watch the cancel event (Stop -> `Session.async_abort`, repeated until
+        the request ends); collect the incremental token_ids, raw logprobs and (TurboMind) logits
+        of each output, passing new ids to `on_ids`; the last output carries the finish reason and,
+        with include_stop_str_in_output, the stop id (and its row); then the single-pass scores.
         """
         from lmdeploy.serve.core.exceptions import RequestError
 
@@ -236,39 +297,46 @@ class LMDeployEngine(HFTextMixin):
         engine = self.pipe.async_engine
         session = self.pipe.session()
         prompt = [int(i) for i in req.prompt_ids]
+        recorder = StepRecorder(req.top_k) if self.engine_name == "pytorch" else None
+        config = self.gen_config(req.max_new_tokens, req.top_k, recorder)
         try:
-            request = await engine.preprocess(None, session, self.gen_config(req.max_new_tokens, req.top_k),
-                                              input_ids=prompt)
+            request = await engine.preprocess(None, session, config, input_ids=prompt)
         except RequestError as ex:
             raise GreedyScoreError(f"lmdeploy refused the request: {ex.message}") from ex
         cancel = req.cancel or threading.Event()
         watcher = asyncio.create_task(_abort_on(cancel, session))  # Stop while the engine is busy elsewhere
-        token_ids: list[int] = []
-        logprobs: list[dict[int, float]] = []
-        reason: str | None = None
+        out_ = _Collected()
         try:
             async for out in engine.generate(request, stream_response=True):
-                new = [int(t) for t in out.token_ids or []]
-                token_ids += new
-                if out.logprobs:
-                    logprobs += out.logprobs
+                new = out_.add(out)
                 if new and req.on_ids is not None:
                     req.on_ids(new)
-                if out.finish_reason is not None:
-                    reason = out.finish_reason
-                elif cancel.is_set():  # Stop seen between two tokens: abort now, not at the next poll
+                if out.finish_reason is None and cancel.is_set():  # Stop seen between two tokens: abort now
                     await session.async_abort()  # the engine ends it; its last output says "abort"
         except RequestError as ex:
             raise GreedyScoreError(f"lmdeploy failed: {ex.message}") from ex
         finally:
             watcher.cancel()
-        if reason in (None, "error"):
+        if out_.reason in (None, "error"):
             raise GreedyScoreError("lmdeploy ended the request without a finish reason")
-        notes: tuple[str, ...] = ()
-        if self.raw_logprobs and len(logprobs) != len(token_ids):
-            notes = (f"lmdeploy returned {len(logprobs)} logprob rows for {len(token_ids)} tokens",)
-        return Generation(tuple(token_ids), reason, steps=None,
-                          engine_logprobs=tuple(logprobs) if self.raw_logprobs else None, notes=notes)
+        ids = out_.token_ids
+        notes: list[str] = []
+        if self.raw_logprobs and len(out_.logprobs) != len(ids):
+            notes.append(f"lmdeploy returned {len(out_.logprobs)} logprob rows for {len(ids)} tokens")
+        steps = recorder.steps(ids) if recorder is not None else self._score_rows(out_.logits(), ids, req.top_k)
+        if steps is None:
+            notes.append(f"the {self.engine_name} engine's scores of this reply could not be placed on its "
+                         f"{len(ids)} tokens: rescored them in a second pass")
+        return Generation(tuple(ids), out_.reason, steps=steps,
+                          engine_logprobs=tuple(out_.logprobs) if self.raw_logprobs else None, notes=tuple(notes))
+
+    def _score_rows(self, rows: torch.Tensor | None, ids: list[int], top_k: int) -> StepScores | None:
+        """TurboMind's generated rows [len(ids), vocab], scored where a GPU is (only numbers come
+        back); None when they do not match the reply."""
+        if rows is None or rows.shape[0] != len(ids):
+            return None if ids else empty_scores(top_k)
+        device = "cuda" if torch.cuda.is_available() else rows.device
+        return score_logits(rows.to(device, non_blocking=True), torch.tensor(ids), top_k)
 
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
@@ -298,8 +366,40 @@ class LMDeployEngine(HFTextMixin):
             return self._wait(future, "a rescoring")[0]
 
 
+class _Collected:
+    """What the outputs of one `AsyncEngine.generate` stream add up to: ids, raw logprobs, the finish
+    reason and (TurboMind, output_logits='generation') the generated rows' logits, which each
+    streamed output carries cumulatively and the last one, for a kept stop id, as its own row."""
+
+    def __init__(self) -> None:
+        self.token_ids: list[int] = []
+        self.logprobs: list[dict[int, float]] = []
+        self.reason: str | None = None
+        self._rows: Any = None  # the latest cumulative rows
+        self._stop_row: Any = None
+
+    def add(self, out: Any) -> list[int]:
+        """Take one output; -> its new ids."""
+        new = [int(t) for t in out.token_ids or []]
+        self.token_ids += new
+        if out.logprobs:
+            self.logprobs += out.logprobs
+        if out.finish_reason is not None:
+            self.reason = out.finish_reason
+            if out.logits is not None and new:
+                self._stop_row = out.logits
+        elif out.logits is not None:
+            self._rows = out.logits
+        return new
+
+    def logits(self) -> torch.Tensor | None:
+        parts = [p for p in (self._rows, self._stop_row) if p is not None]
+        return torch.cat(parts) if parts else None
+
+
 def engine_settings(engine: str | None, cache_max_entry_count: float | None, max_batch_size: int | None,
-                    session_len: int | None, eager_mode: bool) -> dict[str, Any]:
+                    session_len: int | None, eager_mode: bool,
+                    max_prefill_token_num: int | None = None) -> dict[str, Any]:
     """The backend config's fields, each checked here with a message naming it (lmdeploy's own
     checks are bare `AssertionError`s): prefix caching and metrics off (a Prometheus logger per
     pipeline that nothing reads)."""
@@ -309,7 +409,8 @@ def engine_settings(engine: str | None, cache_max_entry_count: float | None, max
         if isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c <= 1:
             raise BadInput(f"the KV cache share (cache_max_entry_count) must be a number in (0, 1], got {c!r}")
         extra["cache_max_entry_count"] = float(c)
-    for field, value, most in (("max_batch_size", max_batch_size, 4096), ("session_len", session_len, 2**24)):
+    for field, value, most in (("max_batch_size", max_batch_size, 4096), ("session_len", session_len, 2**24),
+                               ("max_prefill_token_num", max_prefill_token_num, 2**24)):
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
