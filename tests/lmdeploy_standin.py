@@ -65,7 +65,7 @@ class _Seq:
     cache: Any
     todo: list[int]  # ids not yet forwarded: the prompt (in chunks), then the last pick
     ids: list[int] = field(default_factory=list)  # forwarded so far (lmdeploy's all_ids)
-    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # (pick, raw logprobs row) per step
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # (pick, raw logits row) per step
     rows: list[torch.Tensor] | None = None  # every forwarded position's logits (TurboMind output_logits)
 
 
@@ -105,11 +105,12 @@ class TransformersBackend:
             out = self.model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
         return out.logits[0]
 
-    def logprob_row(self, lp: torch.Tensor | None, chosen: int, k: int) -> dict[int, float]:
+    def logprob_row(self, logits: torch.Tensor, chosen: int, k: int) -> dict[int, float]:
         """One step's logprobs as the engine reports them (chosen id first, then the top-k), from
-        the raw log-softmax row `lp` (model dtype)."""
-        if lp is None or not self.raw_logprobs:
+        the raw logits row taken before any processor (model dtype)."""
+        if not self.raw_logprobs:
             return {chosen: 0.0}  # TurboMind: renormalised over the kept top_k=1 token
+        lp = torch.log_softmax(logits, dim=-1)  # [vocab], in the model's dtype
         row = {chosen: float(lp[chosen])}
         if k > 0:
             vals, idx = lp.topk(k)
@@ -146,7 +147,7 @@ class TransformersBackend:
         self.batch_sizes.append(len(batch))
         with torch.inference_mode():
             scores = torch.stack(rows)  # [batch, vocab], model dtype
-            raw_lp = scores.log_softmax(-1) if self.raw_logprobs else None  # before any processor, as lmdeploy
+            raw = scores.clone()  # logprobs are taken from the raw rows, before any processor, as lmdeploy
             if self.backend == "pytorch":
                 for i, seq in enumerate(batch):
                     for processor in seq.gen_config.logits_processors or []:
@@ -156,7 +157,7 @@ class TransformersBackend:
             if seq.todo:  # a prefill chunk before the last: its pick is dropped
                 continue
             seq.todo = [picks[i]]
-            seq.out.put_nowait((picks[i], raw_lp[i] if raw_lp is not None else None))
+            seq.out.put_nowait((picks[i], raw[i]))
 
 
 class StandinInstance:
@@ -244,11 +245,11 @@ class StandinInstance:
             if session_id in engine.cancelled:
                 yield EngineOutput(ResponseType.CANCEL, [])
                 return
-            tok, raw_lp = item
+            tok, raw = item
             pending.append(tok)
             n_out += 1
             if want_lp:
-                pending_lp.append(engine.logprob_row(raw_lp, tok, gen_config.logprobs))
+                pending_lp.append(engine.logprob_row(raw, tok, gen_config.logprobs))
             if tok in stop_ids or step + 1 == gen_config.max_new_tokens:
                 break
             if stream_output:
