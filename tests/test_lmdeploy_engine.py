@@ -517,6 +517,7 @@ def test_a_chunked_prefill_shows_the_recorder_extra_rows_and_the_scores_stay_exa
         return real(top_lp, top_ids, entropy, chosen, top_k)
 
     monkeypatch.setattr(module, "greedy_steps", spy)
+    monkeypatch.setattr(module.StepRecorder, "CHUNK", 4)  # rows summarised 4 at a time: several flushes
     pipe = small_pipe(model_dir, tf, max_prefill_token_num=8)
     try:
         lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -95,40 +95,60 @@ class RescoreBudget:
 class StepRecorder:
     """A logits processor for LMDeploy's PyTorch engine that keeps, for every row its sampler
     sees for one request, the float32 top-k, ids and entropy (`scoring.summarise_rows`), on the
-    row's device; nothing is copied or waited for while decoding.
+    row's device; nothing is copied to the CPU or waited for while decoding.
 
     lmdeploy calls `processor(all_ids, scores)` per sequence with its raw logits row, before
-    penalties and temperature, and keeps what it returns (the row, unchanged here). AsyncEngine
-    deep-copies the GenerationConfig: a copy of the recorder records here (`__deepcopy__`).
+    penalties and temperature, and keeps what it returns (the row, unchanged here). A call only
+    copies the row into a buffer of CHUNK rows (one kernel: the sampler runs this for every
+    sequence of every step), and a full buffer is summarised in one batched call, on the engine's
+    own stream; so a request holds at most CHUNK x vocab logits. AsyncEngine deep-copies the
+    GenerationConfig: a copy of the recorder records here (`__deepcopy__`).
     """
+
+    CHUNK = 32
 
     def __init__(self, top_k: int) -> None:
         self.top_k = top_k
-        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._done: Any = None  # a CUDA event after the last row's work (the sampler's own stream)
+        self._buf: torch.Tensor | None = None
+        self._n = 0  # rows in the buffer
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._stream: Any = None  # the stream the engine samples on (CUDA)
+        self._lock = threading.Lock()  # the engine may run a step ahead while `steps` reads
+        self._closed = False
 
     def __call__(self, all_ids: Any, scores: torch.Tensor) -> torch.Tensor:
-        top_lp, top_ids, entropy = summarise_rows(scores.view(1, -1), self.top_k)
-        self.rows.append((top_lp[0], top_ids[0], entropy[0]))
-        if scores.is_cuda:
-            self._done = torch.cuda.Event()
-            self._done.record()
+        with self._lock:
+            if self._closed:
+                return scores
+            if self._buf is None:
+                self._buf = scores.new_empty(self.CHUNK, scores.shape[-1])
+                self._stream = torch.cuda.current_stream() if scores.is_cuda else None
+            self._buf[self._n].copy_(scores)
+            self._n += 1
+            if self._n == self.CHUNK:
+                self._flush()
         return scores
 
     def __deepcopy__(self, memo: dict) -> StepRecorder:
         return self
 
+    def _flush(self) -> None:
+        if self._n and self._buf is not None:
+            self._parts.append(summarise_rows(self._buf[: self._n], self.top_k))  # queued before the next copy
+            self._n = 0
+
     def steps(self, chosen: Sequence[int]) -> StepScores | None:
-        """The rows placed on the reply's ids (`scoring.greedy_steps`), copied to the CPU; None
-        where they cannot be placed."""
-        if self._done is not None:
-            self._done.synchronize()  # the rows were computed on the engine's stream
-        rows = list(self.rows)
-        if len(rows) < len(chosen):
-            return None
-        if not rows:
-            return empty_scores(self.top_k)
-        top_lp, top_ids, entropy = (torch.stack(col).cpu() for col in zip(*rows))
+        """The rows placed on the reply's ids (`scoring.greedy_steps`), copied to the CPU on the
+        engine's stream (after its row copies); None where they cannot be placed."""
+        with self._lock:
+            self._closed = True
+            on_stream = torch.cuda.stream(self._stream) if self._stream is not None else nullcontext()
+            with on_stream:
+                self._flush()
+                if not self._parts:
+                    return None if chosen else empty_scores(self.top_k)
+                top_lp, top_ids, entropy = (torch.cat(col).cpu() for col in zip(*self._parts))
+            self._buf, self._parts = None, []
         return greedy_steps(top_lp, top_ids, entropy, chosen, self.top_k)
 
 
