@@ -340,7 +340,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=180.0, help="skip the remaining cells past this")
     ap.add_argument("--results", help="write the RESULTS section here (default: benchmarks/RESULTS.md, GPU only)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs (a quicker start, slower decoding)")
-    ap.add_argument("--models", default="gguf,8b", help="which models: gguf ($GREEDYSCORE_GPU_MODEL), 8b")
+    ap.add_argument("--models", default="gguf,8b", help="models, in order: gguf ($GREEDYSCORE_GPU_MODEL), 8b")
     for name in ("prompt", "new", "reps"):
         ap.add_argument(f"--{name}", type=int)
     ap.add_argument("--users", type=lambda s: [int(u) for u in s.split(",")], help="e.g. 1,32")
@@ -362,10 +362,11 @@ def main() -> None:
     if resolved is not None:
         name, model_dir = resolved
         notes.append(f"{name}: resolved to {model_dir} in {time.perf_counter() - t0:.1f} s.")
-        if "gguf" in args.models:
-            stage(notes, name, lambda: bench_model(name, model_dir, args, rows, notes))
-        if "8b" in args.models:
-            stage(notes, "the random model", lambda: bench_random(name, model_dir, args, rows, notes))
+        for which in args.models.split(","):  # in the order given: the first gets the budget first
+            if which == "gguf":
+                stage(notes, name, lambda: bench_model(name, model_dir, args, rows, notes))
+            elif which == "8b":
+                stage(notes, "the random model", lambda: bench_random(name, model_dir, args, rows, notes))
         if not args.eager and left(args) > (0 if args.standin else EAGER_NEED_S):  # what CUDA graphs cost at start
             stage(notes, f"{name} in eager mode", lambda: eager_load(name, model_dir, args, notes))
     report(args, rows, notes)
