@@ -101,29 +101,35 @@ def summarise_rows(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torc
     return _top_and_entropy(torch.log_softmax(logits.float(), dim=-1), top_k)
 
 
-def align_greedy(top_lp: torch.Tensor, top_ids: torch.Tensor, chosen: Sequence[int]) -> int | None:
-    """Where `chosen` (n greedy picks) sits in m >= n summarised rows: the one offset o at which
-    every pick is its row's most likely token or tied with it; None when none or several fit.
+def align_greedy(top_lp: torch.Tensor, top_ids: torch.Tensor, chosen: Sequence[int],
+                 prefer: int | None = None) -> int | None:
+    """Where `chosen` (n greedy picks) sits in m >= n summarised rows: the offset o at which every
+    pick is its row's most likely token or tied with it: `prefer` where it fits, else the only one
+    that fits; None when none or several fit.
 
     An engine's sampler can see rows that yield no token of the reply (the last row of each
     chunk of a chunked prefill before it, a step run ahead after it): matching the picks finds
-    the rows that produced the reply instead of assuming the offset.
+    the rows that produced the reply instead of assuming the offset; `prefer` (the number of
+    chunk rows expected) settles replies that fit at several, e.g. one token repeated.
     Example: align_greedy(lp, ids_with_argmax([7, 3, 5, 9]), [3, 5]) -> 1
     """
     n, m = len(chosen), int(top_ids.shape[0])
     want = torch.tensor([int(c) for c in chosen], dtype=torch.long).view(-1, 1)
-    fits = []
-    for o in range(m - n + 1):
+
+    def fits(o: int) -> bool:
         ids, lp = top_ids[o : o + n], top_lp[o : o + n]
         hit = ids == want
         tied = torch.where(hit, lp, torch.tensor(-math.inf)).amax(dim=1) >= lp[:, 0]
-        if bool((hit.any(dim=1) & tied).all()):
-            fits.append(o)
-    return fits[0] if len(fits) == 1 else None
+        return bool((hit.any(dim=1) & tied).all())
+
+    if prefer is not None and 0 <= prefer <= m - n and fits(prefer):
+        return prefer
+    found = [o for o in range(m - n + 1) if fits(o)]
+    return found[0] if len(found) == 1 else None
 
 
 def greedy_steps(top_lp: torch.Tensor, top_ids: torch.Tensor, entropy: torch.Tensor, chosen: Sequence[int],
-                 top_k: int) -> StepScores | None:
+                 top_k: int, prefer: int | None = None) -> StepScores | None:
     """StepScores of greedy picks from rows summarised while generating (`summarise_rows`, on the
     CPU now): each pick is its row's most likely token (rank 1, its log-prob the row's top one);
     None when the picks cannot be placed in the rows (`align_greedy`): then rescore.
@@ -132,7 +138,7 @@ def greedy_steps(top_lp: torch.Tensor, top_ids: torch.Tensor, entropy: torch.Ten
     """
     if not chosen:
         return empty_scores(top_k)
-    o = align_greedy(top_lp, top_ids, chosen)
+    o = align_greedy(top_lp, top_ids, chosen, prefer)
     if o is None:
         return None
     n = len(chosen)

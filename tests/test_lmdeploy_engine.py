@@ -477,6 +477,8 @@ def test_greedy_steps_place_picks_among_extra_rows_against_brute_force():
     same = torch.zeros(4, 50)
     same[:, 7] = 5.0  # every row alike: a reply of one repeated id fits at several offsets
     assert align_greedy(*summarise_rows(same, 2)[:2], [7, 7]) is None
+    assert align_greedy(*summarise_rows(same, 2)[:2], [7, 7], prefer=1) == 1  # the chunk rows expected settle it
+    assert align_greedy(top_lp, top_ids, argmax[2:6], prefer=0) == 2  # a preferred offset that does not fit
     tie = torch.zeros(1, 50)
     tie[0, [3, 9]] = 4.0  # a tie: the engine's argmax may take either id
     tl, ti, te = summarise_rows(tie, 2)
@@ -512,9 +514,9 @@ def test_a_chunked_prefill_shows_the_recorder_extra_rows_and_the_scores_stay_exa
     seen: list[tuple[int, int]] = []
     real = module.greedy_steps
 
-    def spy(top_lp, top_ids, entropy, chosen, top_k):
-        seen.append((int(top_ids.shape[0]), len(chosen)))
-        return real(top_lp, top_ids, entropy, chosen, top_k)
+    def spy(top_lp, top_ids, entropy, chosen, top_k, prefer=None):
+        seen.append((int(top_ids.shape[0]), len(chosen), prefer))
+        return real(top_lp, top_ids, entropy, chosen, top_k, prefer)
 
     monkeypatch.setattr(module, "greedy_steps", spy)
     monkeypatch.setattr(module.StepRecorder, "CHUNK", 4)  # rows summarised 4 at a time: several flushes
@@ -526,8 +528,9 @@ def test_a_chunked_prefill_shows_the_recorder_extra_rows_and_the_scores_stay_exa
         gen = generate(lm, prompt, 12, 5)
         reference = tf_generations("chinese", 12)
         assert gen.token_ids == reference.token_ids and gen.notes == ()
-        rows, picks = seen[-1]
-        assert rows >= picks + (len(prompt) - 1) // 8  # one extra row per chunk before the last
+        rows, picks, prefer = seen[-1]
+        assert prefer == (len(prompt) - 1) // 8  # one extra row per chunk before the last, expected
+        assert rows >= picks + prefer
         assert torch.allclose(gen.steps.logprob.exp(), reference.steps.logprob.exp(), atol=1e-4, rtol=0)
         assert torch.allclose(gen.steps.entropy, reference.steps.entropy, atol=1e-3)
     finally:
@@ -571,7 +574,7 @@ def test_scores_that_cannot_be_placed_are_said_and_rescored(engine_name, pipes, 
 
         monkeypatch.setattr(module.StepRecorder, "__call__", every_other)
     else:
-        monkeypatch.setattr(module._Collected, "logits", lambda self: None)
+        monkeypatch.setattr(module._Collected, "n_rows", lambda self: 0)  # as if the rows never came
     gen = generate(lm, lm.prompt_ids(CONVERSATIONS["english"]), 8, 3)
     assert gen.steps is None and "could not be placed" in gen.notes[0] and "rescored" in gen.notes[0]
     settings = Settings(max_new_tokens=8, top_k=3)
@@ -579,3 +582,22 @@ def test_scores_that_cannot_be_placed_are_said_and_rescored(engine_name, pipes, 
     ours, ref = Service(lm).chat(messages, settings), Service(tf).chat(messages, settings)
     assert [t.prob for t in ours.tokens] == pytest.approx([t.prob for t in ref.tokens], abs=1e-4)
     assert any("could not be placed" in n for n in ours.notes)
+
+
+def test_an_engine_sampling_in_other_processes_is_rescored_and_says_why(pipes, tf, monkeypatch):
+    """tp/dp > 1 or LMDEPLOY_EXECUTOR_BACKEND=mp|ray: lmdeploy would pickle the logits processor to
+    its workers, out of reach, so none is installed; the reply is rescored, with a note saying why."""
+    from greedyscore.service import Service
+    from greedyscore.types import Settings
+
+    assert LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch").records_steps
+    monkeypatch.setenv("LMDEPLOY_EXECUTOR_BACKEND", "mp")
+    lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
+    assert not lm.records_steps
+    gen = generate(lm, lm.prompt_ids(CONVERSATIONS["english"]), 6, 3)
+    assert gen.steps is None and "other processes" in gen.notes[0]
+    assert pipes["pytorch"].backend.requests[-1]["gen_config"].logits_processors is None
+    settings = Settings(max_new_tokens=6, top_k=3)
+    messages = CONVERSATIONS["english"]
+    ours, ref = Service(lm).chat(messages, settings), Service(tf).chat(messages, settings)
+    assert [t.prob for t in ours.tokens] == pytest.approx([t.prob for t in ref.tokens], abs=1e-4)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import sys
 import threading
 import time
@@ -38,10 +39,12 @@ import torch
 from ..errors import AlignmentError, BadInput, Busy, EngineUnavailable, GreedyScoreError, ModelFailed
 from ..models import resolve_model
 from ..scoring import (
+    CHUNK_ROWS,
     ENGINE_LOGPROB_TOLERANCE,
     StepScores,
     empty_scores,
     greedy_steps,
+    score_chunks,
     score_logits,
     summarise_rows,
 )
@@ -105,7 +108,7 @@ class StepRecorder:
     GenerationConfig: a copy of the recorder records here (`__deepcopy__`).
     """
 
-    CHUNK = 32
+    CHUNK = 16  # rows a request buffers: 16 x a 152k vocab in bf16 is 4.9 MB, outside lmdeploy's KV budget
 
     def __init__(self, top_k: int) -> None:
         self.top_k = top_k
@@ -137,19 +140,29 @@ class StepRecorder:
             self._parts.append(summarise_rows(self._buf[: self._n], self.top_k))  # queued before the next copy
             self._n = 0
 
-    def steps(self, chosen: Sequence[int]) -> StepScores | None:
-        """The rows placed on the reply's ids (`scoring.greedy_steps`), copied to the CPU on the
-        engine's stream (after its row copies); None where they cannot be placed."""
+    async def steps(self, chosen: Sequence[int], prefer: int | None = None) -> StepScores | None:
+        """The rows placed on the reply's ids (`scoring.greedy_steps`; `prefer`: the rows expected
+        before the reply's), None where they cannot be placed. The numbers are copied on the
+        engine's stream, after its row copies, and waited for by polling: this runs on the
+        pipeline's event loop, which also drives the engine, so a blocking copy would stall it."""
         with self._lock:
             self._closed = True
             on_stream = torch.cuda.stream(self._stream) if self._stream is not None else nullcontext()
             with on_stream:
                 self._flush()
-                if not self._parts:
+                parts, self._parts, self._buf = self._parts, [], None
+                if not parts:
                     return None if chosen else empty_scores(self.top_k)
-                top_lp, top_ids, entropy = (torch.cat(col).cpu() for col in zip(*self._parts))
-            self._buf, self._parts = None, []
-        return greedy_steps(top_lp, top_ids, entropy, chosen, self.top_k)
+                cols = [torch.cat(col) for col in zip(*parts)]
+                done = None
+                if self._stream is not None:
+                    cols = [c.to("cpu", non_blocking=True) for c in cols]  # into pinned memory
+                    done = torch.cuda.Event()
+                    done.record()
+        while done is not None and not done.query():
+            await asyncio.sleep(0.001)
+        top_lp, top_ids, entropy = cols
+        return greedy_steps(top_lp, top_ids, entropy, chosen, self.top_k, prefer)
 
 
 class LMDeployEngine(HFTextMixin):
@@ -166,6 +179,9 @@ class LMDeployEngine(HFTextMixin):
         self.model_name = model_name
         self.backend = f"lmdeploy-{backend_name}"
         self.engine_name = backend_name
+        # the PyTorch engine calls a logits processor in this process only with its one-GPU 'uni'
+        # executor; with tp/dp > 1 or LMDEPLOY_EXECUTOR_BACKEND=mp|ray it would be pickled to workers
+        self.records_steps = backend_name == "pytorch" and _in_process(getattr(pipe, "backend_config", None))
         engine = pipe.async_engine
         self.chat_template = engine.chat_template  # lmdeploy.model chat template (what the pipeline uses)
         self.tokenizer = engine.tokenizer  # lmdeploy.tokenizer.Tokenizer
@@ -317,7 +333,7 @@ class LMDeployEngine(HFTextMixin):
         engine = self.pipe.async_engine
         session = self.pipe.session()
         prompt = [int(i) for i in req.prompt_ids]
-        recorder = StepRecorder(req.top_k) if self.engine_name == "pytorch" else None
+        recorder = StepRecorder(req.top_k) if self.records_steps else None
         config = self.gen_config(req.max_new_tokens, req.top_k, recorder)
         try:
             request = await engine.preprocess(None, session, config, input_ids=prompt)
@@ -343,20 +359,34 @@ class LMDeployEngine(HFTextMixin):
         notes: list[str] = []
         if self.raw_logprobs and len(out_.logprobs) != len(ids):
             notes.append(f"lmdeploy returned {len(out_.logprobs)} logprob rows for {len(ids)} tokens")
-        steps = recorder.steps(ids) if recorder is not None else self._score_rows(out_.logits(), ids, req.top_k)
-        if steps is None:
+        steps: StepScores | None = None
+        if recorder is not None:
+            steps = await recorder.steps(ids, prefer=self._chunk_rows(len(prompt)))
+        elif self.engine_name == "turbomind":
+            steps = await asyncio.to_thread(self._score_rows, out_, ids, req.top_k)  # off the engine's loop
+        if steps is None and not self.records_steps and self.engine_name == "pytorch":
+            notes.append("the PyTorch engine samples in other processes here (tensor or data parallel, or "
+                         "LMDEPLOY_EXECUTOR_BACKEND), out of a logits processor's reach: rescored in a second pass")
+        elif steps is None:
             notes.append(f"the {self.engine_name} engine's scores of this reply could not be placed on its "
                          f"{len(ids)} tokens: rescored them in a second pass")
         return Generation(tuple(ids), out_.reason, steps=steps,
                           engine_logprobs=tuple(out_.logprobs) if self.raw_logprobs else None, notes=tuple(notes))
 
-    def _score_rows(self, rows: torch.Tensor | None, ids: list[int], top_k: int) -> StepScores | None:
-        """TurboMind's generated rows [len(ids), vocab], scored where a GPU is (only numbers come
-        back); None when they do not match the reply."""
-        if rows is None or rows.shape[0] != len(ids):
+    def _score_rows(self, out: _Collected, ids: list[int], top_k: int) -> StepScores | None:
+        """TurboMind's generated rows (CPU, model dtype), scored where a GPU is, CHUNK_ROWS rows at a
+        time (only those rows and the numbers move); None when they do not match the reply."""
+        if out.n_rows() != len(ids):
             return None if ids else empty_scores(top_k)
-        device = "cuda" if torch.cuda.is_available() else rows.device
-        return score_logits(rows.to(device, non_blocking=True), torch.tensor(ids), top_k)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        chunks = (c.to(device) for c in out.row_chunks(CHUNK_ROWS))
+        return score_chunks(chunks, torch.tensor(ids), top_k)
+
+    def _chunk_rows(self, n_prompt: int) -> int:
+        """The rows the PyTorch engine's sampler sees before a reply: one per prefill chunk
+        before the last (`max_prefill_token_num` tokens each)."""
+        chunk = int(getattr(self.pipe.backend_config, "max_prefill_token_num", 0) or 0)
+        return max(0, -(-n_prompt // chunk) - 1) if chunk > 0 else 0
 
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
@@ -412,9 +442,14 @@ class _Collected:
             self._rows = out.logits
         return new
 
-    def logits(self) -> torch.Tensor | None:
-        parts = [p for p in (self._rows, self._stop_row) if p is not None]
-        return torch.cat(parts) if parts else None
+    def n_rows(self) -> int:
+        return sum(int(p.shape[0]) for p in (self._rows, self._stop_row) if p is not None)
+
+    def row_chunks(self, size: int) -> Iterator[torch.Tensor]:
+        """The rows in order, `size` at a time (views: nothing is copied here)."""
+        for part in (self._rows, self._stop_row):
+            if part is not None:
+                yield from part.split(size)
 
 
 def engine_settings(engine: str | None, cache_max_entry_count: float | None, max_batch_size: int | None,
@@ -454,6 +489,13 @@ async def _abort_on(cancel: threading.Event, session: Any, every_s: float = 0.05
         if cancel.is_set():
             await session.async_abort()
         await asyncio.sleep(every_s)
+
+
+def _in_process(config: Any) -> bool:
+    """Whether the PyTorch engine samples in this process (lmdeploy 0.18's
+    get_distributed_executor_backend: 'uni' for a world of one, unless the environment names another)."""
+    world = int(getattr(config, "tp", 1) or 1) * int(getattr(config, "dp", 1) or 1)
+    return world == 1 and os.environ.get("LMDEPLOY_EXECUTOR_BACKEND", "uni") == "uni"
 
 
 def _import_lmdeploy() -> Any:
