@@ -47,3 +47,23 @@ def test_a_different_file_gets_a_different_key(tmp_path):
     small = tmp_path / "small.bin"
     small.write_bytes(b"abc")
     assert content_key(small) != content_key(tmp_path / "changed-tail.gguf")
+
+
+def test_a_transformers_older_than_the_pin_is_refused_with_what_to_install(monkeypatch):
+    """Before 5.24 the KV cache keyword was `past_key_values`: the engine's `cache=` would be
+    ignored and cached steps scored without their context (seen with 5.17), so load refuses."""
+    import re
+    from pathlib import Path
+
+    import transformers
+
+    from greedyscore.engines.transformers import MIN_TRANSFORMERS, TransformersEngine, check_transformers
+    from greedyscore.errors import EngineUnavailable
+
+    pin = re.search(r"^transformers>=([\d.]+)", (Path(__file__).parents[1] / "requirements-common.txt").read_text(),
+                    re.M)
+    assert pin and pin.group(1) == MIN_TRANSFORMERS  # the refusal follows the requirement
+    check_transformers()  # the installed one passes
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(EngineUnavailable, match=r"needs transformers >= 5.24, found 5.17.0: pip install"):
+        TransformersEngine.load(None, device="cpu")
