@@ -63,7 +63,7 @@ def single_stream(engine, fast: bool = True, repeats: int = 3, context: int = 40
     prefill is left out as tg leaves out prompt processing (fast=False: transformers' forward for
     every step instead of the C/lean Llama step). In a thread of its own, as Service's worker
     decodes: the main thread has run OpenMP work (the load), so libgomp has more threads than
-    CPUs and its waits sleep at once (engines/kernels/linear.h's barrier is why that is cheap)."""
+    CPUs and its waits sleep at once (engines/native/kernels/linear.h's barrier is why that is cheap)."""
     from greedyscore.engines.base import GenerateRequest
     from greedyscore.engines.decode import DecodeBatch
 

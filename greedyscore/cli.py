@@ -41,7 +41,10 @@ into $GREEDYSCORE_CACHE (default ~/.cache/greedyscore). --backend lmdeploy needs
 `make gpu`. --backend openai asks a running server (vLLM, LMDeploy api_server or proxy,
 llama.cpp) over the OpenAI API; with only its top-k logprobs, entropy is an interval. Scores
 are a float32 log-softmax of the raw logits (before any penalty or temperature): the model's
-true probabilities. With --json, "score_source" says which logits.
+true probabilities. With --json, "score_source" says which logits, and on a CPU whether
+greedyscore's C kernel ran: it is used where it measured faster than torch at its first build
+(GREEDYSCORE_NATIVE=1 or 0 forces it on or off, GREEDYSCORE_CPU_MARCH builds it for another gcc
+-march than native; `chat --help` shows what was measured here).
 """
 
 

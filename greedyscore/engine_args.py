@@ -49,6 +49,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     remote.add_argument("--full-vocab", action="store_true", default=env("FULL_VOCAB", "") in ("1", "true", "yes"),
                         help="ask for the whole vocabulary's logprobs (vLLM started with --max-logprobs -1): exact "
                              "entropy instead of an interval, at a cost in speed")
+    from .engines.native import help_text
+
+    p.add_argument_group("the C kernel (--backend transformers on a CPU)", help_text())
     gpu = p.add_argument_group("LMDeploy on a CUDA GPU (--backend lmdeploy)")
     gpu.add_argument("--lmdeploy-engine", default=env("LMDEPLOY_ENGINE", "auto"), choices=LMDEPLOY_ENGINES,
                      help="auto = TurboMind when its binary loads, else the PyTorch engine (default: %(default)s)")

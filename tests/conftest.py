@@ -13,6 +13,10 @@ import pytest
 from greedyscore.engines.transformers import TransformersEngine
 from greedyscore.service import Service
 
+# The suite runs the C kernel wherever it builds, whatever its gate would decide from this machine's
+# clock (the gate's own tests script the clock: tests/test_native.py); subprocesses inherit it.
+os.environ.setdefault("GREEDYSCORE_NATIVE", "1")
+
 
 @pytest.fixture(scope="session")
 def engine() -> TransformersEngine:

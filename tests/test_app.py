@@ -76,7 +76,11 @@ def test_header_says_what_the_scores_come_from(app_server, engine):
     import urllib.request
 
     config = urllib.request.urlopen(app_server + "config", timeout=10).read().decode()
-    assert engine.score_source == "float32 logits (cpu), softmax in float32"
+    from greedyscore.engines import native
+
+    # and whether the C kernel ran, and why (the suite runs it wherever it builds: GREEDYSCORE_NATIVE=1)
+    assert engine.score_source == f"float32 logits (cpu), softmax in float32; {native.decision('float32').note()}"
+    assert "CPU kernel (-march=native) used: GREEDYSCORE_NATIVE=1" in engine.score_source
     assert engine.score_source in config
 
 

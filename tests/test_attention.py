@@ -4,10 +4,9 @@ does not take (masks, a cached prefix, other dtypes) goes to SDPA untouched."""
 
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 import torch
+from kernel_variants import MARCHES, built
 from threads import torch_threads
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
@@ -15,11 +14,10 @@ from greedyscore.engines import attention, native
 from greedyscore.engines.layout import cpu_layout
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    k = native.kernel()
-    assert k is not None, "the kernel must build on this machine (gcc is part of it)"
-    return k
+@pytest.fixture(scope="module", params=MARCHES)
+def kernel(request):
+    """Every variant that builds here: the AVX2 build's scalar exp and bitwise max too."""
+    return built(request.param)
 
 
 def _reference(q, k, v, scale):
@@ -106,7 +104,7 @@ def _tiny(seed=0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_a_laid_out_float32_model_prefills_through_the_kernel_and_falls_back_to_sdpa(kernel, monkeypatch):
+def test_a_laid_out_float32_model_prefills_through_the_kernel_and_falls_back_to_sdpa(monkeypatch):
     model, plain = _tiny(), _tiny()
     assert cpu_layout(model, "float32") == "native"
     assert model.config._attn_implementation == attention.NAME and plain.config._attn_implementation == "sdpa"
@@ -133,23 +131,7 @@ def test_a_laid_out_float32_model_prefills_through_the_kernel_and_falls_back_to_
         assert calls == []
 
 
-def test_a_bfloat16_model_keeps_sdpa(kernel):
+def test_a_bfloat16_model_keeps_sdpa():
     model = _tiny().to(torch.bfloat16)
     cpu_layout(model, "bfloat16")
     assert model.config._attn_implementation == "sdpa"
-
-
-def test_the_portable_build_without_avx512_computes_the_same(tmp_path, monkeypatch):
-    """The scalar exp and the bitwise max that machines without AVX-512 compile."""
-    import shutil
-
-    compiler = shutil.which("gcc")
-    assert compiler is not None
-    monkeypatch.setattr(native, "FLAGS", tuple("-march=x86-64-v3" if f == "-march=native" else f
-                                               for f in native.FLAGS))
-    path = tmp_path / "portable.so"
-    native._build(compiler, path)
-    portable = native.Kernel(ctypes.CDLL(str(path)), path)
-    for spread in (1.0, 30.0):
-        q, k, v = _qkv(90, 4, 2, 48, spread=spread)
-        _assert_close(portable.causal_attention(q, k, v, 0.15), q, k, v, 0.15)

@@ -1,5 +1,6 @@
-"""The engine's CPU weight layouts compute the model as loaded: the C kernel's (the default where
-it builds) and the fallback's (every Linear transposed, in column blocks)."""
+"""The engine's CPU weight layouts compute the model as loaded: the C kernel's (where its gate
+chooses it; the suite runs it wherever it builds) and the fallback's (every Linear transposed,
+in column blocks)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_the_engine_decodes_through_the_kernel_and_gives_the_logits_of_the_model
 def test_without_the_kernel_the_split_layout_gives_the_logits_of_the_model_as_loaded(engine, monkeypatch):
     from greedyscore.engines import native
 
-    monkeypatch.setattr(native, "kernel", lambda: None)
+    monkeypatch.setattr(native, "accelerator", lambda precision: None)
     split = _as_loaded(engine)
     assert layout.cpu_layout(split, "float32") == "split"
     assert any(isinstance(m, SplitLinear) and m.parts > 1 for m in split.modules())

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_variants import MARCHES, built
 from threads import torch_threads
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from greedyscore.engines.base import GenerateRequest
 from greedyscore.engines.decode import DecodeBatch
-from greedyscore.engines.llama_step import LlamaStep
+from greedyscore.engines.llama_step import LlamaStep, NativeStep
 from greedyscore.types import Message
 
 
@@ -110,6 +111,21 @@ def test_float32_llamas_take_the_c_step_and_it_gives_the_torch_steps_logits(engi
             batch.step()
             assert torch.allclose(mine, batch.logits, atol=atol, rtol=0)
             assert torch.equal(mine.argmax(-1), batch.logits.argmax(-1))
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_every_kernel_variant_that_builds_takes_the_c_step_to_the_torch_steps_logits(march):
+    model = _tiny(hidden_size=72)
+    stop = frozenset({96})
+    mine, theirs = DecodeBatch(model, stop), _torch_ops(DecodeBatch(model, stop))
+    mine.fast_step.native = NativeStep(model, built(march))
+    for batch in (mine, theirs):
+        for p in ([1, 2], [3, 4, 5, 6, 7, 8, 9]):
+            batch.join(GenerateRequest(tuple(p), 10, 3))
+    for _ in range(9):
+        mine.step()
+        theirs.step()
+        assert torch.allclose(mine.logits, theirs.logits, atol=1e-5, rtol=0)
 
 
 def test_the_c_step_gives_a_row_the_same_bits_alone_in_a_padded_batch_and_with_one_or_two_threads():

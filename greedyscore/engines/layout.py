@@ -4,13 +4,14 @@ weights stream from memory (each step multiplies a few row vectors by every weig
 Measured here (AMD EPYC, 2 cores; benchmarks/RESULTS.md): torch's MKL reads the weights at
 ~10 GB/s for `linear(x, W)` on the [out, in] weight (it does not use a second core for one row);
 `x @ W.T` with W.T stored contiguous ~14 GB/s; W.T in column halves multiplied by one `bmm`, a core
-per half, ~18 GB/s; the C kernel of engines/native.py ~30-40 GB/s, as llama.cpp. So:
+per half, ~18 GB/s; the C kernel of engines/native/ ~30-40 GB/s, as llama.cpp, where it was tuned
+(AVX-512); built for AVX2 it is slower than the bmm. So:
 
-- NativeLinear (the default where a C compiler builds the kernel): the weight packed in panels
-  for the kernel, every row through it (a bfloat16 prefill's through oneDNN's GEMM).
-- SplitLinear (float32 without the kernel): the transposed weight in column blocks, one `bmm`.
-- PackedLinear (bfloat16 without the kernel, on a CPU with bf16 instructions): oneDNN's packed
-  weights.
+- NativeLinear (where engines/native/ measures its kernel faster than the layout below): the
+  weight packed in panels for the kernel, every row through it (a bfloat16 prefill's through
+  oneDNN's GEMM).
+- SplitLinear (float32 otherwise): the transposed weight in column blocks, one `bmm`.
+- PackedLinear (bfloat16 otherwise, on a CPU with bf16 instructions): oneDNN's packed weights.
 
 Same products, summed in other orders: logits agree with the model as loaded to ~1e-5 (float32).
 """
@@ -94,7 +95,7 @@ def pack_linears(model: nn.Module) -> int:
 
 
 class NativeLinear(nn.Module):
-    """`nn.Linear` whose products run in the C kernel (engines/native.py) on the weight packed in
+    """`nn.Linear` whose products run in the C kernel (engines/native/) on the weight packed in
     panels for it, for every number of rows: decode steps, batches and float32 prefills alike
     (the kernel matches oneDNN's GEMM on a prefill and beats it on a few rows). Rows are computed
     in float32 and returned in the input's dtype.
@@ -156,21 +157,28 @@ def _own_memory(model: nn.Module) -> None:
 def cpu_layout(model: nn.Module, precision: str) -> str:
     """Lay the model's Linears out for decoding on this CPU; -> which layout (for the score source line).
 
-    The C kernel where it builds (and a float32 prefill's attention through it); else float32 in
-    column blocks (SplitLinear), bfloat16 packed for oneDNN where the CPU has bf16 instructions
-    (PackedLinear), otherwise as loaded."""
+    The C kernel where engines/native/ chooses it for this precision (and a float32 prefill's
+    attention through it); else `torch_layout`."""
+    from .native import accelerator
+
+    k = accelerator(precision) if precision in ("float32", "bfloat16") else None
+    if k is None:
+        return torch_layout(model, precision)
+    native_linears(model, k)
+    _own_memory(model)
+    if precision == "float32":
+        from .attention import use_kernel_attention
+
+        use_kernel_attention(model, k)  # a float32 prefill's attention too
+    return "native"
+
+
+def torch_layout(model: nn.Module, precision: str) -> str:
+    """The layout without the C kernel (what its gate times it against): float32 in column blocks
+    (SplitLinear), bfloat16 packed for oneDNN where the CPU has bf16 instructions (PackedLinear),
+    otherwise as loaded; -> which."""
     from ..cpu import bf16_instructions
-    from .native import kernel
 
-    k = kernel() if precision in ("float32", "bfloat16") else None
-    if k is not None:
-        native_linears(model, k)
-        _own_memory(model)
-        if precision == "float32":
-            from .attention import use_kernel_attention
-
-            use_kernel_attention(model, k)  # a float32 prefill's attention too
-        return "native"
     if precision == "float32":
         split_linears(model)
         return "split"

@@ -9,10 +9,10 @@ with the grouped heads packed as transformers does for one query token), so its 
 model's to float rounding (transformers' SDPA attention; a model loaded with another attention
 implementation keeps the forward); tests/test_llama_step.py holds it to transformers' forward.
 
-Where the C kernel builds (engines/native.py), the whole step is one call into
-kernels/llama_step.c (`NativeStep`: the same operations in float32, without ~30 torch calls per
-layer from Python; a bfloat16 model's weights are widened as they are read); otherwise the torch
-operations below run it.
+Where the C kernel is used (engines/native/ builds it and measures it faster than torch), the
+whole step is one call into kernels/llama_step.c (`NativeStep`: the same operations in float32,
+without ~30 torch calls per layer from Python; a bfloat16 model's weights are widened as they are
+read); otherwise the torch operations below run it.
 
 Only decode steps run here (one token per row): prefill stays transformers' forward. Models
 outside the plain Llama architecture (biases, scaled rotary embeddings, other attention) get
@@ -31,9 +31,13 @@ from torch import nn
 from .attention import NAME as KERNEL_ATTENTION
 from .layout import NativeLinear
 
+_FIND = object()
+
 
 class LlamaStep:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, kernel: Any = _FIND) -> None:
+        """kernel: the C kernel to run the step in (None: torch operations); by default the one
+        `NativeStep.of` finds for the model."""
         cfg = model.config
         inner = model.model
         self.embed = inner.embed_tokens
@@ -51,7 +55,10 @@ class LlamaStep:
         self.scaling = self.head_dim**-0.5
         self.inv_freq = inner.rotary_emb.inv_freq.float()
         self.rope_scale = float(inner.rotary_emb.attention_scaling)
-        self.native = NativeStep.of(model)
+        if kernel is _FIND:
+            self.native = NativeStep.of(model)
+        else:
+            self.native = None if kernel is None else NativeStep(model, kernel)
 
     @classmethod
     def of(cls, model: Any) -> LlamaStep | None:
@@ -137,22 +144,28 @@ class NativeStep:
 
     @classmethod
     def of(cls, model: Any) -> NativeStep | None:
-        """The C step where the kernel is built and the matrix weights are on the CPU, all float32
-        or all bfloat16 (plain Linears, as in tests' small models, get packed copies)."""
-        from .native import kernel
-
-        k = kernel()
+        """The C step where the matrix weights are on the CPU, all float32 or all bfloat16, and the
+        kernel is the model's: its NativeLinears' (the layout chose it), or for plain Linears (as
+        in tests' small models: packed copies) the one engines/native/ chooses for their dtype."""
         cfg = model.config
-        if (k is None or _head_dim(cfg) % 2 or cfg.num_attention_heads % cfg.num_key_value_heads
-                or len(model.model.layers) < cfg.num_hidden_layers):
+        if _head_dim(cfg) % 2 or cfg.num_attention_heads % cfg.num_key_value_heads \
+                or len(model.model.layers) < cfg.num_hidden_layers:
             return None
         mats = [m for layer in model.model.layers for m in _matrices(layer)] + [model.lm_head]
         if not all(isinstance(m, (nn.Linear, NativeLinear)) for m in mats):
-            return None  # another layout (SplitLinear, PackedLinear)
+            return None  # another layout (SplitLinear, PackedLinear: the kernel was not chosen)
         tensors = [m.packed if isinstance(m, NativeLinear) else m.weight for m in mats]
-        ok = (len({w.dtype for w in tensors}) == 1 and tensors[0].dtype in (torch.float32, torch.bfloat16)
-              and all(w.device.type == "cpu" for w in tensors))
-        return cls(model, k) if ok else None
+        dtype = tensors[0].dtype
+        if any(w.dtype != dtype or w.device.type != "cpu" for w in tensors) \
+                or dtype not in (torch.float32, torch.bfloat16):
+            return None
+        laid_out = [m.kernel for m in mats if isinstance(m, NativeLinear)]
+        if laid_out:
+            return cls(model, laid_out[0])
+        from .native import accelerator
+
+        kernel = accelerator(str(dtype).removeprefix("torch."))
+        return None if kernel is None else cls(model, kernel)
 
     def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                  keys: list[torch.Tensor], values: list[torch.Tensor], col: int) -> torch.Tensor:

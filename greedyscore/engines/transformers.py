@@ -120,6 +120,10 @@ class TransformersEngine(HFTextMixin):
         elif precision == "bfloat16" and layout == "native":  # the C decode step: bf16 weights, float32 arithmetic
             engine.score_source = ("bfloat16 weights (cpu): prompts in bfloat16, each new token's step in float32 "
                                    "arithmetic, softmax in float32")
+        if device == "cpu" and precision in ("float32", "bfloat16"):  # whether the C kernel runs, and why
+            from .native import decision
+
+            engine.score_source += f"; {decision(precision).note()}"
         return engine
 
     # --- generation and scoring ----------------------------------------------------------

@@ -1,5 +1,6 @@
 /* What kernels/linear.c and kernels/llama_step.c share: 16-lane float vectors, the one fused
-   multiply-add, and the matrix products over weights packed in panels (engines/native.py packs). */
+   multiply-add, and the matrix products over weights packed in panels (engines/native/kernel.py
+   packs them). */
 #ifndef GS_LINEAR_H
 #define GS_LINEAR_H
 #include <math.h>

@@ -1,36 +1,11 @@
-"""The CPU kernels (kernels/linear.c: matrix products over weights packed in panels;
-kernels/llama_step.c: a whole Llama decode step; kernels/attention.c: a prefill's causal
-attention): built once with the machine's C compiler, called via ctypes.
-
-Why ctypes and a plain C file rather than a torch C++ extension: it compiles in a fraction of a
-second (no torch headers, no ninja), and its OpenMP calls bind to the libgomp torch has already
-loaded (same soname), so torch's thread count applies to it. Built into
-$GREEDYSCORE_CACHE/kernels/, keyed by the source, the compiler and this CPU's flags (gcc, or $CC:
-a compiler whose OpenMP is not libgomp, clang's libomp say, would bring a second thread pool); where no
-compiler works (or GREEDYSCORE_NATIVE=0) `kernel()` returns None and the engine keeps torch's
-own products (engines/layout.py says which).
-"""
+"""The loaded kernel library (ctypes) and the packed weight layout it reads."""
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import torch
-
-KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "linear.c", KERNELS / "llama_step.c", KERNELS / "attention.c")  # + linear.h, which all include
-# -ffp-contract=off: only the kernel's explicit fused multiply-adds are fused, the same in every tile
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
-
-_lock = threading.Lock()
-_loaded: dict[str, object] = {}
 
 
 class Kernel:
@@ -38,8 +13,8 @@ class Kernel:
     float32 rows; a whole Llama decode step (`llama_step`, `llama_scratch`: engines/llama_step.py
     calls them); a prefill's causal attention (`causal_attention`)."""
 
-    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
-        self.path = path
+    def __init__(self, lib: ctypes.CDLL, path: Path, march: str = "native") -> None:
+        self.path, self.march = path, march
         self._f32, self._bf16 = lib.gs_linear_f32, lib.gs_linear_bf16
         for f in (self._f32, self._bf16):
             f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
@@ -60,7 +35,9 @@ class Kernel:
         return self  # one loaded library per process: copies of a model share it
 
     def __reduce__(self) -> tuple:
-        return kernel, ()  # a pickled model finds (or builds) the kernel where it is loaded
+        from .build import kernel
+
+        return kernel, (self.march,)  # a pickled model finds (or builds) the kernel where it is loaded
 
     def linear(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
         """x [rows, k] float32 contiguous, packed: a [n, k] weight as `pack` lays it out (float32
@@ -124,57 +101,3 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
     """The [n, k] weight of `pack`'s layout (a copy)."""
     return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:n].clone(memory_format=torch.contiguous_format)
-
-
-def _cpu_key() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    from ..cpu import cpu_flags
-
-    return " ".join(sorted(cpu_flags(text)))
-
-
-def _build(compiler: str, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
-    subprocess.run([compiler, *FLAGS, "-o", str(tmp), *map(str, SOURCES), "-lm"], check=True, capture_output=True,
-                   text=True, timeout=120)
-    tmp.replace(out)  # atomic: another process may be building the same file
-
-
-def kernel() -> Kernel | None:
-    """The kernel for this machine, built on first use; None where it cannot be (then say why once)."""
-    with _lock:
-        if "kernel" in _loaded:
-            return _loaded["kernel"]  # type: ignore[return-value]
-        _loaded["kernel"] = result = _load()
-        return result
-
-
-def _load() -> Kernel | None:
-    if os.environ.get("GREEDYSCORE_NATIVE", "1") in ("0", "false", "no"):
-        return None
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        print("greedyscore: no C compiler found: decoding on the CPU uses torch's slower matrix products "
-              "(install gcc for ~1.4x)", file=sys.stderr, flush=True)
-        return None
-    from ..models import cache_dir
-
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        sources = [p.read_text() for p in sorted(KERNELS.iterdir()) if p.suffix in (".c", ".h")]
-        key = hashlib.sha256("\0".join([*sources, compiler, version, " ".join(FLAGS), _cpu_key()])
-                             .encode()).hexdigest()[:16]
-        path = cache_dir() / "kernels" / f"linear-{key}.so"
-        if not path.exists():
-            _build(compiler, path)
-        return Kernel(ctypes.CDLL(str(path)), path)
-    except (OSError, subprocess.SubprocessError) as ex:
-        lines = (getattr(ex, "stderr", "") or str(ex)).strip().splitlines() or [type(ex).__name__]
-        detail = next((line for line in lines if "error" in line.lower()), lines[0])
-        print(f"greedyscore: could not build the CPU kernel ({detail[:200]}); using torch's matrix products",
-              file=sys.stderr, flush=True)
-        return None

@@ -109,7 +109,7 @@ static void add(float* h, const float* y, int64_t n) {
     for (int64_t i = 0; i < n; i++) h[i] += y[i];
 }
 
-/* w: per layer LN1..DOWN (the norms' weights float32, the matrices packed by engines/native.py),
+/* w: per layer LN1..DOWN (the norms' weights float32, the matrices packed by native/kernel.py),
    then the final norm and the output layer; eps: per layer the two norms' epsilons, the final
    norm's, then the attention scale; h [rows, hidden]: the tokens' embeddings (overwritten: the
    residual stream); cos, sin [rows, head_dim]; mask [rows, col + 1] (1 = a real token) or NULL;
