@@ -40,13 +40,11 @@ AXIS_STYLE: dict = dict(gridcolor="#e9ecef", zerolinecolor="#ced4da", linecolor=
 Y_TITLES = {"prob": "probability", "margin": "margin (p1 \u2212 p2)", "entropy": "confidence (1 \u2212 H / ln 20)"}
 
 
-_esc = plotly_text  # every string into a Plotly label
-
 
 @lru_cache(maxsize=1 << 16)
-def _label(text: str, empty: str = "\u2205") -> str:
+def token_label(text: str, empty: str = "\u2205") -> str:
     """Escaped one-line form of a token text for Plotly; cached because top-k texts repeat."""
-    return _esc(visible(text, spaces=True)) if text else empty
+    return plotly_text(visible(text, spaces=True)) if text else empty
 
 
 def tick_label(t: ScoredToken, limit: int = TICK_CHARS) -> str:
@@ -54,20 +52,20 @@ def tick_label(t: ScoredToken, limit: int = TICK_CHARS) -> str:
     shown = visible(t.text, spaces=True) if t.text else "\u00b7"
     if len(shown) > limit:
         shown = shown[: limit - 1] + "\u2026"
-    return _esc(shown)
+    return plotly_text(shown)
 
 
 def _alts_text(t: ScoredToken) -> str:
-    rows = [f"{CHOSEN_MARK if a.id == t.id else OTHER_MARK}{_label(a.text)}  {pct(a.prob)}" for a in t.top]
+    rows = [f"{CHOSEN_MARK if a.id == t.id else OTHER_MARK}{token_label(a.text)}  {pct(a.prob)}" for a in t.top]
     if t.top and all(a.id != t.id for a in t.top):
-        rows.append(f"{CHOSEN_MARK}{_label(t.text)}  {pct(t.prob)} (rank {t.rank})")
+        rows.append(f"{CHOSEN_MARK}{token_label(t.text)}  {pct(t.prob)} (rank {t.rank})")
     return "<br>".join(rows)
 
 
 def _hover_rows(tokens: Sequence[ScoredToken]) -> np.ndarray:
     out = []
     for i, t in enumerate(tokens):
-        shown = f"#{i} " + _label(t.text, "(partial character)")
+        shown = f"#{i} " + token_label(t.text, "(partial character)")
         tie = f"<br>near tie: rescored {pct(t.rescored_prob)}" if t.rescored_prob is not None and t.near_tie else ""
         out.append((shown, pct(t.prob), entropy_text(t.entropy, t.entropy_max), pct(t.margin), _alts_text(t) + tie))
     rows = np.empty((len(out), 5), dtype=object)  # [n, 5]: text, prob, entropy, margin, top-k
@@ -109,7 +107,7 @@ def confidence_figure(
             colorbar=dict(
                 title=dict(text=MODE_SHORT[color_by], side="right"),
                 tickvals=[p for p, _ in ticks(color_by)],
-                ticktext=[_esc(label) for _, label in ticks(color_by)],
+                ticktext=[plotly_text(label) for _, label in ticks(color_by)],
                 x=1.1,
                 len=0.9,
             ),
@@ -139,7 +137,7 @@ def confidence_figure(
     ent_max = max(float(upper.max(initial=0.0)), ENTROPY_CAP)
     caption = f"threshold: {threshold_text(color_by, threshold)}"
     layout = dict(
-        title=dict(text=f"Confidence per token ({_esc(Y_TITLES[color_by])})"),
+        title=dict(text=f"Confidence per token ({plotly_text(Y_TITLES[color_by])})"),
         xaxis=dict(
             AXIS_STYLE,
             title=dict(text="token"),
@@ -159,7 +157,7 @@ def confidence_figure(
         margin=dict(l=60, r=120, t=70, b=90),
         shapes=[threshold_line(threshold, horizontal=True)],
         annotations=[
-            dict(xref="paper", x=0, yref="y", y=threshold, text=_esc(caption), showarrow=False,
+            dict(xref="paper", x=0, yref="y", y=threshold, text=plotly_text(caption), showarrow=False,
                  xanchor="left", yanchor="bottom", font=dict(size=11)),
         ],
         **PLAIN_LAYOUT,
@@ -218,9 +216,10 @@ def histogram_figure(
         name="tokens",
     )
     layout = dict(
-        title=dict(text=f"Tokens by {_esc(Y_TITLES[color_by])} ({len(tokens)} tokens)"),
-        xaxis=dict(AXIS_STYLE, title=dict(text=_esc(Y_TITLES[color_by])), range=[0, 1], tickmode="array",
-                   tickvals=[p for p, _ in ticks(color_by)], ticktext=[_esc(label) for _, label in ticks(color_by)]),
+        title=dict(text=f"Tokens by {plotly_text(Y_TITLES[color_by])} ({len(tokens)} tokens)"),
+        xaxis=dict(AXIS_STYLE, title=dict(text=plotly_text(Y_TITLES[color_by])), range=[0, 1], tickmode="array",
+                   tickvals=[p for p, _ in ticks(color_by)],
+                   ticktext=[plotly_text(label) for _, label in ticks(color_by)]),
         yaxis=dict(AXIS_STYLE, title=dict(text="tokens"), dtick=max(1, math.ceil(max(counts) / 8))),
         bargap=0,
         margin=dict(l=60, r=30, t=60, b=60),
@@ -245,10 +244,10 @@ def fork_figure(
     for tokens, name, color, dash in ((parent, names[0], "#495057", "solid"), (fork, names[1], "#e8590c", "dot")):
         traces.append(go.Scatter(
             x=np.arange(len(tokens)), y=np.array([token_value(t, color_by) for t in tokens], dtype=float),
-            name=_esc(name), mode="lines+markers", line=dict(color=color, width=1.5, dash=dash),
+            name=plotly_text(name), mode="lines+markers", line=dict(color=color, width=1.5, dash=dash),
             marker=dict(size=5), customdata=_hover_rows(tokens),
             hovertemplate="<b>%{customdata[0]}</b><br>probability %{customdata[1]} \u00b7 margin %{customdata[3]}"
-                          f"<extra>{_esc(name)}</extra>",
+                          f"<extra>{plotly_text(name)}</extra>",
         ))
     shapes = [dict(type="line", name="forked", xref="x", x0=forked_at, x1=forked_at, yref="paper", y0=0, y1=1,
                    line=dict(color="#e8590c", width=1.5, dash="dash"))]
@@ -256,7 +255,7 @@ def fork_figure(
         shapes.append(dict(type="line", name="rejoined", xref="x", x0=rejoin[0], x1=rejoin[0], yref="paper", y0=0,
                            y1=1, line=dict(color="#2b8a3e", width=1.5, dash="dot")))
     layout = dict(
-        title=dict(text=f"Two roads from token {forked_at} ({_esc(Y_TITLES[color_by])})"),
+        title=dict(text=f"Two roads from token {forked_at} ({plotly_text(Y_TITLES[color_by])})"),
         xaxis=dict(AXIS_STYLE, title=dict(text="token position in the reply")),
         yaxis=dict(AXIS_STYLE, title=dict(text=Y_TITLES[color_by]), range=[0, 1.05],
                    tickformat=None if color_by == "entropy" else ".0%"),

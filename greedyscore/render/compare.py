@@ -7,9 +7,9 @@ import math
 import plotly.graph_objects as go
 
 from ..align import Comparison, Span, biggest
-from .chart import AXIS_STYLE, PLAIN_LAYOUT, _esc, _label
+from .chart import AXIS_STYLE, PLAIN_LAYOUT, token_label
 from .html import tokens_html
-from .text import bdi, esc, html_visible, pct
+from .text import bdi, esc, html_visible, pct, plotly_text
 
 CAP = 2.0  # nats: |log p_b - log p_a| beyond this gets the strongest colour
 LESS, MORE = (202, 0, 32), (5, 113, 176)  # red: B less sure; blue: B surer (ColorBrewer RdBu ends)
@@ -77,13 +77,13 @@ def compare_outputs(cmp: Comparison) -> tuple[str, go.Figure, dict]:
 def compare_figure(cmp: Comparison) -> go.Figure:
     """\u0394 log-probability per span (diverging bars) and both sides' span probabilities."""
     xs = list(range(len(cmp.spans)))
-    labels = [_label(s.text) for s in cmp.spans]  # Plotly: escaped, quotes kept
+    labels = [token_label(s.text) for s in cmp.spans]  # Plotly: escaped, quotes kept
     bars = go.Bar(x=xs, y=[s.delta for s in cmp.spans], name="\u0394 log p (B \u2212 A, nats)",
                   marker=dict(color=[delta_color(s.delta) for s in cmp.spans], line=dict(color="#adb5bd", width=0.5)),
                   hovertext=labels, hovertemplate="%{hovertext}: \u0394 %{y:+.3f} nats<extra></extra>")
-    pa = go.Scatter(x=xs, y=[math.exp(s.logprob_a) for s in cmp.spans], name=f"A: {_esc(cmp.label_a)}",
+    pa = go.Scatter(x=xs, y=[math.exp(s.logprob_a) for s in cmp.spans], name=f"A: {plotly_text(cmp.label_a)}",
                     mode="lines", yaxis="y2", line=dict(color="#212529", width=1), hoverinfo="skip")
-    pb = go.Scatter(x=xs, y=[math.exp(s.logprob_b) for s in cmp.spans], name=f"B: {_esc(cmp.label_b)}",
+    pb = go.Scatter(x=xs, y=[math.exp(s.logprob_b) for s in cmp.spans], name=f"B: {plotly_text(cmp.label_b)}",
                     mode="lines", yaxis="y2", line=dict(color="#e8590c", width=1, dash="dot"), hoverinfo="skip")
     layout = dict(
         title=dict(text="B \u2212 A along the text"),

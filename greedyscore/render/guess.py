@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 
 from ..guess import Game, surprises
-from .chart import AXIS_STYLE, PLAIN_LAYOUT, _label
+from .chart import AXIS_STYLE, PLAIN_LAYOUT, token_label
 from .colors import legend_html
 from .html import tokens_html
 from .text import html_visible, pct
@@ -74,7 +74,7 @@ def summary_html(game: Game) -> str:
 def surprisal_figure(game: Game) -> go.Figure:
     """Both surprisal curves along the text, one point per round."""
     xs = [r.unit for r in game.rounds]
-    labels = [_label(game.units[r.unit].text) for r in game.rounds]  # Plotly: escaped, quotes kept
+    labels = [token_label(game.units[r.unit].text) for r in game.rounds]  # Plotly: escaped, quotes kept
     traces = [
         go.Scatter(x=xs, y=[r.model_bits for r in game.rounds], name="the model", mode="lines+markers",
                    line=dict(color=MODEL_COLOR), text=labels,
