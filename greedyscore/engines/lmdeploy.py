@@ -360,16 +360,16 @@ class LMDeployEngine(HFTextMixin):
         if self.raw_logprobs and len(out_.logprobs) != len(ids):
             notes.append(f"lmdeploy returned {len(out_.logprobs)} logprob rows for {len(ids)} tokens")
         steps: StepScores | None = None
+        why = f"the {self.engine_name} engine's scores of this reply could not be placed on its {len(ids)} tokens"
         if recorder is not None:
             steps = await recorder.steps(ids, prefer=self._chunk_rows(len(prompt)))
         elif self.engine_name == "turbomind":
             steps = await asyncio.to_thread(self._score_rows, out_, ids, req.top_k)  # off the engine's loop
-        if steps is None and not self.records_steps and self.engine_name == "pytorch":
-            notes.append("the PyTorch engine samples in other processes here (tensor or data parallel, or "
-                         "LMDEPLOY_EXECUTOR_BACKEND), out of a logits processor's reach: rescored in a second pass")
-        elif steps is None:
-            notes.append(f"the {self.engine_name} engine's scores of this reply could not be placed on its "
-                         f"{len(ids)} tokens: rescored them in a second pass")
+        else:
+            why = ("the PyTorch engine samples in other processes here (tensor or data parallel, or "
+                   "LMDEPLOY_EXECUTOR_BACKEND), out of a logits processor's reach")
+        if steps is None:
+            notes.append(f"{why}: rescored them in a second pass")
         return Generation(tuple(ids), out_.reason, steps=steps,
                           engine_logprobs=tuple(out_.logprobs) if self.raw_logprobs else None, notes=tuple(notes))
 
