@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import benchmarks.common as common  # noqa: E402
 from greedyscore.engines.lmdeploy import LMDeployEngine, engine_settings  # noqa: E402
 
+SETTINGS = dict(cache_max_entry_count=0.5, max_batch_size=64, session_len=4096)  # the pipeline both modes share
 BAR_ONE, BAR_MANY = 5.0, 10.0  # overhead bars in %: one user, more users
 LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                  num_key_value_heads=8)
@@ -214,15 +215,14 @@ def load(model_dir: str, standin: bool, eager: bool) -> tuple[LMDeployEngine, fl
     """The engine as greedyscore loads it (PyTorch engine, raw logprobs, prefix caching off); -> (engine, s)."""
     t0 = time.perf_counter()
     if not standin:
-        engine = LMDeployEngine.load(model_dir, engine="pytorch", cache_max_entry_count=0.5, max_batch_size=64,
-                                     session_len=4096, eager_mode=eager)
+        engine = LMDeployEngine.load(model_dir, engine="pytorch", eager_mode=eager, **SETTINGS)
         return engine, time.perf_counter() - t0
     from lmdeploy import PytorchEngineConfig
     from lmdeploy_standin import StandinPipeline
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = PytorchEngineConfig(logprobs_mode="raw_logprobs", **engine_settings("pytorch", 0.5, 64, 4096, eager))
+    cfg = PytorchEngineConfig(logprobs_mode="raw_logprobs", **engine_settings("pytorch", eager_mode=eager, **SETTINGS))
     engine = LMDeployEngine(StandinPipeline(model_dir, model, backend_config=cfg), Path(model_dir).name, "pytorch")
     return engine, time.perf_counter() - t0
 
@@ -380,8 +380,10 @@ def report(args: argparse.Namespace, rows: list[list[str]], notes: list[str]) ->
     gpu = ("no GPU: lmdeploy's real Pipeline/AsyncEngine over the CPU stand-in (tests/lmdeploy_standin.py)"
            if args.standin else torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
     body = (f"Machine: {common.machine()}, {gpu}, lmdeploy {lmdeploy.__version__}, transformers "
-            f"{transformers.__version__}. Commit {common.git_rev()}. PyTorch engine, max_batch_size 64, KV cache 0.5, "
-            f"session_len 4096, prefix caching off; {args.prompt}-token prompts (the same for every user), exactly "
+            f"{transformers.__version__}. Commit {common.git_rev()}. PyTorch engine, max_batch_size "
+            f"{SETTINGS['max_batch_size']}, KV cache {SETTINGS['cache_max_entry_count']}, session_len "
+            f"{SETTINGS['session_len']}, prefix caching off; {args.prompt}-token prompts (the same for every user), "
+            "exactly "
             f"{args.new} new tokens (ignore_eos), top-5. plain: AsyncEngine.generate over the same ids; greedyscore: "
             "generate_batch, scores, ScoredTokens, a thread per user. tok/s: aggregate, median of the interleaved "
             "pairs after a warm-up; overhead: of the median wall time. CPU logits: tensors from async_get_logits or "
@@ -389,11 +391,10 @@ def report(args: argparse.Namespace, rows: list[list[str]], notes: list[str]) ->
             + common.table(HEADER, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
     print("\n" + body, flush=True)
     if args.results or not args.standin:
-        if args.results:
-            common.RESULTS = Path(args.results)
-            common.RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        results = Path(args.results) if args.results else common.RESULTS
+        results.parent.mkdir(parents=True, exist_ok=True)
         suffix = " --standin" if args.standin else ""
-        common.write_section(f"LMDeploy scoring overhead on a GPU (bench_gpu.py{suffix})", body)
+        common.write_section(f"LMDeploy scoring overhead on a GPU (bench_gpu.py{suffix})", body, results)
 
 
 if __name__ == "__main__":

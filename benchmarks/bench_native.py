@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from benchmarks.common import git_rev, machine, table, write_section  # noqa: E402
+from benchmarks.common import git_rev, machine, median, table, write_section  # noqa: E402
 
 CONFIGS = {
     "default (native build, gated)": {},
@@ -97,7 +96,7 @@ def gate_child() -> None:
     got = {p: gate.measure(k, p) for p in precisions}
     got["products"] = {}
     for p in precisions:
-        gate._in_a_thread(lambda p=p: got["products"].__setitem__(p, products(k, gate.DTYPES[p])))
+        gate.in_a_thread(lambda p=p: got["products"].__setitem__(p, products(k, gate.DTYPES[p])))
     print(json.dumps({**got, "threads": torch.get_num_threads()}))
 
 
@@ -176,9 +175,9 @@ def main() -> None:
     decode_rows = []
     for n in names:
         ms = [x["ms"] for x in runs[n]]
-        med = statistics.median(ms)
+        med = median(ms)
         base = "bfloat16: torch (GREEDYSCORE_NATIVE=0)" if n.startswith("bfloat16") else "torch (GREEDYSCORE_NATIVE=0)"
-        torch_ms = statistics.median(x["ms"] for x in runs[base])
+        torch_ms = median([x["ms"] for x in runs[base]])
         decided = runs[n][-1]["decision"] or "no layout: transformers' forward every step"
         decode_rows.append([n, f"{med:.1f}", f"{min(ms):.1f}-{max(ms):.1f}", f"{torch_ms / med:.2f}x",
                             runs[n][-1]["layout"], decided])

@@ -71,14 +71,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or add) the section `## name` in RESULTS.md, keeping the others."""
+def write_section(name: str, body: str, results: Path = RESULTS) -> None:
+    """Replace (or add) the section `## name` in RESULTS.md (or `results`), keeping the others."""
     empty = "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
-    text = RESULTS.read_text() if RESULTS.exists() else empty
+    text = results.read_text() if results.exists() else empty
     section = f"## {name}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+    results.write_text(text)
 
 
 def git_rev() -> str:

@@ -31,14 +31,14 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 MIN_TRANSFORMERS = "5.24"  # requirements-common.txt's floor
 
 
-def check_transformers(version: str | None = None) -> None:
+def check_transformers() -> None:
     """Refuse a transformers older than MIN_TRANSFORMERS: this engine passes its KV cache as
     `cache=`, which older releases (`past_key_values=`) take into **kwargs and ignore, so every
     cached step would be scored without its context, silently (5.17: log-probs off by up to 12)."""
     import transformers
     from packaging.version import Version
 
-    found = version or transformers.__version__
+    found = transformers.__version__
     if Version(found) < Version(MIN_TRANSFORMERS):
         raise EngineUnavailable(f"the transformers engine needs transformers >= {MIN_TRANSFORMERS}, found {found}: "
                                 f"pip install 'transformers>={MIN_TRANSFORMERS},<6'")

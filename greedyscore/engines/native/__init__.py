@@ -52,13 +52,12 @@ def _choice(precision: str) -> tuple[Kernel | None, Decision]:
         raise ValueError(f"the CPU kernel takes float32 or bfloat16 weights, not {precision}")
     from ...models import cache_dir
 
-    key = (precision, march(), os.environ.get(FORCE_ENV), compiler(), str(cache_dir()), torch.get_num_threads())
+    target, force = march(), gate.forced()
+    key = (precision, target, force, compiler(), str(cache_dir()), torch.get_num_threads())
     with _lock:
         if key not in _chosen:
-            target = march()
-            off = os.environ.get(FORCE_ENV, "").strip().lower() in gate.OFF
-            k, why_not = (None, "") if off else built(target)
-            d = gate.choose(k, why_not, precision, target, gate.clock)  # gate.clock: a test's script
+            k, why_not = (None, "") if force in gate.OFF else built(target)
+            d = gate.choose(k, why_not, precision, target)
             _chosen[key] = (k if d.used else None, d)
         return _chosen[key]
 
@@ -71,7 +70,7 @@ def help_text() -> str:
             "against torch on decode steps of a test model, the decision kept with the build. "
             f"{FORCE_ENV}=1 uses it regardless, =0 never.")
     cc, target = compiler(), march()
-    if os.environ.get(FORCE_ENV, "").strip().lower() in gate.OFF + gate.ON:
+    if gate.forced() in gate.OFF + gate.ON:
         return f"{text} Here {FORCE_ENV}={os.environ[FORCE_ENV]}."
     if cc is None:
         return f"{text} Here: no C compiler found."

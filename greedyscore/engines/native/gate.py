@@ -26,9 +26,9 @@ import hashlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,7 +49,9 @@ ROWS = (1, 8)  # one reply; a batch of eight
 CONTEXT = 64  # cached positions each step attends to
 REPS = 5
 
-Timer = Callable[[str, Callable[[], object]], float]  # (path: "kernel" or "torch", work) -> seconds
+def forced() -> str:
+    """$GREEDYSCORE_NATIVE as given, trimmed and lower-cased ("" when unset): in ON, OFF, or neither."""
+    return os.environ.get(FORCE_ENV, "").strip().lower()
 
 
 def clock(path: str, work: Callable[[], object]) -> float:
@@ -88,7 +90,7 @@ class Decision:
                 + ("; measured at its first load)" if self.cached else ")"))
 
 
-def measure(kernel: Kernel, precision: str, timer: Timer = clock) -> tuple[float, float]:
+def measure(kernel: Kernel, precision: str) -> tuple[float, float]:
     """(kernel, torch) ms per step of the test model (its ROWS steps together), the best of REPS
     interleaved runs each, timed in a thread of its own."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -125,33 +127,22 @@ def measure(kernel: Kernel, precision: str, timer: Timer = clock) -> tuple[float
             run()  # warm-up
         for rep in range(REPS):  # interleaved, each first in turn: a busy moment of the machine hits both
             for path in ("kernel", "torch") if rep % 2 == 0 else ("torch", "kernel"):
-                best[path] = min(best[path], timer(path, runs[path]))
+                best[path] = min(best[path], clock(path, runs[path]))  # `clock`: a test may script it
 
-    _in_a_thread(timed)
+    in_a_thread(timed)
     return best["kernel"] * 1000, best["torch"] * 1000
 
 
-def _in_a_thread(fn: Callable[[], None]) -> None:
-    """Run fn in a new thread, as the service's worker decodes (its exception raised here)."""
-    failed: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as ex:  # re-raised in the caller's thread
-            failed.append(ex)
-
-    worker = threading.Thread(target=target, name="greedyscore-gate")
-    worker.start()
-    worker.join()
-    if failed:
-        raise failed[0]
+def in_a_thread(fn: Callable[[], None]) -> None:
+    """Run fn in a thread of its own, as the service's worker decodes (its exception raised here)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="greedyscore-gate") as pool:
+        pool.submit(fn).result()
 
 
-def choose(kernel: Kernel | None, why_not: str, precision: str, march: str, timer: Timer = clock) -> Decision:
+def choose(kernel: Kernel | None, why_not: str, precision: str, march: str) -> Decision:
     """The decision for `kernel` (None: it did not build, `why_not`): $GREEDYSCORE_NATIVE first,
     then the cached measurement, else a new one (cached). A measured decision is said on stderr."""
-    force = os.environ.get(FORCE_ENV, "").strip().lower()
+    force = forced()
     threads = torch.get_num_threads()
     if force in OFF:
         return Decision(precision, march, False, f"{FORCE_ENV}={force}", threads=threads)
@@ -163,7 +154,7 @@ def choose(kernel: Kernel | None, why_not: str, precision: str, march: str, time
                         known and known.torch_ms, threads, known is not None)
     decision = known
     if decision is None:
-        kernel_ms, torch_ms = measure(kernel, precision, timer)
+        kernel_ms, torch_ms = measure(kernel, precision)
         decision = Decision(precision, march, kernel_ms < torch_ms, MEASURED, kernel_ms, torch_ms, threads)
         _write(kernel.path, _entry(precision), decision)
     print(decision.log_line(), file=sys.stderr, flush=True)
