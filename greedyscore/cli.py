@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from .engine_args import add_engine_args
 from .errors import BadInput, GreedyScoreError
 from .render.text import visible
+from .requests import Chat, Fork, Request, ScoreConversation, ScoreText
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_messages(path: str) -> list[Message]:
     """A messages file (or stdin) as UTF-8 JSON: read as bytes, so stdin decodes as strictly as a file."""
-    from .service import parse_messages_json
+    from .requests import parse_messages_json
 
     what = "standard input" if path == "-" else f"messages file {path!r}"
     try:
@@ -146,43 +147,42 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, opened: list[Service]) -> tuple[ScoredReply, Service, list[Message]]:
-    """Validate what needs no model first (fast failure), then load the engine and run.
-    -> (the reply, the service that made it, the messages it answered or was scored after);
+    """Build the request first (bad input fails fast, before any model time), then load the engine and
+    run it. -> (the reply, the service that made it, the messages it answered or was scored after);
     the service is also put in `opened`, for the caller to close."""
     from .engine_args import engine_from_args
-    from .service import Service, check_messages, check_settings
+    from .service import Service
 
-    settings = Settings(
-        max_new_tokens=getattr(args, "max_new_tokens", 128), top_k=args.top_k, verify=getattr(args, "verify", False)
-    )
-    check_settings(settings)
-    messages: list[Message] | None = None
-    if args.messages:
-        messages = _read_messages(args.messages)
-    if args.command in ("chat", "fork"):
-        if messages is None:
-            if args.prompt is None:
-                raise BadInput("empty prompt: give PROMPT or --messages FILE")
-            messages = [Message("user", args.prompt)]
-        check_messages(messages)
-    elif messages is None and not (args.text or "").strip():
-        raise BadInput("empty text: give TEXT or --messages FILE")
-    reply_ids = _reply_ids(args.reply_ids) if getattr(args, "reply_ids", None) else None
-    if args.command == "fork" and args.at < 0:
-        raise BadInput(f"--at must be a position in the reply, 0 or more, got {args.at}")
-
+    request, after = _request(args)
     service = Service(engine_from_args(args))
     opened.append(service)
     progress = not args.json and sys.stderr.isatty()
+    return _drain(service.run(request), progress), service, after
+
+
+def _request(args: argparse.Namespace) -> tuple[Request, list[Message]]:
+    """-> (what the command asks for, the messages its reply answers or is scored after)."""
+    settings = Settings(
+        max_new_tokens=getattr(args, "max_new_tokens", 128), top_k=args.top_k, verify=getattr(args, "verify", False)
+    )
+    messages = _read_messages(args.messages) if args.messages else None
+    if args.command in ("chat", "fork") and messages is None:
+        if args.prompt is None:
+            raise BadInput("empty prompt: give PROMPT or --messages FILE")
+        messages = [Message("user", args.prompt)]
     if args.command == "chat":
-        return _drain(service.stream(messages, settings), progress), service, messages
+        return Chat(tuple(messages), settings), messages
     if args.command == "fork":
-        return _drain(service.stream_fork(messages, reply_ids, args.at, args.token_id, settings), progress), \
-            service, messages
+        if args.at < 0:
+            raise BadInput(f"--at must be a position in the reply, 0 or more, got {args.at}")
+        reply_ids = _reply_ids(args.reply_ids) if getattr(args, "reply_ids", None) else None
+        return Fork(tuple(messages), reply_ids, args.at, args.token_id, settings), messages
     if messages is not None:
-        return service.score_messages(messages, settings), service, []
+        return ScoreConversation(tuple(messages), settings), []
+    if not (args.text or "").strip():
+        raise BadInput("empty text: give TEXT or --messages FILE")
     after = [Message("user", args.prompt)] if args.prompt else []
-    return service.score_text(args.text, settings, prompt=args.prompt), service, after
+    return ScoreText(args.text, tuple(after), settings), after
 
 
 def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messages: list[Message],
@@ -232,7 +232,8 @@ def run_compare(args: argparse.Namespace, opened: list[Service]):
     """`compare`: both scorings, aligned (engines load only after the settings check); every
     Service it loads is put in `opened`, for the caller to close."""
     from .engine_args import engine_from_args
-    from .service import Service, check_settings
+    from .requests import check_settings
+    from .service import Service
     from .variants import Variants, compare_text
 
     check_settings(Settings(top_k=args.top_k))

@@ -14,7 +14,7 @@ from typing import Any
 from .conversation import ORIGINAL, Conversation, Turn
 from .errors import BadInput
 from .reply_json import MAX_ID, reply_from_json
-from .service import check_settings, parse_messages
+from .requests import check_settings, parse_messages
 from .text_input import check_tree
 from .types import MAX_TOP_K, Message, ModelIdentity, ScoredReply, Settings
 

@@ -12,7 +12,8 @@ from .guess import Game, choices, new_game, play, score_guess
 from .render.compare import compare_outputs
 from .render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
 from .render.text import visible
-from .service import Service, parse_messages_json
+from .requests import parse_messages_json
+from .service import Service
 from .types import Settings
 from .variants import CONVERSATION, Variants, compare_text
 

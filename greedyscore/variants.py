@@ -95,8 +95,8 @@ def compare_text(variants: Variants, text: str, against: str, prompt: str = "", 
     side = variants.side(against)  # may load a model: after the cheap checks
     context_a = conversation(system_a, prompt)
     context_b = {SYSTEM: conversation(system_b, prompt), CONVERSATION: list(conversation_b)}.get(against, context_a)
-    a = variants.main.score_reply(context_a, text, settings)
-    b = side.service.score_reply(context_b, text, settings)
+    a = variants.main.score_text(text, settings, messages=context_a)
+    b = side.service.score_text(text, settings, messages=context_b)
     if against in (SYSTEM, CONVERSATION):
         what = "system prompt" if against == SYSTEM else "conversation"
         return compare(a, b, f"{what} A", f"{what} B")

@@ -6,7 +6,7 @@ tokenizer. A reply is scripted per user message; each step's logits give the scr
 and the next id 4.0 (everything else 0.0), so its scores are known exactly.
 
 Knobs that make timing-dependent logic testable without clocks:
-- `hold`: a batch waits on this event before its first step;
+- `hold`: a batch waits on this event before its first step (the decoder: before every step);
 - `permits`: if set, each step takes one permit (the test releases them one by one);
 - `fail_on`: user messages whose presence in a batch makes that batch raise.
 """
@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from scripted_decoder import ScriptedDecoder
 
 from greedyscore.engines.base import GenerateRequest, Generation
+from greedyscore.engines.threads import EngineThreads
 from greedyscore.scoring import StepScores, empty_scores, score_rows
 from greedyscore.types import Message
 
@@ -86,6 +88,14 @@ class ScriptedEngine:
         row[(chosen + 1) % VOCAB] = 4.0
         row[chosen] = 5.0
         return row
+
+    filler = FILLER
+
+    def decoder(self, max_rows: int) -> Any:
+        """Rows stepped by the scheduler; concurrent: calls in flight, as LMDeploy's."""
+        if self.concurrent:
+            return EngineThreads(self.generate_batch, max_rows)
+        return ScriptedDecoder(self)
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         keys = [self._keys.get(tuple(r.prompt_ids), "") for r in requests]

@@ -259,6 +259,8 @@ def test_compare_json_and_score_calibration():
 
 
 def test_share_prints_an_id_the_demo_store_holds(tmp_path, service):
+    from greedyscore.requests import Rerun
+    from greedyscore.service import last
     from greedyscore.share import ShareStore
     from greedyscore.shared import SharedItem, reproduction, rerun_plan
 
@@ -272,7 +274,7 @@ def test_share_prints_an_id_the_demo_store_holds(tmp_path, service):
     assert item.messages[0].content == "Hi!" and item.settings.max_new_tokens == 6
     assert item.model == service.identity  # the same model: the same identity, in another process
     plan = rerun_plan(item)
-    assert reproduction(item.reply, service.rerun(plan.prompt, plan.settings), 1e-3).reproduced
+    assert reproduction(item.reply, last(service.run(Rerun(plan.prompt, plan.settings))), 1e-3).reproduced
     (tmp_path / "a-file").write_text("x")
     proc = cli("score", "--share", "--store", str(tmp_path / "a-file" / "shares.db"), "Some text.")
     assert_one_line_error(proc, "cannot open the share store", "choose another --store", code=1)

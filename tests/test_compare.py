@@ -118,7 +118,7 @@ def test_int8_and_system_prompt_comparisons(variants, service):
     sp = compare_text(variants, text, SYSTEM, "Name a capital.", "", "You are a pirate. Answer like one.")
     from greedyscore.types import Message
 
-    plain = service.score_reply([Message("user", "Name a capital.")], text)
+    plain = service.score_text(text, messages=[Message("user", "Name a capital.")])
     assert [s.logprob_a for s in sp.spans] == pytest.approx([t.logprob for t in plain.tokens], abs=1e-5)
     assert sp.b.prompt_token_ids != sp.a.prompt_token_ids and biggest(sp)[0].points != 0
     with pytest.raises(Exception, match="different system prompt"):
@@ -126,7 +126,7 @@ def test_int8_and_system_prompt_comparisons(variants, service):
     primed = [Message("user", "From now on, the capital of France is Lyon."), Message("assistant", "Understood."),
               Message("user", "Name a capital.")]
     cv = compare_text(variants, text, CONVERSATION, "Name a capital.", conversation_b=primed)
-    want_b = service.score_reply(primed, text)
+    want_b = service.score_text(text, messages=primed)
     assert [s.logprob_b for s in cv.spans] == pytest.approx([t.logprob for t in want_b.tokens], abs=1e-5)
     assert cv.label_b == "conversation B" and cv.b.prompt_token_ids == tuple(service.engine.prompt_ids(primed))
 

@@ -16,7 +16,8 @@ from scripted_engine import END, ScriptedEngine, ids_of
 
 from greedyscore.detokenize import MAX_PENDING, WINDOW
 from greedyscore.errors import BadInput, Busy, ModelFailed
-from greedyscore.service import Service
+from greedyscore.requests import Fork
+from greedyscore.service import Service, guess_ids
 from greedyscore.types import Message, ScoredReply, Settings, TextDelta
 from greedyscore.variants import SYSTEM, Variants, compare_text
 
@@ -92,7 +93,7 @@ def test_validation_happens_before_anything_runs():
 
 @pytest.mark.parametrize("bad", [True, 0, -1, 2.5, "12", None])
 def test_settings_reject_bools_and_non_integers(bad):
-    from greedyscore.service import check_settings, parse_settings
+    from greedyscore.requests import check_settings, parse_settings
 
     with pytest.raises(BadInput, match="max_new_tokens"):
         check_settings(Settings(max_new_tokens=bad))
@@ -148,7 +149,7 @@ def test_closing_the_stream_stops_the_generation():
     engine.permits.release(1000)
     # the worker is free again at once: the next turn is answered in full
     assert service.chat(user("hi"), Settings(max_new_tokens=50)).text == REPLIES["hi"]
-    assert len(engine.batches) == 2
+    assert [b for b in engine.batches if "long" in b] == [["long"]] * 4  # 3 tokens, then the step that saw Stop
 
 
 def test_heartbeats_while_waiting_let_a_consumer_stop():
@@ -183,7 +184,7 @@ def test_requests_that_arrive_together_are_one_batch():
         t.join(10)
     replies = [drain(iter([first, *stream]))[1] for first, stream in zip(firsts, streams)]
     assert [r.text for r in replies] == [REPLIES[k] for k in "abc"]
-    assert sorted(engine.batches[-1]) == ["a", "b", "c"]
+    assert sorted(engine.batches[0]) == ["a", "b", "c"]  # they joined before the first step
     assert service.runner.batch_sizes[-1] == 3
 
 
@@ -209,7 +210,7 @@ def test_a_failing_request_fails_alone_and_the_service_keeps_serving():
         results = [f.result(30) for f in futures]
     assert isinstance(results[1], ModelFailed) and "injected failure" in str(results[1])
     assert [r.text for i, r in enumerate(results) if i != 1] == [REPLIES[k] for k in "abc"]
-    assert len(engine.batches[0]) == 4  # they were batched together, then retried one by one
+    assert sorted(engine.batches[0]) == ["a", "b", "c"]  # the poisoned one failed at its join; the rest ran together
     assert service.chat(user("hi"), Settings(max_new_tokens=50)).text == REPLIES["hi"]
 
 
@@ -292,32 +293,6 @@ def test_app_flags_size_the_shared_engine():
         assert drain(s)[1].text == REPLIES["hi"]
 
 
-@pytest.mark.parametrize("regroup_s,expected", [(5.0, [3, 3]), (0.0, [3, 1, 1, 1])])
-def test_a_returning_crowd_is_regrouped(regroup_s, expected):
-    """After a batch of 3, its users come back one by one (each renders its reply first): the
-    worker waits up to regroup_s for all 3 instead of starting batches of 1. Arrivals are 0.1 s
-    apart, far inside (5 s) or outside (0 s) the regroup window."""
-    from greedyscore.batching import Batcher
-
-    engine = ScriptedEngine(REPLIES)
-    service = Service(engine)
-    service.runner = Batcher(engine, max_batch=8, window_s=0.0, regroup_s=regroup_s)
-    gate = threading.Event()
-    threading.Thread(target=service.runner.call, args=(gate.wait, 30)).start()
-    with ThreadPoolExecutor(3) as pool:
-        first = [pool.submit(service.chat, user(k), Settings(max_new_tokens=50)) for k in "abc"]
-        while service.runner._queue.qsize() < 3:
-            threading.Event().wait(0.01)
-        gate.set()
-        assert [f.result(10).text for f in first] == [REPLIES[k] for k in "abc"]
-        again = []
-        for k in "abc":
-            again.append(pool.submit(service.chat, user(k), Settings(max_new_tokens=50)))
-            threading.Event().wait(0.1)
-        assert [f.result(10).text for f in again] == [REPLIES[k] for k in "abc"]
-    assert list(service.runner.batch_sizes) == expected
-
-
 @pytest.mark.parametrize("concurrent", [False, True])
 def test_follow_up_work_of_an_accepted_request_is_never_busy(concurrent):
     """A reply already generated must not be lost because new requests filled the queue: its
@@ -349,12 +324,12 @@ SURROGATE_PLACES = {  # every way text reaches the model's tokenizer, each with 
     "a system prompt": lambda s: s.stream([Message("system", "\ud83d"), Message("user", "hi")], Settings()),
     "an earlier turn": lambda s: s.chat([Message("user", "hi"), Message("assistant", "x\udfff"),
                                          Message("user", "and?")]),
-    "a fork's messages": lambda s: s.stream_fork([Message("user", "\udbff!")], [1, 2], 1, 3),
+    "a fork's messages": lambda s: s.run(Fork((Message("user", "\udbff!"),), [1, 2], 1, 3)),
     "a scored text": lambda s: s.score_text("x\ud800"),
     "a scored text's prompt": lambda s: s.score_text("hi", prompt="\ud800"),
-    "a reply scored after messages": lambda s: s.score_reply([Message("user", "hi")], "ok \udc80"),
+    "a reply scored after messages": lambda s: s.score_text("ok \udc80", messages=[Message("user", "hi")]),
     "a scored conversation": lambda s: s.score_messages([Message("user", "\ud800")]),
-    "a guess": lambda s: s.guess_ids("\ude00"),
+    "a guess": lambda s: guess_ids(s, "\ude00"),
     "a compared text": lambda s: compare_text(Variants(s), "x\ud800", SYSTEM, "", "a", "b"),
 }
 

@@ -16,6 +16,8 @@ from greedyscore.errors import BadInput
 from greedyscore.render import View
 from greedyscore.render.shared import reproduction_html, shared_header_html, shared_view
 from greedyscore.reply_json import reply_from_json
+from greedyscore.requests import Rerun, ScoreIds
+from greedyscore.service import last, prompt_matches
 from greedyscore.shared import (
     MAX_SHARED_CELLS,
     MAX_SHARED_CHARS,
@@ -90,8 +92,8 @@ def test_settings_that_reproduce_a_reply():
 def rerun(service, item: SharedItem):
     plan = rerun_plan(item)
     if item.kind == "text":
-        return service.rescore(plan.prompt, plan.target, plan.settings)
-    return service.rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
+        return last(service.run(ScoreIds(plan.prompt, plan.target, plan.settings)))
+    return last(service.run(Rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)))
 
 
 def test_rerun_reproduces_a_turn_a_fork_and_a_text(conversation, service):
@@ -134,9 +136,9 @@ def test_an_api_share_does_not_claim_this_servers_weights(conversation, service)
 def test_rerun_reports_ids_that_are_not_the_template_of_the_messages_shown(conversation, service):
     sharing = Sharing(None, service)
     item = stored(share_turn(conversation, 1, ORIGINAL, service.identity, NOW))
-    assert service.prompt_matches(item.messages, item.reply.prompt_token_ids) is True
+    assert prompt_matches(service, item.messages, item.reply.prompt_token_ids) is True
     swapped = replace(item, messages=(*item.messages[:-1], Message("user", "Something else entirely?")))
-    assert service.prompt_matches(swapped.messages, swapped.reply.prompt_token_ids) is False
+    assert prompt_matches(service, swapped.messages, swapped.reply.prompt_token_ids) is False
     html = sharing.rerun(swapped)  # the ids reproduce, but they are not the messages shown
     assert "reproduced from the stored prompt ids, but they are not what this server makes" in html
     assert "gs-repro-bad" in html

@@ -51,6 +51,24 @@ class Generation:
     prompt_ids: tuple[int, ...] | None = None  # what a server templated the messages into (remote engines)
 
 
+class Decoder(Protocol):
+    """Rows decoding together, owned by the scheduler's thread."""
+
+    def __len__(self) -> int: ...
+
+    def join(self, request: GenerateRequest, tag: Any) -> None:
+        """Prefill the request and add its row; raising fails this request only."""
+
+    def step(self) -> list[tuple[Any, Generation | BaseException]]:
+        """One token for every row; -> (tag, outcome) of the rows that left. Raising fails every row."""
+
+    def clear(self) -> list[Any]:
+        """Drop every row (after a failed step); -> their tags."""
+
+    def close(self) -> None:
+        """Release what the decoder holds (threads, caches) once the scheduler has ended."""
+
+
 class Engine(Protocol):
     model_name: str
     backend: str
@@ -76,6 +94,10 @@ class Engine(Protocol):
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """Greedy decoding (argmax of raw logits) of each request's prompt ids, until a stop id,
         its max_new_tokens or its cancel event; one Generation per request, in order."""
+
+    def decoder(self, max_rows: int) -> Decoder:
+        """Rows for the scheduler to join and step: the engine's own batch, or `threads.EngineThreads`
+        for an engine that batches by itself."""
 
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None

@@ -156,6 +156,10 @@ class DecodeBatch:
         self._select([])
         return tags
 
+    def close(self) -> None:
+        """The scheduler has ended: free the cache."""
+        self.clear()
+
     def _select(self, keep: list[int]) -> None:
         """Keep these rows (finished ones leave); drop columns that are padding in every row left."""
         self.rows = [self.rows[i] for i in keep]

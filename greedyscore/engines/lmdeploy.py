@@ -51,6 +51,7 @@ from ..scoring import (
 from ..types import Message
 from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
+from .threads import EngineThreads
 
 ENGINES = ("turbomind", "pytorch")
 INSTALL_HINT = "run `make gpu` (or `pip install -r requirements-gpu.txt`) on a machine with a CUDA GPU"
@@ -285,6 +286,10 @@ class LMDeployEngine(HFTextMixin):
             logits_processors=[recorder] if recorder is not None else None,
             output_logits="generation" if self.engine_name == "turbomind" else None,
         )
+
+    def decoder(self, max_rows: int) -> EngineThreads:
+        """The engine batches by itself: a row is a call in flight."""
+        return EngineThreads(self.generate_batch, max_rows)
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """Each request runs as its own request on the pipeline's event loop (LMDeploy batches

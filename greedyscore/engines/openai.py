@@ -38,6 +38,7 @@ from ..scoring import StepScores
 from ..topk import ServerStep, step_scores
 from .base import GenerateRequest, Generation
 from .hf_text import HFTextMixin
+from .threads import EngineThreads
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 SERVER_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs (and OpenAI's cap)
@@ -126,6 +127,10 @@ class OpenAIEngine(HFTextMixin):
         return cls(client, model, tok, context, server, full_vocab, options)
 
     # --- generation ----------------------------------------------------------------------------
+    def decoder(self, max_rows: int) -> EngineThreads:
+        """The engine batches by itself: a row is a call in flight."""
+        return EngineThreads(self.generate_batch, max_rows)
+
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """One HTTP stream per request (the server batches): a chat turn when the request has
         messages, a completion of its token ids (a fork's prefix) when it has none."""
