@@ -91,7 +91,7 @@ class ScriptedEngine:
 
     filler = FILLER
 
-    def decoder(self, max_rows: int) -> Any:
+    def decoder(self, max_rows: int = 16) -> Any:
         """Rows stepped by the scheduler; concurrent: calls in flight, as LMDeploy's."""
         if self.concurrent:
             return EngineThreads(self.generate_batch, max_rows)

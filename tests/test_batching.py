@@ -73,9 +73,9 @@ class FlakyEngine:
             raise RuntimeError("injected failure")
         return self.engine.generate_batch(requests)
 
-    def decoder(self):
+    def decoder(self, max_rows: int = 16):
         """The continuous batch, failing when the poisoned prompt joins (its prefill)."""
-        batch, poison = self.engine.decoder(), self.poison
+        batch, poison = self.engine.decoder(max_rows), self.poison
         join = batch.join
 
         def poisoned_join(request, tag=None):

@@ -95,7 +95,7 @@ class Engine(Protocol):
         """Greedy decoding (argmax of raw logits) of each request's prompt ids, until a stop id,
         its max_new_tokens or its cancel event; one Generation per request, in order."""
 
-    def decoder(self, max_rows: int) -> Decoder:
+    def decoder(self, max_rows: int = 16) -> Decoder:
         """Rows for the scheduler to join and step: the engine's own batch, or `threads.EngineThreads`
         for an engine that batches by itself."""
 

@@ -287,7 +287,7 @@ class LMDeployEngine(HFTextMixin):
             output_logits="generation" if self.engine_name == "turbomind" else None,
         )
 
-    def decoder(self, max_rows: int) -> EngineThreads:
+    def decoder(self, max_rows: int = 16) -> EngineThreads:
         """The engine batches by itself: a row is a call in flight."""
         return EngineThreads(self.generate_batch, max_rows)
 

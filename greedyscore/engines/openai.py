@@ -127,7 +127,7 @@ class OpenAIEngine(HFTextMixin):
         return cls(client, model, tok, context, server, full_vocab, options)
 
     # --- generation ----------------------------------------------------------------------------
-    def decoder(self, max_rows: int) -> EngineThreads:
+    def decoder(self, max_rows: int = 16) -> EngineThreads:
         """The engine batches by itself: a row is a call in flight."""
         return EngineThreads(self.generate_batch, max_rows)
 

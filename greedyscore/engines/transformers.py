@@ -133,7 +133,7 @@ class TransformersEngine(HFTextMixin):
         its cancel is seen, and leaves the batch then; scores come from the same raw logits."""
         return generate_all(self.model, self.stop_ids, requests)
 
-    def decoder(self, max_rows: int) -> DecodeBatch:
+    def decoder(self, max_rows: int = 16) -> DecodeBatch:
         """A batch that requests join and leave at any step: the scheduler's continuous batching."""
         return DecodeBatch(self.model, self.stop_ids)
 
