@@ -1,0 +1,55 @@
+"""One visitor's control over their turns on the shared Service: one model turn at a time, Stop that
+works while a turn waits in the queue or runs, and Clear that a running turn notices.
+
+Pure control (no model, no gradio): the UI keeps a Session per visitor beside their conversation
+and passes `turn()`'s cancel event to `Service.run`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import BadInput
+
+BUSY_TURN = "a reply is still being generated: wait for it, or press Stop"
+
+
+@dataclass
+class Session:
+    cancel: threading.Event | None = None  # the turn being generated (or queued): Stop sets it
+    epoch: int = 0  # bumped by Clear: a turn started in an older epoch keeps its result to itself
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __deepcopy__(self, memo: dict) -> Session:
+        """gr.State deep-copies its initial value for each visitor: each gets a fresh Session."""
+        return Session()
+
+    def arm(self) -> None:
+        """Before a turn is queued: its cancel event exists at once, so Stop works while it waits."""
+        if not self.lock.locked():
+            self.cancel = threading.Event()
+
+    def stop(self) -> None:
+        if self.cancel is not None:
+            self.cancel.set()
+
+    def clear(self) -> None:
+        """Stop whatever runs and start a new epoch."""
+        self.stop()
+        self.epoch += 1
+
+    @contextmanager
+    def turn(self) -> Iterator[threading.Event]:
+        """Hold the visitor's turn for a reply or a fork; refuse a second one meanwhile."""
+        if not self.lock.acquire(blocking=False):
+            raise BadInput(BUSY_TURN)
+        if self.cancel is None:  # a fork, or a turn that was not armed
+            self.cancel = threading.Event()
+        try:
+            yield self.cancel
+        finally:
+            self.cancel = None
+            self.lock.release()
