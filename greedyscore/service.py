@@ -90,47 +90,49 @@ class Service:
         """What to generate after which ids, checked against the model."""
         s, engine = request.settings, self.engine
         if isinstance(request, Chat):
-            self._check_chars(sum(len(m.content) for m in request.messages))
+            _check_chars(engine, sum(len(m.content) for m in request.messages))
             if engine.server_template:  # a remote server templates (and checks the fit): its ids come back
                 return Turn((), s, messages=request.messages)
-            return self._fit(Turn(tuple(self._prompt_ids(request.messages)), s))
+            return _fit(engine, Turn(tuple(_prompt_ids(engine, request.messages)), s))
         if isinstance(request, Rerun):
             if engine.server_template and not request.forced:
                 return self._turn(Chat(request.messages, s))
             if not request.prompt_ids:
                 raise BadInput("the shared result has no prompt ids to run again")
-            self._check_vocab(request.forced, "fork prefix")
-            self._check_vocab(request.prompt_ids, "prompt")
-            return self._fit(Turn(request.prompt_ids, s, request.forced, request.forked_at))
-        self._check_chars(sum(len(m.content) for m in request.messages))
-        self._check_vocab((request.token_id,), "fork", unknown=True)
+            _check_vocab(engine, request.forced, "fork prefix")
+            _check_vocab(engine, request.prompt_ids, "prompt")
+            return _fit(engine, Turn(request.prompt_ids, s, request.forced, request.forked_at))
+        _check_chars(engine, sum(len(m.content) for m in request.messages))
+        _check_vocab(engine, (request.token_id,), "fork", unknown=True)
         reply = request.reply_ids
         if reply is None:  # no original given: it is a fresh greedy reply
             reply = tuple(t.id for t in self.chat(request.messages, replace(s, verify=False)).tokens)
             if request.at >= len(reply):
                 raise BadInput(f"at must be a position in the reply, 0 to {len(reply) - 1}, got {request.at}")
-        self._check_vocab(reply[:request.at], "fork", unknown=True)
-        turn = Turn(tuple(self._prompt_ids(request.messages)), s, (*reply[:request.at], request.token_id), request.at)
-        return self._fit(turn, "fork (prompt + prefix)")
+        _check_vocab(engine, reply[:request.at], "fork", unknown=True)
+        forced = (*reply[:request.at], request.token_id)
+        turn = Turn(tuple(_prompt_ids(engine, request.messages)), s, forced, request.at)
+        return _fit(engine, turn, "fork (prompt + prefix)")
 
     def _score_ids(self, request: ScoreText | ScoreConversation | ScoreIds) -> tuple[list[int], list[int]]:
         """(context, target) of a teacher-forced request, checked against the model."""
+        engine = self.engine
         if isinstance(request, ScoreIds):
-            context = self._check_vocab(request.context, "context")
-            target = self._check_vocab(request.target, request.what)
+            context = _check_vocab(engine, request.context, "context")
+            target = _check_vocab(engine, request.target, request.what)
         elif isinstance(request, ScoreConversation):
-            self._check_chars(sum(len(m.content) for m in request.messages))
-            ids = self._prompt_ids(request.messages)
+            _check_chars(engine, sum(len(m.content) for m in request.messages))
+            ids = _prompt_ids(engine, request.messages)
             context, target = ids[:1], ids[1:]
         else:
-            self._check_chars(len(request.text) + sum(len(m.content) for m in request.messages))
-            context, target = self._text_ids(request.text)
+            _check_chars(engine, len(request.text) + sum(len(m.content) for m in request.messages))
+            context, target = _text_ids(engine, request.text)
             if request.messages:
-                context = self._prompt_ids(request.messages)
+                context = _prompt_ids(engine, request.messages)
             elif not context:  # no BOS: the first token has nothing to be predicted from
                 context, target = target[:1], target[1:]
         what = "conversation" if isinstance(request, ScoreConversation) else getattr(request, "what", "text")
-        self._check_fit(len(context) + len(target), 0, what)
+        _check_fit(engine, len(context) + len(target), 0, what)
         return context, target
 
     # --- the short forms --------------------------------------------------------------------------
@@ -159,56 +161,57 @@ class Service:
         """Teacher-forced scores of a whole conversation, every templated token after the first."""
         return last(self.run(ScoreConversation(tuple(messages), settings)))
 
-    # --- checks against the model -----------------------------------------------------------------
-    def _check_chars(self, n_chars: int) -> None:
-        ctx = self.engine.context_length
-        if n_chars > ctx * CHARS_PER_TOKEN_CAP:
-            raise InputTooLong(
-                f"the prompt is {n_chars:,} characters, far more than the model's context of {ctx:,} tokens: shorten it"
-            )
+# --- checks against the model -------------------------------------------------------------------
+def _check_chars(engine: Engine, n_chars: int) -> None:
+    ctx = engine.context_length
+    if n_chars > ctx * CHARS_PER_TOKEN_CAP:
+        raise InputTooLong(
+            f"the prompt is {n_chars:,} characters, far more than the model's context of {ctx:,} tokens: shorten it"
+        )
 
-    def _fit(self, turn: Turn, what: str = "prompt") -> Turn:
-        """The turn fits the context with its new tokens (none after a fork onto a stop token)."""
-        ends = bool(turn.forced) and turn.forced[-1] in self.engine.stop_ids
-        self._check_fit(len(turn.prompt) + len(turn.forced), 0 if ends else turn.settings.max_new_tokens, what)
-        return turn
+def _fit(engine: Engine, turn: Turn, what: str = "prompt") -> Turn:
+    """The turn fits the context with its new tokens (none after a fork onto a stop token)."""
+    ends = bool(turn.forced) and turn.forced[-1] in engine.stop_ids
+    _check_fit(engine, len(turn.prompt) + len(turn.forced), 0 if ends else turn.settings.max_new_tokens, what)
+    return turn
 
-    def _check_fit(self, n: int, new: int, what: str) -> None:
-        ctx = self.engine.context_length
-        if n >= ctx:
-            raise InputTooLong(
-                f"the {what} is {n:,} tokens, longer than the model's context of {ctx:,} tokens: shorten it"
-            )
-        if n + new > ctx:
-            raise InputTooLong(
-                f"the {what} is {n:,} tokens; with max_new_tokens {new:,} that is beyond the "
-                f"model's context of {ctx:,} tokens: lower max_new_tokens to {ctx - n:,} or shorten the {what}"
-            )
+def _check_fit(engine: Engine, n: int, new: int, what: str) -> None:
+    ctx = engine.context_length
+    if n >= ctx:
+        raise InputTooLong(
+            f"the {what} is {n:,} tokens, longer than the model's context of {ctx:,} tokens: shorten it"
+        )
+    if n + new > ctx:
+        raise InputTooLong(
+            f"the {what} is {n:,} tokens; with max_new_tokens {new:,} that is beyond the "
+            f"model's context of {ctx:,} tokens: lower max_new_tokens to {ctx - n:,} or shorten the {what}"
+        )
 
-    def _check_vocab(self, ids: Sequence[int], what: str, unknown: bool = False) -> list[int]:
-        vocab = self.engine.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None and unknown:
-            raise BadInput(f"unknown token id {bad}: this model's ids are 0 to {vocab - 1}")
-        if bad is not None:
-            raise BadInput(f"the {what} has token id {bad}, outside this model's vocabulary (0 to {vocab - 1}): "
-                           "it was made with another tokenizer")
-        return list(ids)
+def _check_vocab(engine: Engine, ids: Sequence[int], what: str, unknown: bool = False) -> list[int]:
+    vocab = engine.vocab_size
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None and unknown:
+        raise BadInput(f"unknown token id {bad}: this model's ids are 0 to {vocab - 1}")
+    if bad is not None:
+        raise BadInput(f"the {what} has token id {bad}, outside this model's vocabulary (0 to {vocab - 1}): "
+                       "it was made with another tokenizer")
+    return list(ids)
 
-    def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The chat template's ids; a template or tokenizer failure is a domain error like any other."""
-        with model_errors():
-            return list(self.engine.prompt_ids(messages))
+def _prompt_ids(engine: Engine, messages: Sequence[Message]) -> list[int]:
+    """The chat template's ids; a template or tokenizer failure is a domain error like any other."""
+    with model_errors():
+        return list(engine.prompt_ids(messages))
 
-    def _text_ids(self, text: str) -> tuple[list[int], list[int]]:
-        with model_errors():
-            return self.engine.text_ids(text)
+def _text_ids(engine: Engine, text: str) -> tuple[list[int], list[int]]:
+    with model_errors():
+        return engine.text_ids(text)
+
 
 
 # --- clients' small questions, asked of the Service's engine ----------------------------------------
 def guess_ids(service: Service, guess: Any) -> list[int]:
     """A learner's guess as token ids (plain text, no special tokens)."""
-    ids = service._text_ids(guess_text(guess))[1]
+    ids = _text_ids(service.engine, guess_text(guess))[1]
     if not ids:
         raise BadInput("that guess has no tokens: type a word or a sign")
     return ids
