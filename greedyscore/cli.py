@@ -23,7 +23,7 @@ from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
 if TYPE_CHECKING:
     from .service import Service
-    from .share import ShareStore
+    from .sharing.store import ShareStore
 
 EPILOG = """examples:
   python -m greedyscore chat "What is the capital of France?"
@@ -190,7 +190,7 @@ def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messag
     """Store the result (as the demo's Share button does) -> its id."""
     import time
 
-    from .shared import settings_of, share_reply
+    from .sharing.document import settings_of, share_reply
 
     if args.command in ("chat", "fork"):
         kind, settings = "chat", Settings(args.max_new_tokens, args.top_k, args.verify)

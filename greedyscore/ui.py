@@ -26,10 +26,10 @@ from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_ht
 from .render.calibration import calibration_html, reliability_figure
 from .render.compare import compare_outputs
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
-from .render.shared import share_link_html
+from .render.share_page import share_link_html
 from .render.text import neutral
 from .service import Service, parse_messages, parse_messages_json, parse_settings, whole_number
-from .shared import share_reply_json, share_text, share_turn
+from .sharing.document import share_reply_json, share_text, share_turn
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 from .ui_share import Sharing, link_box, shared_panel, wire_panel
 from .ui_teach import compare_tab, guess_tab
