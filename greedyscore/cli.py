@@ -304,9 +304,10 @@ def _main(args: argparse.Namespace, opened: list[Service]) -> int:
         print(json.dumps({**reply.to_json(), **extra}, ensure_ascii=False))
     else:
         from .render.terminal import reply_ansi
+        from .render.view import View
 
         use_color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
-        print(reply_ansi(reply, color_by=args.color_by, use_color=use_color))
+        print(reply_ansi(reply, View(args.color_by), use_color=use_color))
         if reply.calibration is not None:
             cal = reply.calibration
             print(f"calibration: top-1 accuracy {cal.accuracy:.0%} over {cal.n} positions, ECE {cal.ece:.3f}, "

@@ -12,8 +12,9 @@ from typing import Any
 from ..sharing.document import Reproduction, SharedItem
 from ..types import Message, ModelIdentity
 from .explore import conversation_html, shown_fork_html
+from .outputs import render_numbers, render_outputs
 from .text import bdi, esc, html_visible
-from .view import View, render_numbers, render_outputs
+from .view import View
 
 COPY_JS = """
 element.addEventListener('click', (e) => {
