@@ -34,8 +34,8 @@ def scored_texts(shapes: list[tuple[int, int]]):
 def put_shares(store_path: Path, service, replies: dict) -> dict[str, str]:
     """Store each reply as a Score-text share; the longest once more after messages as long as a
     share may hold. -> {label: id}."""
-    from greedyscore.share import ShareStore
-    from greedyscore.shared import MAX_SHARED_CHARS, share_text
+    from greedyscore.sharing.document import MAX_SHARED_CHARS, share_text
+    from greedyscore.sharing.store import ShareStore
     from greedyscore.types import Message
 
     store, ids = ShareStore(store_path), {}
@@ -79,7 +79,7 @@ def page_seconds(url: str, share_ids: dict[str, str], repeats: int) -> dict[str,
 def main() -> None:
     from servers import free_port, start, stop
 
-    from greedyscore.shared import MAX_SHARED_CELLS, MAX_SHARED_CHARS
+    from greedyscore.sharing.document import MAX_SHARED_CELLS, MAX_SHARED_CHARS
     from greedyscore.types import MAX_TOP_K
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .engine_args import add_engine_args
 from .errors import BadInput, GreedyScoreError
@@ -24,7 +24,7 @@ from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 
 if TYPE_CHECKING:
     from .service import Service
-    from .share import ShareStore
+    from .sharing.store import ShareStore
 
 EPILOG = """examples:
   python -m greedyscore chat "What is the capital of France?"
@@ -57,7 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score,fork,compare}")
+    common, turn = _common_options(), _turn_options()
+    sub.add_parser("chat", parents=[common, turn], help="greedy reply with every token's probability",
+                   description="Answer PROMPT (or a conversation) greedily and score every generated token.")
+    _add_fork(sub, [common, turn])
+    _add_score(sub, [common])
+    _add_compare(sub, [common])
+    return parser
 
+
+def _common_options() -> argparse.ArgumentParser:
+    """What every command takes: output, engine, top-k, colours, sharing."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true",
                         help="print one JSON object (a stable schema) instead of colours")
@@ -73,18 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the share store: a SQLite file or postgresql://... (default: the demo's, "
                              "$GREEDYSCORE_STORE or $GREEDYSCORE_CACHE/shares.db; its limits from "
                              "$GREEDYSCORE_SHARE_TTL and $GREEDYSCORE_SHARE_MAX_MB)")
+    return common
 
-    turn = argparse.ArgumentParser(add_help=False)  # what chat and fork share: a conversation to answer
+
+def _turn_options() -> argparse.ArgumentParser:
+    """What chat and fork share: a conversation to answer."""
+    turn = argparse.ArgumentParser(add_help=False)
     turn.add_argument("prompt", nargs="?", help="the user message (or use --messages)")
     turn.add_argument("--messages", metavar="FILE", help='JSON list of {"role", "content"} ("-" for stdin)')
     turn.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on reply tokens (default: 128)")
     turn.add_argument("--verify", action="store_true",
                       help="also rescore the whole reply and flag near ties (rescored rank != 1)")
+    return turn
 
-    sub.add_parser("chat", parents=[common, turn], help="greedy reply with every token's probability",
-                   description="Answer PROMPT (or a conversation) greedily and score every generated token.")
+
+def _add_fork(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     fork = sub.add_parser(
-        "fork", parents=[common, turn], help="the reply had the model taken another token at one position",
+        "fork", parents=parents, help="the reply had the model taken another token at one position",
         description="Take the greedy reply to PROMPT (or --messages), swap its token AT for TOKEN_ID and let the "
                     "model continue greedily. Prints the whole forked path from the reply's first token: the "
                     "shared prefix is marked (JSON: \"shared\" per token, \"forked_at\").")
@@ -94,15 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the original reply's token ids, e.g. [504, 3575] (default: a fresh greedy reply with "
                            "the same --max-new-tokens)")
 
-    score = sub.add_parser("score", parents=[common], help="teacher-forced probabilities of given text",
+
+def _add_score(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    score = sub.add_parser("score", parents=parents, help="teacher-forced probabilities of given text",
                            description="Score TEXT token by token, as the model would have predicted it.")
     score.add_argument("text", nargs="?", help="the text to score (or use --messages)")
     score.add_argument("--prompt", help="score TEXT as the assistant's reply to this user message")
     score.add_argument("--messages", metavar="FILE", help="score a whole conversation (JSON list of messages)")
 
+
+def _add_compare(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     from .variants import AGAINST
 
-    cmp = sub.add_parser("compare", parents=[common], help="score a text under two configurations, side by side",
+    cmp = sub.add_parser("compare", parents=parents, help="score a text under two configurations, side by side",
                          description="Score TEXT (as the reply to --prompt, if given) with this model (A) and under "
                                      "a second configuration (B), aligned on characters; prints the spans whose "
                                      "probability moved most (--json: every span).")
@@ -115,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--compare-model", help="the model for --against 'another model'")
     cmp.add_argument("--conversation-b", metavar="FILE",
                      help="for --against 'another conversation': the JSON messages TEXT replies to on side B")
-    return parser
 
 
 def _read_messages(path: str) -> list[Message]:
@@ -190,7 +208,7 @@ def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messag
     """Store the result (as the demo's Share button does) -> its id."""
     import time
 
-    from .shared import settings_of, share_reply
+    from .sharing.document import settings_of, share_reply
 
     if args.command in ("chat", "fork"):
         kind, settings = "chat", Settings(args.max_new_tokens, args.top_k, args.verify)
@@ -305,9 +323,10 @@ def _main(args: argparse.Namespace, opened: list[Service]) -> int:
         print(json.dumps({**reply.to_json(), **extra}, ensure_ascii=False))
     else:
         from .render.terminal import reply_ansi
+        from .render.view import View
 
         use_color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
-        print(reply_ansi(reply, color_by=args.color_by, use_color=use_color))
+        print(reply_ansi(reply, View(args.color_by), use_color=use_color))
         if reply.calibration is not None:
             cal = reply.calibration
             print(f"calibration: top-1 accuracy {cal.accuracy:.0%} over {cal.n} positions, ECE {cal.ece:.3f}, "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import BadInput
-from .reply_json import MAX_ID, reply_from_json
+from .sharing.reply_json import MAX_ID, reply_from_json
 from .types import Message, ScoredReply
 
 ORIGINAL = 0  # the node id of a turn's own reply in its fork tree

@@ -151,7 +151,7 @@ def share_store(where: str | None = None, ttl_days: float | None = None, max_mb:
     GREEDYSCORE_STORE, GREEDYSCORE_SHARE_TTL, GREEDYSCORE_SHARE_MAX_MB, GREEDYSCORE_SHARE_RATE, so
     the CLI keeps the demo's limits). Bad limits raise BadInput naming them, before anything runs."""
     from .models import cache_dir
-    from .share import Limits, ShareStore
+    from .sharing.store import Limits, ShareStore
 
     if ttl_days is None and env("SHARE_TTL"):
         ttl_days = positive_number(env("SHARE_TTL"), "GREEDYSCORE_SHARE_TTL", MAX_TTL_DAYS)

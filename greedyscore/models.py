@@ -1,8 +1,8 @@
 """Where models come from: the embedded SmolLM2 wheel, .gguf files, local HF dirs, hub ids.
 
 A .gguf (the embedded model is one) is converted once into a plain safetensors HF model dir in
-the cache (`GREEDYSCORE_CACHE`, default ~/.cache/greedyscore): loading a GGUF de-quantizes
-for ~20 s, the saved dir reloads in < 1 s and LMDeploy can load it too.
+the cache (`GREEDYSCORE_CACHE`, default ~/.cache/greedyscore): de-quantizing a GGUF at every load
+is slow, the saved dir reloads fast and LMDeploy can load it too.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ _identities: dict[tuple, str] = {}
 def weights_identity(source: str | None) -> str | None:
     """sha256 over a local model dir's config.json and weight files (names and bytes): the same
     value wherever the same model is, another for any other weights. None where the files are not
-    on this machine (a hub id, a remote server). Read once per process (~0.5 s per GB).
+    on this machine (a hub id, a remote server). Computed once per process: it reads every weight byte.
 
     Example: weights_identity(resolve_model(None)[1]) -> "sha256:3f1c…" (64 hex digits)
     """

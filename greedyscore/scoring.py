@@ -246,10 +246,10 @@ def build_tokens(
 
 # |Δp| an engine's own logprobs may show against the float32 rescoring when it computes them in a
 # 16-bit dtype (the PyTorch engine's raw_logprobs: `log_softmax` in the model's dtype, on decode-step
-# logits, against a prefill's): bfloat16 measured up to 0.055 on the CPU stand-in (0.004 of it the
-# rounding of the log-softmax alone, the rest decode vs prefill arithmetic); float16, not runnable on
-# these CPUs, gets the same bound until a GPU measures it (benchmarks/bench_engine_logprobs.py). An offset
-# error moves p far more.
+# logits, against a prefill's): for bfloat16 mostly decode vs prefill arithmetic, a little the rounding of
+# the log-softmax, and within this bound on the CPU stand-in (benchmarks/bench_engine_logprobs.py, its
+# figures in RESULTS.md); float16, not runnable on these CPUs, gets the same bound until a GPU measures it.
+# An offset error moves p far more.
 ENGINE_LOGPROB_TOLERANCE = {"bfloat16": 0.1, "float16": 0.1}
 
 

@@ -26,11 +26,11 @@ from .render import COLOR_MODES, CSS, DEFAULT_PALETTE, PALETTES, View, legend_ht
 from .render.calibration import calibration_html, reliability_figure
 from .render.compare import compare_outputs
 from .render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
-from .render.shared import share_link_html
+from .render.share_page import share_link_html
 from .render.text import neutral
 from .requests import parse_messages, parse_messages_json, parse_settings, whole_number
 from .service import Service
-from .shared import share_reply_json, share_text, share_turn
+from .sharing.document import share_reply_json, share_text, share_turn
 from .types import MAX_TOP_K, Message, ScoredReply, Settings, TextDelta
 from .ui_share import Sharing, link_box, shared_panel, wire_panel
 from .ui_teach import compare_tab, guess_tab
@@ -401,8 +401,7 @@ def _score_tab(service: Service, controls: Controls, exports: Exports, config: U
         button = gr.Button("Score", variant="primary", elem_id="gs-score-btn", scale=3)
         sample = gr.Button("Load the calibration sample (English + Chinese)", elem_id="gs-cal-sample", scale=2)
     gr.Examples(list(SCORE_EXAMPLES), inputs=[text], label="Texts to try")
-    shown = gr.HTML(legend_html(DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFAULT_VIEW.threshold),
-                    label="Text, token by token", elem_id="gs-score")
+    shown = gr.HTML(legend_html(DEFAULT_VIEW), label="Text, token by token", elem_id="gs-score")
     with gr.Row():
         share_btn = gr.Button("Share this result", elem_id="gs-score-share", size="sm", scale=0,
                               visible=sharing.store is not None)

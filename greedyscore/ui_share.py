@@ -17,15 +17,15 @@ import gradio as gr
 from .errors import BadInput, GreedyScoreError
 from .render import View
 from .render.explore import EXPLORE_JS
-from .render.shared import (
+from .render.share_page import (
     COPY_JS,
     not_shared_html,
     reproduction_html,
     shared_view,
 )
 from .service import Service
-from .share import NotShared, ShareStore
-from .shared import SharedItem, reproduction, rerun_plan
+from .sharing.document import SharedItem, reproduction, rerun_plan
+from .sharing.store import NotShared, ShareStore
 from .types import Settings
 
 

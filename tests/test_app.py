@@ -283,8 +283,8 @@ def test_a_lone_surrogate_over_http_gets_a_message_and_the_app_keeps_serving(cli
 def test_a_share_over_the_page_budget_gets_a_message_made_or_stored(client, app_store):
     """Sharing a result whose page would be slow is refused with the budget named; one stored over
     it (by an older greedyscore, another process) opens as a message, not an 11 s page."""
-    from greedyscore.share import ShareStore
-    from greedyscore.shared import MAX_SHARED_CELLS
+    from greedyscore.sharing.document import MAX_SHARED_CELLS
+    from greedyscore.sharing.store import ShareStore
 
     _, _, scored, _ = client.predict("The cat sat on the mat by the door.", "", 20, *VIEW, api_name="/score_text")
     cells = len(scored["tokens"]) * 21

@@ -471,8 +471,8 @@ def test_a_stored_share_with_a_lone_surrogate_shows_a_message_and_the_page_keeps
     page says what is wrong instead of its stream dying, and the visitor's Chat still answers."""
     import time
 
-    from greedyscore.share import ShareStore
-    from greedyscore.shared import share_text
+    from greedyscore.sharing.document import share_text
+    from greedyscore.sharing.store import ShareStore
     from greedyscore.types import Message, Settings
 
     reply = service.score_text("Paris is lovely.", Settings(top_k=3))

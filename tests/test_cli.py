@@ -174,7 +174,7 @@ def test_huge_numbers_blame_the_input_not_the_model():
 
 def test_bad_share_limits_exit_2_before_the_model_runs(tmp_path):
     """GREEDYSCORE_SHARE_TTL=-1 once deleted the whole store and still printed an id."""
-    from greedyscore.share import ShareStore
+    from greedyscore.sharing.store import ShareStore
 
     store = tmp_path / "shares.db"
     kept = ShareStore(store).put({"n": 1})
@@ -261,8 +261,8 @@ def test_compare_json_and_score_calibration():
 def test_share_prints_an_id_the_demo_store_holds(tmp_path, service):
     from greedyscore.requests import Rerun
     from greedyscore.service import last
-    from greedyscore.share import ShareStore
-    from greedyscore.shared import SharedItem, reproduction, rerun_plan
+    from greedyscore.sharing.document import SharedItem, reproduction, rerun_plan
+    from greedyscore.sharing.store import ShareStore
 
     store = tmp_path / "shares.db"
     proc = cli("chat", "--json", "--share", "--store", str(store), "--max-new-tokens", "6", "--top-k", "2", "Hi!")

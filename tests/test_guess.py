@@ -63,7 +63,8 @@ def test_learner_bits_follow_the_stated_rule():
 
 def test_a_multi_token_guess_is_scored_as_the_sequence_it_is(game, service, engine):
     after = play(game, "Once", guess_ids(service, "Once"), 0.0, 1)
-    said, ids, lp, rank = score_guess(after, "upon a time", lambda text: guess_ids(service, text), asker(service, after))
+    tokenise = lambda text: guess_ids(service, text)  # noqa: E731
+    said, ids, lp, rank = score_guess(after, "upon a time", tokenise, asker(service, after))
     assert said == " upon a time" and engine.decode(ids) == " upon a time"  # likelier with the space
     want = brute_force(engine, after.context_ids(), ids)
     assert lp == pytest.approx(want[0], abs=1e-4) and rank == want[1]

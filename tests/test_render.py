@@ -18,6 +18,7 @@ from greedyscore.errors import BadInput
 from greedyscore.render import (
     CSS,
     PALETTES,
+    View,
     cell_text,
     color_for,
     legend_html,
@@ -243,7 +244,8 @@ def test_a_split_character_is_one_unit_listing_each_fragment():
         assert text in tip, text
     for mode in ("margin", "entropy"):  # the least confident fragment colours the unit
         low = min(token_value(t, mode) for t in parts)
-        assert Doc(tokens_html(parts, mode)).tokens[0]["attrs"]["style"].startswith(f"background:{color_for(low)}")
+        style = Doc(tokens_html(parts, View(mode))).tokens[0]["attrs"]["style"]
+        assert style.startswith(f"background:{color_for(low)}")
 
 
 def test_alternatives_are_fork_buttons_when_asked():
@@ -280,7 +282,7 @@ def test_newline_tab_and_space_render_visibly_and_faithfully():
 
 def test_special_low_near_tie_and_continuation_classes():
     reply = sample_reply()
-    doc = Doc(reply_html(reply, threshold=0.5))
+    doc = Doc(reply_html(reply, View(threshold=0.5)))
     classes = {p["attrs"]["data-i"]: set(p["classes"]) for p in doc.tokens}
     assert "gs-special" in classes["10"] and "gs-special" not in classes["0"]
     assert "gs-low" in classes["5"] and "gs-low" in classes["7"] and "gs-low" not in classes["1"]
@@ -300,7 +302,7 @@ def test_near_tie_needs_a_rescored_probability():
 def test_threshold_follows_the_colour_mode():
     t = tok("x", 0.9, entropy=2.0, margin=0.05)
     for mode, low in (("prob", False), ("margin", True), ("entropy", True)):
-        doc = Doc(tokens_html([t], color_by=mode, threshold=0.5))
+        doc = Doc(tokens_html([t], View(mode, threshold=0.5)))
         assert ("gs-low" in doc.tokens[0]["classes"]) is low, mode
 
 
@@ -329,25 +331,25 @@ def test_empty_reply_renders():
 
 def test_unknown_mode_or_palette_is_a_bad_input():
     with pytest.raises(BadInput):
-        reply_html(sample_reply(), color_by="rank")
+        reply_html(sample_reply(), View(color_by="rank"))
     with pytest.raises(BadInput):
-        tokens_html([tok("x", 0.5)], palette="rainbow")
+        tokens_html([tok("x", 0.5)], View(palette="rainbow"))
 
 
 # --- legend and stats -------------------------------------------------------------------------
 
 
 def test_legend_has_ticks_threshold_and_meaning():
-    out = legend_html("prob", "cividis", 0.5)
+    out = legend_html(View("prob", "cividis", 0.5))
     for s in ("0%", "50%", "100%", "probability &lt; 50%", "linear-gradient", "near tie", "special"):
         assert s in out, s
-    assert "nats" in legend_html("entropy", "cividis", 0.5)
-    assert legend_html("prob") in reply_html(sample_reply())
+    assert "nats" in legend_html(View("entropy", "cividis", 0.5))
+    assert legend_html(View("prob")) in reply_html(sample_reply())
 
 
 def test_stats_html_numbers():
     reply = sample_reply()
-    out = stats_html(reply, "prob", threshold=0.5)
+    out = stats_html(reply, View("prob", threshold=0.5))
     doc = Doc(out)
     text = "".join(data for data in _texts(out))
     assert str(len(reply.tokens)) in text
@@ -403,7 +405,7 @@ def test_token_value_is_monotone_in_confidence():
 def test_confidence_figure_one_bar_per_token():
     reply = sample_reply()
     tokens = list(reply.tokens) + [tok(" of", 0.99, id=12)]  # a duplicate text must not merge bars
-    fig = confidence_figure(tokens, "prob", "cividis", 0.4)
+    fig = confidence_figure(tokens, View("prob", "cividis", 0.4))
     bar, line = fig.data
     assert bar.type == "bar" and len(bar.y) == len(tokens) and list(bar.x) == list(range(len(tokens)))
     assert list(bar.y) == pytest.approx([t.prob for t in tokens])
@@ -426,7 +428,7 @@ def test_figure_hover_and_ticks_are_escaped():
 def test_histogram_counts_every_token():
     probs = [0.0, 0.04, 0.5, 0.51, 0.99, 1.0]
     assert histogram_counts(probs, bins=2) == [2, 4]
-    fig = histogram_figure([tok("x", p) for p in probs if p > 0], threshold=0.5)
+    fig = histogram_figure([tok("x", p) for p in probs if p > 0], View(threshold=0.5))
     assert sum(fig.data[0].y) == 5 and len(fig.data[0].y) == 20
     assert [s.x0 for s in fig.layout.shapes if s.name == "threshold"] == [0.5]
 
@@ -441,7 +443,7 @@ def _mixed_tokens() -> list[ScoredToken]:
 @pytest.mark.parametrize("palette", list(PALETTES))
 def test_histogram_follows_the_colour_mode_and_palette(mode, palette):
     tokens = _mixed_tokens()
-    fig = histogram_figure(tokens, mode, palette, 0.5)
+    fig = histogram_figure(tokens, View(mode, palette, 0.5))
     bar = fig.data[0]
     assert list(bar.y) == histogram_counts([token_value(t, mode) for t in tokens], 20)
     assert list(bar.marker.color) == [color_for(x, palette) for x in bar.x]
@@ -451,7 +453,7 @@ def test_histogram_follows_the_colour_mode_and_palette(mode, palette):
 @pytest.mark.parametrize("mode,below,worst", [("prob", 1, "c"), ("margin", 3, "d"), ("entropy", 2, "a")])
 def test_stats_follow_the_colour_mode(mode, below, worst):
     reply = make_reply(_mixed_tokens())
-    rows = dict(stats_rows(reply, mode, "cividis", 0.5))
+    rows = dict(stats_rows(reply, View(mode, "cividis", 0.5)))
     label = {"prob": "probability", "margin": "margin", "entropy": "entropy"}[mode]
     assert rows[f"below threshold (by {label})"].startswith(f"{below} (")
     first_chip = _texts(rows[f"least confident (by {label})"])[0]
@@ -568,7 +570,7 @@ def test_csv_reads_back_one_row_per_token_for_every_control_character(tmp_path):
 def test_render_outputs_draw_everything_in_the_chosen_view():
     """What the UI shows for a reply: the tokens, the chart, the histogram and the stats all
     follow the same colour mode and palette."""
-    from greedyscore.render import View, render_outputs
+    from greedyscore.render import render_outputs
 
     reply = make_reply(_mixed_tokens())
     page, fig, hist, stats = render_outputs(reply, View.make("margin (p1 − p2)", "viridis", 0.5))
@@ -581,15 +583,11 @@ def test_render_outputs_draw_everything_in_the_chosen_view():
 
 @pytest.mark.parametrize("threshold", ["abc", None, True, float("nan"), 1.5, -0.1, [0.5]])
 def test_view_rejects_a_bad_threshold_as_an_input_error(threshold):
-    from greedyscore.render import View
-
     with pytest.raises(BadInput, match="threshold must be a number between 0 and 1"):
         View.make("probability", "cividis", threshold)
 
 
 def test_view_takes_labels_or_mode_names():
-    from greedyscore.render import View
-
     assert View.make("probability", "cividis", "0.25") == View("prob", "cividis", 0.25)
     assert View.make("entropy", "red-green", 1) == View("entropy", "red-green", 1.0)
     with pytest.raises(BadInput, match="colour mode"):

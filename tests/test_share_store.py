@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from greedyscore.errors import BadInput
-from greedyscore.share import MIGRATIONS, Limits, NotShared, ShareLimit, ShareStore, StoreUnavailable
+from greedyscore.sharing.store import MIGRATIONS, Limits, NotShared, ShareLimit, ShareStore, StoreUnavailable
 from greedyscore.types import Message, Settings
 
 HOSTILE = '<script>alert("x")</script> \u200b "quoted" & \'single\' \U0001f600 \u4f60\u597d \ud83d (lone)'

@@ -14,11 +14,10 @@ import pytest
 from greedyscore.conversation import ORIGINAL, Conversation
 from greedyscore.errors import BadInput
 from greedyscore.render import View
-from greedyscore.render.shared import reproduction_html, shared_header_html, shared_view
-from greedyscore.reply_json import reply_from_json
+from greedyscore.render.share_page import reproduction_html, shared_header_html, shared_view
 from greedyscore.requests import Rerun, ScoreIds
 from greedyscore.service import last, prompt_matches
-from greedyscore.shared import (
+from greedyscore.sharing.document import (
     MAX_SHARED_CELLS,
     MAX_SHARED_CHARS,
     SharedItem,
@@ -30,6 +29,7 @@ from greedyscore.shared import (
     share_text,
     share_turn,
 )
+from greedyscore.sharing.reply_json import reply_from_json
 from greedyscore.types import MAX_TOP_K, Message, Settings
 from greedyscore.ui_share import Sharing
 

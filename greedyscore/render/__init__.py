@@ -14,17 +14,17 @@ from .colors import (
     MODES,
     PALETTES,
     color_for,
-    legend_html,
     measure_text,
     plotly_colorscale,
     text_color,
     token_value,
 )
 from .export import cell_text, parse_top, tokens_csv
-from .html import CSS, CSS_PATH, page_html, reply_html, stats_html, tokens_html
+from .html import CSS, CSS_PATH, legend_html, page_html, reply_html, stats_html, tokens_html
+from .outputs import render_numbers, render_outputs
 from .terminal import reply_ansi
 from .text import pct, visible
-from .view import COLOR_MODES, View, render_numbers, render_outputs
+from .view import COLOR_MODES, View
 
 if TYPE_CHECKING:
     from .chart import confidence_figure, histogram_figure

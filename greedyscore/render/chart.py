@@ -17,24 +17,23 @@ import plotly.graph_objects as go
 
 from ..types import ScoredToken
 from .colors import (
-    DEFAULT_PALETTE,
     ENTROPY_CAP,
     MODE_SHORT,
     check_mode,
     color_for,
     plotly_colorscale,
-    threshold_text,
     ticks,
     token_value,
     value_text,
 )
 from .text import entropy_text, pct, plotly_text, visible
+from .view import View
 
 MAX_TICK_LABELS = 60  # more token labels than this overlap: label every n-th bar
 TICK_CHARS = 10  # token labels on the x axis are cut to this many characters
 ENTROPY_COLOR = "#d6336c"  # not in any palette; the line is also dotted
 CHOSEN_MARK, OTHER_MARK = "\u25b8 ", "\u2003"  # hover rows: ▸ before the chosen token, an em space before others
-# white background set directly: a named template is deep-copied on every figure (~20 ms)
+# white background set directly: a named template is deep-copied on every figure, which is slow
 PLAIN_LAYOUT: dict = dict(template="none", paper_bgcolor="white", plot_bgcolor="white", font=dict(color="#212529"))
 AXIS_STYLE: dict = dict(gridcolor="#e9ecef", zerolinecolor="#ced4da", linecolor="#adb5bd")
 Y_TITLES = {"prob": "probability", "margin": "margin (p1 \u2212 p2)", "entropy": "confidence (1 \u2212 H / ln 20)"}
@@ -79,35 +78,38 @@ def _tick_values(n: int) -> list[int]:
     return list(range(0, n, step))
 
 
-def confidence_figure(
-    tokens: Sequence[ScoredToken], color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
-) -> go.Figure:
+def confidence_figure(tokens: Sequence[ScoredToken], view: View = View()) -> go.Figure:
     """One bar per token (height and colour = the mode's confidence, as in the HTML), the entropy
     as a dotted line on a second y axis, the threshold as a dashed line, top-k on hover.
 
     Example: len(confidence_figure(tokens).data[0].y) == len(tokens)
     """
-    check_mode(color_by)
-    n = len(tokens)
+    check_mode(view.color_by)
     # numpy arrays: Plotly validates them in one step instead of element by element
-    x = np.arange(n)
-    values = np.array([token_value(t, color_by) for t in tokens], dtype=float)  # [n]
-    entropy = np.array([t.entropy for t in tokens], dtype=float)  # [n]
-    tv = _tick_values(n)
-    bar = go.Bar(
+    x = np.arange(len(tokens))
+    values = np.array([token_value(t, view.color_by) for t in tokens], dtype=float)  # [n]
+    entropy_traces, ent_max = _entropy_traces(tokens, x)
+    layout = _confidence_layout(tokens, view, ent_max)
+    return go.Figure(data=[_confidence_bar(tokens, x, values, view), *entropy_traces], layout=layout)
+
+
+def _confidence_bar(tokens: Sequence[ScoredToken], x: np.ndarray, values: np.ndarray, view: View) -> go.Bar:
+    """The bars, coloured on the palette's scale with a colorbar in the mode's units, top-k on hover."""
+    mode = view.color_by
+    return go.Bar(
         x=x,
         y=values,
-        name=Y_TITLES[color_by],
+        name=Y_TITLES[mode],
         marker=dict(
             color=values,
-            colorscale=plotly_colorscale(palette),
+            colorscale=plotly_colorscale(view.palette),
             cmin=0.0,
             cmax=1.0,
             line=dict(width=0),
             colorbar=dict(
-                title=dict(text=MODE_SHORT[color_by], side="right"),
-                tickvals=[p for p, _ in ticks(color_by)],
-                ticktext=[plotly_text(label) for _, label in ticks(color_by)],
+                title=dict(text=MODE_SHORT[mode], side="right"),
+                tickvals=[p for p, _ in ticks(mode)],
+                ticktext=[plotly_text(label) for _, label in ticks(mode)],
                 x=1.1,
                 len=0.9,
             ),
@@ -118,6 +120,12 @@ def confidence_figure(
             " \u00b7 entropy %{customdata[2]}<br>%{customdata[4]}<extra></extra>"
         ),
     )
+
+
+def _entropy_traces(tokens: Sequence[ScoredToken], x: np.ndarray) -> tuple[list[go.Scatter], float]:
+    """The entropy line, and where a server gave only its top-k the band the entropy lies in;
+    with the top of the entropy axis."""
+    entropy = np.array([t.entropy for t in tokens], dtype=float)  # [n]
     line = go.Scatter(
         x=x,
         y=entropy,
@@ -127,17 +135,23 @@ def confidence_figure(
         line=dict(color=ENTROPY_COLOR, width=1.5, dash="dot"),
         hoverinfo="skip",
     )
-    traces = [bar, line]
+    traces = [line]
     upper = np.array([t.entropy if t.entropy_max is None else t.entropy_max for t in tokens], dtype=float)  # [n]
     if bool((upper > entropy).any()):  # a server's top-k only: the band the entropy lies in
         line.name = "entropy, lower bound (nats)"
         traces.append(go.Scatter(x=x, y=upper, name="entropy, upper bound (top-k only)", mode="lines", yaxis="y2",
                                  fill="tonexty", fillcolor="rgba(120,120,120,0.15)",
                                  line=dict(color=ENTROPY_COLOR, width=1, dash="dash"), hoverinfo="skip"))
-    ent_max = max(float(upper.max(initial=0.0)), ENTROPY_CAP)
-    caption = f"threshold: {threshold_text(color_by, threshold)}"
+    return traces, max(float(upper.max(initial=0.0)), ENTROPY_CAP)
+
+
+def _confidence_layout(tokens: Sequence[ScoredToken], view: View, ent_max: float) -> dict:
+    """Axes (token labels thinned out on long replies), the threshold line and its caption."""
+    n, mode = len(tokens), view.color_by
+    tv = _tick_values(n)
+    caption = f"threshold: {view.threshold_text()}"
     layout = dict(
-        title=dict(text=f"Confidence per token ({plotly_text(Y_TITLES[color_by])})"),
+        title=dict(text=f"Confidence per token ({plotly_text(Y_TITLES[mode])})"),
         xaxis=dict(
             AXIS_STYLE,
             title=dict(text="token"),
@@ -147,24 +161,24 @@ def confidence_figure(
             tickangle=-60 if n > 1 else 0,
             range=[-0.5, max(n, 1) - 0.5],
         ),
-        yaxis=dict(AXIS_STYLE, title=dict(text=Y_TITLES[color_by]), range=[0, 1.05],
-                   tickformat=None if color_by == "entropy" else ".0%"),
+        yaxis=dict(AXIS_STYLE, title=dict(text=Y_TITLES[mode]), range=[0, 1.05],
+                   tickformat=None if mode == "entropy" else ".0%"),
         yaxis2=dict(AXIS_STYLE, title=dict(text="entropy (nats)"), overlaying="y", side="right",
                     range=[0, ent_max * 1.05], showgrid=False, tickformat=".1f"),
         bargap=0.08 if n <= 200 else 0,
         hovermode="closest",
         legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
         margin=dict(l=60, r=120, t=70, b=90),
-        shapes=[threshold_line(threshold, horizontal=True)],
+        shapes=[threshold_line(view.threshold, horizontal=True)],
         annotations=[
-            dict(xref="paper", x=0, yref="y", y=threshold, text=plotly_text(caption), showarrow=False,
+            dict(xref="paper", x=0, yref="y", y=view.threshold, text=plotly_text(caption), showarrow=False,
                  xanchor="left", yanchor="bottom", font=dict(size=11)),
         ],
         **PLAIN_LAYOUT,
     )  # fmt: skip
     if n == 0:
         layout["annotations"].append(dict(text="no tokens", xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False))
-    return go.Figure(data=traces, layout=layout)
+    return layout
 
 
 def threshold_line(threshold: float, horizontal: bool) -> dict:
@@ -188,19 +202,13 @@ def histogram_counts(probs: Sequence[float], bins: int = 20) -> list[int]:
     return counts
 
 
-def histogram_figure(
-    tokens: Sequence[ScoredToken],
-    color_by: str = "prob",
-    palette: str = DEFAULT_PALETTE,
-    threshold: float | None = None,
-    bins: int = 20,
-) -> go.Figure:
+def histogram_figure(tokens: Sequence[ScoredToken], view: View = View(), bins: int = 20) -> go.Figure:
     """How many tokens fall in each bin of the colour mode's confidence (as the tokens and the
     chart are coloured), bars in the same palette, ticks in the mode's own units.
 
-    Example: sum(histogram_figure(tokens, "margin").data[0].y) == len(tokens)
+    Example: sum(histogram_figure(tokens, View("margin")).data[0].y) == len(tokens)
     """
-    check_mode(color_by)
+    color_by = check_mode(view.color_by)
     counts = histogram_counts([token_value(t, color_by) for t in tokens], bins)
     width = 1.0 / bins
     centers = [(i + 0.5) * width for i in range(bins)]
@@ -210,7 +218,7 @@ def histogram_figure(
         x=centers,
         y=counts,
         width=width * 0.95,
-        marker=dict(color=[color_for(c, palette) for c in centers], line=dict(width=0)),
+        marker=dict(color=[color_for(c, view.palette) for c in centers], line=dict(width=0)),
         customdata=labels,
         hovertemplate=f"{MODE_SHORT[color_by]} %{{customdata}}: %{{y}} tokens<extra></extra>",
         name="tokens",
@@ -224,7 +232,7 @@ def histogram_figure(
         bargap=0,
         margin=dict(l=60, r=30, t=60, b=60),
         showlegend=False,
-        shapes=[threshold_line(threshold, horizontal=False)] if threshold is not None else [],
+        shapes=[threshold_line(view.threshold, horizontal=False)],
         **PLAIN_LAYOUT,
     )
     return go.Figure(data=[bar], layout=layout)

@@ -14,7 +14,6 @@ readable with colour-vision deficiencies; low confidence is the dark end.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from functools import cache
@@ -187,16 +186,6 @@ def value_text(mode: str, value01: float) -> str:
     return f"{value01 * 100:.0f}%" if value01 * 100 == round(value01 * 100) else f"{value01 * 100:.1f}%"
 
 
-def threshold_text(mode: str, threshold: float) -> str:
-    """What "below the threshold" means in the mode's units.
-
-    Example: threshold_text("prob", 0.5) -> "probability < 50%"
-    """
-    if check_mode(mode) == "entropy":
-        return f"entropy > {value_text(mode, threshold)}"
-    return f"{'probability' if mode == 'prob' else 'margin'} < {value_text(mode, threshold)}"
-
-
 def gradient_css(palette: str = DEFAULT_PALETTE) -> str:
     """A CSS linear-gradient through the palette stops, low confidence on the left.
 
@@ -205,35 +194,3 @@ def gradient_css(palette: str = DEFAULT_PALETTE) -> str:
     stops = PALETTES[check_palette(palette)]
     parts = ", ".join(f"{c} {i * 100 / (len(stops) - 1):.4g}%" for i, c in enumerate(stops))
     return f"linear-gradient(to right, {parts})"
-
-
-def legend_html(mode: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5) -> str:
-    """An always-visible key: gradient bar with ticks and the threshold, and what each cue means.
-
-    Example: "50%" in legend_html("prob", "cividis", 0.5) -> True
-    """
-    check_mode(mode)
-    th = min(1.0, max(0.0, threshold))
-    tick_spans = "".join(
-        f'<span class="gs-legend-tick" style="left:{p * 100:.4g}%">{html.escape(label, quote=True)}</span>'
-        for p, label in ticks(mode)
-    )
-    below = html.escape(threshold_text(mode, th), quote=True)
-    return (
-        f'<div class="gs-legend" role="note" aria-label="Colour key: {html.escape(MODE_LABELS[mode], quote=True)}">'
-        f'<span class="gs-legend-title">Colour: {html.escape(MODE_LABELS[mode], quote=True)}</span>'
-        f'<span class="gs-legend-scale">'
-        f'<span class="gs-legend-bar" style="background:{gradient_css(palette)}">'
-        f'<span class="gs-legend-threshold" style="left:{th * 100:.4g}%" title="threshold: {below}"></span>'
-        f"</span>"
-        f'<span class="gs-legend-ticks">{tick_spans}</span>'
-        f"</span>"
-        f'<span class="gs-legend-keys">'
-        f'<span class="gs-key"><span class="gs-key-sample gs-low">abc</span> underlined: {below}</span>'
-        f'<span class="gs-key"><span class="gs-key-sample gs-near-tie">abc</span> dotted outline: near tie</span>'
-        f'<span class="gs-key"><span class="gs-key-sample gs-special">&lt;|end|&gt;</span> special token</span>'
-        f'<span class="gs-key"><span class="gs-key-sample gs-ws">\u21b5</span> newline</span>'
-        f'<span class="gs-key">hover or Tab to a token for its numbers and alternatives</span>'
-        f"</span>"
-        f"</div>"
-    )

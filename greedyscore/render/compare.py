@@ -10,6 +10,7 @@ from ..align import Comparison, Span, biggest
 from .chart import AXIS_STYLE, PLAIN_LAYOUT, token_label
 from .html import tokens_html
 from .text import bdi, esc, html_visible, pct, plotly_text
+from .view import View
 
 CAP = 2.0  # nats: |log p_b - log p_a| beyond this gets the strongest colour
 LESS, MORE = (202, 0, 32), (5, 113, 176)  # red: B less sure; blue: B surer (ColorBrewer RdBu ends)
@@ -63,8 +64,8 @@ def compare_html(cmp: Comparison, palette: str = "cividis") -> str:
     return (
         f'<div class="gs-compare"><p><b>A:</b> {a} \u00b7 <b>B:</b> {b} \u00b7 whole text: log p A {total_a:.2f}, '
         f"B {total_b:.2f} nats \u00b7 {len(cmp.spans)} spans</p>{notes}"
-        f'<div class="gs-cmp-sides"><div><h4>A: {a}</h4>{tokens_html(cmp.a.tokens, "prob", palette)}</div>'
-        f'<div><h4>B: {b}</h4>{tokens_html(cmp.b.tokens, "prob", palette)}</div></div>'
+        f'<div class="gs-cmp-sides"><div><h4>A: {a}</h4>{tokens_html(cmp.a.tokens, View(palette=palette))}</div>'
+        f'<div><h4>B: {b}</h4>{tokens_html(cmp.b.tokens, View(palette=palette))}</div></div>'
         f"<h4>Difference, B \u2212 A</h4>{_legend()}{_strip(cmp.spans)}<h4>Biggest changes</h4>{changes}</div>"
     )
 

@@ -17,8 +17,7 @@ from typing import Any
 from ..compare import ForkComparison, PathCost, compare_fork, forks_that_matter, path_cost
 from ..conversation import ORIGINAL, Conversation, Turn
 from ..types import ScoredReply
-from .colors import legend_html
-from .html import tokens_html
+from .html import legend_html, tokens_html
 from .text import esc, html_visible, num, pct, spoken
 from .view import View
 
@@ -37,7 +36,7 @@ def conversation_html(conv: Conversation, view: View, forks: bool = True, share:
     forks: alternatives are buttons that fork there; share: a Share button on every reply."""
     turns = "".join(_turn_html(n, t, view, n == conv.selected, forks, share) for n, t in enumerate(conv.turns))
     empty = '<div class="gs-conv-empty">Ask something: the reply appears here, every token coloured.</div>'
-    return (f'<div class="gs-reply">{legend_html(view.color_by, view.palette, view.threshold)}'
+    return (f'<div class="gs-reply">{legend_html(view)}'
             f'<div class="gs-conv">{turns or empty}</div></div>')
 
 
@@ -54,7 +53,7 @@ def _turn_html(n: int, turn: Turn, view: View, selected: bool, forks: bool = Tru
     return (
         f'{user}<div class="{cls}" data-turn="{n}" data-source="{n}:{ORIGINAL}" tabindex="0" role="group"'
         f' aria-label="reply {n + 1}: Enter shows its chart and numbers">'
-        f'<div class="gs-bubble">{tokens_html(turn.reply.tokens, view.color_by, view.palette, view.threshold, forks)}'
+        f'<div class="gs-bubble">{tokens_html(turn.reply.tokens, view, forks)}'
         f"{note}{share_button(n, ORIGINAL, f'reply {n + 1}') if share else ''}</div></div>"
     )
 
@@ -170,7 +169,7 @@ def _beside_html(n: int, parent_id: int, parent: ScoredReply, fork_id: int, fork
 
 def _column(n: int, node: int, reply: ScoredReply, at: int, title: str, cost: PathCost, view: View,
             forks: bool = True) -> str:
-    tokens = tokens_html(reply.tokens, view.color_by, view.palette, view.threshold, forks, shared_until=at)
+    tokens = tokens_html(reply.tokens, view, forks, shared_until=at)
     return (
         f'<div class="gs-fork-col" data-source="{n}:{node}"><div class="gs-fork-head"><b>{title}</b>'
         f"<span>total logprob {num(cost.total_logprob)} \u00b7 perplexity {num(cost.perplexity)}"

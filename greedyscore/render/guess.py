@@ -8,9 +8,9 @@ import plotly.graph_objects as go
 
 from ..guess import Game, surprises
 from .chart import AXIS_STYLE, PLAIN_LAYOUT, token_label
-from .colors import legend_html
-from .html import tokens_html
+from .html import legend_html, tokens_html
 from .text import html_visible, pct
+from .view import View
 
 LEARNER_COLOR = "#e45756"
 MODEL_COLOR = "#4c78a8"
@@ -18,11 +18,12 @@ MODEL_COLOR = "#4c78a8"
 
 def board_html(game: Game, palette: str = "cividis") -> str:
     """The text so far, coloured by the model's probability, then a box where the next unit goes."""
-    shown = tokens_html(game.revealed, "prob", palette) if game.revealed else '<div class="gs-tokens"></div>'
+    view = View(palette=palette)
+    shown = tokens_html(game.revealed, view) if game.revealed else '<div class="gs-tokens"></div>'
     if not game.done:  # inside the text block, right where the next token goes
         blank = '<span class="gs-guess-next" aria-label="the next token">?</span>'
         shown = shown[: shown.rindex("</div>")] + blank + "</div>"
-    return f'<div class="gs-guess-board">{legend_html("prob", palette)}{shown}</div>'
+    return f'<div class="gs-guess-board">{legend_html(view)}{shown}</div>'
 
 
 def round_html(game: Game) -> str:

@@ -26,24 +26,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
+from html import escape
 from pathlib import Path
 
 from ..detokenize import units
 from ..types import ScoredReply, ScoredToken
 from .colors import (
-    DEFAULT_PALETTE,
+    MODE_LABELS,
     MODE_SHORT,
     check_mode,
     check_palette,
     color_for,
-    legend_html,
+    gradient_css,
     measure_text,
     text_color,
-    threshold_text,
+    ticks,
     token_value,
     unit_value,
 )
 from .text import bdi, char_mark, entropy_text, esc, html_visible, num, pct, seconds, spoken, sub_invisible
+from .view import View
 
 CSS_PATH = Path(__file__).with_name("greedyscore.css")  # package data; assets/greedyscore.css links here
 CSS: str = CSS_PATH.read_text(encoding="utf-8")
@@ -136,15 +139,12 @@ def _classes(tokens: Sequence[ScoredToken], value: float, threshold: float, extr
     return cls
 
 
-def token_html(
-    t: ScoredToken, i: int, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5,
-    fork: bool = False, extra_class: str = "",
-) -> str:
+def token_html(t: ScoredToken, i: int, view: View = View(), fork: bool = False, extra_class: str = "") -> str:
     """One focusable token span with its numbers as data-* attributes and its tooltip."""
-    value = token_value(t, color_by)
-    bg = color_for(value, palette)
+    value = token_value(t, view.color_by)
+    bg = color_for(value, view.palette)
     near_tie = t.rescored_prob is not None and t.near_tie
-    cls = _classes([t], value, threshold, (" gs-cont" if t.text == "" else "") + extra_class)
+    cls = _classes([t], value, view.threshold, (" gs-cont" if t.text == "" else "") + extra_class)
     label = f"{spoken(t.text)}, {pct(t.prob)}" + (", near tie" if near_tie else "")
     extra = ""
     if t.rescored_prob is not None:
@@ -161,17 +161,16 @@ def token_html(
 
 
 def unit_html(
-    parts: Sequence[ScoredToken], i: int, color_by: str = "prob", palette: str = DEFAULT_PALETTE,
-    threshold: float = 0.5, fork: bool = False, extra_class: str = "",
+    parts: Sequence[ScoredToken], i: int, view: View = View(), fork: bool = False, extra_class: str = ""
 ) -> str:
     """A character split over several byte tokens, drawn as one unit with its character. Its
     colour is the character's confidence (probability: the product of the fragments'; margin
     and entropy: the least confident fragment); its tooltip lists every fragment's numbers."""
     text = parts[-1].text
-    value = unit_value(parts, color_by)
-    bg = color_for(value, palette)
+    value = unit_value(parts, view.color_by)
+    bg = color_for(value, view.palette)
     joint = math.exp(sum(t.logprob for t in parts))
-    cls = _classes(parts, value, threshold, " gs-unit" + extra_class)
+    cls = _classes(parts, value, view.threshold, " gs-unit" + extra_class)
     label = f"{spoken(text)}, {len(parts)} tokens, {pct(joint)}"
     heads = [f"fragment {k + 1} of {len(parts)}: {esc(display_bytes(t))}" for k, t in enumerate(parts)]
     blocks = "".join(
@@ -198,16 +197,15 @@ def display_bytes(t: ScoredToken) -> str:
 
 
 def tokens_html(
-    tokens: Sequence[ScoredToken], color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5,
-    fork: bool = False, shared_until: int | None = None,
+    tokens: Sequence[ScoredToken], view: View = View(), fork: bool = False, shared_until: int | None = None
 ) -> str:
     """All tokens in order inside one pre-wrap block (no legend); split characters as units.
 
     fork: alternatives in tooltips are buttons (data-at, data-token) that fork the reply there.
     shared_until: a fork's shared prefix (dimmed) ends here, and this token is where it diverges.
     """
-    check_mode(color_by)
-    check_palette(palette)
+    check_mode(view.color_by)
+    check_palette(view.palette)
     if not tokens:
         return '<div class="gs-tokens"><span class="gs-empty">(no tokens)</span></div>'
     spans = []
@@ -216,40 +214,66 @@ def tokens_html(
         if shared_until is not None:
             extra = " gs-shared" if stop <= shared_until else " gs-diverge" if start <= shared_until < stop else ""
         if stop - start == 1:
-            spans.append(token_html(tokens[start], start, color_by, palette, threshold, fork, extra))
+            spans.append(token_html(tokens[start], start, view, fork, extra))
         else:
-            spans.append(unit_html(tokens[start:stop], start, color_by, palette, threshold, fork, extra))
+            spans.append(unit_html(tokens[start:stop], start, view, fork, extra))
     return f'<div class="gs-tokens">{"".join(spans)}</div>'
 
 
-def reply_html(
-    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
-) -> str:
+def reply_html(reply: ScoredReply, view: View = View()) -> str:
     """The legend followed by the reply's tokens: what a `gr.HTML` output shows."""
+    return (f'<div class="gs-reply">{legend_html(view)}'
+            f"{tokens_html(reply.tokens, view, shared_until=reply.forked_at)}</div>")
+
+
+def legend_html(view: View = View()) -> str:
+    """An always-visible key: gradient bar with ticks and the threshold, and what each cue means.
+
+    Example: "50%" in legend_html(View("prob", "cividis", 0.5)) -> True
+    """
+    mode = check_mode(view.color_by)
+    th = min(1.0, max(0.0, view.threshold))
+    tick_spans = "".join(
+        f'<span class="gs-legend-tick" style="left:{p * 100:.4g}%">{escape(label, quote=True)}</span>'
+        for p, label in ticks(mode)
+    )
+    below = escape(replace(view, threshold=th).threshold_text(), quote=True)
     return (
-        f'<div class="gs-reply">{legend_html(color_by, palette, threshold)}'
-        f"{tokens_html(reply.tokens, color_by, palette, threshold, shared_until=reply.forked_at)}</div>"
+        f'<div class="gs-legend" role="note" aria-label="Colour key: {escape(MODE_LABELS[mode], quote=True)}">'
+        f'<span class="gs-legend-title">Colour: {escape(MODE_LABELS[mode], quote=True)}</span>'
+        f'<span class="gs-legend-scale">'
+        f'<span class="gs-legend-bar" style="background:{gradient_css(view.palette)}">'
+        f'<span class="gs-legend-threshold" style="left:{th * 100:.4g}%" title="threshold: {below}"></span>'
+        f"</span>"
+        f'<span class="gs-legend-ticks">{tick_spans}</span>'
+        f"</span>"
+        f'<span class="gs-legend-keys">'
+        f'<span class="gs-key"><span class="gs-key-sample gs-low">abc</span> underlined: {below}</span>'
+        f'<span class="gs-key"><span class="gs-key-sample gs-near-tie">abc</span> dotted outline: near tie</span>'
+        f'<span class="gs-key"><span class="gs-key-sample gs-special">&lt;|end|&gt;</span> special token</span>'
+        f'<span class="gs-key"><span class="gs-key-sample gs-ws">\u21b5</span> newline</span>'
+        f'<span class="gs-key">hover or Tab to a token for its numbers and alternatives</span>'
+        f"</span>"
+        f"</div>"
     )
 
 
-def _chip(t: ScoredToken, color_by: str, palette: str) -> str:
-    bg = color_for(token_value(t, color_by), palette)
+def _chip(t: ScoredToken, view: View) -> str:
+    bg = color_for(token_value(t, view.color_by), view.palette)
     shown = html_visible(t.text, "(partial character)")
     return (f'<span class="gs-chip" style="background:{bg};color:{text_color(bg)}">{shown} '
-            f"{esc(measure_text(t, color_by))}</span>")
+            f"{esc(measure_text(t, view.color_by))}</span>")
 
 
-def stats_rows(
-    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
-) -> list[tuple[str, str]]:
+def stats_rows(reply: ScoredReply, view: View = View()) -> list[tuple[str, str]]:
     """(label, HTML value) pairs for the whole-reply table; values are already escaped.
 
     "below threshold" and "least confident" use the colour mode's measure, and say which.
     """
-    check_mode(color_by)
+    color_by = check_mode(view.color_by)
     toks, s, tm = reply.tokens, reply.stats, reply.timings
     values = [token_value(t, color_by) for t in toks]
-    below = sum(v < threshold for v in values)
+    below = sum(v < view.threshold for v in values)
     worst = sorted(range(len(toks)), key=values.__getitem__)[:5]
     rate = f" \u00b7 {s.n_tokens / tm.generate_s:.1f} tok/s" if tm.generate_s > 0 else ""
     if reply.verified:
@@ -267,10 +291,10 @@ def stats_rows(
         ("mean logprob", num(s.mean_logprob)),
         ("perplexity", num(s.perplexity)),
         ("min probability", pct(s.min_prob)),
-        (f"below threshold (by {MODE_SHORT[color_by]})", f"{below} ({esc(threshold_text(color_by, threshold))})"),
+        (f"below threshold (by {MODE_SHORT[color_by]})", f"{below} ({esc(view.threshold_text())})"),
         (
             f"least confident (by {MODE_SHORT[color_by]})",
-            "".join(_chip(toks[i], color_by, palette) for i in worst) or "\u2013",
+            "".join(_chip(toks[i], view) for i in worst) or "\u2013",
         ),
         ("near ties", tie_text),
         ("finish", finish),
@@ -286,23 +310,17 @@ def stats_rows(
     return rows
 
 
-def stats_html(
-    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
-) -> str:
+def stats_html(reply: ScoredReply, view: View = View()) -> str:
     """Whole-reply numbers as a small table (tokens, mean logprob, perplexity, weakest tokens...)."""
-    rows = "".join(
-        f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in stats_rows(reply, color_by, palette, threshold)
-    )
+    rows = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in stats_rows(reply, view))
     return f'<table class="gs-stats">{rows}</table>'
 
 
-def page_html(
-    reply: ScoredReply, color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5
-) -> str:
+def page_html(reply: ScoredReply, view: View = View()) -> str:
     """A standalone HTML document (CSS inlined): for saving a reply to a file."""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>greedyscore \u2013 {esc(reply.model)}</title><style>{CSS}</style></head><body>"
-        f"{reply_html(reply, color_by, palette, threshold)}{stats_html(reply, color_by, palette, threshold)}"
+        f"{reply_html(reply, view)}{stats_html(reply, view)}"
         "</body></html>"
     )

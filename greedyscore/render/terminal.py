@@ -7,17 +7,9 @@ not be able to drive the terminal. Newlines and tabs stay real so the reply keep
 from __future__ import annotations
 
 from ..types import ScoredReply, ScoredToken
-from .colors import (
-    DEFAULT_PALETTE,
-    ENTROPY_CAP,
-    MODE_LABELS,
-    check_mode,
-    color_for,
-    text_color,
-    threshold_text,
-    token_value,
-)
+from .colors import ENTROPY_CAP, MODE_LABELS, check_mode, color_for, text_color, token_value
 from .text import NEWLINE_MARK, char_mark, num, pct, seconds, sub_invisible, visible
+from .view import View
 
 RESET = "\x1b[0m"
 LEGEND_BUCKETS = 5
@@ -35,16 +27,16 @@ def term_text(text: str) -> str:
     return sub_invisible(text, lambda c: c if c in "\n\t" else char_mark(c))
 
 
-def _style(t: ScoredToken, value: float, palette: str, threshold: float) -> str:
-    bg = color_for(value, palette)
+def _style(t: ScoredToken, value: float, view: View) -> str:
+    bg = color_for(value, view.palette)
     if t.special:  # dimmed, in the scale's colour, no background
         return f"\x1b[2;38;2;{_rgb(bg)}m"
-    underline = ";4" if value < threshold else ""
+    underline = ";4" if value < view.threshold else ""
     return f"\x1b[48;2;{_rgb(bg)};38;2;{_rgb(text_color(bg))}{underline}m"
 
 
-def _colored(t: ScoredToken, value: float, palette: str, threshold: float) -> str:
-    style = _style(t, value, palette, threshold)
+def _colored(t: ScoredToken, value: float, view: View) -> str:
+    style = _style(t, value, view)
     pieces = term_text(t.text).split("\n")
     # close the colour before each line break so the background does not run to the line's end
     return f"{NEWLINE_MARK}{RESET}\n".join(f"{style}{p}" for p in pieces) + RESET
@@ -68,33 +60,31 @@ def _bucket_label(mode: str, lo: float, hi: float) -> str:
     return f"{lo * 100:.0f}\u2013{hi * 100:.0f}%"
 
 
-def legend_line(
-    color_by: str = "prob", palette: str = DEFAULT_PALETTE, threshold: float = 0.5, use_color: bool = True
-) -> str:
+def legend_line(view: View = View(), use_color: bool = True) -> str:
     """The colour key in one line (ranges in the mode's units) and the non-colour cues."""
-    check_mode(color_by)
+    color_by = check_mode(view.color_by)
     title = MODE_LABELS[color_by]
-    below = threshold_text(color_by, threshold)
+    below = view.threshold_text()
     if not use_color:
         return f"legend: [token|probability], [[{below}]], {{special token|probability}}; \u21b5 = newline"
     parts = []
     for k in range(LEGEND_BUCKETS):
         lo, hi = k / LEGEND_BUCKETS, (k + 1) / LEGEND_BUCKETS
-        bg = color_for((lo + hi) / 2, palette)
+        bg = color_for((lo + hi) / 2, view.palette)
         parts.append(f"\x1b[48;2;{_rgb(bg)}m   {RESET} {_bucket_label(color_by, lo, hi)}")
     return f"{title}: " + "  ".join(parts) + f"  | \x1b[4munderlined{RESET}: {below}  | \x1b[2mdim{RESET}: special"
 
 
-def stats_line(reply: ScoredReply, color_by: str = "prob", threshold: float = 0.5) -> str:
+def stats_line(reply: ScoredReply, view: View = View()) -> str:
     """Whole-reply numbers in one line."""
     s, tm = reply.stats, reply.timings
-    below = sum(token_value(t, color_by) < threshold for t in reply.tokens)
+    below = sum(token_value(t, view.color_by) < view.threshold for t in reply.tokens)
     parts = [
         f"{s.n_tokens} tokens",
         f"mean logprob {num(s.mean_logprob)}",
         f"perplexity {num(s.perplexity)}",
         f"min prob {pct(s.min_prob)}",
-        f"{below} with {threshold_text(color_by, threshold)}",
+        f"{below} with {view.threshold_text()}",
     ]
     if reply.verified:
         parts.append(f"near ties {sum(bool(t.near_tie) for t in reply.tokens)}")
@@ -108,22 +98,14 @@ def stats_line(reply: ScoredReply, color_by: str = "prob", threshold: float = 0.
     return " \u00b7 ".join(parts)
 
 
-def reply_ansi(
-    reply: ScoredReply,
-    color_by: str = "prob",
-    use_color: bool = True,
-    palette: str = DEFAULT_PALETTE,
-    threshold: float = 0.5,
-) -> str:
+def reply_ansi(reply: ScoredReply, view: View = View(), use_color: bool = True) -> str:
     """The reply with every token coloured by its confidence, a legend line and a stats line.
 
     Example: print(reply_ansi(reply)); reply_ansi(reply, use_color=False) -> "[Paris|95.1%]..."
     """
-    check_mode(color_by)
-    values = [token_value(t, color_by) for t in reply.tokens]
+    values = [token_value(t, check_mode(view.color_by)) for t in reply.tokens]
     if use_color:
-        body = "".join(_colored(t, v, palette, threshold) for t, v in zip(reply.tokens, values, strict=True))
+        body = "".join(_colored(t, v, view) for t, v in zip(reply.tokens, values, strict=True))
     else:
-        body = "".join(_plain(t, v, threshold) for t, v in zip(reply.tokens, values, strict=True))
-    legend = legend_line(color_by, palette, threshold, use_color)
-    return f"{body}\n\n{legend}\n{stats_line(reply, color_by, threshold)}\n"
+        body = "".join(_plain(t, v, view.threshold) for t, v in zip(reply.tokens, values, strict=True))
+    return f"{body}\n\n{legend_line(view, use_color)}\n{stats_line(reply, view)}\n"

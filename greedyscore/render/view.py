@@ -1,7 +1,7 @@
-"""How a visitor asked to see a reply (colour mode, palette, threshold), and everything drawn from it.
+"""How a visitor asked to see a reply: colour mode, palette, threshold. Every renderer that
+colours tokens takes one `View`, so the tokens, the charts, the stats and the legend agree.
 
-`View.make` validates loosely typed UI/API values; `render_outputs` gives the four things the
-UI shows for a reply, all following the same view: token HTML, confidence chart, histogram, stats.
+`View.make` validates loosely typed UI/API values.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadInput
-from ..types import ScoredReply
-from .colors import DEFAULT_PALETTE, check_mode, check_palette, legend_html
-from .html import reply_html, stats_html
+from .colors import DEFAULT_PALETTE, check_mode, check_palette, value_text
 
 COLOR_MODES = {"probability": "prob", "margin (p1 − p2)": "margin", "entropy": "entropy"}  # UI label -> mode
 
@@ -37,22 +35,12 @@ class View:
             raise BadInput(f"threshold must be a number between 0 and 1, got {threshold!r}")
         return View(mode, palette, value)
 
+    def threshold_text(self) -> str:
+        """What "below the threshold" means in the mode's units.
 
-def render_outputs(reply: ScoredReply | None, view: View) -> tuple[str, Any, Any, str]:
-    """-> (token HTML with legend, confidence figure, histogram, stats HTML); the legend alone before any reply."""
-    if reply is None:
-        return legend_html(view.color_by, view.palette, view.threshold), None, None, ""
-    return (reply_html(reply, view.color_by, view.palette, view.threshold), *render_numbers(reply, view))
-
-
-def render_numbers(reply: ScoredReply | None, view: View) -> tuple[Any, Any, str]:
-    """-> (confidence figure, histogram, stats HTML) of a reply; empty before any reply."""
-    from .chart import confidence_figure, histogram_figure
-
-    if reply is None:
-        return None, None, ""
-    return (
-        confidence_figure(reply.tokens, view.color_by, view.palette, view.threshold),
-        histogram_figure(reply.tokens, view.color_by, view.palette, view.threshold),
-        stats_html(reply, view.color_by, view.palette, view.threshold),
-    )
+        Example: View("prob", threshold=0.5).threshold_text() -> "probability < 50%"
+        """
+        mode = check_mode(self.color_by)
+        if mode == "entropy":
+            return f"entropy > {value_text(mode, self.threshold)}"
+        return f"{'probability' if mode == 'prob' else 'margin'} < {value_text(mode, self.threshold)}"

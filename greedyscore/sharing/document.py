@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .conversation import ORIGINAL, Conversation, Turn
-from .errors import BadInput
+from ..conversation import ORIGINAL, Conversation, Turn
+from ..errors import BadInput
+from ..requests import check_settings, parse_messages
+from ..text_input import check_tree
+from ..types import MAX_TOP_K, Message, ModelIdentity, ScoredReply, Settings
 from .reply_json import MAX_ID, reply_from_json
-from .requests import check_settings, parse_messages
-from .text_input import check_tree
-from .types import MAX_TOP_K, Message, ModelIdentity, ScoredReply, Settings
 
 FORMAT = 1  # the document's version; a newer one is refused with a message
 KINDS = ("chat", "text")  # a chat turn (maybe a fork of it), or teacher-forced text (Score text)
@@ -117,7 +117,7 @@ class SharedItem:
             reply = turn.path(conversation.shown)
         else:
             reply = reply_from_json(d.get("reply"))
-        return SharedItem(d["kind"], reply, tuple(parse_messages(d["messages"])) if d.get("messages") else (),
+        return SharedItem(d["kind"], reply, _messages(d.get("messages")),
                           _settings(d.get("settings")), _identity(d.get("model")), _number(d.get("created")),
                           conversation)
 
@@ -165,11 +165,15 @@ def share_reply_json(data: Any, model: ModelIdentity, now: float) -> SharedItem:
     derived from them (`reply_from_json`)."""
     check_tree(data, "the tokens JSON")
     reply = reply_from_json(data)
-    messages = tuple(parse_messages(data["messages"])) if data.get("messages") else ()
+    messages = _messages(data.get("messages"))
     settings = _settings(data["settings"]) if data.get("settings") else settings_of(reply)
     claimed = ModelIdentity(reply.model, reply.backend, None, reply.score_source, model.greedyscore)
     kind = data.get("kind", "chat" if reply.calibration is None else "text")
     return share_reply("text" if kind == "text" else "chat", reply, messages, settings, claimed, now)
+
+
+def _messages(raw: Any) -> tuple[Message, ...]:
+    return tuple(parse_messages(raw)) if raw else ()
 
 
 def _settings(d: Any) -> Settings:

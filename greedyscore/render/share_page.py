@@ -1,6 +1,6 @@
 """A shared result's page parts: what it is and which model made it, a re-run's report, a share link.
 
-Pure HTML from greedyscore/shared.py's data; everything stored came from users or models and is
+Pure HTML from greedyscore/sharing/document.py's data; everything stored came from users or models and is
 escaped exactly as live text is (the coloured tokens go through the same `tokens_html`).
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..shared import Reproduction, SharedItem
+from ..sharing.document import Reproduction, SharedItem
 from ..types import Message, ModelIdentity
 from .explore import conversation_html, shown_fork_html
+from .outputs import render_numbers, render_outputs
 from .text import bdi, esc, html_visible
-from .view import View, render_numbers, render_outputs
+from .view import View
 
 COPY_JS = """
 element.addEventListener('click', (e) => {

@@ -1,7 +1,7 @@
 """Shared results, stored so a link can show them again: SQLite by default, PostgreSQL for several
 app processes behind a load balancer.
 
-An item is a JSON document (greedyscore/shared.py builds it); its id is 128 random bits,
+An item is a JSON document (greedyscore/sharing/document.py builds it); its id is 128 random bits,
 URL-safe. Limits, each with a message that says so: per-item size, total size (oldest evicted
 first), an optional time to live, and a rate per client address (counted in this process).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput, GreedyScoreError
+from ..errors import BadInput, GreedyScoreError
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16), 128 bits; fullmatch: no trailing newline
 # Schema version i+1 = MIGRATIONS[:i+1] applied, in order (the same SQL on SQLite and PostgreSQL).

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .calibration import calibration
-from .errors import BadInput
-from .stats import is_near_tie, reply_stats
-from .types import Alternative, ScoredReply, ScoredToken, Settings, Timings
+from ..calibration import calibration
+from ..errors import BadInput
+from ..stats import is_near_tie, reply_stats
+from ..types import Alternative, ScoredReply, ScoredToken, Settings, Timings
 
 FINISH_REASONS = ("stop", "length", "abort")
 MAX_ID = 2**31 - 1  # token ids, ranks, counts: every vocabulary and context is far below
