@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RENDER = sorted(f"greedyscore.render.{p.stem}" for p in (ROOT / "greedyscore" / "render").glob("*.py")
                 if p.stem != "__init__")
 PURE = ["greedyscore.sharing.document", "greedyscore.sharing.reply_json", "greedyscore.conversation",
-        "greedyscore.types", "greedyscore.render", *RENDER]
+        "greedyscore.types", "greedyscore.requests", "greedyscore.session", "greedyscore.render", *RENDER]
 
 # Records, at torch's first import, the chain of greedyscore modules being imported, then imports the module.
 PROBE = """
