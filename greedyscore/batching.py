@@ -51,8 +51,8 @@ class Runner(Protocol):
 
 
 def make_runner(engine: Any, max_batch: int, max_pending: int) -> Runner:
-    """The runner an engine asks for: `engine.concurrent` -> Concurrent, else a batching worker."""
-    if engine.concurrent:
+    """The runner an engine asks for: `engine.info.concurrent` -> Concurrent, else a batching worker."""
+    if engine.info.concurrent:
         return Concurrent(engine, max_batch, max_pending)
     return Batcher(engine, max_batch, max_pending)
 

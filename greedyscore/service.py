@@ -189,20 +189,20 @@ class Service:
 
     @property
     def model_name(self) -> str:
-        return self.engine.model_name
+        return self.engine.info.name
 
     @property
     def backend(self) -> str:
-        return self.engine.backend
+        return self.engine.info.backend
 
     @property
     def score_source(self) -> str:
-        return self.engine.score_source
+        return self.engine.info.score_source
 
     @property
     def drift(self):
         """A lower-precision engine's measured distance from float32 (`precision.Drift`), or None."""
-        return getattr(self.engine, "drift", None)
+        return self.engine.info.drift
 
     @property
     def identity(self) -> ModelIdentity:
@@ -213,31 +213,31 @@ class Service:
                 from . import __version__
                 from .models import weights_identity
 
-                weights = weights_identity(getattr(self.engine, "source", None))
+                weights = weights_identity(self.engine.info.source)
                 self._identity = ModelIdentity(self.model_name, self.backend, weights, self.score_source, __version__)
             return self._identity
 
     def token_text(self, token_id: int) -> str:
         """One token's readable text (bytes as \\xNN when it is part of a character)."""
-        return self.engine.display(token_id)
+        return self.engine.tokenizer.display(token_id)
 
     # --- validation ----------------------------------------------------------------------
     def check_settings(self, settings: Settings) -> None:
-        check_settings(settings, self.engine.context_length)
+        check_settings(settings, self.engine.info.context_length)
 
     def check_messages(self, messages: Sequence[Message]) -> None:
         check_messages(messages)
         self._check_chars(sum(len(m.content) for m in messages))
 
     def _check_chars(self, n_chars: int) -> None:
-        ctx = self.engine.context_length
+        ctx = self.engine.info.context_length
         if n_chars > ctx * CHARS_PER_TOKEN_CAP:
             raise InputTooLong(
                 f"the prompt is {n_chars:,} characters, far more than the model's context of {ctx:,} tokens: shorten it"
             )
 
     def _check_fit(self, n_prompt: int, max_new_tokens: int, what: str = "prompt") -> None:
-        ctx = self.engine.context_length
+        ctx = self.engine.info.context_length
         if n_prompt >= ctx:
             raise InputTooLong(
                 f"the {what} is {n_prompt:,} tokens, longer than the model's context of {ctx:,} tokens: shorten it"
@@ -268,7 +268,7 @@ class Service:
         """
         self.check_settings(settings)
         self.check_messages(messages)
-        if self.engine.server_template:  # a remote server templates (and checks the fit): its ids come back
+        if self.engine.info.server_template:  # a remote server templates (and checks the fit): its ids come back
             return self._turn([], settings, cancel or threading.Event(), heartbeat_s, messages=tuple(messages))
         prompt = self._prompt_ids(messages)
         self._check_fit(len(prompt), settings.max_new_tokens)
@@ -286,7 +286,7 @@ class Service:
         """Generate after prompt + forced (a fork's prefix, scored teacher-forced first), or after
         `messages` on an engine whose server templates them; stream; score."""
         events: queue.SimpleQueue[list[int] | Future] = queue.SimpleQueue()  # new ids, then the done Future
-        detok = Detokenizer(self.engine.decode, self.engine.is_special)
+        detok = Detokenizer(self.engine.tokenizer.decode, self.engine.tokenizer.is_special)
         t0 = time.perf_counter()
         done = False
         try:
@@ -295,7 +295,7 @@ class Service:
                 detok.push(tok)
             if detok.text:
                 yield TextDelta(detok.text, detok.text)
-            if forced and forced[-1] in self.engine.stop_ids:  # forked onto an end of turn: nothing follows
+            if forced and forced[-1] in self.engine.info.stop_ids:  # forked onto an end of turn: nothing follows
                 future: Future = Future()
                 future.set_result(Generation((), "stop"))
             else:
@@ -346,7 +346,7 @@ class Service:
             steps = self._model(self.engine.score_ids, context, new, settings.top_k, follow_up=True)
         notes = gen.notes
         if gen.engine_logprobs is not None:
-            tol = max(settings.tolerance, getattr(self.engine, "logprob_tolerance", 0.0))  # the engine's dtype
+            tol = max(settings.tolerance, self.engine.info.logprob_tolerance)  # the engine's dtype
             notes += tuple(compare_engine_logprobs(gen.engine_logprobs, new, steps, tol))
         if forced_steps is not None:
             steps = StepScores.cat([forced_steps, steps])
@@ -386,7 +386,7 @@ class Service:
         self.check_settings(settings)
         self.check_messages(messages)
         at, token_id = whole_number("at", at), whole_number("token_id", token_id)
-        vocab = self.engine.vocab_size
+        vocab = self.engine.info.vocab_size
         if at < 0:
             raise BadInput(f"at must be a position in the reply, 0 or more, got {at}")
         if not 0 <= token_id < vocab:  # both before a fresh original reply is generated
@@ -403,7 +403,7 @@ class Service:
                 raise BadInput(f"unknown token id {t}: this model's ids are 0 to {vocab - 1}")
         prompt = self._prompt_ids(messages)
         forced = (*reply[:at], token_id)
-        ends = token_id in self.engine.stop_ids
+        ends = token_id in self.engine.info.stop_ids
         self._check_fit(len(prompt) + len(forced), 0 if ends else settings.max_new_tokens, "fork (prompt + prefix)")
         return self._turn(prompt, settings, cancel or threading.Event(), heartbeat_s, forced, at)
 
@@ -416,7 +416,7 @@ class Service:
 
     # --- re-runs of stored results -------------------------------------------------------------
     def _check_ids(self, ids: Sequence[int], what: str) -> list[int]:
-        vocab = self.engine.vocab_size
+        vocab = self.engine.info.vocab_size
         out = [whole_number(f"{what} token id", t) for t in ids]
         bad = next((t for t in out if not 0 <= t < vocab), None)
         if bad is not None:
@@ -430,22 +430,22 @@ class Service:
         model reproduce a shared reply? An engine whose server templates gets `messages` instead."""
         self.check_settings(settings)
         forced_ids = tuple(self._check_ids(forced, "fork prefix"))
-        if self.engine.server_template and not forced_ids:
+        if self.engine.info.server_template and not forced_ids:
             return self.chat(messages, settings)
         prompt = self._check_ids(prompt_ids, "prompt")
         if not prompt:
             raise BadInput("the shared result has no prompt ids to run again")
-        ends = bool(forced_ids) and forced_ids[-1] in self.engine.stop_ids
+        ends = bool(forced_ids) and forced_ids[-1] in self.engine.info.stop_ids
         self._check_fit(len(prompt) + len(forced_ids), 0 if ends else settings.max_new_tokens)
         return _last(self._turn(prompt, settings, threading.Event(), HEARTBEAT_S, forced_ids, forked_at))
 
     def prompt_matches(self, messages: Sequence[Message], prompt_ids: Sequence[int]) -> bool | None:
         """Are `prompt_ids` what this model's template makes of `messages`? None where that cannot
         be asked (a remote server templates; no messages)."""
-        if self.engine.server_template or not messages:
+        if self.engine.info.server_template or not messages:
             return None
         try:
-            return tuple(self.engine.prompt_ids(list(messages))) == tuple(prompt_ids)
+            return tuple(self.engine.tokenizer.prompt_ids(list(messages))) == tuple(prompt_ids)
         except Exception:  # noqa: BLE001 - messages this template refuses: they cannot be its prompt
             return False
 
@@ -524,11 +524,11 @@ class Service:
     def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         """The chat template's ids; a template or tokenizer failure is a domain error like any other."""
         with model_errors():
-            return list(self.engine.prompt_ids(messages))
+            return list(self.engine.tokenizer.prompt_ids(messages))
 
     def _text_ids(self, text: str) -> tuple[list[int], list[int]]:
         with model_errors():
-            return self.engine.text_ids(text)
+            return self.engine.tokenizer.text_ids(text)
 
     def _model(self, fn: Callable[..., T], *args: Any, follow_up: bool = False, **kwargs: Any) -> T:
         """Model work other than generation, where the runner puts it; engine failures made domain
@@ -553,12 +553,13 @@ class Service:
         """Tensors -> ScoredTokens (texts byte-faithful), stats; the time spent here counts as scoring."""
         t0 = time.perf_counter()
         engine = self.engine
-        texts = token_texts(ids, engine.decode, engine.is_special)
-        tokens = build_tokens(ids, steps, texts, engine.is_special, engine.display, rescored, settings.tolerance)
+        texts = token_texts(ids, engine.tokenizer.decode, engine.tokenizer.is_special)
+        tokens = build_tokens(ids, steps, texts, engine.tokenizer.is_special, engine.tokenizer.display, rescored,
+                              settings.tolerance)
         score_s = timings.score_s + time.perf_counter() - t0
         return ScoredReply(
-            model=engine.model_name,
-            backend=engine.backend,
+            model=engine.info.name,
+            backend=engine.info.backend,
             text="".join(t.text for t in tokens if not t.special),
             prompt_token_ids=tuple(prompt),
             tokens=tuple(tokens),
@@ -567,6 +568,6 @@ class Service:
             finish_reason=finish_reason,
             verified=rescored is not None,
             notes=notes,
-            score_source=engine.score_source,
+            score_source=engine.info.score_source,
             forked_at=forked_at,
         )
