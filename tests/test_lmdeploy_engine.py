@@ -89,7 +89,7 @@ def test_lmdeploy_prompt_ids_equal_hf_chat_template(case, lmdeploy_text, tf, pip
     template, tokenizer = lmdeploy_text
     ids = tokenizer.encode(template.messages2prompt(_dicts(messages)), add_bos=True)
     assert ids == tf.tokenizer.prompt_ids(messages)
-    assert LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch").prompt_ids(messages) == ids
+    assert LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch").tokenizer.prompt_ids(messages) == ids
     # and what the pipeline itself consumes (AsyncEngine.preprocess, run unchanged)
     pipe = pipes["pytorch"]
     session = pipe.session()
