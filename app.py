@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import threading
 
         threading.Thread(target=lambda: service.identity, name="model-identity", daemon=True).start()
-    cap = max(args.max_new_tokens, min(1024, engine.context_length - 1))
+    cap = max(args.max_new_tokens, min(1024, engine.info.context_length - 1))
     config = UIConfig(max_new_tokens=args.max_new_tokens, max_new_tokens_cap=cap, concurrency=args.concurrency)
     from greedyscore.variants import Variants
 
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = build_demo(service, config, variants=variants, sharing=Sharing(store, service))
     demo.queue(max_size=args.max_queue)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    print(f"greedyscore: serving {engine.model_name} ({engine.backend}) on http://{args.host}:{args.port}",
+    print(f"greedyscore: serving {engine.info.name} ({engine.info.backend}) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
     print(f"greedyscore: shared results in {store}" if store else "greedyscore: sharing is off", file=sys.stderr,
           flush=True)

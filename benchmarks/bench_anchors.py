@@ -67,10 +67,10 @@ def single_stream(engine, fast: bool = True, repeats: int = 3, context: int = 40
     from greedyscore.engines.base import GenerateRequest
     from greedyscore.engines.decode import DecodeBatch
 
-    prompt = tuple(filler_prompt(engine, context))
+    prompt = tuple(filler_prompt(engine.tokenizer, context))
 
     def reply(n: int) -> float:
-        batch = DecodeBatch(engine.model, engine.stop_ids, fast=fast)
+        batch = DecodeBatch(engine.model, engine.info.stop_ids, fast=fast)
         batch.join(GenerateRequest(prompt, n, 5))
         batch.step()  # the first new token: chosen from the prefill's logits
         t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def prefill(engine, repeats: int = 3, attention: str | None = None) -> float:
     attention: another attention implementation for it ("sdpa": torch's, not the C kernel's)."""
     from greedyscore.engines.base import GenerateRequest
 
-    request = GenerateRequest(tuple(filler_prompt(engine, PREFILL)), 1, 5)
+    request = GenerateRequest(tuple(filler_prompt(engine.tokenizer, PREFILL)), 1, 5)
     config = engine.model.config
     own = config._attn_implementation
     rates = []
@@ -158,7 +158,7 @@ def memory_probe(users: int, dtype: str) -> None:
     from greedyscore.engines.base import GenerateRequest
 
     engine = fixed_length_engine(dtype)
-    prompt = tuple(filler_prompt(engine, PREFILL))
+    prompt = tuple(filler_prompt(engine.tokenizer, PREFILL))
     engine.generate_batch([GenerateRequest(prompt, 16, 5) for _ in range(users)])
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     print(int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024)

@@ -83,7 +83,7 @@ def single_stream(engine, tokens: int) -> dict[str, float]:
     from greedyscore.engines.base import GenerateRequest
     from greedyscore.types import Message
 
-    prompt = engine.prompt_ids([Message("user", PROMPTS[0])])
+    prompt = engine.tokenizer.prompt_ids([Message("user", PROMPTS[0])])
     model = engine.model
 
     def ours() -> None:
@@ -91,14 +91,14 @@ def single_stream(engine, tokens: int) -> dict[str, float]:
 
     def hf() -> None:
         cfg = GenerationConfig(do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
-                               pad_token_id=engine.pad_id, eos_token_id=sorted(engine.stop_ids))
+                               pad_token_id=engine.pad_id, eos_token_id=sorted(engine.info.stop_ids))
         with torch.inference_mode():
             ids = torch.tensor([prompt])
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
 
     from transformers import AutoModelForCausalLM
 
-    as_loaded = AutoModelForCausalLM.from_pretrained(engine.source, dtype=torch.float32).eval()
+    as_loaded = AutoModelForCausalLM.from_pretrained(engine.info.source, dtype=torch.float32).eval()
 
     def bare(m=model) -> None:
         with torch.inference_mode():

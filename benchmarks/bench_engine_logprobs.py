@@ -52,7 +52,7 @@ def measure(dtype) -> tuple[list[float], list[float]]:
         lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
         total: list[float] = []
         for messages in CONVERSATIONS.values():
-            prompt = lm.prompt_ids(messages)
+            prompt = lm.tokenizer.prompt_ids(messages)
             gen = generate(lm, prompt, N_NEW, 5)
             steps = lm.score_ids(prompt, list(gen.token_ids), 5)
             total += [abs(math.exp(gen.engine_logprobs[i][t]) - math.exp(float(steps.logprob[i])))

@@ -34,8 +34,8 @@ def main() -> None:
     engine = fixed_length_engine()
     service = Service(engine)
     messages = [Message("user", "Tell me about the river town.")]
-    reply_ids = engine.text_ids(TEXT)[1][: args.prefix + 1]  # the original reply's tokens (any real text)
-    swap = engine.text_ids(" bridge")[1][0]
+    reply_ids = engine.tokenizer.text_ids(TEXT)[1][: args.prefix + 1]  # the original reply's tokens (any real text)
+    swap = engine.tokenizer.text_ids(" bridge")[1][0]
     path = args.prefix + 1 + args.new
     service.chat(messages, Settings(max_new_tokens=4))  # warm-up
     fork_s, fresh_s, score_s = [], [], []

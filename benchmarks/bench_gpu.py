@@ -135,9 +135,11 @@ def scored_one(engine: LMDeployEngine, prompt: list[int], n_new: int, top_k: int
     ids = list(gen.token_ids)
     steps = gen.steps if gen.steps is not None else engine.score_ids(prompt, ids, top_k)
     if gen.engine_logprobs is not None:
-        compare_engine_logprobs(gen.engine_logprobs, ids, steps, max(Settings().tolerance, engine.logprob_tolerance))
-    texts = token_texts(ids, engine.decode, engine.is_special)
-    return len(build_tokens(ids, steps, texts, engine.is_special, engine.display)), first[0] if first else 0.0
+        tolerance = max(Settings().tolerance, engine.info.logprob_tolerance)
+        compare_engine_logprobs(gen.engine_logprobs, ids, steps, tolerance)
+    tok = engine.tokenizer
+    texts = token_texts(ids, tok.decode, tok.is_special)
+    return len(build_tokens(ids, steps, texts, tok.is_special, tok.display)), first[0] if first else 0.0
 
 
 def nvidia_smi_mib() -> float:
@@ -229,7 +231,7 @@ def load(model_dir: str, standin: bool, eager: bool) -> tuple[LMDeployEngine, fl
 
 def prompts_for(engine: LMDeployEngine, n_tokens: int, users: int) -> list[list[int]]:
     """The same chat prompt of exactly n_tokens ids for every user (prefix caching is off)."""
-    ids = common.filler_prompt(SimpleNamespace(prompt_ids=engine.prompt_ids, tokenizer=engine.hf), n_tokens)
+    ids = common.filler_prompt(engine.tokenizer, n_tokens)
     assert len(ids) == n_tokens, len(ids)
     return [list(ids) for _ in range(users)]
 
@@ -295,7 +297,7 @@ def bench_model(label: str, model_dir: str, args: argparse.Namespace, rows: list
     """Load, then each users cell while the budget lasts; a failed cell is a note, not the end."""
     engine, load_s = load(model_dir, args.standin, args.eager)
     how = "the stand-in" if args.standin else "eager mode" if args.eager else "CUDA graphs"
-    notes.append(f"{label}: loaded in {load_s:.1f} s ({how}); {engine.score_source}.")
+    notes.append(f"{label}: loaded in {load_s:.1f} s ({how}); {engine.info.score_source}.")
     print(notes[-1], flush=True)
     slot = instrument(engine, args.new)
     try:

@@ -57,11 +57,11 @@ def bare_batch(engine, n: int, tokens: int) -> float:
 
     from greedyscore.types import Message
 
-    prompts = [engine.prompt_ids([Message("user", PROMPTS[i % len(PROMPTS)])]) for i in range(n)]
+    prompts = [engine.tokenizer.prompt_ids([Message("user", PROMPTS[i % len(PROMPTS)])]) for i in range(n)]
     width = max(map(len, prompts))
     ids = torch.tensor([[engine.pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    config = GenerationConfig(do_sample=False, max_new_tokens=tokens, eos_token_id=sorted(engine.stop_ids),
+    config = GenerationConfig(do_sample=False, max_new_tokens=tokens, eos_token_id=sorted(engine.info.stop_ids),
                               pad_token_id=engine.pad_id)
     with torch.inference_mode():
         t0 = time.perf_counter()

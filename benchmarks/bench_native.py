@@ -68,15 +68,15 @@ def decode_child(repeats: int) -> None:
 
         name, source = resolve_model(None)
         lm = AutoModelForCausalLM.from_pretrained(source, dtype="float32").eval()
-        engine = TransformersEngine(lm, AutoTokenizer.from_pretrained(source), name)
-        engine.stop_ids = frozenset({lm.config.vocab_size - 1})
-        engine.layout, fast, decision = "as loaded", False, None
+        engine = TransformersEngine(lm, AutoTokenizer.from_pretrained(source), name, layout="as loaded",
+                                    stop_ids=frozenset({lm.config.vocab_size - 1}))
+        fast, decision = False, None
     else:
         precision = os.environ.get("BENCH_PRECISION", "float32")
         engine = fixed_length_engine(precision)
         fast, decision = True, native.decision(precision)
     tps = single_stream(engine, fast=fast, repeats=repeats)
-    print(json.dumps({"ms": 1000 / tps, "layout": engine.layout, "decision": decision and decision.note()}))
+    print(json.dumps({"ms": 1000 / tps, "layout": engine.info.layout, "decision": decision and decision.note()}))
 
 
 def gate_child() -> None:

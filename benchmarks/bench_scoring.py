@@ -33,13 +33,13 @@ def run(engine, method: str, prompt: list[int]) -> None:
     from transformers import GenerationConfig
 
     if method == "plain":
-        config = GenerationConfig(do_sample=False, max_new_tokens=NEW, eos_token_id=sorted(engine.stop_ids),
+        config = GenerationConfig(do_sample=False, max_new_tokens=NEW, eos_token_id=sorted(engine.info.stop_ids),
                                   pad_token_id=engine.pad_id)
         ids = torch.tensor([prompt])
         engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         return
     if method == "seed":  # generate, then the whole sequence again and a softmax over [prompt+reply, vocab]
-        config = GenerationConfig(do_sample=False, max_new_tokens=NEW, eos_token_id=sorted(engine.stop_ids),
+        config = GenerationConfig(do_sample=False, max_new_tokens=NEW, eos_token_id=sorted(engine.info.stop_ids),
                                   pad_token_id=engine.pad_id)
         ids = torch.tensor([prompt])
         seq = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
@@ -81,7 +81,7 @@ def memory_child(method: str, length: int) -> None:
     """In a fresh process: the peak of `method` minus the peak of plain generation (run twice first,
     so the allocator already holds what plain generation needs)."""
     engine = fixed_length_engine()
-    prompt = filler_prompt(engine, length)
+    prompt = filler_prompt(engine.tokenizer, length)
     run(engine, "plain", prompt)
     base = rss_peak_mb(lambda: run(engine, "plain", prompt))
     peak = rss_peak_mb(lambda: run(engine, method, prompt))
@@ -107,7 +107,7 @@ def main() -> None:
     engine = fixed_length_engine()
     rows = []
     for length in lengths:
-        prompt = filler_prompt(engine, length)
+        prompt = filler_prompt(engine.tokenizer, length)
         assert len(prompt) == length, len(prompt)
         run(engine, "single", prompt)  # warm-up
         times: dict[str, list[float]] = {m: [] for m in METHODS}

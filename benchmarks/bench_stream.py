@@ -27,15 +27,15 @@ TEXT = ("The river valley has many towns; each keeps its own market day. "
 def whole_reply_per_step(engine, ids: list[int]) -> None:
     plain: list[int] = []
     for tok in ids:
-        if not engine.is_special(tok):
+        if not engine.tokenizer.is_special(tok):
             plain.append(tok)
-        engine.decode(plain)
+        engine.tokenizer.decode(plain)
 
 
 def windowed(engine, ids: list[int]) -> None:
     from greedyscore.detokenize import Detokenizer
 
-    d = Detokenizer(engine.decode, engine.is_special)
+    d = Detokenizer(engine.tokenizer.decode, engine.tokenizer.is_special)
     for tok in ids:
         d.push(tok)
 
@@ -55,7 +55,7 @@ def main() -> None:
     from greedyscore.types import Message, Settings
 
     engine = fixed_length_engine()
-    ids_all = engine.text_ids(TEXT)[1]
+    ids_all = engine.tokenizer.text_ids(TEXT)[1]
     detok_rows = []
     for n in (500, 2000):
         ids = ids_all[:n]
@@ -68,7 +68,7 @@ def main() -> None:
     service = Service(engine)
     settings = Settings(max_new_tokens=128, top_k=5)
     messages = [Message("user", "Tell me about rivers.")]
-    request = GenerateRequest(tuple(engine.prompt_ids(messages)), 128, 5)  # the same ids the service sends
+    request = GenerateRequest(tuple(engine.tokenizer.prompt_ids(messages)), 128, 5)  # the same ids the service sends
     bare, streamed = [], []
     service.chat(messages, Settings(max_new_tokens=8))  # warm-up
     for _ in range(args.repeats):

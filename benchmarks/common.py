@@ -7,6 +7,7 @@ import platform
 import re
 import statistics
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,20 +21,21 @@ def fixed_length_engine(precision: str = "float32"):
     from greedyscore.engines.transformers import TransformersEngine
 
     engine = TransformersEngine.load(None, device="cpu", precision=precision)
-    engine.stop_ids = frozenset({engine.model.config.vocab_size - 1})
+    engine.info = replace(engine.info, stop_ids=frozenset({engine.model.config.vocab_size - 1}))
     return engine
 
 
-def filler_prompt(engine, n_tokens: int) -> list[int]:
-    """A chat prompt of exactly n_tokens ids (a user message padded with prose, then cut)."""
+def filler_prompt(tokenizer, n_tokens: int) -> list[int]:
+    """A chat prompt of exactly n_tokens ids (a user message padded with prose, then cut), from an
+    engine's tokenizer (`engines.hf_text.HFTokenizer`)."""
     from greedyscore.types import Message
 
     words = ("the history of the river valley and its towns, markets, bridges and songs " * 400).split()
-    head = engine.prompt_ids([Message("system", "Be brief."), Message("user", "Summarise:")])
+    head = tokenizer.prompt_ids([Message("system", "Be brief."), Message("user", "Summarise:")])
     if n_tokens < len(head):
         raise ValueError(f"a chat prompt needs at least {len(head)} tokens")
-    body = engine.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
-    end = len(head) - 1 - head[::-1].index(engine.tokenizer.eos_token_id)  # <|im_end|> of the user turn
+    body = tokenizer.hf(" ".join(words), add_special_tokens=False)["input_ids"]
+    end = len(head) - 1 - head[::-1].index(tokenizer.hf.eos_token_id)  # <|im_end|> of the user turn
     return head[:end] + body[: n_tokens - len(head)] + head[end:]
 
 
@@ -44,8 +46,8 @@ def scored_prose(service, n_tokens: int, top_k: int):
     """A real n_tokens-token teacher-forced reply (ASCII, CJK, emoji, newlines, tabs) on `service`."""
     from greedyscore.types import Settings
 
-    ids = service.engine.text_ids(PROSE * (n_tokens // 8 + 10))[1][:n_tokens]
-    return service.score_text(service.engine.decode(ids), Settings(top_k=top_k))
+    ids = service.engine.tokenizer.text_ids(PROSE * (n_tokens // 8 + 10))[1][:n_tokens]
+    return service.score_text(service.engine.tokenizer.decode(ids), Settings(top_k=top_k))
 
 
 def machine() -> str:

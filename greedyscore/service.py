@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .engines.base import Engine
+from .engines.base import Engine, EngineInfo, Tokenizer
 from .errors import BadInput, InputTooLong
 from .requests import Chat, Fork, Request, Rerun, ScoreConversation, ScoreIds, ScoreText, check_settings, guess_text
 from .scheduler import Scheduler
@@ -40,7 +40,8 @@ class Service:
 
     def __init__(self, engine: Engine, max_batch: int = 16, max_pending: int = 64) -> None:
         self.engine = engine
-        self.runner = Scheduler(engine.decoder(max_batch), max_batch, max_pending, inline_calls=not engine.concurrent)
+        self.runner = Scheduler(engine.decoder(max_batch), max_batch, max_pending,
+                                inline_calls=not engine.info.concurrent)
         self._turns = Turns(engine, self.runner)
         self._identity: ModelIdentity | None = None
         self._identity_lock = threading.Lock()
@@ -57,6 +58,16 @@ class Service:
         self.close()
 
     @property
+    def info(self) -> EngineInfo:
+        """What the engine is (name, backend, score source, precision, drift, context): `EngineInfo`."""
+        return self.engine.info
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The engine's ids <-> text (the guessing game tokenises guesses; sharing compares prompts)."""
+        return self.engine.tokenizer
+
+    @property
     def identity(self) -> ModelIdentity:
         """The model as a shared result records it: its weights are hashed once (the app starts that in
         the background at launch)."""
@@ -66,8 +77,8 @@ class Service:
                 from .models import weights_identity
 
                 e = self.engine
-                weights = weights_identity(getattr(e, "source", None))
-                self._identity = ModelIdentity(e.model_name, e.backend, weights, e.score_source, __version__)
+                weights = weights_identity(e.info.source)
+                self._identity = ModelIdentity(e.info.name, e.info.backend, weights, e.info.score_source, __version__)
             return self._identity
 
     # --- the one entry point ----------------------------------------------------------------------
@@ -79,7 +90,7 @@ class Service:
         `cancel`, or closing the stream early, stops a generation: the reply then ends at the last
         token the model chose, with finish_reason "abort".
         """
-        check_settings(request.settings, self.engine.context_length)
+        check_settings(request.settings, self.engine.info.context_length)
         cancel = cancel or threading.Event()
         if isinstance(request, ScoreText | ScoreConversation | ScoreIds):
             context, target = self._score_ids(request)
@@ -91,11 +102,11 @@ class Service:
         s, engine = request.settings, self.engine
         if isinstance(request, Chat):
             _check_chars(engine, sum(len(m.content) for m in request.messages))
-            if engine.server_template:  # a remote server templates (and checks the fit): its ids come back
+            if engine.info.server_template:  # a remote server templates (and checks the fit): its ids come back
                 return Turn((), s, messages=request.messages)
             return _fit(engine, Turn(tuple(_prompt_ids(engine, request.messages)), s))
         if isinstance(request, Rerun):
-            if engine.server_template and not request.forced:
+            if engine.info.server_template and not request.forced:
                 return self._turn(Chat(request.messages, s))
             if not request.prompt_ids:
                 raise BadInput("the shared result has no prompt ids to run again")
@@ -163,7 +174,7 @@ class Service:
 
 # --- checks against the model -------------------------------------------------------------------
 def _check_chars(engine: Engine, n_chars: int) -> None:
-    ctx = engine.context_length
+    ctx = engine.info.context_length
     if n_chars > ctx * CHARS_PER_TOKEN_CAP:
         raise InputTooLong(
             f"the prompt is {n_chars:,} characters, far more than the model's context of {ctx:,} tokens: shorten it"
@@ -171,12 +182,12 @@ def _check_chars(engine: Engine, n_chars: int) -> None:
 
 def _fit(engine: Engine, turn: Turn, what: str = "prompt") -> Turn:
     """The turn fits the context with its new tokens (none after a fork onto a stop token)."""
-    ends = bool(turn.forced) and turn.forced[-1] in engine.stop_ids
+    ends = bool(turn.forced) and turn.forced[-1] in engine.info.stop_ids
     _check_fit(engine, len(turn.prompt) + len(turn.forced), 0 if ends else turn.settings.max_new_tokens, what)
     return turn
 
 def _check_fit(engine: Engine, n: int, new: int, what: str) -> None:
-    ctx = engine.context_length
+    ctx = engine.info.context_length
     if n >= ctx:
         raise InputTooLong(
             f"the {what} is {n:,} tokens, longer than the model's context of {ctx:,} tokens: shorten it"
@@ -188,7 +199,7 @@ def _check_fit(engine: Engine, n: int, new: int, what: str) -> None:
         )
 
 def _check_vocab(engine: Engine, ids: Sequence[int], what: str, unknown: bool = False) -> list[int]:
-    vocab = engine.vocab_size
+    vocab = engine.info.vocab_size
     bad = next((t for t in ids if not 0 <= t < vocab), None)
     if bad is not None and unknown:
         raise BadInput(f"unknown token id {bad}: this model's ids are 0 to {vocab - 1}")
@@ -200,11 +211,11 @@ def _check_vocab(engine: Engine, ids: Sequence[int], what: str, unknown: bool = 
 def _prompt_ids(engine: Engine, messages: Sequence[Message]) -> list[int]:
     """The chat template's ids; a template or tokenizer failure is a domain error like any other."""
     with model_errors():
-        return list(engine.prompt_ids(messages))
+        return list(engine.tokenizer.prompt_ids(messages))
 
 def _text_ids(engine: Engine, text: str) -> tuple[list[int], list[int]]:
     with model_errors():
-        return engine.text_ids(text)
+        return engine.tokenizer.text_ids(text)
 
 
 
@@ -220,10 +231,10 @@ def guess_ids(service: Service, guess: Any) -> list[int]:
 def prompt_matches(service: Service, messages: Sequence[Message], prompt_ids: Sequence[int]) -> bool | None:
     """Are `prompt_ids` what this model's template makes of `messages`? None where that cannot be asked
     (a remote server templates; no messages)."""
-    if service.engine.server_template or not messages:
+    if service.engine.info.server_template or not messages:
         return None
     try:
-        return tuple(service.engine.prompt_ids(list(messages))) == tuple(prompt_ids)
+        return tuple(service.engine.tokenizer.prompt_ids(list(messages))) == tuple(prompt_ids)
     except Exception:  # noqa: BLE001 - messages this template refuses: they cannot be its prompt
         return False
 

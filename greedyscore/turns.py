@@ -76,7 +76,7 @@ class Turns:
         """TextDeltas while it generates (a heartbeat every `heartbeat_s` when nothing comes), then the
         ScoredReply. Closed early or failed: the engine's row is freed through `cancel`."""
         events: queue.SimpleQueue[list[int] | Future] = queue.SimpleQueue()  # new ids, then the done Future
-        detok = Detokenizer(self.engine.decode, self.engine.is_special)
+        detok = Detokenizer(self.engine.tokenizer.decode, self.engine.tokenizer.is_special)
         t0 = time.perf_counter()
         done = False
         try:
@@ -111,7 +111,7 @@ class Turns:
             return None  # a heartbeat
 
     def _submit(self, turn: Turn, on_ids: Callable[[list[int]], None], cancel: threading.Event) -> Future:
-        if turn.forced and turn.forced[-1] in self.engine.stop_ids:  # forked onto an end of turn: nothing follows
+        if turn.forced and turn.forced[-1] in self.engine.info.stop_ids:  # forked onto an end of turn: nothing follows
             future: Future = Future()
             future.set_result(Generation((), "stop"))
             return future
@@ -135,7 +135,7 @@ class Turns:
             steps = self.model(self.engine.score_ids, [*prompt, *turn.forced], new, settings.top_k, follow_up=True)
         notes = gen.notes
         if gen.engine_logprobs is not None:
-            tol = max(settings.tolerance, getattr(self.engine, "logprob_tolerance", 0.0))  # the engine's dtype
+            tol = max(settings.tolerance, self.engine.info.logprob_tolerance)  # the engine's dtype
             notes += tuple(compare_engine_logprobs(gen.engine_logprobs, new, steps, tol))
         if forced_steps is not None:
             steps = StepScores.cat([forced_steps, steps])
@@ -170,12 +170,12 @@ class Turns:
               forked_at: int | None = None) -> ScoredReply:
         """Tensors -> ScoredTokens (texts byte-faithful), stats; the time spent here counts as scoring."""
         t0 = time.perf_counter()
-        engine = self.engine
-        texts = token_texts(ids, engine.decode, engine.is_special)
-        tokens = build_tokens(ids, steps, texts, engine.is_special, engine.display, rescored, settings.tolerance)
+        engine, tok = self.engine, self.engine.tokenizer
+        texts = token_texts(ids, tok.decode, tok.is_special)
+        tokens = build_tokens(ids, steps, texts, tok.is_special, tok.display, rescored, settings.tolerance)
         return ScoredReply(
-            model=engine.model_name,
-            backend=engine.backend,
+            model=engine.info.name,
+            backend=engine.info.backend,
             text="".join(t.text for t in tokens if not t.special),
             prompt_token_ids=tuple(prompt),
             tokens=tuple(tokens),
@@ -185,6 +185,6 @@ class Turns:
             finish_reason=finish_reason,
             verified=rescored is not None,
             notes=notes,
-            score_source=engine.score_source,
+            score_source=engine.info.score_source,
             forked_at=forked_at,
         )

@@ -182,7 +182,7 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class Settings:
-    """Per-request settings, validated by `service.check_settings` against the engine's context."""
+    """Per-request settings, validated by `requests.check_settings`, and by the Service against the engine's context."""
 
     max_new_tokens: int = 128
     top_k: int = 5

@@ -60,7 +60,7 @@ def guess_tab(service: Service, shown_as_errors: Any, concurrency: dict) -> None
             if mode not in MODES:
                 raise BadInput(f"unknown mode {mode!r}")
             scored = service.score_text(text or "", Settings(top_k=GAME_TOP_K))
-            game = new_game(scored, service.engine.vocab_size, MODES[mode])
+            game = new_game(scored, service.engine.info.vocab_size, MODES[mode])
             if game.done:
                 raise BadInput("nothing to guess in that text: give it some words")
             return (game, board_html(game), round_html(game), score_html(game), pick_update(game), "",

@@ -39,9 +39,8 @@ class Variants:
             return list(self._loaded.values())
 
     def _precisions(self) -> bool:
-        engine = self.main.engine
-        return self.main.backend == "transformers" and getattr(engine, "precision", None) == "float32" and \
-            getattr(engine, "source", None) is not None
+        info = self.main.engine.info
+        return info.backend == "transformers" and info.precision == "float32" and info.source is not None
 
     def choices(self) -> tuple[str, ...]:
         return (SYSTEM, CONVERSATION, *(("bfloat16", "int8") if self._precisions() else ()),
@@ -50,27 +49,27 @@ class Variants:
     def side(self, against: str) -> Side:
         """The Service that scores side B, loaded now if it is the first use."""
         if against in (SYSTEM, CONVERSATION):
-            return Side(self.main, self.main.model_name)
+            return Side(self.main, self.main.info.name)
         if against not in self.choices():
             why = ""
             if against == "another model":
                 why = " (start the app with --compare-model M)"
             elif against in ("bfloat16", "int8"):
-                precision = getattr(self.main.engine, "precision", None)
-                this = f"{self.main.backend}, {precision}" if precision else self.main.backend
+                info = self.main.engine.info
+                this = f"{info.backend}, {info.precision}" if info.backend == "transformers" else info.backend
                 why = f" (precision comparisons need a float32 transformers model; this one is {this})"
             raise BadInput(f"comparison {against!r} is not available here{why}: use one of {', '.join(self.choices())}")
-        from .engines.transformers import TransformersEngine
+        from .engines import load_engine
 
         with self._lock:
             if against not in self._loaded:
                 if against == "another model":
-                    engine = TransformersEngine.load(self.other, device="cpu")
+                    engine = load_engine("transformers", self.other, device="cpu")
                 else:
-                    engine = TransformersEngine.load(self.main.engine.source, device="cpu", precision=against)
+                    engine = load_engine("transformers", self.main.engine.info.source, device="cpu", precision=against)
                 self._loaded[against] = Service(engine, max_batch=4, max_pending=16)
             service = self._loaded[against]
-        label = service.model_name if against == "another model" else f"{service.model_name} ({against})"
+        label = service.info.name if against == "another model" else f"{service.info.name} ({against})"
         return Side(service, label)
 
 
@@ -100,4 +99,4 @@ def compare_text(variants: Variants, text: str, against: str, prompt: str = "", 
     if against in (SYSTEM, CONVERSATION):
         what = "system prompt" if against == SYSTEM else "conversation"
         return compare(a, b, f"{what} A", f"{what} B")
-    return compare(a, b, variants.main.model_name, side.label)
+    return compare(a, b, variants.main.info.name, side.label)

@@ -52,7 +52,7 @@ MODES = ("raw", "turbomind", "penalised", "busy", "unconfigured", "no-logprobs",
 
 def make_app(engine) -> FastAPI:
     app = FastAPI()
-    hf = engine.hf_tokenizer
+    hf = engine.tokenizer.hf
     app.state.busy_calls = 0
     app.state.slow_started = threading.Event()
 
@@ -86,7 +86,7 @@ def make_app(engine) -> FastAPI:
             app.state.slow_started.set()
             await asyncio.sleep(30)
         messages = [Message(m["role"], m["content"]) for m in body["messages"]]
-        prompt = engine.prompt_ids(messages)
+        prompt = engine.tokenizer.prompt_ids(messages)
         k = int(body.get("top_logprobs") or 1)  # LMDeploy asks its engine for `top_logprobs or 1`
         gen = engine.generate_batch([GenerateRequest(tuple(prompt), int(body["max_tokens"]), k)])[0]
         ids = list(gen.token_ids)

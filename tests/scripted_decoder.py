@@ -33,7 +33,7 @@ class ScriptedDecoder:
         return len(self.rows)
 
     def join(self, request: GenerateRequest, tag: Any) -> None:
-        key = self.engine._keys.get(tuple(request.prompt_ids), "")
+        key = self.engine.tokenizer.keys.get(tuple(request.prompt_ids), "")
         if key in self.engine.fail_on:
             raise RuntimeError("injected failure")
         self.rows.append(_Row(request, tag, key, self.engine.script(request.prompt_ids)))
@@ -65,7 +65,7 @@ class ScriptedDecoder:
         row.ids.append(tok)
         if req.on_ids is not None:
             req.on_ids([tok])
-        if tok in self.engine.stop_ids:
+        if tok in self.engine.info.stop_ids:
             return "stop"
         return "length" if len(row.ids) >= req.max_new_tokens else None
 

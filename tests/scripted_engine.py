@@ -1,9 +1,9 @@
 """A scripted engine for tests (like simonw/llm's MockModel): fixed logits per step, no model.
 
-It implements the Engine protocol on a byte vocabulary (id = 2 + byte; 0 = <|end|>, the stop
-token; 1 = <bos>), so multi-byte characters split over tokens as with a real byte-level
-tokenizer. A reply is scripted per user message; each step's logits give the scripted token 5.0
-and the next id 4.0 (everything else 0.0), so its scores are known exactly.
+It implements the Engine protocol (its tokenizer a `ScriptedTokenizer`) on a byte vocabulary
+(id = 2 + byte; 0 = <|end|>, the stop token; 1 = <bos>), so multi-byte characters split over
+tokens as with a real byte-level tokenizer. A reply is scripted per user message; each step's
+logits give the scripted token 5.0 and the next id 4.0 (everything else 0.0), so its scores are known exactly.
 
 Knobs that make timing-dependent logic testable without clocks:
 - `hold`: a batch waits on this event before its first step (the decoder: before every step);
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from scripted_decoder import ScriptedDecoder
 
-from greedyscore.engines.base import GenerateRequest, Generation
+from greedyscore.engines.base import EngineInfo, GenerateRequest, Generation
 from greedyscore.engines.threads import EngineThreads
 from greedyscore.scoring import StepScores, empty_scores, score_rows
 from greedyscore.types import Message
@@ -35,32 +35,17 @@ def ids_of(text: str) -> list[int]:
     return [2 + b for b in text.encode()]
 
 
-class ScriptedEngine:
-    model_name = "scripted"
-    backend = "scripted"
-    context_length = 4096
-    vocab_size = VOCAB
-    stop_ids = frozenset({END})
-    score_source = "scripted float32 logits, softmax in float32"
+class ScriptedTokenizer:
+    """The byte vocabulary's Tokenizer; it remembers which user message each prompt it made ends with."""
 
-    def __init__(self, replies: dict[str, str], concurrent: bool = False, stop: bool = True) -> None:
-        self.replies = replies  # user message -> reply text (then <|end|> if stop)
-        self.concurrent = concurrent
-        self.server_template = False
-        self.stop = stop
-        self.hold = threading.Event()
-        self.hold.set()
-        self.permits: threading.Semaphore | None = None
-        self.fail_on: set[str] = set()
-        self.batches: list[list[str]] = []  # the user messages of each batch, in order
-        self._keys: dict[tuple[int, ...], str] = {}
+    def __init__(self) -> None:
+        self.keys: dict[tuple[int, ...], str] = {}
 
-    # --- ids and text ----------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         ids = [BOS]
         for m in messages:
             ids += ids_of(f"{m.role}: {m.content}\n")
-        self._keys[tuple(ids)] = messages[-1].content
+        self.keys[tuple(ids)] = messages[-1].content
         return ids
 
     def text_ids(self, text: str) -> tuple[list[int], list[int]]:
@@ -77,9 +62,24 @@ class ScriptedEngine:
     def is_special(self, token_id: int) -> bool:
         return token_id in SPECIAL
 
+
+class ScriptedEngine:
+    def __init__(self, replies: dict[str, str], concurrent: bool = False, stop: bool = True) -> None:
+        self.info = EngineInfo(name="scripted", backend="scripted", context_length=4096, vocab_size=VOCAB,
+                               score_source="scripted float32 logits, softmax in float32", stop_ids=frozenset({END}),
+                               concurrent=concurrent)
+        self.tokenizer = ScriptedTokenizer()
+        self.replies = replies  # user message -> reply text (then <|end|> if stop)
+        self.stop = stop
+        self.hold = threading.Event()
+        self.hold.set()
+        self.permits: threading.Semaphore | None = None
+        self.fail_on: set[str] = set()
+        self.batches: list[list[str]] = []  # the user messages of each batch, in order
+
     # --- generation and scoring --------------------------------------------------------------
     def script(self, prompt_ids: Sequence[int]) -> list[int]:
-        reply = self.replies.get(self._keys.get(tuple(prompt_ids), ""), "")
+        reply = self.replies.get(self.tokenizer.keys.get(tuple(prompt_ids), ""), "")
         return ids_of(reply) + ([END] if self.stop else [])
 
     @staticmethod
@@ -98,7 +98,7 @@ class ScriptedEngine:
         return ScriptedDecoder(self)
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
-        keys = [self._keys.get(tuple(r.prompt_ids), "") for r in requests]
+        keys = [self.tokenizer.keys.get(tuple(r.prompt_ids), "") for r in requests]
         self.batches.append(keys)
         if self.fail_on & set(keys):
             raise RuntimeError("injected failure")
@@ -121,7 +121,7 @@ class ScriptedEngine:
                 out[b].append(tok)
                 if req.on_ids is not None:
                     req.on_ids([tok])
-                if tok in self.stop_ids:
+                if tok in self.info.stop_ids:
                     reasons[b] = "stop"
                 elif len(out[b]) == req.max_new_tokens:
                     reasons[b] = "length"

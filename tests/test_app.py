@@ -50,9 +50,9 @@ def test_chat_with_history(client, engine):
     from greedyscore.types import Message
 
     asked = [Message(h["role"], h["content"]) for h in history] + [Message("user", "What is my name?")]
-    assert tokens["prompt_token_ids"] == engine.prompt_ids(asked)
+    assert tokens["prompt_token_ids"] == engine.tokenizer.prompt_ids(asked)
     _, _, alone, _ = chat(client, "What is my name?", max_new=8)
-    assert alone["prompt_token_ids"] == engine.prompt_ids(asked[-1:]) != tokens["prompt_token_ids"]
+    assert alone["prompt_token_ids"] == engine.tokenizer.prompt_ids(asked[-1:]) != tokens["prompt_token_ids"]
 
 
 def test_every_api_parameter_after_the_first_has_a_default(client):
@@ -79,9 +79,9 @@ def test_header_says_what_the_scores_come_from(app_server, engine):
     from greedyscore.engines import native
 
     # and whether the C kernel ran, and why (the suite runs it wherever it builds: GREEDYSCORE_NATIVE=1)
-    assert engine.score_source == f"float32 logits (cpu), softmax in float32; {native.decision('float32').note()}"
-    assert "CPU kernel (-march=native) used: GREEDYSCORE_NATIVE=1" in engine.score_source
-    assert engine.score_source in config
+    assert engine.info.score_source == f"float32 logits (cpu), softmax in float32; {native.decision('float32').note()}"
+    assert "CPU kernel (-march=native) used: GREEDYSCORE_NATIVE=1" in engine.info.score_source
+    assert engine.info.score_source in config
 
 
 def start_tags(markup: str) -> set[str]:

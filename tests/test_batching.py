@@ -25,13 +25,13 @@ PROMPTS = [
 
 
 def test_batched_rows_score_the_sequence_they_generated(engine):
-    prompts = [engine.prompt_ids([Message("user", p)]) for p in PROMPTS]
+    prompts = [engine.tokenizer.prompt_ids([Message("user", p)]) for p in PROMPTS]
     limits = [12, 5, 16, 9, 3]
     gens = engine.generate_batch([GenerateRequest(p, n, 4) for p, n in zip(prompts, limits)])
     for prompt, limit, gen in zip(prompts, limits, gens):
         assert 0 < len(gen.token_ids) <= limit
-        assert gen.token_ids[-1] in engine.stop_ids or len(gen.token_ids) == limit
-        assert not any(t in engine.stop_ids for t in gen.token_ids[:-1])
+        assert gen.token_ids[-1] in engine.info.stop_ids or len(gen.token_ids) == limit
+        assert not any(t in engine.info.stop_ids for t in gen.token_ids[:-1])
         assert gen.steps.top_ids.shape == (len(gen.token_ids), 4)
         solo = engine.score_ids(prompt, gen.token_ids, 4)  # teacher-forced, unpadded, alone
         diff = (solo.logprob.exp() - gen.steps.logprob.exp()).abs().max()
@@ -39,7 +39,7 @@ def test_batched_rows_score_the_sequence_they_generated(engine):
 
 
 def test_batched_streams_each_row_its_own_ids(engine):
-    prompts = [engine.prompt_ids([Message("user", p)]) for p in PROMPTS[:3]]
+    prompts = [engine.tokenizer.prompt_ids([Message("user", p)]) for p in PROMPTS[:3]]
     seen: list[list[int]] = [[], [], []]
     reqs = [GenerateRequest(p, 10, 2, on_ids=seen[i].extend) for i, p in enumerate(prompts)]
     gens = engine.generate_batch(reqs)
@@ -53,7 +53,7 @@ def test_concurrent_chats_are_batched_and_isolated(engine):
         replies = list(pool.map(lambda m: service.chat(m, Settings(max_new_tokens=10, top_k=3)), msgs))
     assert max(service.runner.batch_sizes) > 1
     for m, reply in zip(msgs, replies):
-        assert list(reply.prompt_token_ids) == engine.prompt_ids(m)  # each got its own prompt back
+        assert list(reply.prompt_token_ids) == engine.tokenizer.prompt_ids(m)  # each got its own prompt back
         ids = [t.id for t in reply.tokens]
         solo = engine.score_ids(list(reply.prompt_token_ids), ids, 3)
         assert float((solo.logprob.exp() - torch.tensor([t.prob for t in reply.tokens])).abs().max()) < 1e-4
@@ -89,7 +89,7 @@ class FlakyEngine:
 
 def test_fault_in_one_request_leaves_others_and_next_working(engine):
     bad = [Message("user", "poison")]
-    flaky = FlakyEngine(engine, engine.prompt_ids(bad))
+    flaky = FlakyEngine(engine, engine.tokenizer.prompt_ids(bad))
     service = Service(flaky, max_batch=8)
     jobs = [bad] + [[Message("user", p)] for p in PROMPTS[:3]]
 
@@ -125,7 +125,7 @@ def test_stop_cancels_a_running_generation(engine):
 
 
 def _two_rows(engine, limits, on_ids=(None, None), cancels=(None, None)):
-    prompts = [engine.prompt_ids([Message("user", p)]) for p in ("Tell me a long story about a dragon.",
+    prompts = [engine.tokenizer.prompt_ids([Message("user", p)]) for p in ("Tell me a long story about a dragon.",
                                                                   "Write a haiku about the sea.")]
     return engine.generate_batch([GenerateRequest(tuple(p), n, 3, f, c)
                                   for p, n, f, c in zip(prompts, limits, on_ids, cancels)])
@@ -135,7 +135,7 @@ def test_a_stopped_row_of_a_batch_ends_at_its_last_real_token(engine):
     """Stop on one row of two: the row is not padded with the pad id (for SmolLM2 <|im_end|>, an
     end of turn the model never chose), and the other row is untouched."""
     reference = _two_rows(engine, (40, 40))
-    assert len(reference[0].token_ids) > 8 and engine.pad_id in engine.stop_ids
+    assert len(reference[0].token_ids) > 8 and engine.pad_id in engine.info.stop_ids
     cancel = threading.Event()
     seen: list[int] = []
 
@@ -148,7 +148,7 @@ def test_a_stopped_row_of_a_batch_ends_at_its_last_real_token(engine):
     assert stopped.finish_reason == "abort"
     n = len(seen)
     assert n == 3 and list(stopped.token_ids) == seen == list(reference[0].token_ids[:n])  # what was streamed
-    assert not any(t in engine.stop_ids for t in stopped.token_ids)
+    assert not any(t in engine.info.stop_ids for t in stopped.token_ids)
     assert len(stopped.steps) == n and torch.allclose(stopped.steps.logprob, reference[0].steps.logprob[:n])
     assert other.token_ids == reference[1].token_ids and other.finish_reason == reference[1].finish_reason
 
@@ -171,7 +171,7 @@ def test_abort_only_when_really_cut_short(engine):
 def test_batched_verification_reuses_each_rows_prompt_cache(engine):
     """Verification of a batched reply cuts its row out of the batch KV cache; it must equal a
     fresh teacher-forced rescoring."""
-    prompts = [engine.prompt_ids([Message("user", p)]) for p in PROMPTS[:3]]
+    prompts = [engine.tokenizer.prompt_ids([Message("user", p)]) for p in PROMPTS[:3]]
     gens = engine.generate_batch([GenerateRequest(p, 8, 3) for p in prompts])
     assert all(g.cache is not None for g in gens)
     for prompt, gen in zip(prompts, gens):

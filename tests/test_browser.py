@@ -162,7 +162,7 @@ def test_two_sessions_never_see_each_other(browser, app_server, engine):
     )
     assert json_href(a) != first
     data = a.request.get(a.locator("#gs-reply-json a").first.evaluate("l => l.href")).json()
-    prompt = engine.decode(data["prompt_token_ids"])
+    prompt = engine.tokenizer.decode(data["prompt_token_ids"])
     assert "Pineapple-7731" in prompt and "What is my code?" in prompt
     assert "Walrus-5512" not in prompt
     ctx_a.close()

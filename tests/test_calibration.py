@@ -48,7 +48,7 @@ def test_a_perfectly_calibrated_set_has_ece_near_zero():
 def test_a_real_text_matches_a_brute_force_computation(engine, service):
     """Top-1 probability and correctness from the full logits of one forward pass, binned by hand."""
     reply = service.score_text(CALIBRATION_SAMPLE, Settings(top_k=3))
-    context, target = engine.text_ids(CALIBRATION_SAMPLE)
+    context, target = engine.tokenizer.text_ids(CALIBRATION_SAMPLE)
     ids = torch.tensor([context + target])
     with torch.inference_mode():
         probs = torch.softmax(engine.model(ids).logits[0, len(context) - 1 : -1].float(), dim=-1)

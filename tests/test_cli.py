@@ -49,7 +49,7 @@ def test_chat_json_schema(engine):
         assert len(t["top"]) == 3 and set(t["top"][0]) == {"id", "text", "prob"}
         assert math.isclose(t["prob"], math.exp(t["logprob"]), rel_tol=1e-9)
     assert "".join(t["text"] for t in d["tokens"] if not t["special"]) == d["text"]
-    assert d["prompt_token_ids"] == engine.prompt_ids([__import__("greedyscore").Message("user", "你好")])
+    assert d["prompt_token_ids"] == engine.tokenizer.prompt_ids([__import__("greedyscore").Message("user", "你好")])
 
 
 def test_chat_messages_file_and_stdin(tmp_path):

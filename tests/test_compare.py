@@ -128,7 +128,8 @@ def test_int8_and_system_prompt_comparisons(variants, service):
     cv = compare_text(variants, text, CONVERSATION, "Name a capital.", conversation_b=primed)
     want_b = service.score_text(text, messages=primed)
     assert [s.logprob_b for s in cv.spans] == pytest.approx([t.logprob for t in want_b.tokens], abs=1e-5)
-    assert cv.label_b == "conversation B" and cv.b.prompt_token_ids == tuple(service.engine.prompt_ids(primed))
+    assert cv.label_b == "conversation B"
+    assert cv.b.prompt_token_ids == tuple(service.engine.tokenizer.prompt_ids(primed))
 
 
 def test_another_model_with_another_tokenizer(variants):

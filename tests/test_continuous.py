@@ -21,7 +21,7 @@ def solo(engine, prompt: list[int], n: int):
 
 
 def test_rows_join_mid_batch_and_leave_when_done_each_as_if_alone(engine):
-    ids = [engine.prompt_ids([Message("user", p)]) for p in PROMPTS]
+    ids = [engine.tokenizer.prompt_ids([Message("user", p)]) for p in PROMPTS]
     batch = engine.decoder()
     batch.join(GenerateRequest(tuple(ids[0]), 12, 4), tag="a")  # a mid-length prompt decodes alone
     finished = {}

@@ -25,12 +25,12 @@ def reference_continuation(engine, ids: list[int], n_new: int) -> tuple[list[int
     """transformers' own greedy generate + compute_transition_scores (float64) from exactly `ids`."""
     with torch.inference_mode():
         out = engine.model.generate(torch.tensor([ids]), max_new_tokens=n_new, do_sample=False, output_scores=True,
-                                    return_dict_in_generate=True, eos_token_id=sorted(engine.stop_ids),
+                                    return_dict_in_generate=True, eos_token_id=sorted(engine.info.stop_ids),
                                     pad_token_id=engine.pad_id)
         scores = tuple(s.double() for s in out.scores)
         lps = engine.model.compute_transition_scores(out.sequences, scores, normalize_logits=True)[0]
     new = out.sequences[0, len(ids):].tolist()
-    end = next((i + 1 for i, t in enumerate(new) if t in engine.stop_ids), len(new))
+    end = next((i + 1 for i, t in enumerate(new) if t in engine.info.stop_ids), len(new))
     return new[:end], lps[:end].tolist()
 
 
@@ -59,14 +59,14 @@ def test_fork_continues_exactly_as_transformers_would(k, originals, service, eng
     for tok, lp in zip(fork.tokens[at + 1 :], want_lps):
         assert abs(tok.prob - math.exp(lp)) < 1e-4
     assert "".join(x.text for x in fork.tokens if not x.special) == fork.text
-    if "\ufffd" not in engine.decode([i for i in ids if not engine.is_special(i)]):
+    if "\ufffd" not in engine.tokenizer.decode([i for i in ids if not engine.tokenizer.is_special(i)]):
         assert "\ufffd" not in fork.text
 
 
 def test_chinese_fork_onto_a_split_character_completes_it(originals, service, engine):
     original = originals["chinese"]
     t = original.tokens[0].top[2].id
-    assert engine.display(t).startswith("\\x")  # half a character
+    assert engine.tokenizer.display(t).startswith("\\x")  # half a character
     fork = service.fork(CONVERSATIONS["chinese"], [x.id for x in original.tokens], 0, t,
                         Settings(max_new_tokens=N_NEW))
     assert fork.tokens[0].text == "" and fork.tokens[1].joined >= 1  # the character arrives whole
@@ -85,7 +85,7 @@ def test_forking_onto_the_chosen_token_reproduces_the_reply(originals, service):
 def test_fork_onto_an_end_of_turn_stops_there(originals, service):
     original = originals["english"]
     ids = [x.id for x in original.tokens]
-    end = next(iter(service.engine.stop_ids))
+    end = next(iter(service.engine.info.stop_ids))
     fork = service.fork(CONVERSATIONS["english"], ids, 2, end, Settings(max_new_tokens=8))
     assert [x.id for x in fork.tokens] == ids[:2] + [end] and fork.finish_reason == "stop"
 

@@ -19,6 +19,7 @@ in place of the GPU engine) and runs the oracle in float64 on the CPU; the same 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -249,7 +250,7 @@ def assert_nothing_left(lm: LMDeployEngine, check: str) -> None:
         if not any(state.values()) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    after = generate(lm, lm.prompt_ids(CONVERSATIONS["english"]), 4, 1)
+    after = generate(lm, lm.tokenizer.prompt_ids(CONVERSATIONS["english"]), 4, 1)
     fact(check + "/after", **state, then_served=len(after.token_ids), then_finish=after.finish_reason)
     assert state["sessions"] == 0 and state["handles_out"] == 0, f"left behind: {state}"
     assert state.get("standin_running", 0) == 0
@@ -284,23 +285,23 @@ def test_1_lmdeploy_version_and_whether_turbomind_loads():
 # --- 2. the PyTorch-engine pipeline ----------------------------------------------------------------------------
 def test_2_pytorch_engine_pipeline_loads_with_raw_logprobs(lm):
     config = lm.pipe.backend_config
-    fact("2 pipeline", backend=lm.backend, logprobs_mode=getattr(config, "logprobs_mode", None),
+    fact("2 pipeline", backend=lm.info.backend, logprobs_mode=getattr(config, "logprobs_mode", None),
          load_s=round(lm.load_s, 1), max_batch_size=config.max_batch_size, session_len=config.session_len,
          eager_mode=getattr(config, "eager_mode", None), cache_max_entry_count=config.cache_max_entry_count,
-         max_prefill_token_num=getattr(config, "max_prefill_token_num", None), context_length=lm.context_length,
-         vocab_size=lm.vocab_size, stop_ids=sorted(lm.stop_ids), score_source=lm.score_source,
-         logprob_tolerance=lm.logprob_tolerance)
-    assert lm.backend == "lmdeploy-pytorch"
+         max_prefill_token_num=getattr(config, "max_prefill_token_num", None), context_length=lm.info.context_length,
+         vocab_size=lm.info.vocab_size, stop_ids=sorted(lm.info.stop_ids), score_source=lm.info.score_source,
+         logprob_tolerance=lm.info.logprob_tolerance)
+    assert lm.info.backend == "lmdeploy-pytorch"
     assert config.logprobs_mode == "raw_logprobs"
     assert (config.max_batch_size, config.session_len, config.eager_mode, config.max_prefill_token_num) == \
         (4, 4096, True, 256)
-    assert lm.score_source.split()[0] in ("bfloat16", "float16"), lm.score_source
-    assert lm.logprob_tolerance == ENGINE_LOGPROB_TOLERANCE[lm.score_source.split()[0]]
+    assert lm.info.score_source.split()[0] in ("bfloat16", "float16"), lm.info.score_source
+    assert lm.info.logprob_tolerance == ENGINE_LOGPROB_TOLERANCE[lm.info.score_source.split()[0]]
 
 
 # --- 3. async_get_logits: the rescoring rows --------------------------------------------------------------------
 def test_3_async_get_logits_rows_agree_with_float64(lm, oracle):
-    prompt = lm.prompt_ids(CONVERSATIONS["multi-turn"])
+    prompt = lm.tokenizer.prompt_ids(CONVERSATIONS["multi-turn"])
     # the model's own greedy reply as the scored text: it predicts it (a text it does not predict, on
     # the kit's cut-down model, reads nearly the same one row early: the check could not fail)
     ids = prompt + list(generate(lm, prompt, 24, TOP_K).token_ids)
@@ -332,26 +333,27 @@ def test_4_short_reply_ends_with_a_stop_id(lm, oracle):
     """finish 'stop', its stop id kept and scored. The kit's cut-down model may never emit its
     end-of-turn id: then the id it emits 4th is made a stop word of the pipeline, the way a chat
     template's stop words reach the engine (AsyncEngine._determine_gen_config), and the reply rerun."""
-    prompt = lm.prompt_ids(CONVERSATIONS["english"])
+    prompt = lm.tokenizer.prompt_ids(CONVERSATIONS["english"])
     gen = generate(lm, prompt, 128, TOP_K)
-    engine, saved = lm.pipe.async_engine, (lm.pipe.async_engine.stop_words, lm.stop_ids)
+    engine, saved = lm.pipe.async_engine, (lm.pipe.async_engine.stop_words, lm.info)
     forced = None
     if gen.finish_reason != "stop" and len(gen.token_ids) > 3:
         forced = int(gen.token_ids[3])
         first = list(gen.token_ids).index(forced)
-        engine.stop_words, lm.stop_ids = [forced], frozenset({forced})
+        engine.stop_words, lm.info = [forced], dataclasses.replace(lm.info, stop_ids=frozenset({forced}))
         try:
             gen = generate(lm, prompt, 128, TOP_K)
         finally:
-            engine.stop_words, lm.stop_ids = saved
+            engine.stop_words, lm.info = saved
     facts: dict[str, Any] = dict(n_ids=len(gen.token_ids), finish=gen.finish_reason, forced_stop=forced,
-                                 last_id=gen.token_ids[-1] if gen.token_ids else None, text=lm.decode(gen.token_ids))
+                                 last_id=gen.token_ids[-1] if gen.token_ids else None,
+                                 text=lm.tokenizer.decode(gen.token_ids))
     if gen.steps is not None and len(gen.steps) == len(gen.token_ids):
         rows, shifted = reply_rows(oracle, prompt, gen.token_ids)
         facts["steps"] = compare(gen.steps, rows, shifted, gen.token_ids)
     fact("4 stop", **facts)
     assert gen.finish_reason == "stop"
-    assert gen.token_ids[-1] == forced if forced is not None else gen.token_ids[-1] in lm.stop_ids
+    assert gen.token_ids[-1] == forced if forced is not None else gen.token_ids[-1] in lm.info.stop_ids
     if forced is not None:
         assert len(gen.token_ids) == first + 1  # it stopped at the stop id's first appearance
     assert_single_pass(gen)  # the stop id's own row scored in the same pass
@@ -360,7 +362,7 @@ def test_4_short_reply_ends_with_a_stop_id(lm, oracle):
 
 # --- 5. the engine's raw logprobs and the single-pass scores ------------------------------------------------------
 def test_5_engine_logprobs_and_single_pass_steps_agree_with_float64(lm, oracle):
-    prompt = lm.prompt_ids(CONVERSATIONS["code"])
+    prompt = lm.tokenizer.prompt_ids(CONVERSATIONS["code"])
     gen = generate(lm, prompt, 48, TOP_K)
     rows, shifted = reply_rows(oracle, prompt, gen.token_ids)
     facts: dict[str, Any] = single_pass_facts(gen)
@@ -395,7 +397,7 @@ def test_6a_stop_mid_decode(lm):
         if len(seen) >= 2:
             cancel.set()
 
-    gen = generate(lm, lm.prompt_ids([Message("user", STORY)]), 256, 1, on_ids=on_ids, cancel=cancel)
+    gen = generate(lm, lm.tokenizer.prompt_ids([Message("user", STORY)]), 256, 1, on_ids=on_ids, cancel=cancel)
     fact("6a stop mid-decode", n_ids=len(gen.token_ids), streamed=len(seen), finish=gen.finish_reason)
     assert gen.finish_reason == "abort" and 2 <= len(gen.token_ids) < 256
     assert_nothing_left(lm, "6a stop mid-decode")
@@ -404,7 +406,7 @@ def test_6a_stop_mid_decode(lm):
 def test_6b_stop_at_once(lm):
     cancel = threading.Event()
     cancel.set()
-    gen = generate(lm, lm.prompt_ids([Message("user", STORY)]), 256, 1, cancel=cancel)
+    gen = generate(lm, lm.tokenizer.prompt_ids([Message("user", STORY)]), 256, 1, cancel=cancel)
     fact("6b stop at once", n_ids=len(gen.token_ids), finish=gen.finish_reason)
     assert gen.finish_reason == "abort" and gen.token_ids == ()
     assert_nothing_left(lm, "6b stop at once")
@@ -422,13 +424,14 @@ def test_6c_stop_while_waiting_for_a_request_handle(lm):
     stop = threading.Event()
     facts: dict[str, Any] = dict(max_batch_size=n)
     with ThreadPoolExecutor(n + 1) as pool:
-        prompts = [lm.prompt_ids([Message("user", f"Write a long story about {topics[i % 6]}.")]) for i in range(n)]
+        prompts = [lm.tokenizer.prompt_ids([Message("user", f"Write a long story about {topics[i % 6]}.")])
+                   for i in range(n)]
         long = [pool.submit(generate, lm, prompts[i], 1024, 1, on_ids=lambda ids, e=started[i]: e.set(),
                             cancel=cancels[i]) for i in range(n)]
         try:
             facts["all_started"] = all(e.wait(120) for e in started)
             facts["full"] = pipeline_state(lm)
-            waiting = pool.submit(generate, lm, lm.prompt_ids(CONVERSATIONS["chinese"]), 512, 1, cancel=stop)
+            waiting = pool.submit(generate, lm, lm.tokenizer.prompt_ids(CONVERSATIONS["chinese"]), 512, 1, cancel=stop)
             deadline = time.monotonic() + 30
             while (state := pipeline_state(lm))["waiting"] < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -458,7 +461,7 @@ def test_7_eight_concurrent_generate_and_score_calls(lm, oracle):
     assert len(cases) == 8
 
     def run(messages):
-        prompt = lm.prompt_ids(messages)
+        prompt = lm.tokenizer.prompt_ids(messages)
         gen = generate(lm, prompt, 24, TOP_K)
         return prompt, gen, lm.score_ids(prompt, gen.token_ids, TOP_K)
 
@@ -488,7 +491,7 @@ def test_8_long_prompt_chunked_prefill(lm, oracle):
     notes = [f"Note {i}: the {colours[i % 8]} {animals[i % 9]} visited {towns[i % 11]} on day {i + 3}." for i in
              range(38)]
     text = "Read these notes.\n" + "\n".join(notes) + "\nWhich animal visited Paris on day 3?"
-    prompt = lm.prompt_ids([Message("user", text)])
+    prompt = lm.tokenizer.prompt_ids([Message("user", text)])
     chunk = lm.pipe.backend_config.max_prefill_token_num
     gen = generate(lm, prompt, 16, TOP_K)
     rows, shifted = reply_rows(oracle, prompt, gen.token_ids)
@@ -515,16 +518,16 @@ def test_9_turbomind_single_pass_agrees_with_float64(model, oracle):
     settings = {k: v for k, v in SETTINGS.items() if k not in ("eager_mode", "max_prefill_token_num")}
     tm, load_s = _load(model, "turbomind", **settings)
     try:
-        prompt = tm.prompt_ids(CONVERSATIONS["code"])
+        prompt = tm.tokenizer.prompt_ids(CONVERSATIONS["code"])
         gen = generate(tm, prompt, 48, TOP_K)
         rows, shifted = reply_rows(oracle, prompt, gen.token_ids)
-        facts: dict[str, Any] = dict(single_pass_facts(gen), backend=tm.backend, load_s=round(load_s, 1),
-                                     score_source=tm.score_source, engine_logprobs=gen.engine_logprobs is not None)
+        facts: dict[str, Any] = dict(single_pass_facts(gen), backend=tm.info.backend, load_s=round(load_s, 1),
+                                     score_source=tm.info.score_source, engine_logprobs=gen.engine_logprobs is not None)
         if gen.steps is not None and len(gen.steps) == len(gen.token_ids):
             facts["steps"] = compare(gen.steps, rows, shifted, gen.token_ids)
         facts["rescored"] = compare(tm.score_ids(prompt, gen.token_ids, TOP_K), rows, shifted, gen.token_ids)
         fact("9 turbomind", **facts)
-        assert tm.backend == "lmdeploy-turbomind", f"fell back to {tm.backend}"
+        assert tm.info.backend == "lmdeploy-turbomind", f"fell back to {tm.info.backend}"
         assert gen.engine_logprobs is None  # TurboMind's greedy logprobs are 0.0: never requested
         assert_agrees(facts["rescored"], discriminating=len(gen.token_ids) >= 8, greedy="near")
         assert_single_pass(gen)

@@ -43,8 +43,8 @@ def test_the_kit_model_converts_and_tells_the_right_row_from_the_next(kit_model,
     assert small.model.config.num_hidden_layers == gpu_kit.LAYERS
     chosen, off_by_one = [], []
     for case in ("english", "chinese", "multi-turn", "code"):
-        prompt = small.prompt_ids(CONVERSATIONS[case])
-        assert prompt == engine.prompt_ids(CONVERSATIONS[case])  # the tokenizer and template came along
+        prompt = small.tokenizer.prompt_ids(CONVERSATIONS[case])
+        assert prompt == engine.tokenizer.prompt_ids(CONVERSATIONS[case])  # the tokenizer and template came along
         ids = list(generate(small, prompt, 24, 5).token_ids)
         with torch.inference_mode():
             logits = small.model(input_ids=torch.tensor([list(prompt) + ids])).logits[0].float()

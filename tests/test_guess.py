@@ -28,7 +28,7 @@ TEXT = "Once upon a time, a little girl lived with her mother.\n\n今天天气�
 
 @pytest.fixture(scope="module")
 def game(service, engine):
-    return new_game(service.score_text(TEXT, Settings(top_k=20)), engine.vocab_size)
+    return new_game(service.score_text(TEXT, Settings(top_k=20)), engine.info.vocab_size)
 
 
 def brute_force(engine, context: list[int], ids: list[int]) -> tuple[float, int]:
@@ -65,7 +65,7 @@ def test_a_multi_token_guess_is_scored_as_the_sequence_it_is(game, service, engi
     after = play(game, "Once", guess_ids(service, "Once"), 0.0, 1)
     tokenise = lambda text: guess_ids(service, text)  # noqa: E731
     said, ids, lp, rank = score_guess(after, "upon a time", tokenise, asker(service, after))
-    assert said == " upon a time" and engine.decode(ids) == " upon a time"  # likelier with the space
+    assert said == " upon a time" and engine.tokenizer.decode(ids) == " upon a time"  # likelier with the space
     want = brute_force(engine, after.context_ids(), ids)
     assert lp == pytest.approx(want[0], abs=1e-4) and rank == want[1]
 
@@ -102,7 +102,8 @@ def test_a_game_played_to_the_end(game, service):
 
 
 def test_pick_mode_offers_whole_units_and_scores_both_players_on_the_menu(service, engine):
-    g = new_game(service.score_text("今天天气很好，我们一起去公园散步吧。", Settings(top_k=20)), engine.vocab_size, 5)
+    scored = service.score_text("今天天气很好，我们一起去公园散步吧。", Settings(top_k=20))
+    g = new_game(scored, engine.info.vocab_size, 5)
     menus = 0
     while not g.done:
         menu = choices(g)
@@ -120,7 +121,7 @@ def test_pick_mode_offers_whole_units_and_scores_both_players_on_the_menu(servic
 
 def test_hostile_text_and_guesses_are_escaped(service, engine):
     g = new_game(service.score_text('He said "hi" <img src=x onerror=alert(1)> & left.', Settings(top_k=5)),
-                 engine.vocab_size)
+                 engine.info.vocab_size)
     while not g.done:
         said = '<img src=x onerror=alert(1)> "q"'
         g = play(g, said, guess_ids(service, said), -20.0, 999)

@@ -21,15 +21,15 @@ def _prefill_and_step(model, ids):
 
 
 def _as_loaded(engine):
-    return AutoModelForCausalLM.from_pretrained(engine.source, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(engine.info.source, dtype=torch.float32).eval()
 
 
 def test_the_engine_decodes_through_the_kernel_and_gives_the_logits_of_the_model_as_loaded(engine):
-    assert engine.layout == "native"
+    assert engine.info.layout == "native"
     assert not any(type(m) is torch.nn.Linear for m in engine.model.modules())
     assert any(isinstance(m, NativeLinear) for m in engine.model.modules())
     plain = _as_loaded(engine)
-    ids = torch.tensor([engine.prompt_ids([Message("user", "你好, what is 2+2?")])])
+    ids = torch.tensor([engine.tokenizer.prompt_ids([Message("user", "你好, what is 2+2?")])])
     for mine, theirs in zip(_prefill_and_step(engine.model, ids), _prefill_and_step(plain, ids), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-3, rtol=0)
         assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
@@ -45,7 +45,7 @@ def test_without_the_kernel_the_split_layout_gives_the_logits_of_the_model_as_lo
     assert layout.cpu_layout(split, "float32") == "split"
     assert any(isinstance(m, SplitLinear) and m.parts > 1 for m in split.modules())
     plain = _as_loaded(engine)
-    ids = torch.tensor([engine.prompt_ids([Message("user", "Name three rivers.")])])
+    ids = torch.tensor([engine.tokenizer.prompt_ids([Message("user", "Name three rivers.")])])
     for mine, theirs in zip(_prefill_and_step(split, ids), _prefill_and_step(plain, ids), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-3, rtol=0)
         assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
@@ -77,6 +77,6 @@ def test_the_laid_out_model_lets_go_of_the_loaded_file():
             "e = TransformersEngine.load(None, device='cpu')\n"
             "from pathlib import Path\n"
             "maps = Path('/proc/self/maps').read_text()\n"
-            "print(e.layout, any(line.endswith('.safetensors') for line in maps.splitlines()))\n")
+            "print(e.info.layout, any(line.endswith('.safetensors') for line in maps.splitlines()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["native", "False"]

@@ -28,7 +28,7 @@ def _steps(model, stop_ids, prompts, fast: bool, n: int) -> list[torch.Tensor]:
 
 
 def test_the_lean_step_gives_transformers_logits_for_a_padded_batch(engine):
-    prompts = [engine.prompt_ids([Message("user", text)]) for text in
+    prompts = [engine.tokenizer.prompt_ids([Message("user", text)]) for text in
                ("Hi", "你好，请介绍一下你自己", "Write a long poem about the sea and the moon and bread.")]
     assert len({len(p) for p in prompts}) == 3
     stop = frozenset({engine.model.config.vocab_size - 1})  # no row stops early: every step compares 3 rows
@@ -98,8 +98,8 @@ def _torch_ops(batch: DecodeBatch) -> DecodeBatch:
 def test_float32_llamas_take_the_c_step_and_it_gives_the_torch_steps_logits(engine):
     """kernels/llama_step.c against the same step in torch operations (and both against
     transformers above): the embedded model, and random ones whose head size has a tail (18)."""
-    assert DecodeBatch(engine.model, engine.stop_ids).fast_step.native is not None
-    chat = [engine.prompt_ids([Message("user", text)]) for text in ("Hi", "Name three rivers of Europe.")]
+    assert DecodeBatch(engine.model, engine.info.stop_ids).fast_step.native is not None
+    chat = [engine.tokenizer.prompt_ids([Message("user", text)]) for text in ("Hi", "Name three rivers of Europe.")]
     stop = frozenset({engine.model.config.vocab_size - 1})
     for model, prompts, atol in ((engine.model, chat, 1e-4), (_tiny(), [[5, 6, 7], [8, 9, 10, 11, 12]], 1e-5),
                                  (_tiny(hidden_size=72), [[1, 2], [3, 4, 5, 6, 7, 8, 9]], 1e-5)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import sys
 import threading
 import time
@@ -74,7 +75,7 @@ def tf_generations(tf):
 
     def get(case: str, n_new: int = N_NEW):
         if (case, n_new) not in cache:
-            ids = tf.prompt_ids(CONVERSATIONS[case])
+            ids = tf.tokenizer.prompt_ids(CONVERSATIONS[case])
             cache[case, n_new] = generate(tf, ids, n_new, 5)
         return cache[case, n_new]
 
@@ -87,8 +88,8 @@ def test_lmdeploy_prompt_ids_equal_hf_chat_template(case, lmdeploy_text, tf, pip
     messages = CONVERSATIONS[case]
     template, tokenizer = lmdeploy_text
     ids = tokenizer.encode(template.messages2prompt(_dicts(messages)), add_bos=True)
-    assert ids == tf.prompt_ids(messages)
-    assert LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch").prompt_ids(messages) == ids
+    assert ids == tf.tokenizer.prompt_ids(messages)
+    assert LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch").tokenizer.prompt_ids(messages) == ids
     # and what the pipeline itself consumes (AsyncEngine.preprocess, run unchanged)
     pipe = pipes["pytorch"]
     session = pipe.session()
@@ -116,7 +117,7 @@ def test_stream_token_ids_are_incremental_and_stop_id_needs_include_stop(include
 @pytest.mark.parametrize("case", GENERATE_CASES)
 def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
     messages = CONVERSATIONS[case]
-    prompt = lm.prompt_ids(messages)
+    prompt = lm.tokenizer.prompt_ids(messages)
     reference = tf_generations(case)
     streamed: list[int] = []
     gen = generate(lm, prompt, N_NEW, 5, on_ids=streamed.extend)
@@ -125,7 +126,7 @@ def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
     assert tuple(streamed) == gen.token_ids
     assert gen.finish_reason == reference.finish_reason
     if gen.finish_reason == "stop":
-        assert gen.token_ids[-1] == IM_END and IM_END in lm.stop_ids
+        assert gen.token_ids[-1] == IM_END and IM_END in lm.info.stop_ids
     assert gen.notes == ()
     # single pass: scored while generating (PyTorch engine: the logits processor; TurboMind: the
     # generated rows), equal to the TransformersEngine's and to a teacher-forced rescoring
@@ -140,7 +141,7 @@ def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
         assert torch.allclose(steps.margin, reference.steps.margin, atol=1e-4)
     steps = gen.steps
 
-    if lm.backend == "lmdeploy-pytorch":  # raw_logprobs: the engine's own numbers agree
+    if lm.info.backend == "lmdeploy-pytorch":  # raw_logprobs: the engine's own numbers agree
         assert gen.engine_logprobs is not None and len(gen.engine_logprobs) == len(gen.token_ids)
         assert compare_engine_logprobs(gen.engine_logprobs, gen.token_ids, steps, 1e-4) == []
     else:  # TurboMind's greedy logprobs are 0.0: never requested, never reported
@@ -149,21 +150,21 @@ def test_generate_and_score_match_transformers(case, lm, tf, tf_generations):
 
 def test_english_stops_with_im_end(lm):
     messages = CONVERSATIONS["english"]
-    gen = generate(lm, lm.prompt_ids(messages), N_NEW, 5)
+    gen = generate(lm, lm.tokenizer.prompt_ids(messages), N_NEW, 5)
     assert gen.finish_reason == "stop" and gen.token_ids[-1] == IM_END
-    assert lm.decode(gen.token_ids[-1:]) == "<|im_end|>" and lm.is_special(IM_END)
+    assert lm.tokenizer.decode(gen.token_ids[-1:]) == "<|im_end|>" and lm.tokenizer.is_special(IM_END)
 
 
 def test_length_limit_has_no_stop_token(lm, tf_generations):
     messages = CONVERSATIONS["chinese"]
-    gen = generate(lm, lm.prompt_ids(messages), 3, 5)
+    gen = generate(lm, lm.tokenizer.prompt_ids(messages), 3, 5)
     assert gen.finish_reason == "length"
     assert gen.token_ids == tf_generations("chinese", 3).token_ids and IM_END not in gen.token_ids
 
 
 def test_score_ids_short_context_matches_transformers(lm, tf):
     """score_messages scores a whole conversation after its first token."""
-    ids = lm.prompt_ids(CONVERSATIONS["multi-turn"])
+    ids = lm.tokenizer.prompt_ids(CONVERSATIONS["multi-turn"])
     ours = lm.score_ids(ids[:1], ids[1:], 3)
     ref = tf.score_ids(ids[:1], ids[1:], 3)
     assert torch.allclose(ours.logprob.exp(), ref.logprob.exp(), atol=1e-4, rtol=0)
@@ -174,16 +175,16 @@ def test_score_ids_short_context_matches_transformers(lm, tf):
 
 def test_tokenizer_helpers_match_transformers(lm, tf):
     text = "Hi 你好 🍎 <b>\n"
-    assert lm.text_ids(text) == tf.text_ids(text)
-    _, ids = tf.text_ids(text)
-    assert lm.decode(ids) == tf.decode(ids) == text
+    assert lm.tokenizer.text_ids(text) == tf.tokenizer.text_ids(text)
+    _, ids = tf.tokenizer.text_ids(text)
+    assert lm.tokenizer.decode(ids) == tf.tokenizer.decode(ids) == text
     for token_id in [*ids, IM_END, 1]:
-        assert lm.display(token_id) == tf.display(token_id)
-        assert lm.is_special(token_id) == tf.is_special(token_id)
-    assert any(lm.display(t).startswith("\\x") for t in ids)  # a byte token of 你 or 🍎
-    assert lm.stop_ids == tf.stop_ids == frozenset({IM_END})
-    assert lm.context_length == 8192
-    assert lm.model_name == EMBEDDED_NAME
+        assert lm.tokenizer.display(token_id) == tf.tokenizer.display(token_id)
+        assert lm.tokenizer.is_special(token_id) == tf.tokenizer.is_special(token_id)
+    assert any(lm.tokenizer.display(t).startswith("\\x") for t in ids)  # a byte token of 你 or 🍎
+    assert lm.info.stop_ids == tf.info.stop_ids == frozenset({IM_END})
+    assert lm.info.context_length == 8192
+    assert lm.info.name == EMBEDDED_NAME
 
 
 def test_cancel_stops_and_aborts_the_session(pipes, tf_generations):
@@ -199,13 +200,13 @@ def test_cancel_stops_and_aborts_the_session(pipes, tf_generations):
 
     backend = pipes["pytorch"].backend
     before = len(backend.cancels)
-    gen = generate(lm, lm.prompt_ids(messages), N_NEW, 5, on_ids=on_ids, cancel=cancel)
+    gen = generate(lm, lm.tokenizer.prompt_ids(messages), N_NEW, 5, on_ids=on_ids, cancel=cancel)
     assert gen.finish_reason == "abort"
     assert gen.token_ids == tf_generations("chinese").token_ids[:3]
     assert len(backend.cancels) > before  # Session.abort reached the running request (async_cancel)
     assert not backend.running and not backend.cancelled
     # the pipeline is still usable afterwards
-    again = generate(lm, lm.prompt_ids(messages), 3, 5)
+    again = generate(lm, lm.tokenizer.prompt_ids(messages), 3, 5)
     assert again.token_ids == tf_generations("chinese").token_ids[:3]
     assert generate(lm, [1], 3, 5, cancel=cancel).finish_reason == "abort"
 
@@ -219,7 +220,7 @@ def test_concurrent_requests_from_many_threads(pipes, tf_generations):
 
     def run(case: str) -> tuple[list[int], list[float]]:
         messages = CONVERSATIONS[case]
-        prompt = lm.prompt_ids(messages)
+        prompt = lm.tokenizer.prompt_ids(messages)
         gen = generate(lm, prompt, 8, 3)
         return gen.token_ids, lm.score_ids(prompt, gen.token_ids, 3).logprob.tolist()
 
@@ -240,7 +241,7 @@ def test_service_chat_over_lmdeploy_matches_transformers(lm, tf):
     ours, ref = Service(lm).chat(messages, settings), Service(tf).chat(messages, settings)
     assert [t.id for t in ours.tokens] == [t.id for t in ref.tokens]
     assert all(abs(a.prob - b.prob) < 1e-4 for a, b in zip(ours.tokens, ref.tokens, strict=True))
-    assert ours.text == ref.text and ours.backend == lm.backend
+    assert ours.text == ref.text and ours.backend == lm.info.backend
     assert ours.notes == ()
 
 
@@ -252,7 +253,7 @@ def test_engine_generates_from_exactly_the_ids_given(pipes, tf):
     them, so a length check in the engine could never fail; this fails if lmdeploy's code ever
     hands the engine other ids."""
     lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
-    context, target = lm.text_ids("Once upon a time, in a small village,")
+    context, target = lm.tokenizer.text_ids("Once upon a time, in a small village,")
     prompt = context + target
     gen = generate(lm, prompt, 8, 3)
     assert pipes["pytorch"].backend.requests[-1]["input_ids"] == prompt
@@ -267,10 +268,10 @@ def test_engine_error_response_raises(model_dir, tf):
     pipe = StandinPipeline(model_dir, tf.model, backend="pytorch", backend_config=config)
     try:
         lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
-        assert lm.context_length == 16
+        assert lm.info.context_length == 16
         messages = CONVERSATIONS["english"]
         with pytest.raises(GreedyScoreError, match="context length"):
-            generate(lm, lm.prompt_ids(messages), 4, 5)
+            generate(lm, lm.tokenizer.prompt_ids(messages), 4, 5)
     finally:
         pipe.close()
 
@@ -296,22 +297,23 @@ def test_load_without_lmdeploy_says_how_to_install(monkeypatch):
 # --- (e) what the UI says the scores come from ------------------------------------------------------
 def test_score_source_names_the_logits_dtype_the_engine_returns(model_dir, tf, pipes):
     lm = LMDeployEngine(pipes["turbomind"], EMBEDDED_NAME, "turbomind")
-    assert lm.score_source.startswith("float32 logits") and "turbomind" in lm.score_source
+    assert lm.info.score_source.startswith("float32 logits") and "turbomind" in lm.info.score_source
     half = copy.deepcopy(tf.model).to(torch.bfloat16)  # as LMDeploy runs a model on a GPU
     pipe = StandinPipeline(model_dir, half, backend="pytorch")
     try:
         lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
-        assert lm.score_source == "bfloat16 logits from LMDeploy's pytorch engine, softmax in float32"
+        assert lm.info.score_source == "bfloat16 logits from LMDeploy's pytorch engine, softmax in float32"
         from greedyscore.service import Service
         from greedyscore.types import Settings
 
         reply = Service(lm).chat(CONVERSATIONS["english"], Settings(max_new_tokens=4))
-        assert reply.score_source == lm.score_source and reply.to_json()["score_source"] == lm.score_source
+        assert reply.score_source == lm.info.score_source and reply.to_json()["score_source"] == lm.info.score_source
         # its own logprobs come in bfloat16 (as the PyTorch engine computes them): no spurious notes
-        assert lm.logprob_tolerance > 1e-3
+        assert lm.info.logprob_tolerance > 1e-3
         for case in ("english", "chinese", "emoji"):
             assert Service(lm).chat(CONVERSATIONS[case], Settings(max_new_tokens=32)).notes == ()
-        lm.logprob_tolerance = 0.0  # the old rule, 1e-3 whatever the dtype, flags ordinary tokens
+        # the old rule, 1e-3 whatever the dtype, flags ordinary tokens
+        lm.info = dataclasses.replace(lm.info, logprob_tolerance=0.0)
         assert Service(lm).chat(CONVERSATIONS["chinese"], Settings(max_new_tokens=32)).notes
     finally:
         pipe.close()
@@ -335,7 +337,7 @@ def test_a_stop_while_the_request_waits_for_a_handle_ends_it(model_dir, tf):
     pipe = small_pipe(model_dir, tf, max_batch_size=1)
     try:
         lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
-        prompt = lm.prompt_ids(CONVERSATIONS["english"])
+        prompt = lm.tokenizer.prompt_ids(CONVERSATIONS["english"])
         started, stop = threading.Event(), threading.Event()
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(generate, lm, prompt, 48, 3, on_ids=lambda ids: started.set())
@@ -361,7 +363,7 @@ def test_a_stop_while_the_request_waits_for_a_handle_ends_it(model_dir, tf):
 def test_a_dead_engine_loop_is_one_clear_error_and_a_stuck_one_times_out(model_dir, tf):
     pipe = small_pipe(model_dir, tf)
     lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch", timeout_s=0.5)
-    prompt = lm.prompt_ids(CONVERSATIONS["english"])
+    prompt = lm.tokenizer.prompt_ids(CONVERSATIONS["english"])
     loop = pipe.internal_thread.loop
     loop.call_soon_threadsafe(time.sleep, 3.0)  # the loop thread busy elsewhere: nothing answers for 3 s
     t0 = time.monotonic()
@@ -385,12 +387,12 @@ def test_rescoring_is_bounded_in_count_and_memory(pipes):
 
     budget = RescoreBudget(count=1, max_bytes=10**9, wait_s=0.2)
     lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch", rescore_budget=budget)
-    ids = lm.text_ids("The quick brown fox jumps over the lazy dog.")[1]
+    ids = lm.tokenizer.text_ids("The quick brown fox jumps over the lazy dog.")[1]
     with budget.hold(1000):  # another caller's rescoring in flight: the only place taken
         with pytest.raises(Busy, match="rescoring 1 replies already, the most it holds at once: try again"):
             lm.score_ids(ids[:1], ids[1:], 3)
     assert len(lm.score_ids(ids[:1], ids[1:], 3)) == len(ids) - 1 and budget.in_flight == 0
-    lm.rescores = RescoreBudget(max_bytes=(len(ids) - 1) * lm.vocab_size * 4 - 1)  # rows: context + target[:-1]
+    lm.rescores = RescoreBudget(max_bytes=(len(ids) - 1) * lm.info.vocab_size * 4 - 1)  # rows: context + target[:-1]
     with pytest.raises(BadInput, match="GiB of logits, more than the .* GiB this server allows: shorten"):
         lm.score_ids(ids[:1], ids[1:], 3)
     assert lm.rescores.in_flight == 0 and lm.rescores.held == 0
@@ -509,7 +511,7 @@ def test_a_chunked_prefill_shows_the_recorder_extra_rows_and_the_scores_stay_exa
     """max_prefill_token_num=8: the engine's sampler also sees the last row of each prompt chunk
     before the last (its pick dropped), so the recorder holds more rows than the reply has ids;
     the picks are placed on the right ones."""
-    import greedyscore.engines.lmdeploy as module
+    import greedyscore.engines.lmdeploy_steps as module
 
     seen: list[tuple[int, int]] = []
     real = module.greedy_steps
@@ -523,7 +525,7 @@ def test_a_chunked_prefill_shows_the_recorder_extra_rows_and_the_scores_stay_exa
     pipe = small_pipe(model_dir, tf, max_prefill_token_num=8)
     try:
         lm = LMDeployEngine(pipe, EMBEDDED_NAME, "pytorch")
-        prompt = lm.prompt_ids(CONVERSATIONS["chinese"])
+        prompt = lm.tokenizer.prompt_ids(CONVERSATIONS["chinese"])
         assert len(prompt) > 3 * 8
         gen = generate(lm, prompt, 12, 5)
         reference = tf_generations("chinese", 12)
@@ -547,7 +549,7 @@ def test_concurrent_replies_sampled_in_one_batch_each_get_their_own_scores(pipes
     cases = ["english", "chinese", "emoji", "multi-turn"]
     start = len(backend.batch_sizes)
     with ThreadPoolExecutor(len(cases)) as pool:
-        gens = list(pool.map(lambda c: generate(lm, lm.prompt_ids(CONVERSATIONS[c]), 10, 3), cases))
+        gens = list(pool.map(lambda c: generate(lm, lm.tokenizer.prompt_ids(CONVERSATIONS[c]), 10, 3), cases))
     assert max(backend.batch_sizes[start:]) > 1  # rows of several requests sampled together
     for case, gen in zip(cases, gens, strict=True):
         reference = tf_generations(case, 10)
@@ -560,7 +562,7 @@ def test_concurrent_replies_sampled_in_one_batch_each_get_their_own_scores(pipes
 def test_scores_that_cannot_be_placed_are_said_and_rescored(engine_name, pipes, tf, monkeypatch):
     """A recorder that missed rows (PyTorch engine) or rows that do not match the reply (TurboMind):
     the Generation says so and carries no scores, and the service rescores exactly those ids."""
-    import greedyscore.engines.lmdeploy as module
+    import greedyscore.engines.lmdeploy_steps as module
     from greedyscore.service import Service
     from greedyscore.types import Settings
 
@@ -574,8 +576,8 @@ def test_scores_that_cannot_be_placed_are_said_and_rescored(engine_name, pipes, 
 
         monkeypatch.setattr(module.StepRecorder, "__call__", every_other)
     else:
-        monkeypatch.setattr(module._Collected, "n_rows", lambda self: 0)  # as if the rows never came
-    gen = generate(lm, lm.prompt_ids(CONVERSATIONS["english"]), 8, 3)
+        monkeypatch.setattr(module.Collected, "n_rows", lambda self: 0)  # as if the rows never came
+    gen = generate(lm, lm.tokenizer.prompt_ids(CONVERSATIONS["english"]), 8, 3)
     assert gen.steps is None and "could not be placed" in gen.notes[0] and "rescored" in gen.notes[0]
     settings = Settings(max_new_tokens=8, top_k=3)
     messages = CONVERSATIONS["english"]
@@ -594,7 +596,7 @@ def test_an_engine_sampling_in_other_processes_is_rescored_and_says_why(pipes, t
     monkeypatch.setenv("LMDEPLOY_EXECUTOR_BACKEND", "mp")
     lm = LMDeployEngine(pipes["pytorch"], EMBEDDED_NAME, "pytorch")
     assert not lm.records_steps
-    gen = generate(lm, lm.prompt_ids(CONVERSATIONS["english"]), 6, 3)
+    gen = generate(lm, lm.tokenizer.prompt_ids(CONVERSATIONS["english"]), 6, 3)
     assert gen.steps is None and "other processes" in gen.notes[0]
     assert pipes["pytorch"].backend.requests[-1]["gen_config"].logits_processors is None
     settings = Settings(max_new_tokens=6, top_k=3)

@@ -28,12 +28,12 @@ def case(request, service):
 
 def test_matches_compute_transition_scores(case, engine):
     messages, reply = case
-    prompt = engine.prompt_ids(messages)
+    prompt = engine.tokenizer.prompt_ids(messages)
     assert list(reply.prompt_token_ids) == prompt
     with torch.inference_mode():
         out = engine.model.generate(
             torch.tensor([prompt]), max_new_tokens=N_NEW, do_sample=False, output_scores=True,
-            return_dict_in_generate=True, eos_token_id=sorted(engine.stop_ids), pad_token_id=engine.pad_id,
+            return_dict_in_generate=True, eos_token_id=sorted(engine.info.stop_ids), pad_token_id=engine.pad_id,
         )
         # float64 in: in float32 its log-softmax over a strided dim is itself off by up to 2e-4
         # (measured against float64), ten times our own error.
@@ -84,15 +84,15 @@ def test_seed_recipe_agrees(case, engine):
 def test_texts_join_to_reply_and_stop_token_kept(case, engine):
     _, reply = case
     ids = [t.id for t in reply.tokens]
-    plain = [i for i in ids if not engine.is_special(i)]
-    decoded = engine.tokenizer.decode(plain, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    plain = [i for i in ids if not engine.tokenizer.is_special(i)]
+    decoded = engine.tokenizer.hf.decode(plain, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     assert reply.text == decoded
     assert "".join(t.text for t in reply.tokens if not t.special) == decoded
     if "\ufffd" not in decoded:
         assert all("\ufffd" not in t.text for t in reply.tokens)
     if reply.finish_reason == "stop":
-        assert reply.tokens[-1].special and reply.tokens[-1].id in engine.stop_ids
-        assert reply.tokens[-1].text == engine.tokenizer.convert_ids_to_tokens(reply.tokens[-1].id)
+        assert reply.tokens[-1].special and reply.tokens[-1].id in engine.info.stop_ids
+        assert reply.tokens[-1].text == engine.tokenizer.hf.convert_ids_to_tokens(reply.tokens[-1].id)
 
 
 def test_stats_from_tokens(case):
@@ -107,7 +107,7 @@ def test_stats_from_tokens(case):
 def test_teacher_forced_text_matches_full_forward(service, engine):
     text = "The quick brown fox jumps over the lazy dog. 狐狸 🦊"
     reply = service.score_text(text, Settings(top_k=3))
-    context, target = engine.text_ids(text)
+    context, target = engine.tokenizer.text_ids(text)
     assert [t.id for t in reply.tokens] == target
     assert reply.text == text
     with torch.inference_mode():
@@ -121,7 +121,7 @@ def test_teacher_forced_long_text_chunks(service, engine):
     """More tokens than one scoring chunk: chunk borders must not shift rows."""
     text = " ".join(f"word{i}" for i in range(120))
     reply = service.score_text(text, Settings(top_k=2))
-    context, target = engine.text_ids(text)
+    context, target = engine.tokenizer.text_ids(text)
     assert len(target) > 128
     with torch.inference_mode():
         lp = torch.log_softmax(engine.model(torch.tensor([context + target])).logits[0].double(), -1)
@@ -135,7 +135,7 @@ def test_conversation_scores_match_full_forward(service, engine):
     logprob, rank and entropy against a plain float64 log-softmax of one forward pass."""
     messages = CASES["multi-turn"]
     reply = service.score_messages(messages, Settings(top_k=2))
-    ids = engine.prompt_ids(messages)
+    ids = engine.tokenizer.prompt_ids(messages)
     assert [t.id for t in reply.tokens] == ids[1:]
     with torch.inference_mode():
         lp = torch.log_softmax(engine.model(torch.tensor([ids])).logits[0].double(), -1)  # [n, vocab]
@@ -154,7 +154,7 @@ def test_model_defaults_never_touch_the_logits(engine):
 
     engine.model.generation_config.repetition_penalty = 1.5
     engine.model.generation_config.no_repeat_ngram_size = 2
-    penalised = TransformersEngine(engine.model, engine.tokenizer, "penalised")  # as if loaded so
+    penalised = TransformersEngine(engine.model, engine.tokenizer.hf, "penalised")  # as if loaded so
     assert engine.model.generation_config.repetition_penalty in (None, 1.0)
     reply = Service(penalised).chat([Message("user", "Repeat: la la la la la la")], Settings(max_new_tokens=16))
     ids = [t.id for t in reply.tokens]

@@ -70,12 +70,12 @@ def test_bfloat16_engine_decodes_through_the_kernel_and_measures_its_drift():
             load_lower_precision(None, "bfloat16")
         return
     bf16 = load_lower_precision(None, "bfloat16")
-    assert bf16.layout == "native" and any(isinstance(m, NativeLinear) for m in bf16.model.modules())
+    assert bf16.info.layout == "native" and any(isinstance(m, NativeLinear) for m in bf16.model.modules())
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     service = Service(bf16)
-    drift = service.drift
+    drift = service.info.drift
     assert drift.tokens > 0 and 0 < drift.max_dp < 0.2 and 0 < drift.mean_dp <= drift.max_dp
-    assert drift.note() in bf16.score_source
+    assert drift.note() in bf16.info.score_source
     from greedyscore.ui import build_demo
 
     page = json.dumps(build_demo(service).config, ensure_ascii=False, default=str)  # the header's model line

@@ -263,8 +263,8 @@ def test_servers_that_fall_short_give_clear_errors(lmdeploy_api, mode, error, ne
 
 def test_vocabulary_names_map_to_their_ids_including_the_unk_token(lmdeploy_api, engine):
     remote = OpenAIEngine.load(lmdeploy_api.url, model="raw", tokenizer=resolve_model(None)[1])
-    unk = engine.tokenizer.unk_token
-    assert remote._token_id(unk) == engine.tokenizer.convert_tokens_to_ids(unk)  # <|endoftext|> is id 0, real
+    unk = engine.tokenizer.hf.unk_token
+    assert remote._token_id(unk) == engine.tokenizer.hf.convert_tokens_to_ids(unk)  # <|endoftext|> is id 0, real
     assert remote._token_id("token_id:42") == 42
     with pytest.raises(ModelFailed, match="--tokenizer"):
         remote._token_id("\u2603 not a token \u2603")

@@ -18,7 +18,7 @@ REPLIES = {"a": "one", "b": "two", "c": "three", "long": "x" * 40}
 
 def request(engine: ScriptedEngine, key: str, max_new: int = 50, cancel: threading.Event | None = None,
             seen: list | None = None) -> GenerateRequest:
-    prompt = engine.prompt_ids([Message("user", key)])
+    prompt = engine.tokenizer.prompt_ids([Message("user", key)])
     return GenerateRequest(tuple(prompt), max_new, 2, seen.extend if seen is not None else None, cancel)
 
 

@@ -66,8 +66,8 @@ def test_stream_decodes_only_a_window_per_step():
     """Incremental detokenisation: while streaming, no decode call sees more than a short window."""
     engine = ScriptedEngine(REPLIES)
     sizes: list[int] = []
-    plain_decode = engine.decode
-    engine.decode = lambda ids: (sizes.append(len(ids)), plain_decode(ids))[1]
+    plain_decode = engine.tokenizer.decode
+    engine.tokenizer.decode = lambda ids: (sizes.append(len(ids)), plain_decode(ids))[1]
     stream = Service(engine).stream(user("long"), Settings(max_new_tokens=300), heartbeat_s=5)
     first = next(stream)
     assert isinstance(first, TextDelta)
@@ -253,7 +253,7 @@ def test_verification_and_engine_logprob_notes():
     reply = Service(engine).chat(user("hi"), Settings(max_new_tokens=50, verify=True))
     assert reply.verified and not any(t.near_tie for t in reply.tokens)
     assert all(t.rescored_prob == pytest.approx(t.prob) for t in reply.tokens)
-    assert reply.score_source == engine.score_source
+    assert reply.score_source == engine.info.score_source
 
 
 def test_compare_engine_logprobs_is_pure_scoring_maths():

@@ -70,7 +70,7 @@ def sp():
     from tokenizers import Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
-    from greedyscore.engines.hf_text import HFTextMixin
+    from greedyscore.engines.hf_text import HFTokenizer
 
     pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)] + [(f"<0x{b:02X}>", -10.0) for b in range(256)]
     pieces += [(w, -2.0 - i / 100) for i, w in enumerate(WORDS)]
@@ -80,18 +80,14 @@ def sp():
                                      decoders.Strip(" ", 1, 0)])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
-    class Text(HFTextMixin):
-        def __init__(self) -> None:
-            self._init_text(hf)
-
-    return Text()
+    return HFTokenizer(hf)
 
 
 @pytest.mark.parametrize("text", SP_TEXTS)
 def test_sentencepiece_byte_fallback_texts_join_exactly(sp, text):
     _, ids = sp.text_ids(text)
-    assert any(sp.hf_tokenizer.convert_ids_to_tokens(i).startswith("<0x") for i in ids) or text.isascii()
-    eos = sp.hf_tokenizer.eos_token_id
+    assert any(sp.hf.convert_ids_to_tokens(i).startswith("<0x") for i in ids) or text.isascii()
+    eos = sp.hf.eos_token_id
     out = token_texts([*ids, eos], sp.decode, sp.is_special)
     reply = sp.decode(ids)
     assert reply.strip() == text.strip()
@@ -105,7 +101,7 @@ def test_sentencepiece_byte_fallback_texts_join_exactly(sp, text):
 
 def test_sentencepiece_byte_tokens_display_as_bytes(sp):
     _, ids = sp.text_ids("你好，世界")
-    byte_ids = [i for i in ids if sp.hf_tokenizer.convert_ids_to_tokens(i).startswith("<0x")]
+    byte_ids = [i for i in ids if sp.hf.convert_ids_to_tokens(i).startswith("<0x")]
     assert [sp.display(i) for i in byte_ids[:3]] == ["\\xef", "\\xbc", "\\x8c"]
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from greedyscore.engines.openai import _check_raw
+from greedyscore.engines.openai_wire import check_raw
 from greedyscore.errors import ServerRefused
 from greedyscore.topk import ServerStep, entropy_bounds, step_scores
 
@@ -86,8 +86,8 @@ def test_short_lists_are_padded_and_dropped_from_alternatives():
 
 
 def test_raw_logprobs_pass():
-    _check_raw(ServerStep(5, -0.2, {5: -0.2, 6: -2.0, 7: -3.5}), 0, 3)
-    _check_raw(ServerStep(5, 0.0, {5: 0.0, 6: -17.0}), 0, 3)  # a float32 certainty is not refused
+    check_raw(ServerStep(5, -0.2, {5: -0.2, 6: -2.0, 7: -3.5}), 0, 3)
+    check_raw(ServerStep(5, 0.0, {5: 0.0, 6: -17.0}), 0, 3)  # a float32 certainty is not refused
 
 
 @pytest.mark.parametrize("step, needle", [
@@ -98,7 +98,7 @@ def test_raw_logprobs_pass():
 ])
 def test_fake_numbers_are_refused_with_the_fix(step, needle):
     with pytest.raises(ServerRefused, match=needle) as info:
-        _check_raw(step, 0, 3)
+        check_raw(step, 0, 3)
     assert "raw_logprobs" in str(info.value)
 
 
@@ -110,4 +110,4 @@ def test_an_alternative_with_no_probability_does_not_break_the_bounds():
 
 def test_full_vocabulary_that_is_not_whole_is_refused():
     with pytest.raises(ServerRefused, match="max-logprobs -1"):
-        _check_raw(ServerStep(5, -0.5, {5: -0.5, 6: -1.5}, full=True), 0, 2)
+        check_raw(ServerStep(5, -0.5, {5: -0.5, 6: -1.5}, full=True), 0, 2)

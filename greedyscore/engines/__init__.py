@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 
 from ..errors import EngineUnavailable
-from .base import Engine, Generation
+from .base import Engine, EngineInfo, Generation
 
 BACKENDS = ("auto", "transformers", "lmdeploy", "openai")
 
-__all__ = ["BACKENDS", "Engine", "Generation", "load_engine", "pick_backend"]
+__all__ = ["BACKENDS", "Engine", "EngineInfo", "Generation", "load_engine", "pick_backend"]
 
 
 def _cuda_available() -> bool:
@@ -33,7 +33,9 @@ def pick_backend(backend: str) -> str:
 
 def load_engine(backend: str = "auto", model: str | None = None, base_url: str | None = None, **options) -> Engine:
     """Load `model` (None = the embedded SmolLM2-135M-Instruct) on `backend`; "openai" connects
-    to the server at `base_url` instead (model None = the server's only model)."""
+    to the server at `base_url` instead (model None = the server's only model). `options` go to the
+    backend's `load`: e.g. transformers' `precision="bfloat16"` (and `drift=True` to measure it
+    against float32), so the engine's `info` is final when it returns."""
     chosen = pick_backend(backend)
     if chosen == "openai":
         if not base_url:

@@ -69,27 +69,66 @@ class Decoder(Protocol):
         """Release what the decoder holds (threads, caches) once the scheduler has ended."""
 
 
-class Engine(Protocol):
-    model_name: str
+@dataclass(frozen=True)
+class Drift:
+    """How far a lower-precision engine's probabilities are from float32's (`precision.measure_drift`)."""
+
+    max_dp: float
+    mean_dp: float
+    tokens: int
+    precision: str
+
+    def note(self) -> str:
+        return (f"{self.precision}, approximate: |Δp| vs float32 max {self.max_dp:.3f}, mean {self.mean_dp:.4f} "
+                f"(measured at load on {self.tokens} tokens)")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine is, fixed when its load returns: the service, UI and CLI read it, nothing probes."""
+
+    name: str  # the model's name, as shown
     backend: str
+    # what a score is computed from on this engine, for the UI and CLI to say (e.g. "float32 logits
+    # (cpu), softmax in float32"); a lower precision's drift note included
+    score_source: str
     context_length: int
     vocab_size: int  # token ids are 0 .. vocab_size - 1
     stop_ids: frozenset[int]
-    # True: the engine schedules concurrent requests itself (LMDeploy's async engine), so the
-    # service calls it from many threads. False: one thread owns the model and batches for it.
-    concurrent: bool
+    # True: the engine schedules concurrent requests itself (LMDeploy's async engine, a server), so
+    # the service calls it from many threads. False: one thread owns the model and batches for it.
+    concurrent: bool = False
     # True: the server applies the chat template (a remote engine): turns are sent as messages and
-    # the Generation says which prompt ids they became. False: `prompt_ids` makes them here.
-    server_template: bool
-    # What a score is computed from on this engine, for the UI and CLI to say (e.g. "float32
-    # logits (cpu), log-softmax in float32").
-    score_source: str
+    # the Generation says which prompt ids they became. False: `tokenizer.prompt_ids` makes them here.
+    server_template: bool = False
+    precision: str = "float32"  # the weights' (transformers): the Compare tab offers others only from float32
+    drift: Drift | None = None  # a lower precision's measured distance from float32
+    source: str | None = None  # the weights' path or hub id: a shared result's identity, the Compare tab's reload
+    logprob_tolerance: float = 0.0  # the rounding allowed when checking the engine's own logprobs (its dtype's)
+    layout: str = ""  # how the CPU engine's linear layers are laid out (engines/layout.py): "native", ...
+
+
+class Tokenizer(Protocol):
+    """Token ids <-> text, as the engine's model reads and writes them."""
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of the chat-templated messages, generation prompt appended."""
 
     def text_ids(self, text: str) -> tuple[list[int], list[int]]:
         """(context, target) ids for teacher-forced scoring of plain text: context is BOS or []."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ids, special tokens kept, no clean-up of spaces."""
+
+    def display(self, token_id: int) -> str:
+        """A single token's readable text (bytes shown as \\xNN when not valid UTF-8 alone)."""
+
+    def is_special(self, token_id: int) -> bool: ...
+
+
+class Engine(Protocol):
+    info: EngineInfo
+    tokenizer: Tokenizer
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """Greedy decoding (argmax of raw logits) of each request's prompt ids, until a stop id,
@@ -103,11 +142,3 @@ class Engine(Protocol):
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
     ) -> StepScores:
         """Teacher-forced scores of target_ids after context_ids (context must be non-empty)."""
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ids, special tokens kept, no clean-up of spaces."""
-
-    def display(self, token_id: int) -> str:
-        """A single token's readable text (bytes shown as \\xNN when not valid UTF-8 alone)."""
-
-    def is_special(self, token_id: int) -> bool: ...

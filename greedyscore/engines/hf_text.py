@@ -1,4 +1,5 @@
-"""Token ids <-> text through a Hugging Face tokenizer, shared by every engine that has one."""
+"""Token ids <-> text through a Hugging Face tokenizer, shared by every engine that has one
+(LMDeploy's with its own chat template)."""
 
 from __future__ import annotations
 
@@ -9,30 +10,28 @@ from typing import Any
 from ..types import Message
 
 
-class HFTextMixin:
-    """prompt_ids / text_ids / decode / is_special / display for an engine whose `hf_tokenizer` is a HF tokenizer."""
+class HFTokenizer:
+    """The Tokenizer protocol (`engines.base`) over a Hugging Face tokenizer (`hf`): its chat
+    template, its ids, its texts; every engine that has such a tokenizer uses this one."""
 
-    hf_tokenizer: Any
-
-    def _init_text(self, tokenizer: Any) -> None:
-        self.hf_tokenizer = tokenizer
-        self._special = frozenset(int(i) for i in tokenizer.all_special_ids)
+    def __init__(self, hf: Any) -> None:
+        self.hf = hf
+        self._special = frozenset(int(i) for i in hf.all_special_ids)
         self.display = lru_cache(maxsize=65536)(self._display)
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The tokenizer's chat template, generation prompt appended (LMDeploy overrides it with its own)."""
+        """The tokenizer's chat template, generation prompt appended."""
         msgs = [{"role": m.role, "content": m.content} for m in messages]
-        ids = self.hf_tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=False)
+        ids = self.hf.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
         return [int(i) for i in (ids["input_ids"] if hasattr(ids, "input_ids") else ids)]
 
     def text_ids(self, text: str) -> tuple[list[int], list[int]]:
-        ids = self.hf_tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.hf_tokenizer.bos_token_id
+        ids = self.hf(text, add_special_tokens=False)["input_ids"]
+        bos = self.hf.bos_token_id
         return ([int(bos)] if bos is not None else []), [int(i) for i in ids]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.hf_tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special
@@ -41,8 +40,22 @@ class HFTextMixin:
         text = self.decode([token_id])
         if "\ufffd" not in text:
             return text
-        raw = byte_level_bytes(self.hf_tokenizer.convert_ids_to_tokens(token_id))
+        raw = byte_level_bytes(self.hf.convert_ids_to_tokens(token_id))
         return "".join(f"\\x{b:02x}" for b in raw) if raw is not None else text
+
+
+class LMDeployTokenizer(HFTokenizer):
+    """The model's HF tokenizer, prompts templated exactly as 0.18's pipeline does
+    (MultimodalProcessor._get_text_prompt_input): lmdeploy's chat template and tokenizer."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine.tokenizer.model.model)  # the transformers tokenizer underneath
+        self.chat_template = engine.chat_template  # lmdeploy.model chat template (what the pipeline uses)
+        self.lmdeploy = engine.tokenizer  # lmdeploy.tokenizer.Tokenizer
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        prompt = self.chat_template.messages2prompt([{"role": m.role, "content": m.content} for m in messages])
+        return [int(i) for i in self.lmdeploy.encode(prompt, add_bos=True)]
 
 
 @lru_cache(maxsize=1)

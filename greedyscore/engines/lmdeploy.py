@@ -5,7 +5,7 @@ tokenizer) and hands exactly those to `AsyncEngine.preprocess(..., input_ids=ids
 scored are by construction the ids the engine consumed. LMDeploy's greedy path reports no usable
 score (top_k=1 renormalises every logprob to 0.0), so the scores are taken in the generating pass,
 on the GPU, from the raw logits the engine decodes with:
-- PyTorch engine: a logits processor (`StepRecorder`, lmdeploy's `GenerationConfig.logits_processors`,
+- PyTorch engine: a logits processor (`lmdeploy_steps.StepRecorder`, lmdeploy's `GenerationConfig.logits_processors`,
   which the sampler calls with each sequence's raw row before any penalty or temperature) keeps each
   row's float32 top-k and entropy on the GPU; after the reply they are placed on its ids
   (`scoring.greedy_steps`) and only those numbers are copied. With `logprobs_mode='raw_logprobs'`
@@ -31,26 +31,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from ..errors import AlignmentError, BadInput, Busy, EngineUnavailable, GreedyScoreError, ModelFailed
 from ..models import resolve_model
-from ..scoring import (
-    CHUNK_ROWS,
-    ENGINE_LOGPROB_TOLERANCE,
-    StepScores,
-    empty_scores,
-    greedy_steps,
-    score_chunks,
-    score_logits,
-    summarise_rows,
-)
-from ..types import Message
-from .base import GenerateRequest, Generation
-from .hf_text import HFTextMixin
+from ..scoring import ENGINE_LOGPROB_TOLERANCE, StepScores, empty_scores, score_logits
+from .base import EngineInfo, GenerateRequest, Generation
+from .hf_text import LMDeployTokenizer
+from .lmdeploy_steps import Collected, StepRecorder
 from .threads import EngineThreads
 
 ENGINES = ("turbomind", "pytorch")
@@ -96,112 +87,39 @@ class RescoreBudget:
                 self._room.notify_all()
 
 
-class StepRecorder:
-    """A logits processor for LMDeploy's PyTorch engine that keeps, for every row its sampler
-    sees for one request, the float32 top-k, ids and entropy (`scoring.summarise_rows`), on the
-    row's device; nothing is copied to the CPU or waited for while decoding.
-
-    lmdeploy calls `processor(all_ids, scores)` per sequence with its raw logits row, before
-    penalties and temperature, and keeps what it returns (the row, unchanged here). A call only
-    copies the row into a buffer of CHUNK rows (one kernel: the sampler runs this for every
-    sequence of every step), and a full buffer is summarised in one batched call, on the engine's
-    own stream; so a request holds at most CHUNK x vocab logits. AsyncEngine deep-copies the
-    GenerationConfig: a copy of the recorder records here (`__deepcopy__`).
-    """
-
-    CHUNK = 16  # rows a request buffers: 16 x a 152k vocab in bf16 is 4.9 MB, outside lmdeploy's KV budget
-
-    def __init__(self, top_k: int) -> None:
-        self.top_k = top_k
-        self._buf: torch.Tensor | None = None
-        self._n = 0  # rows in the buffer
-        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._stream: Any = None  # the stream the engine samples on (CUDA)
-        self._lock = threading.Lock()  # the engine may run a step ahead while `steps` reads
-        self._closed = False
-
-    def __call__(self, all_ids: Any, scores: torch.Tensor) -> torch.Tensor:
-        with self._lock:
-            if self._closed:
-                return scores
-            if self._buf is None:
-                self._buf = scores.new_empty(self.CHUNK, scores.shape[-1])
-                self._stream = torch.cuda.current_stream() if scores.is_cuda else None
-            self._buf[self._n].copy_(scores)
-            self._n += 1
-            if self._n == self.CHUNK:
-                self._flush()
-        return scores
-
-    def __deepcopy__(self, memo: dict) -> StepRecorder:
-        return self
-
-    def _flush(self) -> None:
-        if self._n and self._buf is not None:
-            self._parts.append(summarise_rows(self._buf[: self._n], self.top_k))  # queued before the next copy
-            self._n = 0
-
-    async def steps(self, chosen: Sequence[int], prefer: int | None = None) -> StepScores | None:
-        """The rows placed on the reply's ids (`scoring.greedy_steps`; `prefer`: the rows expected
-        before the reply's), None where they cannot be placed. The numbers are copied on the
-        engine's stream, after its row copies, and waited for by polling: this runs on the
-        pipeline's event loop, which also drives the engine, so a blocking copy would stall it."""
-        with self._lock:
-            self._closed = True
-            on_stream = torch.cuda.stream(self._stream) if self._stream is not None else nullcontext()
-            with on_stream:
-                self._flush()
-                parts, self._parts, self._buf = self._parts, [], None
-                if not parts:
-                    return None if chosen else empty_scores(self.top_k)
-                cols = [torch.cat(col) for col in zip(*parts)]
-                done = None
-                if self._stream is not None:
-                    cols = [c.to("cpu", non_blocking=True) for c in cols]  # into pinned memory
-                    done = torch.cuda.Event()
-                    done.record()
-        while done is not None and not done.query():
-            await asyncio.sleep(0.001)
-        top_lp, top_ids, entropy = cols
-        return greedy_steps(top_lp, top_ids, entropy, chosen, self.top_k, prefer)
-
-
-class LMDeployEngine(HFTextMixin):
+class LMDeployEngine:
     """The Engine protocol over an lmdeploy `Pipeline` (injected, so tests can pass a stand-in)."""
 
-    concurrent = True  # LMDeploy's async engine batches concurrent requests itself
-    server_template = False  # prompt ids come from the local chat template
-
     def __init__(self, pipe: Any, model_name: str, backend_name: str, timeout_s: float = LOOP_TIMEOUT_S,
-                 rescore_budget: RescoreBudget | None = None) -> None:
+                 rescore_budget: RescoreBudget | None = None, source: str | None = None) -> None:
         self.pipe = pipe
         self.timeout_s = timeout_s
         self.rescores = rescore_budget or RescoreBudget()
-        self.model_name = model_name
-        self.backend = f"lmdeploy-{backend_name}"
         self.engine_name = backend_name
         # the PyTorch engine calls a logits processor in this process only with its one-GPU 'uni'
         # executor; with tp/dp > 1 or LMDEPLOY_EXECUTOR_BACKEND=mp|ray it would be pickled to workers
         self.records_steps = backend_name == "pytorch" and _in_process(getattr(pipe, "backend_config", None))
         engine = pipe.async_engine
-        self.chat_template = engine.chat_template  # lmdeploy.model chat template (what the pipeline uses)
-        self.tokenizer = engine.tokenizer  # lmdeploy.tokenizer.Tokenizer
-        self.hf = engine.tokenizer.model.model  # the transformers tokenizer underneath
+        self.tokenizer = LMDeployTokenizer(engine)
+        hf = self.tokenizer.hf
         # raw_logprobs: the PyTorch engine's logprobs=K are a true log-softmax of the raw logits
         self.raw_logprobs = backend_name == "pytorch" and (
             getattr(getattr(pipe, "backend_config", None), "logprobs_mode", None) == "raw_logprobs"
         )
-        self.context_length = _context_length(engine, self.hf)
-        model_vocab = int(getattr(getattr(engine, "hf_cfg", None), "vocab_size", 0) or len(self.hf))
-        self.vocab_size = min(len(self.hf), model_vocab)
-        self.stop_ids = _stop_ids(engine)
-        self._init_text(self.hf)
+        model_vocab = int(getattr(getattr(engine, "hf_cfg", None), "vocab_size", 0) or len(hf))
+        vocab_size = min(len(hf), model_vocab)
         # say what the scores are computed from: the dtype of the logits this engine really returns
-        probe = self._logits([int(self.hf.bos_token_id or 0), *self.text_ids("Hi")[1]])
+        probe = self._logits([int(hf.bos_token_id or 0), *self.tokenizer.text_ids("Hi")[1]], vocab_size)
         dtype = str(probe.dtype).removeprefix("torch.")
-        self.score_source = f"{dtype} logits from LMDeploy's {backend_name} engine, softmax in float32"
-        # the cross-check of the engine's own logprobs (computed in this dtype) allows for its rounding
-        self.logprob_tolerance = ENGINE_LOGPROB_TOLERANCE.get(dtype, 0.0)
+        self.info = EngineInfo(
+            name=model_name, backend=f"lmdeploy-{backend_name}",
+            score_source=f"{dtype} logits from LMDeploy's {backend_name} engine, softmax in float32",
+            context_length=_context_length(engine, hf), vocab_size=vocab_size, stop_ids=_stop_ids(engine),
+            concurrent=True,  # LMDeploy's async engine batches concurrent requests itself
+            source=source,  # the weights behind a shared result's model identity
+            # the cross-check of the engine's own logprobs (computed in this dtype) allows for its rounding
+            logprob_tolerance=ENGINE_LOGPROB_TOLERANCE.get(dtype, 0.0),
+        )
 
     @classmethod
     def load(
@@ -257,19 +175,11 @@ class LMDeployEngine(HFTextMixin):
         if actual != engine:
             print(f"greedyscore: lmdeploy fell back from {engine} to {actual}", file=sys.stderr, flush=True)
         print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-        engine = cls(pipe, name, actual)
-        engine.source = source  # the weights behind a shared result's model identity
-        return engine
+        return cls(pipe, name, actual, source=source)
 
     def close(self) -> None:
         """Stop the pipeline's loop thread and free the engine."""
         self.pipe.close()
-
-    # --- ids and text -------------------------------------------------------------------
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """Exactly what 0.18's pipeline consumes (MultimodalProcessor._get_text_prompt_input)."""
-        prompt = self.chat_template.messages2prompt(_dicts(messages))
-        return [int(i) for i in self.tokenizer.encode(prompt, add_bos=True)]
 
     # --- generation and scoring ----------------------------------------------------------
     def gen_config(self, max_new_tokens: int, top_k: int, recorder: StepRecorder | None = None) -> Any:
@@ -346,7 +256,7 @@ class LMDeployEngine(HFTextMixin):
             raise GreedyScoreError(f"lmdeploy refused the request: {ex.message}") from ex
         cancel = req.cancel or threading.Event()
         watcher = asyncio.create_task(_abort_on(cancel, session))  # Stop while the engine is busy elsewhere
-        out_ = _Collected()
+        out_ = Collected()
         try:
             async for out in engine.generate(request, stream_response=True):
                 new = out_.add(out)
@@ -369,7 +279,7 @@ class LMDeployEngine(HFTextMixin):
         if recorder is not None:
             steps = await recorder.steps(ids, prefer=self._chunk_rows(len(prompt)))
         elif self.engine_name == "turbomind":
-            steps = await asyncio.to_thread(self._score_rows, out_, ids, req.top_k)  # off the engine's loop
+            steps = await asyncio.to_thread(out_.steps, ids, req.top_k)  # off the engine's loop
         else:
             why = ("the PyTorch engine samples in other processes here (tensor or data parallel, or "
                    "LMDEPLOY_EXECUTOR_BACKEND), out of a logits processor's reach")
@@ -377,15 +287,6 @@ class LMDeployEngine(HFTextMixin):
             notes.append(f"{why}: rescored them in a second pass")
         return Generation(tuple(ids), out_.reason, steps=steps,
                           engine_logprobs=tuple(out_.logprobs) if self.raw_logprobs else None, notes=tuple(notes))
-
-    def _score_rows(self, out: _Collected, ids: list[int], top_k: int) -> StepScores | None:
-        """TurboMind's generated rows (CPU, model dtype), scored where a GPU is, CHUNK_ROWS rows at a
-        time (only those rows and the numbers move); None when they do not match the reply."""
-        if out.n_rows() != len(ids):
-            return None if ids else empty_scores(top_k)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        chunks = (c.to(device) for c in out.row_chunks(CHUNK_ROWS))
-        return score_chunks(chunks, torch.tensor(ids), top_k)
 
     def _chunk_rows(self, n_prompt: int) -> int:
         """The rows the PyTorch engine's sampler sees before a reply: one per prefill chunk
@@ -407,54 +308,18 @@ class LMDeployEngine(HFTextMixin):
         if not target_ids:
             return empty_scores(top_k)
         ids = [int(i) for i in context_ids] + [int(i) for i in target_ids[:-1]]
-        logits = self._logits(ids)  # [len(ids), vocab]
+        logits = self._logits(ids, self.info.vocab_size)  # [len(ids), vocab]
         rows = logits[len(context_ids) - 1 :]  # [len(target), vocab]
         if rows.shape[0] != len(target_ids):
             raise AlignmentError(f"lmdeploy returned {logits.shape[0]} logit rows for {len(ids)} ids")
         return score_logits(rows, torch.tensor([int(t) for t in target_ids]), top_k)
 
-    def _logits(self, ids: list[int]) -> torch.Tensor:
+    def _logits(self, ids: list[int], vocab_size: int) -> torch.Tensor:
         """Raw logits [len(ids), vocab] of one prefill, CPU, in the model's dtype; within the
         rescoring budget (each call holds such a tensor on the caller's thread)."""
-        with self.rescores.hold(len(ids) * self.vocab_size * 4):  # float32 after .float(): the larger copy
+        with self.rescores.hold(len(ids) * vocab_size * 4):  # float32 after .float(): the larger copy
             future = self._submit(self.pipe.async_engine.async_get_logits([ids]))
             return self._wait(future, "a rescoring")[0]
-
-
-class _Collected:
-    """What the outputs of one `AsyncEngine.generate` stream add up to: ids, raw logprobs, the finish
-    reason and (TurboMind, output_logits='generation') the generated rows' logits, which each
-    streamed output carries cumulatively and the last one, for a kept stop id, as its own row."""
-
-    def __init__(self) -> None:
-        self.token_ids: list[int] = []
-        self.logprobs: list[dict[int, float]] = []
-        self.reason: str | None = None
-        self._rows: Any = None  # the latest cumulative rows
-        self._stop_row: Any = None
-
-    def add(self, out: Any) -> list[int]:
-        """Take one output; -> its new ids."""
-        new = [int(t) for t in out.token_ids or []]
-        self.token_ids += new
-        if out.logprobs:
-            self.logprobs += out.logprobs
-        if out.finish_reason is not None:
-            self.reason = out.finish_reason
-            if out.logits is not None and new:
-                self._stop_row = out.logits
-        elif out.logits is not None:
-            self._rows = out.logits
-        return new
-
-    def n_rows(self) -> int:
-        return sum(int(p.shape[0]) for p in (self._rows, self._stop_row) if p is not None)
-
-    def row_chunks(self, size: int) -> Iterator[torch.Tensor]:
-        """The rows in order, `size` at a time (views: nothing is copied here)."""
-        for part in (self._rows, self._stop_row):
-            if part is not None:
-                yield from part.split(size)
 
 
 def engine_settings(engine: str | None, cache_max_entry_count: float | None, max_batch_size: int | None,
@@ -509,10 +374,6 @@ def _import_lmdeploy() -> Any:
     except (ImportError, OSError) as ex:  # OSError: a CUDA library it links against is missing
         raise EngineUnavailable(f"lmdeploy is not installed ({ex}): {INSTALL_HINT}") from ex
     return lmdeploy
-
-
-def _dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 def _context_length(engine: Any, hf: Any) -> int:

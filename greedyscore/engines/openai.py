@@ -19,8 +19,6 @@ split characters). Rescoring (verification, forks, scored text) uses vLLM's prom
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import socket
 import sys
 import threading
@@ -33,17 +31,16 @@ from typing import Any
 
 import httpx
 
-from ..errors import BadInput, EngineUnavailable, ModelFailed, ModelNotFound, ServerRefused, Unsupported
+from ..errors import EngineUnavailable, ModelFailed, ModelNotFound, ServerRefused, Unsupported
 from ..scoring import StepScores
 from ..topk import ServerStep, step_scores
-from .base import GenerateRequest, Generation
-from .hf_text import HFTextMixin
+from .base import EngineInfo, GenerateRequest, Generation
+from .hf_text import HFTokenizer
+from .openai_wire import RAW_LOGPROBS_FIX, Broken, check_raw, chunks, http_error, text_of
 from .threads import EngineThreads
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 SERVER_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs (and OpenAI's cap)
-FLOOR = -9999.0  # vLLM clamps logprobs here (OpenAI's convention): at or below it means "no probability"
-LOGPROB_TIE = 1e-5  # a listed alternative above the greedy token by more than this: not raw argmax
 NEUTRAL = {  # sent explicitly: servers load a model's own defaults (vLLM) or have their own (llama-cpp-python)
     "temperature": 0.0,
     "top_p": 1.0,
@@ -52,10 +49,6 @@ NEUTRAL = {  # sent explicitly: servers load a model's own defaults (vLLM) or ha
     "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
 }
-RAW_LOGPROBS_FIX = (
-    "start LMDeploy's api_server with `--backend pytorch --logprobs-mode raw_logprobs`, or vLLM with its "
-    "default `--logprobs-mode raw_logprobs`, and no penalties"
-)
 
 
 @dataclass(frozen=True)
@@ -68,28 +61,27 @@ class HTTPOptions:
     backoff_s: float = 0.5  # doubled at each retry (or the server's Retry-After)
 
 
-class OpenAIEngine(HFTextMixin):
-    backend = "openai"
-    concurrent = True  # the server schedules: the service sends up to --concurrency requests at once
-    server_template = True  # turns go as messages; the server's template makes the prompt ids
-
+class OpenAIEngine:
     def __init__(self, client: httpx.Client, model_name: str, tokenizer: Any, context_length: int,
                  server: str, full_vocab: bool = False, options: HTTPOptions = HTTPOptions()) -> None:
         self.client = client
-        self.model_name = model_name
         self.server = server  # "vllm", "lmdeploy", "llamacpp", ... from /v1/models, for messages
         self.full_vocab = full_vocab
         self.options = options
         self.extra_body: dict[str, Any] = {}  # server-specific fields added to every generation (benchmarks)
-        self.context_length = context_length
-        self.vocab_size = len(tokenizer)
         eos = tokenizer.eos_token_id
-        self.stop_ids = frozenset([int(eos)] if eos is not None else [])
         what = "the whole vocabulary" if full_vocab else "top-k only: entropy as an interval"
         where = client.base_url.copy_with(username=None, password=None)  # the page is public: no credentials
-        self.score_source = f"server logprobs ({server or 'OpenAI API'} at {where}), {what}"
+        source = f"server logprobs ({server or 'OpenAI API'} at {where}), {what}"
+        self.info = EngineInfo(
+            name=model_name, backend="openai", score_source=source,
+            context_length=context_length, vocab_size=len(tokenizer),
+            stop_ids=frozenset([int(eos)] if eos is not None else []),
+            concurrent=True,  # the server schedules: the service sends up to --concurrency requests at once
+            server_template=True,  # turns go as messages; the server's template makes the prompt ids
+        )
         self._vocab: dict[str, int] = tokenizer.get_vocab()  # token strings (LMDeploy names tokens so) -> ids
-        self._init_text(tokenizer)
+        self.tokenizer = HFTokenizer(tokenizer)
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
@@ -138,7 +130,7 @@ class OpenAIEngine(HFTextMixin):
 
     def _generate(self, req: GenerateRequest) -> Generation:
         ask = -1 if self.full_vocab else min(req.top_k + 1, SERVER_MAX_LOGPROBS)  # +1: LMDeploy drops the chosen
-        common = {**self.extra_body, "model": self.model_name, "stream": True, "max_tokens": req.max_new_tokens,
+        common = {**self.extra_body, "model": self.info.name, "stream": True, "max_tokens": req.max_new_tokens,
                   **NEUTRAL,
                   "return_tokens_as_token_ids": True, "return_token_ids": True, "return_logprob": True,
                   "stream_options": {"include_usage": True}}
@@ -171,7 +163,7 @@ class OpenAIEngine(HFTextMixin):
         notes: tuple[str, ...] = ()
         if req.messages and prompt_ids is None:  # no ids from the server: ours, when they add up
             try:
-                local = tuple(self.prompt_ids(req.messages))
+                local = tuple(self.tokenizer.prompt_ids(req.messages))
             except (ValueError, TypeError) as ex:  # no chat template here (LMDeploy has its own): keep the reply
                 local = ()
                 notes = (f"the local tokenizer cannot template these messages ({ex}): prompt ids unknown, so no "
@@ -184,7 +176,7 @@ class OpenAIEngine(HFTextMixin):
                 notes = (f"the server's chat template made {n_prompt} prompt tokens, the local tokenizer's "
                          f"{len(local)}: prompt ids unknown, so no rescoring",)
                 prompt_ids = ()
-        scores = step_scores(steps, req.top_k, self.vocab_size)
+        scores = step_scores(steps, req.top_k, self.info.vocab_size)
         return Generation(tuple(s.token_id for s in steps), finish, steps=scores, prompt_ids=prompt_ids,
                           notes=notes)
 
@@ -201,7 +193,7 @@ class OpenAIEngine(HFTextMixin):
             tops = lp.get("top_logprobs") or []
             entries = [(t, v, tops[i] if i < len(tops) and tops[i] else {})
                        for i, (t, v) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))]
-        if ids and len(ids) != len(entries) or not entries and (ids or _text_of(choice)):
+        if ids and len(ids) != len(entries) or not entries and (ids or text_of(choice)):
             raise ServerRefused(f"the server sent {max(len(ids), 1)} token(s) with {len(entries)} logprob entries: it "
                                 "does not return logprobs for this model or route. Fix: " + RAW_LOGPROBS_FIX)
         out = []
@@ -215,7 +207,7 @@ class OpenAIEngine(HFTextMixin):
                 if v is not None:
                     top[i] = float(v)
             step = ServerStep(token, float(logprob), top, full=self.full_vocab)
-            _check_raw(step, at + j, top_k)
+            check_raw(step, at + j, top_k)
             out.append(step)
         return out
 
@@ -229,7 +221,7 @@ class OpenAIEngine(HFTextMixin):
         if isinstance(key, str) and key in self._vocab:
             return self._vocab[key]
         raise ModelFailed(f"the server named a token {key!r} that the local tokenizer does not have: is --tokenizer "
-                          f"the served model's ({self.model_name})?")
+                          f"the served model's ({self.info.name})?")
 
     # --- rescoring -----------------------------------------------------------------------------
     def score_ids(self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int,
@@ -237,7 +229,7 @@ class OpenAIEngine(HFTextMixin):
         """Teacher-forced scores from the server's prompt logprobs (vLLM: `/v1/completions`,
         prompt = token ids, `prompt_logprobs`); each position's dict holds the true token and its rank."""
         ask = -1 if self.full_vocab else max(top_k, 2)
-        body = {"model": self.model_name, "prompt": [*context_ids, *target_ids], "max_tokens": 1, **NEUTRAL,
+        body = {"model": self.info.name, "prompt": [*context_ids, *target_ids], "max_tokens": 1, **NEUTRAL,
                 "prompt_logprobs": ask}
         data = self._post("v1/completions", body)
         rows = ((data.get("choices") or [{}])[0]).get("prompt_logprobs")
@@ -254,7 +246,7 @@ class OpenAIEngine(HFTextMixin):
             top = {int(k): float(v["logprob"]) for k, v in row.items()}
             steps.append(ServerStep(int(tok), float(mine["logprob"]), top, rank=int(mine["rank"]),
                                     full=self.full_vocab))
-        return step_scores(steps, top_k, self.vocab_size)
+        return step_scores(steps, top_k, self.info.vocab_size)
 
     # --- HTTP ----------------------------------------------------------------------------------
     def _post(self, path: str, body: dict) -> dict:
@@ -276,12 +268,12 @@ class OpenAIEngine(HFTextMixin):
             try:
                 with self._shut_on(cancel, conn):
                     with contextlib.closing(self._open(path, body, conn)) as response:
-                        for chunk in _chunks(response):
+                        for chunk in chunks(response):
                             on_chunk(chunk)
                             if cancel.is_set():
                                 return
                 return
-            except _Broken as ex:
+            except Broken as ex:
                 if cancel.is_set():
                     return
                 if started() or attempt == self.options.retries:
@@ -298,18 +290,18 @@ class OpenAIEngine(HFTextMixin):
         try:
             response = self.client.send(request, stream=True)
         except httpx.TransportError as ex:
-            raise _Broken(f"cannot connect ({type(ex).__name__}): is it running?") from ex
+            raise Broken(f"cannot connect ({type(ex).__name__}): is it running?") from ex
         if response.status_code < 400:
             return response
         try:
             text = response.read().decode("utf-8", "replace")
         except httpx.HTTPError as ex:
-            raise _Broken(f"HTTP {response.status_code}, body lost ({type(ex).__name__})") from ex
+            raise Broken(f"HTTP {response.status_code}, body lost ({type(ex).__name__})") from ex
         finally:
             response.close()
         if response.status_code in RETRY_STATUS:
-            raise _Broken(f"HTTP {response.status_code} {text.strip()[:200]}", response.headers.get("retry-after"))
-        raise _http_error(response.status_code, str(response.request.url), text, self.model_name)
+            raise Broken(f"HTTP {response.status_code} {text.strip()[:200]}", response.headers.get("retry-after"))
+        raise http_error(response.status_code, str(response.request.url), text, self.info.name)
 
     @contextmanager
     def _shut_on(self, cancel: threading.Event, conn: dict[str, Any]) -> Iterator[None]:
@@ -339,102 +331,6 @@ class OpenAIEngine(HFTextMixin):
         except ValueError:
             delay = self.options.backoff_s * 2**attempt
         cancel.wait(min(delay, 30.0))
-
-
-class _Broken(Exception):
-    """A request that failed in a way worth retrying if nothing has been shown yet."""
-
-    def __init__(self, message: str, retry_after: str | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _chunks(response: httpx.Response) -> Iterator[dict]:
-    """The JSON objects of an answer. A stream must end with [DONE] or a finish_reason; LMDeploy's
-    proxy reports a dead node as a bare {"error_code", "text"} line, vLLM as a data: {"error"} event."""
-    try:
-        if "text/event-stream" not in response.headers.get("content-type", ""):
-            data = json.loads(response.read())
-            if not isinstance(data, dict) or "error_code" in data and "choices" not in data:
-                raise _Broken(f"the server answered {_message(data)}")
-            yield data
-            return
-        finished = False
-        for line in response.iter_lines():
-            line = line.strip()
-            if not line or line.startswith(":"):
-                continue
-            payload = line[5:].strip() if line.startswith("data:") else line
-            if payload == "[DONE]":
-                break
-            chunk = json.loads(payload)
-            if not isinstance(chunk, dict) or chunk.get("error") or "error_code" in chunk:
-                err = chunk.get("error") if isinstance(chunk, dict) else chunk
-                raise _Broken(f"the server sent an error: {_message(err if isinstance(err, dict) else chunk)}")
-            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or [])
-            yield chunk
-        if not finished:
-            raise _Broken("the stream ended before the reply did")
-    except (httpx.HTTPError, json.JSONDecodeError) as ex:
-        raise _Broken(f"the connection broke ({type(ex).__name__})") from ex
-
-
-def _check_raw(step: ServerStep, position: int, top_k: int) -> None:
-    """Refuse numbers that are not the model's true probabilities."""
-    finite = [v for i, v in step.top.items() if i != step.token_id and v > FLOOR]
-    if step.logprob == 0.0 and not finite:
-        raise ServerRefused(
-            "the server gave logprob 0.0 to the greedy token with no alternatives: these are renormalised after "
-            "top-k sampling (LMDeploy's TurboMind engine does this), not the model's probabilities. "
-            f"Fix: {RAW_LOGPROBS_FIX}")
-    total = math.fsum(math.exp(v) for v in step.top.values()) + (
-        0.0 if step.token_id in step.top else math.exp(step.logprob))
-    if total > 1.0 + 1e-3:
-        raise ServerRefused(f"the server's probabilities at token {position} add up to {total:.3f}, more than 1: "
-                            f"they are renormalised or processed, not the model's. Fix: {RAW_LOGPROBS_FIX}")
-    if step.full and total < 1.0 - 1e-3:
-        raise ServerRefused(f"--full-vocab, but the server's probabilities at token {position} add up to only "
-                            f"{total:.3f}: it sent part of the vocabulary. Start vLLM with --max-logprobs -1, or "
-                            "drop --full-vocab")
-    best = max(step.top.values(), default=step.logprob)
-    if best > step.logprob + LOGPROB_TIE:
-        raise ServerRefused(
-            f"the server's token {position} is not the most likely in its own logprobs ({math.exp(step.logprob):.4f} "
-            f"vs {math.exp(best):.4f}): the logprobs are processed (penalties, temperature) or the reply was not "
-            f"greedy. Fix: {RAW_LOGPROBS_FIX}")
-
-
-def _text_of(choice: dict) -> str:
-    """The text a chunk's choice carries (chat delta or completion)."""
-    delta = choice.get("delta") or {}
-    return str((delta.get("content") if isinstance(delta, dict) else None) or choice.get("text") or "")
-
-
-def _message(err: Any) -> str:
-    if isinstance(err, dict):
-        return str(err.get("message") or err.get("msg") or err.get("text") or err)[:300]
-    return str(err)[:300]
-
-
-def _http_error(status: int, url: str, text: str, model: str) -> Exception:
-    try:
-        data = json.loads(text)
-        detail = _message(data.get("error", data.get("detail", data.get("message", data))))
-    except (json.JSONDecodeError, AttributeError):
-        detail = text.strip()[:300]
-    if status in (401, 403):
-        return ModelFailed(f"the model server at {url} refused the API key (HTTP {status}): check --api-key")
-    if status == 404:
-        return ModelFailed(f"the model server at {url} answered 404 for model {model!r}: {detail}")
-    lowered = detail.lower()
-    if "logprobs_mode" in lowered or "logprobs-mode" in lowered:
-        return ServerRefused(f"the server does not return logprobs ({detail}). Fix: {RAW_LOGPROBS_FIX}")
-    if "max_logprobs" in lowered or "max-logprobs" in lowered:
-        return ServerRefused(f"the server caps logprobs ({detail}). Fix: start vLLM with --max-logprobs -1 (or 20+), "
-                             "or drop --full-vocab")
-    if status in (400, 422):
-        return BadInput(f"the model server refused the request: {detail}")
-    return ModelFailed(f"the model server at {url} answered HTTP {status}: {detail}")
 
 
 def _list_models(client: httpx.Client, options: HTTPOptions) -> list[dict]:

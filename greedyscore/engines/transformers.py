@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,9 +18,9 @@ import torch
 from ..errors import BadInput, EngineUnavailable, ModelNotFound
 from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks
-from .base import GenerateRequest, Generation
+from .base import EngineInfo, GenerateRequest, Generation
 from .decode import DecodeBatch, generate_all
-from .hf_text import HFTextMixin
+from .hf_text import HFTokenizer
 from .layout import cpu_layout
 
 SCORE_CHUNK_TOKENS = 64  # teacher forcing feeds this many tokens per forward: [64, vocab] logits at most
@@ -44,46 +45,43 @@ def check_transformers() -> None:
                                 f"pip install 'transformers>={MIN_TRANSFORMERS},<6'")
 
 
-class TransformersEngine(HFTextMixin):
-    backend = "transformers"
-    concurrent = False  # one thread owns the model: the service batches requests for it
-    server_template = False  # prompt ids come from the local chat template
-
-    def __init__(self, model: Any, tokenizer: Any, model_name: str) -> None:
+class TransformersEngine:
+    def __init__(self, model: Any, tokenizer: Any, model_name: str, **loaded: Any) -> None:
+        """`tokenizer`: the model's Hugging Face tokenizer; `loaded`: the EngineInfo fields that
+        loading knows besides the model's own (source, precision, layout, score_source, drift)."""
         self.model = model
-        self.tokenizer = tokenizer
-        self.model_name = model_name
+        self.tokenizer = HFTokenizer(tokenizer)
         self.device = next(model.parameters()).device
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        self.score_source = f"{dtype} logits ({self.device.type}), softmax in float32"
         cfg = model.config
-        self.context_length = int(getattr(cfg, "max_position_embeddings", 0) or tokenizer.model_max_length)
-        self.vocab_size = min(len(tokenizer), int(cfg.vocab_size))
         stop = set()
         for src in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
             if src is not None:
                 stop.update(src if isinstance(src, list) else [src])
-        self.stop_ids = frozenset(int(s) for s in stop)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids)
+        stop_ids = frozenset(int(s) for s in stop)
+        self.info = replace(EngineInfo(
+            name=model_name, backend="transformers", score_source=_logits_source(model), stop_ids=stop_ids,
+            context_length=int(getattr(cfg, "max_position_embeddings", 0) or tokenizer.model_max_length),
+            vocab_size=min(len(tokenizer), int(cfg.vocab_size)),
+        ), **loaded)  # not concurrent: one thread owns the model, the service batches for it
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
         # generate() fills unset options from the model's generation_config: keep only the special
         # ids, so no repetition penalty, min length or n-gram ban from a model's defaults ever
         # touches the logits. Greedy is then the argmax of the raw logits, and so are the scores.
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig(
-            bos_token_id=model.generation_config.bos_token_id, eos_token_id=sorted(self.stop_ids),
-            pad_token_id=self.pad_id,
+            bos_token_id=model.generation_config.bos_token_id, eos_token_id=sorted(stop_ids), pad_token_id=self.pad_id,
         )
-        self._init_text(tokenizer)
 
     @classmethod
     def load(cls, model: str | None = None, device: str | None = None, precision: str = "float32",
-             **_: Any) -> TransformersEngine:
+             drift: bool = False, **_: Any) -> TransformersEngine:
         """Load once: resolve/convert the model, then from_pretrained (float32 on CPU by default).
 
         precision: "float32", "bfloat16", or "int8" (torch's dynamic quantisation of the linear
         layers, CPU: int8 weights, float32 activations): to see what lower precision does to the
-        model's confidence (the Compare tab).
+        model's confidence (the Compare tab). drift: also measure a lower precision's distance
+        from float32 (`precision.drift_from_float32`; --dtype), into the info and its score source.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,30 +110,27 @@ class TransformersEngine(HFTextMixin):
                 lm = quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
         layout = cpu_layout(lm, precision) if device == "cpu" else "as loaded"  # ~1.6x decoding (engines/layout.py)
         print(f"greedyscore: {name} loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-        engine = cls(lm, tok, name)
-        engine.source, engine.precision = source, precision  # what the Compare tab reloads at another precision
-        engine.layout = layout
-        if precision == "int8":
-            engine.score_source = "int8 dynamic-quantised linear layers, float32 logits (cpu), softmax in float32"
-        elif precision == "bfloat16" and layout == "native":  # the C decode step: bf16 weights, float32 arithmetic
-            engine.score_source = ("bfloat16 weights (cpu): prompts in bfloat16, each new token's step in float32 "
-                                   "arithmetic, softmax in float32")
-        if device == "cpu" and precision in ("float32", "bfloat16"):  # whether the C kernel runs, and why
-            from .native import decision
+        loaded = dict(source=source, precision=precision, layout=layout,
+                      score_source=_score_source(lm, device, precision, layout))
+        engine = cls(lm, tok, name, **loaded)
+        if not drift or precision == "float32":
+            return engine
+        from ..precision import drift_from_float32
 
-            engine.score_source += f"; {decision(precision).note()}"
-        return engine
+        found = drift_from_float32(engine, device)
+        noted = f"{loaded['score_source']}; {found.note()}"  # every reply's score source says it
+        return cls(lm, tok, name, **{**loaded, "drift": found, "score_source": noted})
 
     # --- generation and scoring ----------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         """Greedy decoding of several prompts at once through our own decode loop
         (`engines/decode.py`): each row stops at its stop id, its own max_new_tokens or the step
         its cancel is seen, and leaves the batch then; scores come from the same raw logits."""
-        return generate_all(self.model, self.stop_ids, requests)
+        return generate_all(self.model, self.info.stop_ids, requests)
 
     def decoder(self, max_rows: int = 16) -> DecodeBatch:
         """A batch that requests join and leave at any step: the scheduler's continuous batching."""
-        return DecodeBatch(self.model, self.stop_ids)
+        return DecodeBatch(self.model, self.info.stop_ids)
 
     @torch.inference_mode()
     def score_ids(
@@ -175,3 +170,24 @@ class TransformersEngine(HFTextMixin):
                 yield from out.logits[0].split(CHUNK_ROWS)
 
         return score_chunks(chunks(), chosen, top_k)
+
+
+def _logits_source(model: Any) -> str:
+    """What a score comes from on a model as loaded: its logits' dtype and device."""
+    param = next(model.parameters())
+    return f"{str(param.dtype).removeprefix('torch.')} logits ({param.device.type}), softmax in float32"
+
+
+def _score_source(model: Any, device: str, precision: str, layout: str) -> str:
+    """The score source of a loaded model: the precision's arithmetic and, on a CPU, whether the C kernel runs."""
+    source = _logits_source(model)
+    if precision == "int8":
+        source = "int8 dynamic-quantised linear layers, float32 logits (cpu), softmax in float32"
+    elif precision == "bfloat16" and layout == "native":  # the C decode step: bf16 weights, float32 arithmetic
+        source = ("bfloat16 weights (cpu): prompts in bfloat16, each new token's step in float32 arithmetic, "
+                  "softmax in float32")
+    if device == "cpu" and precision in ("float32", "bfloat16"):  # whether the C kernel runs, and why
+        from .native import decision
+
+        source += f"; {decision(precision).note()}"
+    return source
