@@ -58,10 +58,9 @@ class StepScores:
 
 
 def score_rows(logits: torch.Tensor, chosen: torch.Tensor, top_k: int) -> StepScores:
-    """Score one chunk: logits [c, vocab] (any dtype), chosen [c] -> StepScores of c rows.
+    """Score one chunk: logits [c, vocab] (any dtype), chosen [c] -> StepScores of c rows; rank =
+    1 + the tokens strictly more likely (ties share a rank).
 
-    Steps: float32 log-softmax; gather the chosen token; rank = 1 + #tokens strictly more
-    likely; entropy -sum p log p; top max(k, 2) for the alternatives and the margin.
     Example: score_rows(torch.tensor([[0., 0., 1.]]), torch.tensor([2]), 2).rank -> tensor([1])
     """
     lp = torch.log_softmax(logits.float(), dim=-1)  # [c, vocab]
