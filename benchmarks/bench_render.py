@@ -34,7 +34,8 @@ def conversation(reply):
 
 
 def python_times(reply, repeats: int = 7) -> dict[str, float]:
-    from greedyscore.render import View, confidence_figure, histogram_figure, stats_html
+    from greedyscore.render import View, stats_html
+    from greedyscore.render.chart import confidence_figure, histogram_figure
     from greedyscore.render.explore import conversation_html
 
     confidence_figure(reply.tokens)  # first call imports plotly
@@ -68,7 +69,8 @@ def browser_times(reply) -> dict[str, float]:
     Plotly (as in the app, where plotly.js is loaded once with the page)."""
     from playwright.sync_api import sync_playwright
 
-    from greedyscore.render import CSS, View, confidence_figure
+    from greedyscore.render import CSS, View
+    from greedyscore.render.chart import confidence_figure
     from greedyscore.render.explore import conversation_html
 
     doc = (f'<!doctype html><html><head><meta charset="utf-8"><style>{CSS}</style></head>'

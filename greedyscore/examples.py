@@ -31,7 +31,7 @@ SCORE_EXAMPLES: tuple[str, ...] = (
 )
 
 # Known text for the calibration diagram: a few paragraphs written for greedyscore (plain facts and
-# ordinary prose, English then Chinese), long enough (417 tokens) for ten bins to mean something.
+# ordinary prose, English then Chinese), long enough for ten bins to mean something.
 CALIBRATION_SAMPLE = """\
 Rivers begin as rain and melting snow in the hills. Small streams join into larger ones, and the \
 water carves a valley as it flows down towards the sea. Along the way it carries sand and stones, \

@@ -1,16 +1,12 @@
 """Guess the next token: a learner against the model on a known text (pure game logic).
 
-The text is scored teacher-forced once, up front; the game reveals it one unit at a time (a token,
-or the tokens of one split character; units that are only whitespace or special tokens are
-revealed without a round). Each round the learner guesses; we report the real unit, the model's
-probability of it, and the model's probability and rank of the learner's guess.
+The text is scored teacher-forced once, up front, then revealed one unit at a time (a token, or
+a split character's tokens; whitespace and special tokens are revealed without a round).
 
 Score, in bits per unit (Shannon's guessing game): the model's surprisal is -log2 p(real unit).
-The learner gives a guess, not a distribution, so we credit them with a confidence equal to their
-own hit rate so far (Laplace's rule, (hits + 1) / (rounds + 2)) on the guess and spread the rest
-evenly over the other options: a hit costs -log2(confidence), a miss -log2((1 - confidence) /
-(options - 1)). Typing, the options are the vocabulary. Picking among shown choices, they are the
-choices, and the model is scored on the same menu (its probabilities renormalised over it), so
+The learner gives a guess, not a distribution, so they are credited with their own hit rate so
+far on it and the rest spread evenly over the other options (`learner_bits`): the vocabulary when
+typing; when picking, the menu, over which the model's probabilities are renormalised too, so
 both play the same game.
 """
 

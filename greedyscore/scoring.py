@@ -1,12 +1,9 @@
 """Pure maths on logits: what a token's probability is, and the per-reply numbers.
 
-Every score here is taken from the engine's *raw* logits, before any penalty, temperature or
-top-k renormalisation, as a float32 log-softmax over the full vocabulary. That is the model's
-true probability of the token, which is what LMDeploy's greedy path (top_k=1 -> logprob 0.0)
-does not give.
-
-Memory: logits are consumed in chunks of rows, so extra memory is O(chunk x vocab), never
-O((prompt + reply) x vocab) as in the seed recipe.
+Every score is a float32 log-softmax of the engine's *raw* logits over the full vocabulary
+(before any penalty, temperature or top-k): the model's true probability, which LMDeploy's greedy
+path (top_k=1 -> logprob 0.0) does not give. Logits are consumed in chunks of rows, so extra
+memory is O(chunk x vocab), never O((prompt + reply) x vocab).
 """
 
 from __future__ import annotations
@@ -61,10 +58,9 @@ class StepScores:
 
 
 def score_rows(logits: torch.Tensor, chosen: torch.Tensor, top_k: int) -> StepScores:
-    """Score one chunk: logits [c, vocab] (any dtype), chosen [c] -> StepScores of c rows.
+    """Score one chunk: logits [c, vocab] (any dtype), chosen [c] -> StepScores of c rows; rank =
+    1 + the tokens strictly more likely (ties share a rank).
 
-    Steps: float32 log-softmax; gather the chosen token; rank = 1 + #tokens strictly more
-    likely; entropy -sum p log p; top max(k, 2) for the alternatives and the margin.
     Example: score_rows(torch.tensor([[0., 0., 1.]]), torch.tensor([2]), 2).rank -> tensor([1])
     """
     lp = torch.log_softmax(logits.float(), dim=-1)  # [c, vocab]
@@ -103,14 +99,11 @@ def summarise_rows(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torc
 
 def align_greedy(top_lp: torch.Tensor, top_ids: torch.Tensor, chosen: Sequence[int],
                  prefer: int | None = None) -> int | None:
-    """Where `chosen` (n greedy picks) sits in m >= n summarised rows: the offset o at which every
-    pick is its row's most likely token or tied with it: `prefer` where it fits, else the only one
-    that fits; None when none or several fit.
+    """The offset in m >= n summarised rows at which each of the n greedy picks is its row's most
+    likely token (or tied with it): `prefer` where it fits, else the only one; None if none or several.
 
-    An engine's sampler can see rows that yield no token of the reply (the last row of each
-    chunk of a chunked prefill before it, a step run ahead after it): matching the picks finds
-    the rows that produced the reply instead of assuming the offset; `prefer` (the number of
-    chunk rows expected) settles replies that fit at several, e.g. one token repeated.
+    A sampler can see rows that yield no reply token (chunked-prefill rows before it, a step run
+    ahead after it), so the offset is found, not assumed; `prefer` settles e.g. a repeated token.
     Example: align_greedy(lp, ids_with_argmax([7, 3, 5, 9]), [3, 5]) -> 1
     """
     n, m = len(chosen), int(top_ids.shape[0])
@@ -178,15 +171,6 @@ def empty_scores(top_k: int) -> StepScores:
     return StepScores(z, z.long(), z, z, torch.zeros(0, top_k).long(), torch.zeros(0, top_k))
 
 
-def seed_recipe_probs(full_logits: torch.Tensor, n_prompt: int, reply_ids: Sequence[int]) -> list[float]:
-    """The known workaround, kept as a reference: softmax over [prompt+reply, vocab], row n_prompt-1+i.
-
-    Example: seed_recipe_probs(model(prompt + reply).logits[0], len(prompt), reply)
-    """
-    probs = torch.softmax(full_logits.float(), dim=-1)
-    return [float(probs[n_prompt - 1 + i, t]) for i, t in enumerate(reply_ids)]
-
-
 def build_tokens(
     ids: Sequence[int],
     scores: StepScores,
@@ -244,22 +228,17 @@ def build_tokens(
     return out
 
 
-# |Δp| an engine's own logprobs may show against the float32 rescoring when it computes them in a
-# 16-bit dtype (the PyTorch engine's raw_logprobs: `log_softmax` in the model's dtype, on decode-step
-# logits, against a prefill's): for bfloat16 mostly decode vs prefill arithmetic, a little the rounding of
-# the log-softmax, and within this bound on the CPU stand-in (benchmarks/bench_engine_logprobs.py, its
-# figures in RESULTS.md); float16, not runnable on these CPUs, gets the same bound until a GPU measures it.
-# An offset error moves p far more.
+# |Δp| an engine's own 16-bit logprobs may show against the float32 rescoring (decode vs prefill
+# arithmetic, 16-bit log-softmax; benchmarks/bench_engine_logprobs.py); float16 shares bfloat16's bound
+# until a GPU measures it. An offset error moves p far more.
 ENGINE_LOGPROB_TOLERANCE = {"bfloat16": 0.1, "float16": 0.1}
 
 
 def compare_engine_logprobs(
     engine_logprobs: Sequence[dict[int, float]], token_ids: Sequence[int], steps: StepScores, tol: float
 ) -> list[str]:
-    """Where an engine's own logprob of each chosen token disagrees with our scores.
-
-    Compared as probabilities, |exp(engine) - exp(ours)| > tol (the tolerance Settings uses), so
-    fp16 noise on very unlikely tokens is not flagged. A row without the chosen id is reported.
+    """Where an engine's own logprob of each chosen token disagrees with ours: compared as
+    probabilities (|Δp| > tol), so fp16 noise on unlikely tokens is not flagged; a missing id is.
     Example: compare_engine_logprobs([{5: -0.1}], [5], steps_with_logprob_minus_0_1, 1e-3) -> []
     """
     if len(steps) != len(token_ids):

@@ -2,11 +2,9 @@
 
 A Python str can hold lone surrogates (U+D800-U+DFFF), which are not text: JSON's "\\ud800"
 decodes to one, and invalid UTF-8 on the command line arrives as U+DC80-U+DCFF (Python's
-surrogateescape). No tokenizer takes them, and no page or file can be encoded with one, so they
-are refused where text comes in, naming where: messages and texts (`Service` and
-`parse_messages`, whatever sent them: the UI, the API, Python callers), shared documents (the
-whole tree, on store and on read) and the CLI's arguments and files. Everything else is text
-and is kept exactly; what a page must not act on (bidi controls) is made visible when drawn.
+surrogateescape). No tokenizer takes them and no page or file can encode one, so they are refused
+where text comes in (requests, shared documents, the CLI's arguments and files), naming where.
+Everything else is kept exactly; bidi controls are made visible when drawn.
 """
 
 from __future__ import annotations

@@ -58,11 +58,9 @@ def entropy_bounds(probs: Sequence[float], vocab_size: int, cap: float | None = 
 
 
 def step_scores(steps: Sequence[ServerStep], top_k: int, vocab_size: int) -> StepScores:
-    """ServerSteps -> StepScores (entropy_max > entropy where only the top-k was known).
+    """ServerSteps -> StepScores: rank the server's, else counted in its list; entropy exact from a
+    full list, else the interval of `entropy_bounds`; short lists padded with NO_ID.
 
-    Steps per row: sort the list; rank = the server's, else 1 + the number of listed tokens more
-    likely than the chosen one; margin = p1 - p2; entropy exact from a full list, else the
-    interval of `entropy_bounds`. Short lists are padded with NO_ID.
     Example: step_scores([ServerStep(7, 0.0, {7: 0.0}, full=True)], 1, 10).entropy -> tensor([0.])
     """
     if not steps:

@@ -12,7 +12,6 @@ import pytest
 import torch
 from cases import CONVERSATIONS
 
-from greedyscore.scoring import seed_recipe_probs
 from greedyscore.types import Message, Settings
 
 CASES = CONVERSATIONS  # every shared case: English, Chinese, multi-turn, code, emoji, system, markup
@@ -69,6 +68,12 @@ def test_single_pass_equals_verification(case):
     for tok in reply.tokens:
         assert abs(tok.prob - tok.rescored_prob) < 1e-4
         assert tok.rank == 1 and tok.rescored_rank == 1 or tok.near_tie
+
+
+def seed_recipe_probs(full_logits: torch.Tensor, n_prompt: int, reply_ids: list[int]) -> list[float]:
+    """The known workaround: softmax over [prompt+reply, vocab], row n_prompt-1+i."""
+    probs = torch.softmax(full_logits.float(), dim=-1)
+    return [float(probs[n_prompt - 1 + i, t]) for i, t in enumerate(reply_ids)]
 
 
 def test_seed_recipe_agrees(case, engine):

@@ -1,12 +1,11 @@
 """A prompt's causal attention through the C kernel (kernels/attention.c); all else through torch's SDPA.
 
-Why: over a 2,000-token prompt, attention is a third of a float32 prefill on a CPU, and torch's
-flash kernel runs it at about half the speed our register-blocked products reach
-(benchmarks/RESULTS.md). transformers picks a model's attention function by name
-(`config._attn_implementation`); `use_kernel_attention` registers ours under NAME, with SDPA's
-masks, and points the model at it. It takes only what it computes exactly: one unpadded float32
-sequence attending causally to itself (a prefill, no mask, no cached prefix); every other call
-(padded batches, teacher forcing over a cached prompt, other dtypes) is SDPA's, unchanged.
+Why: over a long prompt attention is a large part of a float32 prefill on a CPU, and torch's
+flash kernel is slower than our register-blocked products (benchmarks/RESULTS.md).
+`use_kernel_attention` registers ours under NAME (with SDPA's masks) and points the model's
+`config._attn_implementation` at it. It takes only what it computes exactly: one unpadded float32
+sequence attending causally to itself; every other call (padding, a cached prefix, other dtypes)
+goes to SDPA, unchanged.
 """
 
 from __future__ import annotations

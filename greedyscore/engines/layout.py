@@ -1,19 +1,13 @@
-"""Weights laid out for decoding on a CPU, where a decode step's speed is the speed at which the
-weights stream from memory (each step multiplies a few row vectors by every weight matrix).
+"""Weights laid out for decoding on a CPU, where a decode step runs as fast as the weights stream
+from memory (each step multiplies a few row vectors by every weight matrix). torch's `linear` on
+the [out, in] weight uses one core for one row; so, fastest first (benchmarks/RESULTS.md):
 
-Measured here (AMD EPYC, 2 cores; benchmarks/RESULTS.md): torch's MKL reads the weights at
-~10 GB/s for `linear(x, W)` on the [out, in] weight (it does not use a second core for one row);
-`x @ W.T` with W.T stored contiguous ~14 GB/s; W.T in column halves multiplied by one `bmm`, a core
-per half, ~18 GB/s; the C kernel of engines/native/ ~30-40 GB/s, as llama.cpp, where it was tuned
-(AVX-512); built for AVX2 it is slower than the bmm. So:
-
-- NativeLinear (where engines/native/ measures its kernel faster than the layout below): the
-  weight packed in panels for the kernel, every row through it (a bfloat16 prefill's through
-  oneDNN's GEMM).
-- SplitLinear (float32 otherwise): the transposed weight in column blocks, one `bmm`.
+- NativeLinear (where engines/native/ measures its kernel faster than the layouts below): the
+  weight packed in panels for the C kernel (a bfloat16 prefill through oneDNN's GEMM).
+- SplitLinear (float32 otherwise): the transposed weight in column blocks, one `bmm`, a core each.
 - PackedLinear (bfloat16 otherwise, on a CPU with bf16 instructions): oneDNN's packed weights.
 
-Same products, summed in other orders: logits agree with the model as loaded to ~1e-5 (float32).
+Same products summed in other orders, so logits agree with the model as loaded to rounding.
 """
 
 from __future__ import annotations
@@ -38,14 +32,9 @@ class SplitLinear(nn.Module):
         self.weight_blocks = nn.Parameter(blocks.contiguous(), requires_grad=False)
         self.bias = linear.bias
 
-    @property
-    def weight_t(self) -> torch.Tensor:
-        """The [in, out] weight (a copy), as `x @ weight_t` would use it."""
-        return self.weight_blocks.permute(1, 0, 2).reshape(self.in_features, self.out_features)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] > BMM_ROWS:  # a prefill: matrix products, each threaded by MKL itself (~1.2x the bmm)
+        if rows.shape[0] > BMM_ROWS:  # a prefill: matrix products, each threaded by MKL itself
             y = torch.cat([rows @ w for w in self.weight_blocks], -1)
         else:
             y = torch.bmm(rows.expand(self.parts, *rows.shape), self.weight_blocks)  # [parts, rows, out/parts]
@@ -71,10 +60,8 @@ def _replace_linears(model: nn.Module, make, dtypes: tuple[torch.dtype, ...] | N
 
 
 class PackedLinear(nn.Module):
-    """`nn.Linear`'s function through oneDNN with its weight pre-packed (reordered) for it.
-
-    Why: for bfloat16 on a CPU with bf16 instructions, oneDNN's packed kernels read the weights
-    at ~17 GB/s here against ~13 for `linear` on the plain weight (and the bmm split gains nothing)."""
+    """`nn.Linear`'s function through oneDNN with its weight pre-packed for it: for bfloat16 with
+    bf16 instructions, faster than `linear` on the plain weight (the bmm split gains nothing)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -96,13 +83,10 @@ def pack_linears(model: nn.Module) -> int:
 
 class NativeLinear(nn.Module):
     """`nn.Linear` whose products run in the C kernel (engines/native/) on the weight packed in
-    panels for it, for every number of rows: decode steps, batches and float32 prefills alike
-    (the kernel matches oneDNN's GEMM on a prefill and beats it on a few rows). Rows are computed
-    in float32 and returned in the input's dtype.
+    panels for it, for any number of rows, in float32, returned in the input's dtype.
 
-    The plain weight is dropped (a tied embedding keeps its own tensor), except in bfloat16: there
-    a prefill's rows go through oneDNN's bf16 GEMM (bf16 dot-product instructions, ~1.5x the
-    kernel's widened float32 products), which reads the plain weight."""
+    The plain weight is dropped (a tied embedding keeps its own), except in bfloat16: there a
+    prefill goes through oneDNN's bf16 GEMM (bf16 dot products beat the kernel's widened float32)."""
 
     def __init__(self, linear: nn.Linear, kernel) -> None:
         from .native import pack
@@ -140,11 +124,9 @@ def native_linears(model: nn.Module, kernel) -> int:
 
 
 def _own_memory(model: nn.Module) -> None:
-    """Copy the tensors the layout left (embedding, norms) out of the loaded file.
-
-    Why: transformers maps the safetensors file into memory and the model's tensors are views of
-    it; packing reads every weight once, so all of the file's pages become resident, and they stay
-    so while any view lives (a float32 model: ~1.4 GB resident instead of ~1 GB)."""
+    """Copy the tensors the layout left (embedding, norms) out of the loaded file: they are views
+    of the memory-mapped safetensors file, whose pages packing made resident and which stay so
+    while any view lives."""
     for module in model.modules():
         if isinstance(module, NativeLinear):
             continue
@@ -155,10 +137,8 @@ def _own_memory(model: nn.Module) -> None:
 
 
 def cpu_layout(model: nn.Module, precision: str) -> str:
-    """Lay the model's Linears out for decoding on this CPU; -> which layout (for the score source line).
-
-    The C kernel where engines/native/ chooses it for this precision (and a float32 prefill's
-    attention through it); else `torch_layout`."""
+    """Lay the model's Linears out for decoding on this CPU: the C kernel where engines/native/
+    chooses it for this precision, else `torch_layout`; -> which (for the score source line)."""
     from .native import accelerator
 
     k = accelerator(precision) if precision in ("float32", "bfloat16") else None

@@ -1,22 +1,14 @@
 """One decode step of a Llama-architecture model, without transformers' per-call machinery.
 
-Why: on a CPU a small model's decode step is short (tens of ms), and transformers' forward adds
-a fixed cost to it: mask building, cache objects, the attention dispatch and ~30 module calls per
-layer (~1/4 of the step for the embedded 135M model, benchmarks/RESULTS.md). This step runs the
-same computation from the model's own modules and weights, in the same order and dtypes as
-`modeling_llama` (RMSNorm in float32, rotary embedding from the same inverse frequencies, SDPA
-with the grouped heads packed as transformers does for one query token), so its logits are the
-model's to float rounding (transformers' SDPA attention; a model loaded with another attention
-implementation keeps the forward); tests/test_llama_step.py holds it to transformers' forward.
+Why: on a CPU a small model's decode step is short, and transformers' forward adds a fixed cost
+to it (mask building, cache objects, attention dispatch, ~30 module calls per layer). This step
+runs the same computation from the model's own modules, in `modeling_llama`'s order and dtypes
+(RMSNorm in float32, the same rotary frequencies, SDPA with grouped heads packed as for one query
+token), so its logits are the model's to float rounding (tests/test_llama_step.py holds it so).
 
-Where the C kernel is used (engines/native/ builds it and measures it faster than torch), the
-whole step is one call into kernels/llama_step.c (`NativeStep`: the same operations in float32,
-without ~30 torch calls per layer from Python; a bfloat16 model's weights are widened as they are
-read); otherwise the torch operations below run it.
-
-Only decode steps run here (one token per row): prefill stays transformers' forward. Models
-outside the plain Llama architecture (biases, scaled rotary embeddings, other attention) get
-None from `LlamaStep.of` and keep transformers' forward.
+Where engines/native/ chooses the C kernel, the whole step is one call into kernels/llama_step.c
+(`NativeStep`, float32; bfloat16 weights widened as read). Only decode steps run here: prefill,
+and models outside the plain Llama architecture (`LlamaStep.of` -> None), keep transformers' forward.
 """
 
 from __future__ import annotations
@@ -113,10 +105,9 @@ class LlamaStep:
 
 
 class NativeStep:
-    """The layers, final norm and output layer of a Llama decode step in one C call
-    (kernels/llama_step.c), in float32 with the model's matrix weights packed for the kernel,
-    float32 or bfloat16 (pointers taken here: the model's weights must not be replaced afterwards). Its keys
-    and values are float32 whatever the model's dtype (`DecodeBatch` widens a bfloat16 prefill's)."""
+    """A Llama decode step's layers, final norm and output layer in one C call (kernels/llama_step.c),
+    in float32 on matrix weights packed for the kernel (pointers taken here: the model's weights must
+    not be replaced afterwards). Keys and values are float32 whatever the model's dtype."""
 
     DIMS = 12  # the C side's dims array
 

@@ -39,7 +39,6 @@ AXIS_STYLE: dict = dict(gridcolor="#e9ecef", zerolinecolor="#ced4da", linecolor=
 Y_TITLES = {"prob": "probability", "margin": "margin (p1 \u2212 p2)", "entropy": "confidence (1 \u2212 H / ln 20)"}
 
 
-
 @lru_cache(maxsize=1 << 16)
 def token_label(text: str, empty: str = "\u2205") -> str:
     """Escaped one-line form of a token text for Plotly; cached because top-k texts repeat."""
@@ -71,11 +70,6 @@ def _hover_rows(tokens: Sequence[ScoredToken]) -> np.ndarray:
     if out:
         rows[:] = out
     return rows
-
-
-def _tick_values(n: int) -> list[int]:
-    step = max(1, math.ceil(n / MAX_TICK_LABELS))
-    return list(range(0, n, step))
 
 
 def confidence_figure(tokens: Sequence[ScoredToken], view: View = View()) -> go.Figure:
@@ -148,7 +142,7 @@ def _entropy_traces(tokens: Sequence[ScoredToken], x: np.ndarray) -> tuple[list[
 def _confidence_layout(tokens: Sequence[ScoredToken], view: View, ent_max: float) -> dict:
     """Axes (token labels thinned out on long replies), the threshold line and its caption."""
     n, mode = len(tokens), view.color_by
-    tv = _tick_values(n)
+    tv = list(range(0, n, max(1, math.ceil(n / MAX_TICK_LABELS))))  # every n-th bar labelled
     caption = f"threshold: {view.threshold_text()}"
     layout = dict(
         title=dict(text=f"Confidence per token ({plotly_text(Y_TITLES[mode])})"),

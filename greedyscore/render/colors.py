@@ -65,14 +65,12 @@ def token_value(t: ScoredToken, mode: str = "prob") -> float:
     Where only a server's top-k was known, entropy colours by the interval's upper end: the
     least confident the step can have been.
     """
-    if mode == "prob":
+    if check_mode(mode) == "prob":
         v = t.prob
     elif mode == "margin":
         v = t.margin
-    elif mode == "entropy":
-        v = 1.0 - (t.entropy if t.entropy_max is None else t.entropy_max) / ENTROPY_CAP
     else:
-        raise BadInput(f"unknown colour mode {mode!r}: use one of {', '.join(MODES)}")
+        v = 1.0 - (t.entropy if t.entropy_max is None else t.entropy_max) / ENTROPY_CAP
     return 0.0 if math.isnan(v) else min(1.0, max(0.0, v))
 
 

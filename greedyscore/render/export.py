@@ -17,8 +17,6 @@ from ..types import Alternative, ScoredReply
 
 COLUMNS: tuple[str, ...] = ("index", "id", "text", "special", "prob", "logprob", "rank", "entropy", "margin", "top")
 VERIFY_COLUMNS: tuple[str, ...] = ("rescored_prob", "rescored_rank", "near_tie")  # only when verified
-
-
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list of cell starts a spreadsheet evaluates
 QUOTE_MARK = "'"
 

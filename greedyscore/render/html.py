@@ -5,21 +5,8 @@ Every string that comes from the model or the user goes through `html.escape(...
 `html_visible`; other fields: `text.esc`, their direction controls marked, and `text.bdi` inline);
 `gr.HTML` passes strings through unchanged, so this module is the only guard.
 
-Class names (styled by assets/greedyscore.css, exported here as `CSS`):
-  gs-reply, gs-tokens, gs-empty     containers
-  gs-token                          one per scored token: tabindex=0, data-* numbers, aria-label
-  gs-low                            value below the threshold: underlined (not colour alone)
-  gs-near-tie                       verification disagrees: dotted outline + tooltip line
-  gs-special                        special token (e.g. <|im_end|>)
-  gs-unit (+ gs-frag in its tooltip) a character split over several byte tokens, drawn as one
-  gs-cont                           a lone token ending inside a multi-byte character (text "")
-  gs-shared, gs-diverge             a fork's prefix shared with the original, and where it parts
-  gs-fork                           an alternative that is a button: data-at, data-token
-  gs-ws, gs-ctl                     visible marks for newline/tab and for control characters
-  gs-tip (+ gs-tip-tok, gs-tip-id, gs-tip-p, gs-tip-nums, gs-tip-note, gs-tip-tie)  tooltip
-  gs-alts, gs-alt, gs-alt-t, gs-alt-b, gs-alt-p, gs-alt-more, gs-chosen             top-k bars
-  gs-legend (+ -title, -scale, -bar, -threshold, -ticks, -tick, -keys), gs-key, gs-key-sample
-  gs-stats, gs-chip, gs-warn        whole-reply numbers
+The gs-* classes are styled by assets/greedyscore.css (exported here as `CSS`). No cue rests on
+colour alone: a token below the threshold is underlined (gs-low), a near tie outlined (gs-near-tie).
 """
 
 from __future__ import annotations

@@ -5,12 +5,11 @@ bidi-override characters. Shown raw they vanish, break the layout or (in a termi
 escape sequences, so every renderer shows them through `visible` first, then escapes the result
 for its medium (`html_visible` for HTML and Plotly's HTML-like labels).
 
-Every other string from a user, a client or a model (a message, a model name, a backend, a
-note, a label) reaches HTML through `esc` and Plotly through `plotly_text`: escaped, and with
-the characters that would reorder the rest of the line made visible (bidi embeddings,
-overrides, isolates and marks: U+202E once made "... weights verified ok" read backwards over
-the real values), as are lone surrogates, which no page can encode. Inline fields are also
-isolated with `bdi`, so even right-to-left letters cannot move their neighbours.
+Every other string from a user, client or model reaches HTML through `esc` and Plotly through
+`plotly_text`: escaped, with what would reorder the line made visible (bidi controls: U+202E once
+made "... weights verified ok" read backwards over the real values) and lone surrogates, which no
+page can encode. Inline fields are also isolated with `bdi`, so right-to-left letters cannot move
+their neighbours.
 """
 
 from __future__ import annotations

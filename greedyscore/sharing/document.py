@@ -21,9 +21,8 @@ from .reply_json import MAX_ID, reply_from_json
 FORMAT = 1  # the document's version; a newer one is refused with a message
 KINDS = ("chat", "text")  # a chat turn (maybe a fork of it), or teacher-forced text (Score text)
 SHOWN_DIFFERENCES = 8
-# What a shared page draws, bounded so that it opens in < 3 s (benchmarks/bench_share_page.py): cells (a
-# scored token, or one alternative in a token's tooltip: 4,000 tokens at top-5, 1,142 at top-20, so a
-# longest reply, 1,024 tokens, at any top-k) and characters of messages.
+# What a shared page draws, bounded so that it opens quickly (benchmarks/bench_share_page.py): cells (a
+# scored token, or one alternative in its tooltip: a longest reply at any top-k) and message characters.
 MAX_SHARED_CELLS = 24_000
 MAX_SHARED_CHARS = 100_000
 

@@ -3,17 +3,13 @@ Llama decode step (kernels/llama_step.c) and a prefill's causal attention (kerne
 used by the transformers engine on a CPU only where they measure faster than torch here.
 
 One entry point: `accelerator(precision)` -> the Kernel to lay the model out for, or None (torch's
-own products then: engines/layout.py says which); `decision(precision)` says why, with the times.
+own products then); `decision(precision)` says why, with the times.
 
-- build.py: compiled once by gcc (or $CC) for `-march=$GREEDYSCORE_CPU_MARCH` (default native)
-  into $GREEDYSCORE_CACHE/kernels/, loaded with ctypes; no compiler or a failed build: one
-  message, and torch.
-- gate.py: at the first load the kernel is timed against the torch path it would replace (decode
-  steps of a test model) and used only where it wins; the decision is kept beside the library (a
-  new source, compiler, target or CPU measures again). GREEDYSCORE_NATIVE=1 uses it without
-  asking the gate, =0 never builds it.
-- kernel.py: the ctypes calls, with every shape, dtype and stride checked (the C code trusts
-  them), and the packed weight layout.
+- build.py: compiled once for `-march=$GREEDYSCORE_CPU_MARCH` (default native) into
+  $GREEDYSCORE_CACHE/kernels/; no compiler or a failed build: one message, and torch.
+- gate.py: timed once against the torch path it would replace, used only where it wins;
+  GREEDYSCORE_NATIVE=1 uses it regardless, =0 never builds it.
+- kernel.py: the ctypes calls, every shape, dtype and stride checked, and the packed layout.
 """
 
 from __future__ import annotations
@@ -27,10 +23,9 @@ import torch
 from . import gate
 from .build import MARCH_ENV, built, compiler, kernel, library_path, march
 from .gate import FORCE_ENV, Decision
-from .kernel import PANEL, Kernel, pack, packed_shape, unpack
+from .kernel import Kernel, pack, packed_shape, unpack
 
-__all__ = ["FORCE_ENV", "MARCH_ENV", "PANEL", "Decision", "Kernel", "accelerator", "decision", "help_text", "kernel",
-           "pack", "packed_shape", "unpack"]
+__all__ = ["Decision", "Kernel", "accelerator", "decision", "help_text", "kernel", "pack", "packed_shape", "unpack"]
 
 _lock = threading.Lock()
 _chosen: dict[tuple, tuple[Kernel | None, Decision]] = {}

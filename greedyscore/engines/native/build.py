@@ -1,13 +1,11 @@
 """Building the kernels: kernels/*.c compiled into one shared library per (sources, compiler,
 target, CPU) in $GREEDYSCORE_CACHE/kernels/, loaded with ctypes.
 
-Why ctypes and plain C files rather than a torch C++ extension: they compile in a fraction of a
-second (no torch headers, no ninja), and their OpenMP calls bind to the libgomp torch has already
-loaded (same soname), so torch's thread count applies to them. The compiler is $CC, else gcc or cc
-(a compiler whose OpenMP is not libgomp, clang's libomp say, would bring a second thread pool);
-the target is `-march=$GREEDYSCORE_CPU_MARCH`, default native. A library built for another
-target than native is first called once in a child process: built for instructions this CPU
-lacks, it would kill the process that calls it.
+Why ctypes and plain C rather than a torch C++ extension: they compile fast (no torch headers,
+no ninja), and their OpenMP binds to the libgomp torch has loaded, so torch's thread count applies
+(a compiler with another OpenMP, clang's libomp say, would bring a second thread pool). The
+compiler is $CC, else gcc or cc. A library built for a -march other than native is first called
+in a child process: built for instructions this CPU lacks, it would kill its caller.
 """
 
 from __future__ import annotations
@@ -89,7 +87,7 @@ lib.gs_linear_f32(x, w, None, y, ctypes.c_int64(2), ctypes.c_int64(32), ctypes.c
 
 
 def _probe(path: Path, target: str) -> None:
-    """Call the library once in a child process (Python without torch: a few tens of ms)."""
+    """Call the library once in a child process (Python without torch)."""
     done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, timeout=60)
     if done.returncode:
         why = f"signal {-done.returncode}" if done.returncode < 0 else (done.stderr.strip().splitlines() or ["?"])[-1]

@@ -1,23 +1,15 @@
 """The gate: the kernel is used only where it measures faster, on this machine, than the torch
-path the engine would run instead.
+path the engine would run instead. Why: the same C is faster where it was tuned (AVX-512) and can
+be slower elsewhere (AVX2: two registers a vector, no fused multiply-adds; bench_native.py).
 
-Why: the same C is faster than torch where it was tuned (AVX-512: a 16-lane vector is one
-register) and can be slower elsewhere (built for AVX2 each vector is two registers and the
-multiply-adds are not fused): benchmarks/RESULTS.md, bench_native.py.
-
-What is timed is what decoding spends its time on, as the engine runs it: whole decode steps
-(`LlamaStep`) of a random Llama with the embedded model's layer shapes (MODEL: 8 layers, half
-its vocabulary), 1 and 8 rows, in the C step (`NativeStep`) against the same step's torch
-operations over `layout.torch_layout` (float32: SplitLinear's column-block bmm; bfloat16:
-oneDNN's packed weights where the CPU has bf16 instructions), interleaved, the best of REPS each,
-in a thread of its own after the main thread's OpenMP work, as the service's worker decodes
-after the load. Timing single products instead misleads: over bfloat16 weights oneDNN's product
-beats the kernel's, yet its decode step is much slower than the C step (a step is hundreds of
-torch calls, each an OpenMP region whose threads sleep between calls once two threads have used
-OpenMP; the C step's own barriers spin). About a second per precision, once: the decision is per
-precision (their fallbacks differ), thread count and torch version, kept in a JSON file beside the
-built library (`<library>.json`), so a new source, compiler, target or CPU measures again and a
-second load does not.
+Timed is what decoding spends its time on: whole decode steps (`LlamaStep`) of a random Llama
+with the embedded model's layer shapes (MODEL), ROWS rows, the C step against the same step over
+`layout.torch_layout`, interleaved, the best of REPS, in a thread of its own as the service's
+worker decodes. Single products would mislead: oneDNN's bfloat16 product beats the kernel's, yet
+its decode step (hundreds of torch calls, each an OpenMP region whose threads sleep between calls)
+is slower than the C step, whose barriers spin. The decision, per precision, thread count and
+torch version, is kept beside the built library (`<library>.json`): a new source, compiler,
+target or CPU measures again, a second load does not.
 """
 
 from __future__ import annotations
@@ -40,9 +32,9 @@ FORCE_ENV = "GREEDYSCORE_NATIVE"
 ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 MEASURED = "measured"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# The test model: the embedded model's layers (SmolLM2-135M), 8 of them, and half its vocabulary (a tall
-# output layer is where an AVX2 build loses most): ~170 MB of float32 weights, streamed from memory
-# as a real model's are (a smaller one stays in a large cache and flatters the kernel's slower builds).
+# The test model: 8 of SmolLM2-135M's layers and half its vocabulary (a tall output layer is where an
+# AVX2 build loses most): large enough to stream from memory as a real model does (a smaller one stays
+# in cache and flatters the kernel's slower builds).
 MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
          "num_hidden_layers": 8, "vocab_size": 24576}
 ROWS = (1, 8)  # one reply; a batch of eight

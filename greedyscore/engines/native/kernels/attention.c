@@ -1,8 +1,8 @@
 /* Causal self-attention of a prompt's prefill on a CPU: out = softmax(q k^T * scale, causal) v.
 
-   Why: torch's flash attention for the CPU ran ~115 GFLOPS here where the matrix kernel runs
-   ~200, and over a 2,000-token prompt attention is a third of the prefill (its cost grows with
-   the square of the prompt). Here it is two register-blocked products like kernels/linear.c's:
+   Why: torch's flash attention for the CPU runs well below the matrix kernel's speed, and over a
+   long prompt attention is a large part of the prefill (its cost grows with the square of the
+   prompt; benchmarks/RESULTS.md). Here it is two register-blocked products like kernels/linear.c's:
    each kv head's keys packed once in panels of 32 positions ([n / 32, d, 32], so S = q k^T for 8
    query rows is the weight kernel's micro-kernel), a plain softmax of each row (the scores of 8
    rows against every earlier key fit in L2), and p v with 4 rows x 64 lanes of accumulators.

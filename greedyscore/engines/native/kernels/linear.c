@@ -1,13 +1,12 @@
 /* y = x @ w.T (+ bias) on a CPU: the matrix products of decode steps and prefills.
 
-   Why: a decode step streams every weight once. torch's MKL reads them at ~10-18 GB/s on the
-   machines we measured for one row (it does not use a second core, and it is slow on AMD CPUs),
-   and a batch of rows turns the step compute-bound. Here the weight is packed in panels of 32
+   Why: a decode step streams every weight once. torch's MKL reads them slowly for one row (it
+   does not use a second core, and it is slow on AMD CPUs; benchmarks/RESULTS.md), and a batch of rows turns the step compute-bound. Here the weight is packed in panels of 32
    outputs ([n / 32, k, 32], engines/native/kernel.py packs it when the model is laid out): for
    each k, 32 weights are one contiguous 128-byte read, multiplied by x[r, k] broadcast for up to
    8 rows at once into 16 vector accumulators (a register-blocked GEMM micro-kernel): one row
-   streams the weights at ~30-40 GB/s as llama.cpp does, 8 rows run ~2x and 16 rows ~2.6x the
-   flops of a dot-product-per-output kernel, and a prefill matches oneDNN's GEMM. Built by
+   streams the weights as fast as llama.cpp does, a batch of rows reuses each weight read, and a
+   prefill matches oneDNN's GEMM. Built by
    engines/native/build.py with the machine's C compiler (-O3 -march=native, or the target in
    $GREEDYSCORE_CPU_MARCH), used where engines/native/gate.py measures it faster than torch;
    OpenMP is the libgomp torch already loaded, so torch.set_num_threads applies and no second

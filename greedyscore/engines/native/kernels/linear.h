@@ -34,8 +34,8 @@ static inline v16 load_bf16(const uint16_t* p) {
    try after 2,000, where threads outnumber free cores). Why not OpenMP's: libgomp sleeps on a
    futex after only 100 spins once more OpenMP threads exist than CPUs, which is the case as soon
    as a second thread of the process (a server's worker beside the main thread) has run a
-   parallel region; a decode step then paid a sleep and a wake-up (~25 us) at each of its ~400
-   barriers, a third of the step. Each thread keeps its own `sense`, 0 at the start of the region. */
+   parallel region; a decode step then paid a sleep and a wake-up at each of its hundreds of
+   barriers. Each thread keeps its own `sense`, 0 at the start of the region. */
 typedef struct {
     int count, sense;
 } gs_barrier;
@@ -49,7 +49,7 @@ static inline void gs_barrier_wait(gs_barrier* b, int threads, int* sense) {
         return;
     }
     for (long spins = 0; __atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != s; spins++) {
-        if (spins > 2000) sched_yield(); /* ~10-100 us of pauses: a teammate that long late lost its core */
+        if (spins > 2000) sched_yield(); /* a teammate this late has lost its core */
 #if defined(__x86_64__)
         else __builtin_ia32_pause();
 #endif

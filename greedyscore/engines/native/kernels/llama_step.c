@@ -1,9 +1,8 @@
 /* One decode step of a Llama model in a single call: every layer of a few rows, float32.
 
-   Why: with the matrix products in linear.c, a decode step of the embedded 135M model spent a
-   third of its time outside them: ~30 torch calls per layer from Python (norms, rotary,
-   attention, activation, residual adds), each a few microseconds, with the second core idle
-   in between. Here the whole step is one OpenMP parallel region: the products share the weight
+   Why: with the matrix products in linear.c, a small model's decode step still spent much of its
+   time outside them: ~30 torch calls per layer from Python (norms, rotary, attention,
+   activation, residual adds), with the other cores idle in between. Here the whole step is one OpenMP parallel region: the products share the weight
    panels among the threads (gs_rows: the same sums, so the same bits, as linear.c alone), the
    small vector work runs on one thread between them, attention splits over (row, head).
 
