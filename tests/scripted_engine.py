@@ -93,7 +93,7 @@ class ScriptedEngine:
 
     def decoder(self, max_rows: int = 16) -> Any:
         """Rows stepped by the scheduler; concurrent: calls in flight, as LMDeploy's."""
-        if self.concurrent:
+        if self.info.concurrent:
             return EngineThreads(self.generate_batch, max_rows)
         return ScriptedDecoder(self)
 
