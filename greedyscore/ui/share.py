@@ -8,25 +8,21 @@ model of this server again, compared token by token). API: /share and /shared.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from .errors import BadInput, GreedyScoreError
-from .render import View
-from .render.explore import EXPLORE_JS
-from .render.shared import (
-    COPY_JS,
-    not_shared_html,
-    reproduction_html,
-    shared_view,
-)
-from .service import Service
-from .share import NotShared, ShareStore
-from .shared import SharedItem, reproduction, rerun_plan
-from .types import Settings
+from ..errors import BadInput, GreedyScoreError
+from ..render import View
+from ..render.explore import EXPLORE_JS
+from ..render.shared import not_shared_html, reproduction_html, shared_view
+from ..service import Service
+from ..share import NotShared, ShareStore
+from ..shared import SharedItem
+from . import actions
+from .parts import PRIVATE, UIConfig, shown_as_gr_errors
 
 
 def root_url(request: gr.Request | None) -> str:
@@ -79,18 +75,15 @@ class Sharing:
 
     def rerun(self, item: SharedItem) -> str:
         """Run the stored result again on this server's model -> the report's HTML."""
-        plan, service = rerun_plan(item), self.service
-        if item.kind == "text":
-            now = service.rescore(plan.prompt, plan.target, plan.settings)
-        else:
-            now = service.rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
-        matches = service.prompt_matches(item.messages, item.reply.prompt_token_ids)
-        rep = reproduction(item.reply, now, Settings().tolerance, matches)
-        return reproduction_html(rep, item.model, service.identity)
+        return reproduction_html(actions.reproduce(self.service, item), item.model, actions.identity(self.service))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SharedPanel:
+    """The shared result at the top of the page; its methods are the event handlers, each ->
+    {component: value}."""
+
+    sharing: Sharing
     column: gr.Column
     head: gr.HTML
     body: gr.HTML
@@ -101,8 +94,38 @@ class SharedPanel:
     report: gr.HTML
     item: gr.State
 
+    def open(self, color_by: str, palette: str, threshold: float, request: gr.Request) -> dict:
+        """The page's `?r=ID`, if any."""
+        item_id = request.query_params.get("r") if request is not None else None
+        if not item_id:
+            return {self.column: gr.Column(visible=False), self.item: None}
+        try:
+            item, (head, body, fig, stats) = self.sharing.view(item_id, View.make(color_by, palette, threshold))
+        except GreedyScoreError as ex:  # unknown, malformed, expired, evicted, damaged: a message on the page
+            hidden = gr.Button(visible=False)
+            return {self.column: gr.Column(visible=True), self.head: not_shared_html(str(ex)), self.body: "",
+                    self.fig: None, self.stats: "", self.item: None, self.proceed: hidden, self.rerun: hidden}
+        label = "Continue this conversation" if item.kind == "chat" else "Open in Score text"
+        return {self.column: gr.Column(visible=True), self.head: head, self.body: body, self.fig: fig,
+                self.stats: stats, self.item: item, self.proceed: gr.Button(label, visible=True),
+                self.rerun: gr.Button(visible=True)}
 
-def shared_panel() -> SharedPanel:
+    def redraw(self, item: SharedItem | None, color_by: str, palette: str, threshold: float) -> Any:
+        if item is None:
+            return gr.skip()
+        with shown_as_gr_errors():
+            _, body, fig, stats = shared_view(item, View.make(color_by, palette, threshold))
+            return {self.body: body, self.fig: fig, self.stats: stats}
+
+    def run_again(self, item: SharedItem | None) -> Iterator[dict]:
+        with shown_as_gr_errors():
+            if item is None:
+                raise BadInput("open a share link first")
+            yield {self.report: '<div class="gs-repro" role="status">Re-running on this server’s model…</div>'}
+            yield {self.report: self.sharing.rerun(item)}
+
+
+def shared_panel(sharing: Sharing) -> SharedPanel:
     """The shared result at the top of the page, hidden until a link is opened."""
     with gr.Column(visible=False, elem_id="gs-shared") as column:
         head = gr.HTML(elem_id="gs-shared-head")
@@ -113,48 +136,14 @@ def shared_panel() -> SharedPanel:
         report = gr.HTML(elem_id="gs-rerun")
         fig = gr.Plot(elem_id="gs-shared-chart", show_label=False)
         stats = gr.HTML(elem_id="gs-shared-stats")
-    return SharedPanel(column, head, body, fig, stats, proceed, rerun, report, gr.State(None))
+    return SharedPanel(sharing, column, head, body, fig, stats, proceed, rerun, report, gr.State(None))
 
 
-def link_box() -> gr.HTML:
-    return gr.HTML("", elem_id="gs-share-link", js_on_load=COPY_JS)
-
-
-def wire_panel(panel: SharedPanel, sharing: Sharing, demo: gr.Blocks, view_inputs: list,
-               errors: Callable, model: dict) -> None:
-    """Open `?r=ID` on page load; Re-run (a model event)."""
-    skip = gr.skip()
-
-    def open_shared(color_by: str, palette: str, threshold: float, request: gr.Request):
-        item_id = request.query_params.get("r") if request is not None else None
-        if not item_id:
-            return gr.Column(visible=False), skip, skip, skip, skip, None, skip, skip
-        try:
-            item, (head, body, fig, stats) = sharing.view(item_id, View.make(color_by, palette, threshold))
-        except GreedyScoreError as ex:  # unknown, malformed, expired, evicted, damaged: a message on the page
-            hidden = gr.Button(visible=False)
-            return gr.Column(visible=True), not_shared_html(str(ex)), "", None, "", None, hidden, hidden
-        label = "Continue this conversation" if item.kind == "chat" else "Open in Score text"
-        return (gr.Column(visible=True), head, body, fig, stats, item, gr.Button(label, visible=True),
-                gr.Button(visible=True))
-
-    def redraw(item: SharedItem | None, color_by: str, palette: str, threshold: float):
-        if item is None:
-            return skip, skip, skip
-        with errors():
-            _, body, fig, stats = shared_view(item, View.make(color_by, palette, threshold))
-            return body, fig, stats
-
-    def rerun(item: SharedItem | None):
-        with errors():
-            if item is None:
-                raise BadInput("open a share link first")
-            yield '<div class="gs-repro" role="status">Re-running on this server\u2019s model\u2026</div>'
-            yield sharing.rerun(item)
-
-    outputs = [panel.column, panel.head, panel.body, panel.fig, panel.stats, panel.item, panel.proceed, panel.rerun]
-    cheap = dict(api_visibility="private", concurrency_limit=None)  # no model: every page load at once
-    demo.load(open_shared, view_inputs, outputs, **cheap)
+def wire_panel(panel: SharedPanel, demo: gr.Blocks, view_inputs: list, config: UIConfig) -> None:
+    """Open `?r=ID` on page load; redraw with the view; Re-run (a model event)."""
+    p = panel
+    cheap = dict(**PRIVATE, concurrency_limit=None)  # no model: every page load at once
+    demo.load(p.open, view_inputs, [p.column, p.head, p.body, p.fig, p.stats, p.item, p.proceed, p.rerun], **cheap)
     for comp in view_inputs:
-        comp.change(redraw, [panel.item, *view_inputs], [panel.body, panel.fig, panel.stats], **cheap)
-    panel.rerun.click(rerun, [panel.item], [panel.report], api_visibility="private", **model)
+        comp.change(p.redraw, [p.item, *view_inputs], [p.body, p.fig, p.stats], **cheap)
+    p.rerun.click(p.run_again, [p.item], [p.report], **config.model, **PRIVATE)
