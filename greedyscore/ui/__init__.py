@@ -1,9 +1,7 @@
-"""The Gradio app: one builder per tab, whose handlers return {component: value}.
-
-Every model call goes through `actions` (the tabs and the API endpoints share them); HTML and
-figures come from `render`, download files from `Exports`. Everything a visitor owns (the chat's
-`ChatSession`, a game, a scored text) lives in per-session `gr.State`; the Service is the one
-shared object.
+"""The Gradio app. Each tab is a class whose constructor lays it out and wires it and whose
+methods are its event handlers, each -> {component: value} (no hand-counted tuples). Every model
+call goes through `actions`, shared by the tabs and the API endpoints; HTML and figures come from
+`render`. What a visitor owns lives in per-session `gr.State`; the Service is the one shared object.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from . import actions
 from .api import Api
 from .chat import ChatSession, ChatTab, _checked, _source
 from .parts import PRIVATE, Controls, UIConfig, shown_as_gr_errors
-from .share import Sharing, shared_panel, wire_panel
+from .share import SharedPanel, Sharing
 from .texts import CompareTab, GuessTab, ScoreTab
 
 __all__ = ["ChatSession", "Sharing", "UIConfig", "_checked", "_source", "build_demo", "launch"]
@@ -43,7 +41,7 @@ def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports
                   delete_cache=(int(EXPORT_TTL_S), int(EXPORT_TTL_S)))  # gradio's copies of the exports too
     with gr.Blocks(**blocks) as demo:
         gr.Markdown(header(service), elem_id="gs-header")
-        panel = shared_panel(sharing)
+        panel = SharedPanel(sharing)
         controls = Controls(config)
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
@@ -54,7 +52,7 @@ def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports
                 GuessTab(service, config)
             with gr.Tab("Compare", id="compare"):
                 CompareTab(variants, config)
-        wire_panel(panel, demo, controls.view, config)
+        panel.wire(demo, controls.view, config)
         panel.proceed.click(Continue(tabs, chat, score).proceed, [panel.item, chat.box, *controls.view],
                             [tabs, *chat.outputs, score.text, score.prompt, *score.drawn, score.reply, score.after],
                             **PRIVATE)

@@ -17,7 +17,6 @@ from ..examples import CHAT_EXAMPLES
 from ..exports import Exports
 from ..render import View
 from ..render.explore import EXPLORE_JS, conversation_html, fork_outputs, fork_panel_html, live_html
-from ..render.shared import share_link_html
 from ..service import Service
 from ..shared import share_turn
 from ..types import Message, Settings, TextDelta
@@ -103,8 +102,7 @@ def _source(value: Any) -> tuple[int, int]:
 
 
 class ChatTab:
-    """The Chat tab: laid out and wired by the constructor; the methods are its event handlers,
-    each -> {component: value}."""
+    """The Chat tab (built by the constructor, handlers as methods)."""
 
     def __init__(self, service: Service, controls: Controls, exports: Exports, config: UIConfig,
                  sharing: Sharing) -> None:
@@ -254,6 +252,5 @@ class ChatTab:
         with shown_as_gr_errors():
             n, node = _source(e["source"])
             item = share_turn(s.conv, n, node, actions.identity(self.service), time.time())
-            _, url = self.sharing.put(item, request)
-            return {self.link: share_link_html(url, self.sharing.expires(item.created))}
+            return {self.link: self.sharing.link(item, request)}
 

@@ -17,7 +17,7 @@ import gradio as gr
 from ..errors import BadInput, GreedyScoreError
 from ..render import View
 from ..render.explore import EXPLORE_JS
-from ..render.shared import not_shared_html, reproduction_html, shared_view
+from ..render.shared import not_shared_html, reproduction_html, share_link_html, shared_view
 from ..service import Service
 from ..share import NotShared, ShareStore
 from ..shared import SharedItem
@@ -73,26 +73,39 @@ class Sharing:
         ttl = self.store.limits.ttl_s if self.store is not None else None
         return created + ttl if ttl else None
 
+    def link(self, item: SharedItem, request: gr.Request | None) -> str:
+        """Store the item -> its link's HTML, for under a Share button."""
+        return share_link_html(self.put(item, request)[1], self.expires(item.created))
+
     def rerun(self, item: SharedItem) -> str:
         """Run the stored result again on this server's model -> the report's HTML."""
         return reproduction_html(actions.reproduce(self.service, item), item.model, actions.identity(self.service))
 
 
-@dataclass(frozen=True, eq=False)
 class SharedPanel:
-    """The shared result at the top of the page; its methods are the event handlers, each ->
-    {component: value}."""
+    """The shared result at the top of the page, hidden until a link is opened."""
 
-    sharing: Sharing
-    column: gr.Column
-    head: gr.HTML
-    body: gr.HTML
-    fig: gr.Plot
-    stats: gr.HTML
-    proceed: gr.Button
-    rerun: gr.Button
-    report: gr.HTML
-    item: gr.State
+    def __init__(self, sharing: Sharing) -> None:
+        self.sharing = sharing
+        with gr.Column(visible=False, elem_id="gs-shared") as self.column:
+            self.head = gr.HTML(elem_id="gs-shared-head")
+            self.body = gr.HTML(elem_id="gs-shared-reply", js_on_load=EXPLORE_JS)
+            with gr.Row():
+                self.proceed = gr.Button("Continue this conversation", elem_id="gs-continue", scale=1)
+                self.rerun = gr.Button("Re-run here", elem_id="gs-rerun-btn", variant="primary", scale=1)
+            self.report = gr.HTML(elem_id="gs-rerun")
+            self.fig = gr.Plot(elem_id="gs-shared-chart", show_label=False)
+            self.stats = gr.HTML(elem_id="gs-shared-stats")
+        self.item = gr.State(None)
+
+    def wire(self, demo: gr.Blocks, view_inputs: list, config: UIConfig) -> None:
+        """Open `?r=ID` on page load; redraw with the view; Re-run (a model event)."""
+        cheap = dict(**PRIVATE, concurrency_limit=None)  # no model: every page load at once
+        demo.load(self.open, view_inputs, [self.column, self.head, self.body, self.fig, self.stats, self.item,
+                                           self.proceed, self.rerun], **cheap)
+        for comp in view_inputs:
+            comp.change(self.redraw, [self.item, *view_inputs], [self.body, self.fig, self.stats], **cheap)
+        self.rerun.click(self.run_again, [self.item], [self.report], **config.model, **PRIVATE)
 
     def open(self, color_by: str, palette: str, threshold: float, request: gr.Request) -> dict:
         """The page's `?r=ID`, if any."""
@@ -124,26 +137,3 @@ class SharedPanel:
             yield {self.report: '<div class="gs-repro" role="status">Re-running on this server’s model…</div>'}
             yield {self.report: self.sharing.rerun(item)}
 
-
-def shared_panel(sharing: Sharing) -> SharedPanel:
-    """The shared result at the top of the page, hidden until a link is opened."""
-    with gr.Column(visible=False, elem_id="gs-shared") as column:
-        head = gr.HTML(elem_id="gs-shared-head")
-        body = gr.HTML(elem_id="gs-shared-reply", js_on_load=EXPLORE_JS)
-        with gr.Row():
-            proceed = gr.Button("Continue this conversation", elem_id="gs-continue", scale=1)
-            rerun = gr.Button("Re-run here", elem_id="gs-rerun-btn", variant="primary", scale=1)
-        report = gr.HTML(elem_id="gs-rerun")
-        fig = gr.Plot(elem_id="gs-shared-chart", show_label=False)
-        stats = gr.HTML(elem_id="gs-shared-stats")
-    return SharedPanel(sharing, column, head, body, fig, stats, proceed, rerun, report, gr.State(None))
-
-
-def wire_panel(panel: SharedPanel, demo: gr.Blocks, view_inputs: list, config: UIConfig) -> None:
-    """Open `?r=ID` on page load; redraw with the view; Re-run (a model event)."""
-    p = panel
-    cheap = dict(**PRIVATE, concurrency_limit=None)  # no model: every page load at once
-    demo.load(p.open, view_inputs, [p.column, p.head, p.body, p.fig, p.stats, p.item, p.proceed, p.rerun], **cheap)
-    for comp in view_inputs:
-        comp.change(p.redraw, [p.item, *view_inputs], [p.body, p.fig, p.stats], **cheap)
-    p.rerun.click(p.run_again, [p.item], [p.report], **config.model, **PRIVATE)

@@ -15,7 +15,6 @@ from ..render import View, legend_html, render_outputs
 from ..render.calibration import calibration_html, reliability_figure
 from ..render.compare import compare_outputs
 from ..render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
-from ..render.shared import share_link_html
 from ..render.text import visible
 from ..service import Service
 from ..shared import SharedItem, share_text
@@ -33,10 +32,8 @@ PICK_K = 5  # choices shown when the learner picks instead of typing (whole unit
 MODES = {"type a guess": 0, f"pick among {PICK_K} choices": PICK_K}
 
 
-
 class ScoreTab:
-    """The Score-text tab: laid out and wired by the constructor; the methods are its event
-    handlers, each -> {component: value}."""
+    """The Score-text tab (built by the constructor, handlers as methods)."""
 
     def __init__(self, service: Service, controls: Controls, exports: Exports, config: UIConfig,
                  sharing: Sharing) -> None:
@@ -101,12 +98,11 @@ class ScoreTab:
             if reply is None:
                 raise BadInput("score a text first, then share it")
             item = share_text(reply, after, actions.identity(self.service), time.time())
-            return {self.link: share_link_html(self.sharing.put(item, request)[1], self.sharing.expires(item.created))}
+            return {self.link: self.sharing.link(item, request)}
 
 
 class GuessTab:
-    """Guess the next token: laid out and wired by the constructor; the methods are its event
-    handlers, each -> {component: value}."""
+    """The Guess-the-next-token tab (built by the constructor, handlers as methods)."""
 
     def __init__(self, service: Service, config: UIConfig) -> None:
         self.service = service
@@ -173,9 +169,8 @@ class GuessTab:
             return {self.summary: summary_html(game), self.chart: surprisal_figure(game)}
 
 
-
 class CompareTab:
-    """Compare: laid out and wired by the constructor; `run` is its event handler."""
+    """The Compare tab (built by the constructor, `run` its handler)."""
 
     def __init__(self, variants: Variants, config: UIConfig) -> None:
         self.variants = variants
