@@ -32,9 +32,14 @@ COLOR_BY, PALETTE, THRESHOLD = DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFA
 
 
 def hidden_inputs(handler: Callable) -> list[gr.components.Component]:
-    params = [p for p in inspect.signature(handler).parameters.values() if p.annotation != "gr.Request"]
-    return [INPUTS[p.annotation](label=p.name, **({} if p.default is p.empty else {"value": p.default}))
-            for p in params]
+    """One per parameter (gr.Request aside): its kind from the annotation, its value (the client's
+    default) from the default, where () stands for an empty JSON list."""
+    inputs = []
+    for p in inspect.signature(handler).parameters.values():
+        if p.annotation != "gr.Request":
+            default = {} if p.default is p.empty else {"value": [] if p.default == () else p.default}
+            inputs.append(INPUTS[p.annotation](label=p.name, **default))
+    return inputs
 
 
 def reply_outputs(reply: ScoredReply, view: View, kind: str, messages: list[Message],
