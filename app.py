@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greedyscore.variants import Variants
 
     variants = Variants(service, args.compare_model)
-    from greedyscore.ui_share import Sharing
+    from greedyscore.ui import Sharing
 
     demo = build_demo(service, config, variants=variants, sharing=Sharing(store, service))
     demo.queue(max_size=args.max_queue)

@@ -24,8 +24,8 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __deepcopy__(self, memo: dict) -> Session:
-        """gr.State deep-copies its initial value for each visitor: each gets a fresh Session."""
-        return Session()
+        """gr.State deep-copies its initial value for each visitor: each gets a fresh one."""
+        return type(self)()
 
     def arm(self) -> None:
         """Before a turn is queued: its cancel event exists at once, so Stop works while it waits."""

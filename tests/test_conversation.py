@@ -95,14 +95,14 @@ def test_chat_session_stop_reaches_a_turn_still_waiting_and_turns_run_one_at_a_t
     s = ChatSession()
     s.arm()
     s.stop()  # pressed while the turn waits in Gradio's queue
-    with s.model_turn() as cancel:
+    with s.turn() as cancel:
         assert cancel.is_set()
         reply = service.chat([Message("user", "hi")], Settings(max_new_tokens=50), cancel=cancel)
         assert reply.finish_reason == "abort" and reply.tokens == ()  # no model time spent
-        with pytest.raises(BadInput, match="still being generated"), s.model_turn():
+        with pytest.raises(BadInput, match="still being generated"), s.turn():
             pass
     assert s.cancel is None
-    with s.model_turn() as cancel:  # the next turn gets a fresh event
+    with s.turn() as cancel:  # the next turn gets a fresh event
         assert not cancel.is_set()
 
 

@@ -31,7 +31,7 @@ from greedyscore.sharing.document import (
 )
 from greedyscore.sharing.reply_json import reply_from_json
 from greedyscore.types import MAX_TOP_K, Message, Settings
-from greedyscore.ui_share import Sharing
+from greedyscore.ui import Sharing
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "q" \u4f60\u597d \U0001f600'
 NOW = 1_790_000_000.0
