@@ -78,7 +78,7 @@ class Service:
 
                 e = self.engine
                 weights = weights_identity(e.info.source)
-                self._identity = ModelIdentity(e.info.name, e.info.backend, weights, e.info.score_source, __version__)
+                self._identity = ModelIdentity(e.info.name, e.info.backend, weights, e.info.scores_from(), __version__)
             return self._identity
 
     # --- the one entry point ----------------------------------------------------------------------

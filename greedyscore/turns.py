@@ -185,6 +185,6 @@ class Turns:
             finish_reason=finish_reason,
             verified=rescored is not None,
             notes=notes,
-            score_source=engine.info.score_source,
+            score_source=engine.info.scores_from(),
             forked_at=forked_at,
         )

@@ -12,6 +12,7 @@ from test_cli import cli
 from greedyscore import cpu
 from greedyscore.errors import EngineUnavailable
 from greedyscore.precision import load_lower_precision
+from greedyscore.types import Message, Settings
 
 XEON = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 EPYC_ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
@@ -75,12 +76,16 @@ def test_bfloat16_engine_decodes_through_the_kernel_and_measures_its_drift():
     service = Service(bf16)
     drift = service.info.drift
     assert drift.tokens > 0 and 0 < drift.max_dp < 0.2 and 0 < drift.mean_dp <= drift.max_dp
-    assert drift.note() in bf16.info.score_source
+    assert drift.note() not in bf16.info.score_source  # what the engine computes from, the drift apart
+    reply = service.chat([Message("user", "Hi")], Settings(max_new_tokens=4))
+    assert reply.score_source == f"{bf16.info.score_source}; {drift.note()}"  # every reply says both
+    assert service.identity.score_source == reply.score_source
     from greedyscore.ui import build_demo
 
     page = json.dumps(build_demo(service).config, ensure_ascii=False, default=str)  # the header's model line
     assert "**model probability** (bfloat16 weights (cpu): prompts in bfloat16" in page
     assert f"**{drift.note()}**" in page and "true model probability" not in page
+    assert page.count(drift.note()) == 1  # said once, beside the model line
 
 
 def test_a_packed_linear_computes_its_bfloat16_linear():

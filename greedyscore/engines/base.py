@@ -90,7 +90,7 @@ class EngineInfo:
     name: str  # the model's name, as shown
     backend: str
     # what a score is computed from on this engine, for the UI and CLI to say (e.g. "float32 logits
-    # (cpu), softmax in float32"); a lower precision's drift note included
+    # (cpu), softmax in float32"); `scores_from` adds a lower precision's drift
     score_source: str
     context_length: int
     vocab_size: int  # token ids are 0 .. vocab_size - 1
@@ -106,6 +106,10 @@ class EngineInfo:
     source: str | None = None  # the weights' path or hub id: a shared result's identity, the Compare tab's reload
     logprob_tolerance: float = 0.0  # the rounding allowed when checking the engine's own logprobs (its dtype's)
     layout: str = ""  # how the CPU engine's linear layers are laid out (engines/layout.py): "native", ...
+
+    def scores_from(self) -> str:
+        """What every reply and shared result says its scores came from: a lower precision's drift included."""
+        return self.score_source if self.drift is None else f"{self.score_source}; {self.drift.note()}"
 
 
 class Tokenizer(Protocol):

@@ -117,9 +117,7 @@ class TransformersEngine:
             return engine
         from ..precision import drift_from_float32
 
-        found = drift_from_float32(engine, device)
-        noted = f"{loaded['score_source']}; {found.note()}"  # every reply's score source says it
-        return cls(lm, tok, name, **{**loaded, "drift": found, "score_source": noted})
+        return cls(lm, tok, name, **loaded, drift=drift_from_float32(engine, device))
 
     # --- generation and scoring ----------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:

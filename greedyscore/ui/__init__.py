@@ -64,7 +64,7 @@ def header(service: Service) -> str:
     name, backend, source, drift = actions.about(service)
     return ("# greedyscore\nEvery token of a greedy reply with its "
             + (f"**true model probability** ({source})" if drift is None else
-               f"**model probability** ({source.removesuffix('; ' + drift.note())})")
+               f"**model probability** ({source})")
             + ". Hover or focus a token for its alternatives.\n\n"
             f"**Model:** `{neutral(name)}` · **backend:** `{neutral(backend)}` · greedy decoding"
             + ("" if drift is None else f" · **{drift.note()}**"))

@@ -46,7 +46,7 @@ class ScoreTab:
             button = gr.Button("Score", variant="primary", elem_id="gs-score-btn", scale=3)
             sample = gr.Button("Load the calibration sample (English + Chinese)", elem_id="gs-cal-sample", scale=2)
         gr.Examples(list(SCORE_EXAMPLES), inputs=[self.text], label="Texts to try")
-        self.shown = gr.HTML(legend_html(DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFAULT_VIEW.threshold),
+        self.shown = gr.HTML(legend_html(DEFAULT_VIEW),
                              label="Text, token by token", elem_id="gs-score")
         with gr.Row():
             share = gr.Button("Share this result", elem_id="gs-score-share", size="sm", scale=0,
