@@ -10,26 +10,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import BadInput
 
 BUSY_TURN = "a reply is still being generated: wait for it, or press Stop"
+_MAKING = threading.Lock()  # a session's own lock is made once, even by two first turns at once
 
 
 @dataclass
 class Session:
     cancel: threading.Event | None = None  # the turn being generated (or queued): Stop sets it
     epoch: int = 0  # bumped by Clear: a turn started in an older epoch keeps its result to itself
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __deepcopy__(self, memo: dict) -> Session:
-        """gr.State deep-copies its initial value for each visitor: each gets a fresh one."""
-        return type(self)()
+    # made on first use: gr.State copies its initial value per visitor (and its config deep-copies the
+    # fields), and a lock cannot be copied
+    lock: threading.Lock | None = None
 
     def arm(self) -> None:
         """Before a turn is queued: its cancel event exists at once, so Stop works while it waits."""
-        if not self.lock.locked():
+        if self.lock is None or not self.lock.locked():
             self.cancel = threading.Event()
 
     def stop(self) -> None:
@@ -44,6 +43,9 @@ class Session:
     @contextmanager
     def turn(self) -> Iterator[threading.Event]:
         """Hold the visitor's turn for a reply or a fork; refuse a second one meanwhile."""
+        with _MAKING:
+            if self.lock is None:
+                self.lock = threading.Lock()
         if not self.lock.acquire(blocking=False):
             raise BadInput(BUSY_TURN)
         if self.cancel is None:  # a fork, or a turn that was not armed

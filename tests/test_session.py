@@ -17,9 +17,13 @@ def test_clear_stops_the_running_turn_and_moves_the_epoch():
 
 
 def test_each_visitor_gets_a_fresh_session_from_the_state_template():
+    """gr.State deep-copies its initial value per visitor, and its config copies the fields."""
+    from dataclasses import asdict
+
     from greedyscore.ui import ChatSession
 
     for template in (Session(), ChatSession()):
-        with template.turn():
-            other = copy.deepcopy(template)
-            assert type(other) is type(template) and not other.lock.locked() and other.cancel is None
+        asdict(template)
+        other = copy.deepcopy(template)
+        with other.turn():
+            assert template.lock is None and not copy.deepcopy(template).cancel
