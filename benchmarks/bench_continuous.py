@@ -7,9 +7,9 @@
 3. Single stream, 128 new tokens: the decode loop alone vs HF `generate` (the old path) vs the
    bare forward, with the engine's CPU layout (the C kernel) and the model as loaded.
 
-"Fixed" is the worker's previous policy: requests that arrive together form one batch, and a
-request arriving meanwhile waits for the whole batch to end. "Continuous" joins it at the next
-step. Every reply is exactly T new tokens (stop ids replaced, see common.py).
+"Fixed" is the old policy, modelled on the same scheduler: requests that arrive together form one
+batch, and a request arriving meanwhile waits for the whole batch to end. "Continuous" joins it at
+the next step. Every reply is exactly T new tokens (stop ids replaced, see common.py).
 
     python benchmarks/bench_continuous.py [--requests 16] [--gap 0.8] [--tokens 64] [--seed 0]
 """
@@ -31,15 +31,35 @@ from benchmarks.common import fixed_length_engine, git_rev, machine, table, writ
 
 
 class FixedBatches:
-    """The engine without `decoder`: the worker falls back to fixed batches of generate_batch."""
+    """The engine, its decoder closed to newcomers once a batch has taken a step: requests that arrive
+    together form one batch and a later one waits for the whole batch to end (the old policy), on
+    the same scheduler."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
 
     def __getattr__(self, name):
-        if name == "decoder":
-            raise AttributeError(name)
         return getattr(self.engine, name)
+
+    def decoder(self, max_rows: int = 16):
+        return _Closed(self.engine.decoder(max_rows), max_rows)
+
+
+class _Closed:
+    def __init__(self, batch, max_rows: int) -> None:
+        self.batch, self.max_rows, self.stepped = batch, max_rows, False
+
+    def __getattr__(self, name):
+        return getattr(self.batch, name)
+
+    def __len__(self) -> int:
+        n = len(self.batch)
+        return self.max_rows if self.stepped and n else n  # full to the scheduler until it empties
+
+    def step(self):
+        done = self.batch.step()
+        self.stepped = bool(len(self.batch))
+        return done
 
 
 def poisson(service, n: int, gap: float, tokens: int, seed: int) -> list[float]:
