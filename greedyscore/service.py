@@ -34,6 +34,11 @@ def last(stream: Iterator[Event]) -> ScoredReply:
     raise AssertionError("a stream always ends with its ScoredReply")
 
 
+def _stream_of(reply: ScoredReply) -> Iterator[Event]:
+    """A teacher-forced reply (scored before `run` returns) as a stream like a generated one's."""
+    yield reply
+
+
 class Service:
     """Owns the one engine shared by every visitor and API client, and the scheduler in front of it:
     up to `max_batch` rows decode together; beyond `max_pending` waiting requests, `Busy`."""
@@ -94,7 +99,7 @@ class Service:
         cancel = cancel or threading.Event()
         if isinstance(request, ScoreText | ScoreConversation | ScoreIds):
             context, target = self._score_ids(request)
-            return iter([self._turns.teacher_forced(context, target, request.settings)])
+            return _stream_of(self._turns.teacher_forced(context, target, request.settings))
         return self._turns.stream(self._turn(request), cancel, heartbeat_s)
 
     def _turn(self, request: Chat | Fork | Rerun) -> Turn:
