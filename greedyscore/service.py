@@ -96,11 +96,10 @@ class Service:
         token the model chose, with finish_reason "abort".
         """
         check_settings(request.settings, self.engine.info.context_length)
-        cancel = cancel or threading.Event()
         if isinstance(request, ScoreText | ScoreConversation | ScoreIds):
             context, target = self._score_ids(request)
             return _stream_of(self._turns.teacher_forced(context, target, request.settings))
-        return self._turns.stream(self._turn(request), cancel, heartbeat_s)
+        return self._turns.stream(self._turn(request), cancel or threading.Event(), heartbeat_s)
 
     def _turn(self, request: Chat | Fork | Rerun) -> Turn:
         """What to generate after which ids, checked against the model."""
@@ -132,11 +131,13 @@ class Service:
 
     def _score_ids(self, request: ScoreText | ScoreConversation | ScoreIds) -> tuple[list[int], list[int]]:
         """(context, target) of a teacher-forced request, checked against the model."""
-        engine = self.engine
+        engine, what = self.engine, "text"
         if isinstance(request, ScoreIds):
+            what = request.what
             context = _check_vocab(engine, request.context, "context")
             target = _check_vocab(engine, request.target, request.what)
         elif isinstance(request, ScoreConversation):
+            what = "conversation"
             _check_chars(engine, sum(len(m.content) for m in request.messages))
             ids = _prompt_ids(engine, request.messages)
             context, target = ids[:1], ids[1:]
@@ -147,7 +148,6 @@ class Service:
                 context = _prompt_ids(engine, request.messages)
             elif not context:  # no BOS: the first token has nothing to be predicted from
                 context, target = target[:1], target[1:]
-        what = "conversation" if isinstance(request, ScoreConversation) else getattr(request, "what", "text")
         _check_fit(engine, len(context) + len(target), 0, what)
         return context, target
 

@@ -24,7 +24,7 @@ from .errors import GreedyScoreError, ModelFailed, OutOfMemory, Unsupported
 from .scheduler import Scheduler
 from .scoring import StepScores, build_tokens, compare_engine_logprobs, empty_scores
 from .stats import reply_stats
-from .types import ScoredReply, Settings, TextDelta, Timings
+from .types import Message, ScoredReply, Settings, TextDelta, Timings
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ class Turn:
     settings: Settings
     forced: tuple[int, ...] = ()
     forked_at: int | None = None
-    messages: tuple = ()
+    messages: tuple[Message, ...] = ()
 
 
 class Turns:
