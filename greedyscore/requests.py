@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import BadInput
 from .text_input import check_text
-from .types import MAX_TOP_K, ROLES, Message, Settings
+from .types import MAX_TOP_K, ROLES, Message, Sampler, Settings
 
 
 # --- loosely typed values -------------------------------------------------------------------------
@@ -243,6 +243,66 @@ class ScoreIds:
         object.__setattr__(self, "target", token_ids(self.target, self.what))
         if not self.context or not self.target:
             raise BadInput(f"nothing to score: the {self.what} needs token ids and a context")
+
+
+def check_sampler(sampler: Sampler) -> None:
+    """A sampler to look through: temperature 0 (greedy) to 100, top-k 0 (off) or more, top-p in (0, 1]."""
+    t, k, p = sampler.temperature, sampler.top_k, sampler.top_p
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 100:
+        raise BadInput(f"temperature must be a number from 0 (greedy) to 100, got {shown(t)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < 2**31:
+        raise BadInput(f"the sampler's top_k must be a whole number, 0 for off, got {shown(k)}")
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
+        raise BadInput(f"top_p must be a number in (0, 1], 1 for off, got {shown(p)}")
+
+
+def parse_sampler(temperature: Any = 1.0, top_k: Any = 0, top_p: Any = 1.0) -> Sampler:
+    """A Sampler from loosely typed UI/API values. Example: parse_sampler(0.7, 40.0, 0.9) -> Sampler(0.7, 40, 0.9)"""
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise BadInput(f"{name} must be a number, got {shown(value)}")
+    sampler = Sampler(float(temperature), whole_number("the sampler's top_k", top_k), float(top_p))
+    check_sampler(sampler)
+    return sampler
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a reply the visitor builds: `prefix` (the reply's ids so far, `chosen` the positions
+    the visitor picked), then optionally a forced token id or text, then the next-token distribution
+    through `sampler`. `finish`: greedy from there to the end instead."""
+
+    messages: tuple[Message, ...]
+    prefix: tuple[int, ...] = ()
+    chosen: tuple[int, ...] = ()
+    force_id: int | None = None
+    force_text: str = ""
+    sampler: Sampler = Sampler()
+    settings: Settings = Settings()
+    finish: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", tuple(self.messages))
+        check_settings(self.settings)
+        check_messages(self.messages)
+        check_sampler(self.sampler)
+        object.__setattr__(self, "prefix", token_ids(self.prefix, "prefix"))
+        chosen = token_ids(self.chosen, "chosen positions")
+        if any(not 0 <= i < len(self.prefix) for i in chosen):
+            raise BadInput(f"chosen positions must lie in the prefix, 0 to {len(self.prefix) - 1}")
+        object.__setattr__(self, "chosen", tuple(sorted(set(chosen))))
+        if self.force_id is not None:
+            object.__setattr__(self, "force_id", whole_number("token_id", self.force_id))
+        if not isinstance(self.force_text, str):
+            raise BadInput(f"the forced text must be a string, got {shown(self.force_text)}")
+        if self.force_text:
+            check_text(self.force_text, "the forced text")
+            if len(self.force_text) > 2000:
+                raise BadInput("the forced text is a few words to continue with: 2,000 characters at most")
+        if self.force_id is not None and self.force_text:
+            raise BadInput("force either a token id or a text, not both")
+        if self.finish and (self.force_id is not None or self.force_text):
+            raise BadInput("finish continues the path as it is: force a token in a step of its own first")
 
 
 Request = Chat | Fork | Rerun | ScoreText | ScoreConversation | ScoreIds

@@ -47,7 +47,7 @@ class Service:
         self.engine = engine
         self.runner = Scheduler(engine.decoder(max_batch), max_batch, max_pending,
                                 inline_calls=not engine.info.concurrent)
-        self._turns = Turns(engine, self.runner)
+        self.turns = Turns(engine, self.runner)
         self._identity: ModelIdentity | None = None
         self._identity_lock = threading.Lock()
 
@@ -98,8 +98,8 @@ class Service:
         check_settings(request.settings, self.engine.info.context_length)
         if isinstance(request, ScoreText | ScoreConversation | ScoreIds):
             context, target = self._score_ids(request)
-            return _stream_of(self._turns.teacher_forced(context, target, request.settings))
-        return self._turns.stream(self._turn(request), cancel or threading.Event(), heartbeat_s)
+            return _stream_of(self.turns.teacher_forced(context, target, request.settings))
+        return self.turns.stream(self._turn(request), cancel or threading.Event(), heartbeat_s)
 
     def _turn(self, request: Chat | Fork | Rerun) -> Turn:
         """What to generate after which ids, checked against the model."""
@@ -108,25 +108,25 @@ class Service:
             _check_chars(engine, sum(len(m.content) for m in request.messages))
             if engine.info.server_template:  # a remote server templates (and checks the fit): its ids come back
                 return Turn((), s, messages=request.messages)
-            return _fit(engine, Turn(tuple(_prompt_ids(engine, request.messages)), s))
+            return _fit(engine, Turn(tuple(prompt_ids_of(engine, request.messages)), s))
         if isinstance(request, Rerun):
             if engine.info.server_template and not request.forced:
                 return self._turn(Chat(request.messages, s))
             if not request.prompt_ids:
                 raise BadInput("the shared result has no prompt ids to run again")
-            _check_vocab(engine, request.forced, "fork prefix")
-            _check_vocab(engine, request.prompt_ids, "prompt")
+            check_vocab(engine, request.forced, "fork prefix")
+            check_vocab(engine, request.prompt_ids, "prompt")
             return _fit(engine, Turn(request.prompt_ids, s, request.forced, request.forked_at))
         _check_chars(engine, sum(len(m.content) for m in request.messages))
-        _check_vocab(engine, (request.token_id,), "fork", unknown=True)
+        check_vocab(engine, (request.token_id,), "fork", unknown=True)
         reply = request.reply_ids
         if reply is None:  # no original given: it is a fresh greedy reply
             reply = tuple(t.id for t in self.chat(request.messages, replace(s, verify=False)).tokens)
             if request.at >= len(reply):
                 raise BadInput(f"at must be a position in the reply, 0 to {len(reply) - 1}, got {request.at}")
-        _check_vocab(engine, reply[:request.at], "fork", unknown=True)
+        check_vocab(engine, reply[:request.at], "fork", unknown=True)
         forced = (*reply[:request.at], request.token_id)
-        turn = Turn(tuple(_prompt_ids(engine, request.messages)), s, forced, request.at)
+        turn = Turn(tuple(prompt_ids_of(engine, request.messages)), s, forced, request.at)
         return _fit(engine, turn, "fork (prompt + prefix)")
 
     def _score_ids(self, request: ScoreText | ScoreConversation | ScoreIds) -> tuple[list[int], list[int]]:
@@ -134,21 +134,21 @@ class Service:
         engine, what = self.engine, "text"
         if isinstance(request, ScoreIds):
             what = request.what
-            context = _check_vocab(engine, request.context, "context")
-            target = _check_vocab(engine, request.target, request.what)
+            context = check_vocab(engine, request.context, "context")
+            target = check_vocab(engine, request.target, request.what)
         elif isinstance(request, ScoreConversation):
             what = "conversation"
             _check_chars(engine, sum(len(m.content) for m in request.messages))
-            ids = _prompt_ids(engine, request.messages)
+            ids = prompt_ids_of(engine, request.messages)
             context, target = ids[:1], ids[1:]
         else:
             _check_chars(engine, len(request.text) + sum(len(m.content) for m in request.messages))
-            context, target = _text_ids(engine, request.text)
+            context, target = text_ids_of(engine, request.text)
             if request.messages:
-                context = _prompt_ids(engine, request.messages)
+                context = prompt_ids_of(engine, request.messages)
             elif not context:  # no BOS: the first token has nothing to be predicted from
                 context, target = target[:1], target[1:]
-        _check_fit(engine, len(context) + len(target), 0, what)
+        check_fit(engine, len(context) + len(target), 0, what)
         return context, target
 
     # --- the short forms --------------------------------------------------------------------------
@@ -188,10 +188,10 @@ def _check_chars(engine: Engine, n_chars: int) -> None:
 def _fit(engine: Engine, turn: Turn, what: str = "prompt") -> Turn:
     """The turn fits the context with its new tokens (none after a fork onto a stop token)."""
     ends = bool(turn.forced) and turn.forced[-1] in engine.info.stop_ids
-    _check_fit(engine, len(turn.prompt) + len(turn.forced), 0 if ends else turn.settings.max_new_tokens, what)
+    check_fit(engine, len(turn.prompt) + len(turn.forced), 0 if ends else turn.settings.max_new_tokens, what)
     return turn
 
-def _check_fit(engine: Engine, n: int, new: int, what: str) -> None:
+def check_fit(engine: Engine, n: int, new: int, what: str) -> None:
     ctx = engine.info.context_length
     if n >= ctx:
         raise InputTooLong(
@@ -203,7 +203,7 @@ def _check_fit(engine: Engine, n: int, new: int, what: str) -> None:
             f"model's context of {ctx:,} tokens: lower max_new_tokens to {ctx - n:,} or shorten the {what}"
         )
 
-def _check_vocab(engine: Engine, ids: Sequence[int], what: str, unknown: bool = False) -> list[int]:
+def check_vocab(engine: Engine, ids: Sequence[int], what: str, unknown: bool = False) -> list[int]:
     vocab = engine.info.vocab_size
     bad = next((t for t in ids if not 0 <= t < vocab), None)
     if bad is not None and unknown:
@@ -213,12 +213,12 @@ def _check_vocab(engine: Engine, ids: Sequence[int], what: str, unknown: bool = 
                        "it was made with another tokenizer")
     return list(ids)
 
-def _prompt_ids(engine: Engine, messages: Sequence[Message]) -> list[int]:
+def prompt_ids_of(engine: Engine, messages: Sequence[Message]) -> list[int]:
     """The chat template's ids; a template or tokenizer failure is a domain error like any other."""
     with model_errors():
         return list(engine.tokenizer.prompt_ids(messages))
 
-def _text_ids(engine: Engine, text: str) -> tuple[list[int], list[int]]:
+def text_ids_of(engine: Engine, text: str) -> tuple[list[int], list[int]]:
     with model_errors():
         return engine.tokenizer.text_ids(text)
 
@@ -227,7 +227,7 @@ def _text_ids(engine: Engine, text: str) -> tuple[list[int], list[int]]:
 # --- clients' small questions, asked of the Service's engine ----------------------------------------
 def guess_ids(service: Service, guess: Any) -> list[int]:
     """A learner's guess as token ids (plain text, no special tokens)."""
-    ids = _text_ids(service.engine, guess_text(guess))[1]
+    ids = text_ids_of(service.engine, guess_text(guess))[1]
     if not ids:
         raise BadInput("that guess has no tokens: type a word or a sign")
     return ids

@@ -108,12 +108,13 @@ class ScoredReply:
     tokens: tuple[ScoredToken, ...]
     stats: ReplyStats
     timings: Timings
-    finish_reason: str = "stop"  # "stop" | "length" | "abort" (stopped by the user)
+    finish_reason: str = "stop"  # "stop" | "length" | "abort" (stopped by the user) | "step" (a path paused)
     verified: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. engine/rescoring disagreements
     score_source: str = ""  # what the scores were computed from, e.g. "float32 logits (cpu), softmax in float32"
     forked_at: int | None = None  # a fork: tokens before this index are the original reply's, this one was swapped
     calibration: Calibration | None = None  # teacher-forced text: how well the top-1 probabilities were calibrated
+    chosen: tuple[int, ...] = ()  # a stepped reply: the positions whose token the visitor picked
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's JSON schema (a stable contract); extra keys may be added, none removed."""
@@ -136,6 +137,8 @@ class ScoredReply:
                 d.update(rescored_prob=t.rescored_prob, rescored_rank=t.rescored_rank, near_tie=t.near_tie)
             if self.forked_at is not None:
                 d["shared"] = len(tokens) < self.forked_at  # the prefix shared with the original reply
+            if self.chosen:
+                d["chosen"] = len(tokens) in self.chosen
             tokens.append(d)
         return {
             "model": self.model,
@@ -151,6 +154,7 @@ class ScoredReply:
             "score_source": self.score_source,
             **({"forked_at": self.forked_at} if self.forked_at is not None else {}),
             **({"calibration": self.calibration.to_json()} if self.calibration is not None else {}),
+            **({"chosen": list(self.chosen)} if self.chosen else {}),
         }
 
 
@@ -191,3 +195,63 @@ class Settings:
 
 
 MAX_TOP_K = 20
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler to look through (`sampler.py`): temperature (0 = greedy), top-k (0 = off), top-p (1 = off)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """One listed next token: its raw probability, and after each sampler stage (temperature, top-k, top-p)."""
+
+    id: int
+    text: str
+    raw: float
+    stages: tuple[float, ...]
+
+    @property
+    def sampled(self) -> float:
+        return self.stages[-1]
+
+
+@dataclass(frozen=True)
+class NextToken:
+    """The model's next-token distribution after some ids, raw and through a sampler."""
+
+    top: tuple[SamplerEntry, ...]  # the most likely by raw probability
+    rest_raw: float  # the mass of every other token
+    rest_stages: tuple[float, ...]
+    entropy: float  # nats, raw, over the whole vocabulary
+    p_greedy: float  # probability that the sampler picks the most likely token
+    greedy_id: int
+    sampler: Sampler
+
+    def to_json(self) -> dict[str, Any]:
+        """The /distribution schema: extra keys may be added, none removed."""
+        return {
+            "top": [{"id": e.id, "text": e.text, "raw": e.raw, "sampled": e.sampled,
+                     "stages": dict(zip(("temperature", "top_k", "top_p"), e.stages))} for e in self.top],
+            "rest": {"raw": self.rest_raw, "sampled": self.rest_stages[-1]},
+            "entropy": self.entropy,
+            "p_greedy": self.p_greedy,
+            "greedy_id": self.greedy_id,
+            "sampler": asdict(self.sampler),
+        }
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """A step's outcome: the path so far, scored like any reply, and what the model would say next
+    (None once the path has ended on a stop token)."""
+
+    path: ScoredReply
+    next: NextToken | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path.to_json(), "next": self.next.to_json() if self.next is not None else None}

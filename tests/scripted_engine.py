@@ -14,7 +14,7 @@ Knobs that make timing-dependent logic testable without clocks:
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -137,3 +137,15 @@ class ScriptedEngine:
             return empty_scores(top_k)
         logits = torch.stack([self.logits_for(t) for t in ids])  # [n, vocab]
         return score_rows(logits, torch.tensor(ids), top_k)
+
+    def logits(self, ids: Sequence[int], start: int, cache: Any = None) -> Iterator[torch.Tensor]:
+        """Row p favours ids[p + 1], and after the ids what the script says next (its prompt the
+        longest known prefix of ids)."""
+        prompt = max((k for k in self.tokenizer.keys if tuple(ids[:len(k)]) == k), key=len, default=())
+        script = self.script(prompt) if prompt else []
+        rows = []
+        for p in range(start, len(ids)):
+            n = p + 1 - len(prompt)
+            nxt = ids[p + 1] if p + 1 < len(ids) else (script[n] if 0 <= n < len(script) else FILLER)
+            rows.append(self.logits_for(nxt))
+        yield torch.stack(rows)

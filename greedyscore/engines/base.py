@@ -8,9 +8,11 @@ that is `scoring`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import torch
 
 from ..scoring import StepScores
 from ..types import Message
@@ -146,3 +148,7 @@ class Engine(Protocol):
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
     ) -> StepScores:
         """Teacher-forced scores of target_ids after context_ids (context must be non-empty)."""
+
+    def logits(self, ids: Sequence[int], start: int, cache: Any = None) -> Iterator[torch.Tensor]:
+        """Raw logits over the whole vocabulary at positions start .. len(ids) - 1 (row j predicts the
+        token after ids[start + j]), in chunks of rows; `Unsupported` where no whole row is known."""

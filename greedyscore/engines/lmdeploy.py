@@ -38,7 +38,7 @@ import torch
 
 from ..errors import AlignmentError, BadInput, Busy, EngineUnavailable, GreedyScoreError, ModelFailed
 from ..models import resolve_model
-from ..scoring import ENGINE_LOGPROB_TOLERANCE, StepScores, empty_scores, score_logits
+from ..scoring import CHUNK_ROWS, ENGINE_LOGPROB_TOLERANCE, StepScores, empty_scores, score_logits
 from .base import EngineInfo, GenerateRequest, Generation
 from .hf_text import LMDeployTokenizer
 from .lmdeploy_steps import Collected, StepRecorder
@@ -297,12 +297,8 @@ class LMDeployEngine:
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
     ) -> StepScores:
-        """Teacher-forced scores from one prefill's raw logits (float32 log-softmax, no penalties).
-
-        Steps: `async_get_logits([context + target[:-1]])` on the pipeline's own event loop
-        -> [n, vocab] CPU tensor in the model dtype; rows len(context)-1 .. end predict the
-        targets; `score_logits` turns them into float32 scores chunk by chunk. `cache` is unused.
-        """
+        """Teacher-forced scores from one prefill's raw logits (`async_get_logits([context + target[:-1]])` on
+        the pipeline's own loop): rows len(context)-1 .. end predict the targets. `cache` is unused."""
         if not context_ids:
             raise ValueError("teacher forcing needs at least one context token")
         if not target_ids:
@@ -313,6 +309,10 @@ class LMDeployEngine:
         if rows.shape[0] != len(target_ids):
             raise AlignmentError(f"lmdeploy returned {logits.shape[0]} logit rows for {len(ids)} ids")
         return score_logits(rows, torch.tensor([int(t) for t in target_ids]), top_k)
+
+    def logits(self, ids: Sequence[int], start: int, cache: Any = None) -> Iterator[torch.Tensor]:
+        """Raw logits at positions start .. len(ids) - 1, from one prefill, in chunks of rows."""
+        yield from self._logits([int(i) for i in ids], self.info.vocab_size)[start:].split(CHUNK_ROWS)
 
     def _logits(self, ids: list[int], vocab_size: int) -> torch.Tensor:
         """Raw logits [len(ids), vocab] of one prefill, CPU, in the model's dtype; within the

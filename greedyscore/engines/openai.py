@@ -248,6 +248,11 @@ class OpenAIEngine:
                                     full=self.full_vocab))
         return step_scores(steps, top_k, self.info.vocab_size)
 
+    def logits(self, ids: Sequence[int], start: int, cache: Any = None) -> Iterator[Any]:
+        """A server sends logprobs of listed tokens, never a whole row of logits."""
+        raise Unsupported("whole next-token distributions need the model in this process (--backend transformers "
+                          "or lmdeploy): a server sends only its top logprobs")
+
     # --- HTTP ----------------------------------------------------------------------------------
     def _post(self, path: str, body: dict) -> dict:
         out: list[dict] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -130,44 +130,44 @@ class TransformersEngine:
         """A batch that requests join and leave at any step: the scheduler's continuous batching."""
         return DecodeBatch(self.model, self.info.stop_ids)
 
-    @torch.inference_mode()
     def score_ids(
         self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
     ) -> StepScores:
-        """Teacher-forced scores of target_ids given context_ids, in chunks of tokens.
-
-        Steps: prefill context[:-1] (or reuse `cache`, cropped to it) keeping no logits; then feed
-        [context[-1]] + target[:-1] SCORE_CHUNK_TOKENS at a time, scoring each chunk's logits.
-        """
+        """Teacher-forced scores of target_ids given context_ids: the rows of context + target[:-1]
+        from the context's last position (`cache`, the prompt's KV cache, saves its prefill)."""
         if not context_ids:
             raise ValueError("teacher forcing needs at least one context token")
         if not target_ids:
             return empty_scores(top_k)
+        ids = [*context_ids, *target_ids[:-1]]
+        return score_chunks(self.logits(ids, len(context_ids) - 1, cache), torch.tensor(list(target_ids)), top_k)
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int], start: int, cache: Any = None) -> Iterator[torch.Tensor]:
+        """Raw logits at positions start .. len(ids) - 1 (row j predicts the token after ids[start + j]),
+        in chunks of rows: ids[:start] is prefilled keeping no logits (or taken from `cache`, cropped
+        to it), the rest fed SCORE_CHUNK_TOKENS at a time, so no [len, vocab] tensor is ever held."""
+        if not 0 <= start < len(ids):
+            raise ValueError(f"start {start} is not a position of {len(ids)} ids")
         from transformers import DynamicCache
 
-        n_ctx = len(context_ids)
         if cache is not None:
-            extra = cache.get_seq_length() - (n_ctx - 1)
+            extra = cache.get_seq_length() - start
             if extra > 0:
                 try:
-                    cache.crop(-extra)  # keep the prompt's first n_ctx - 1 positions
+                    cache.crop(-extra)  # keep the first `start` positions
                 except (ValueError, NotImplementedError):  # e.g. sliding-window layers
                     cache = None
+            elif extra < 0:
+                cache = None
         if cache is None:
             cache = DynamicCache(config=self.model.config)
-            if n_ctx > 1:
-                prefix = torch.tensor([list(context_ids[:-1])], device=self.device)
-                self.model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
-        feed = [context_ids[-1], *target_ids[:-1]]
-        chosen = torch.tensor(list(target_ids))
-
-        def chunks():
-            for i in range(0, len(feed), SCORE_CHUNK_TOKENS):
-                part = torch.tensor([feed[i : i + SCORE_CHUNK_TOKENS]], device=self.device)
-                out = self.model(input_ids=part, cache=cache, use_cache=True)
-                yield from out.logits[0].split(CHUNK_ROWS)
-
-        return score_chunks(chunks(), chosen, top_k)
+            if start > 0:
+                self.model(input_ids=torch.tensor([list(ids[:start])], device=self.device), cache=cache,
+                           use_cache=True, logits_to_keep=1)
+        for i in range(start, len(ids), SCORE_CHUNK_TOKENS):
+            part = torch.tensor([list(ids[i : i + SCORE_CHUNK_TOKENS])], device=self.device)
+            yield from self.model(input_ids=part, cache=cache, use_cache=True).logits[0].split(CHUNK_ROWS)
 
 
 def _logits_source(model: Any) -> str:

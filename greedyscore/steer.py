@@ -1,0 +1,94 @@
+"""Step mode: a reply built one token at a time by the visitor, on the model's exact numbers.
+
+A client of the Service. Each step is one teacher-forced pass over prompt + path: the path's rows
+score it like any reply (forced tokens included, so a typed text is scored as the token sequence it
+is), and the row after it is the next-token distribution, looked at through a sampler. Finishing
+hands the path to the Service as a forced prefix, so greedy decoding takes over from there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import torch
+
+from .errors import BadInput, Unsupported
+from .requests import Rerun, Step
+from .sampler import next_token
+from .scoring import StepScores, empty_scores, score_rows
+from .service import Event, Service, check_fit, check_vocab, prompt_ids_of, text_ids_of
+from .types import ScoredReply, Stepped, Timings
+
+
+def path_of(service: Service, request: Step) -> tuple[list[int], list[int], tuple[int, ...]]:
+    """(prompt ids, path ids, chosen positions) of a step, checked against the model."""
+    engine = service.engine
+    if engine.info.server_template:
+        raise Unsupported("step mode needs the model in this process (--backend transformers or lmdeploy): a "
+                          "server sends only its top logprobs, never a whole next-token distribution")
+    prompt = prompt_ids_of(engine, request.messages)
+    path = check_vocab(engine, request.prefix, "prefix")
+    chosen = list(request.chosen)
+    if request.force_id is not None:
+        chosen.append(len(path))
+        path += check_vocab(engine, (request.force_id,), "step", unknown=True)
+    elif request.force_text:
+        typed = text_ids_of(engine, request.force_text)[1]
+        if not typed:
+            raise BadInput("that text has no tokens: type a word or a sign")
+        chosen += range(len(path), len(path) + len(typed))
+        path += typed
+    if path and path[-1] in engine.info.stop_ids and request.finish:
+        raise BadInput("the path has ended (its last token is an end of turn): nothing follows it")
+    check_fit(engine, len(prompt) + len(path) + 1, 0, "prompt + path")
+    return prompt, path, tuple(chosen)
+
+
+def step(service: Service, request: Step) -> Stepped:
+    """The path with the request's forced token or text appended, scored, and the next-token view."""
+    t0 = time.perf_counter()
+    prompt, path, chosen = path_of(service, request)
+    ended = bool(path) and path[-1] in service.info.stop_ids
+    steps, row = service.turns.model(_rows, service.engine, [*prompt, *path], len(prompt) - 1, path,
+                                     request.settings.top_k)
+    reply = service.turns.reply(prompt, path, steps, None, request.settings, "stop" if ended else "step", (),
+                                Timings(0.0, time.perf_counter() - t0))
+    tok = service.tokenizer
+    view = None if ended else next_token(row, request.sampler, tok.display)
+    return Stepped(replace(reply, chosen=chosen), view)
+
+
+def _rows(engine: object, ids: list[int], start: int, path: Sequence[int], top_k: int
+          ) -> tuple[StepScores, torch.Tensor]:
+    """One pass: the path's scores (rows before the last) and the last row, the next token's logits."""
+    parts, pending, done = [], None, 0
+    for chunk in engine.logits(ids, start):  # type: ignore[attr-defined]
+        if pending is not None:
+            parts.append(score_rows(pending, torch.tensor(path[done : done + len(pending)]), top_k))
+            done += len(pending)
+        pending = chunk
+    assert pending is not None
+    if len(pending) > 1:
+        parts.append(score_rows(pending[:-1], torch.tensor(path[done:]), top_k))
+    steps = StepScores.cat(parts) if parts else empty_scores(top_k)
+    return steps, pending[-1].float().clone()
+
+
+def finish(service: Service, request: Step, cancel: threading.Event | None = None) -> Iterator[Event]:
+    """Greedy from the end of the path: the Service's stream, its reply marked with the visitor's picks."""
+    prompt, path, chosen = path_of(service, replace(request, finish=True))
+    stream = service.run(Rerun(tuple(prompt), request.settings, tuple(path)), cancel)
+
+    def marked() -> Iterator[Event]:
+        for event in stream:
+            yield replace(event, chosen=chosen) if isinstance(event, ScoredReply) else event
+
+    return marked()
+
+
+def stepped_ids(reply: ScoredReply) -> tuple[list[int], list[int]]:
+    """A reply's ids and chosen positions, to step on from (the UI keeps a path as its ScoredReply)."""
+    return [t.id for t in reply.tokens], list(reply.chosen)

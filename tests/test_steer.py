@@ -1,0 +1,120 @@
+"""Step mode on the real model: each step's distribution against a brute-force float64 softmax of
+the model's own forward, typed texts scored as the token sequences they are, a stepped path
+against the fork built the same way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import CONVERSATIONS
+from test_sampler import reference
+
+from greedyscore.errors import BadInput, InputTooLong
+from greedyscore.requests import Step, parse_sampler
+from greedyscore.service import last
+from greedyscore.steer import finish, step
+from greedyscore.types import Sampler, Settings
+
+MESSAGES = CONVERSATIONS["english"]
+SETTINGS = Settings(max_new_tokens=12, top_k=5)
+
+
+def forward(engine, ids: list[int]) -> torch.Tensor:
+    """The model's own float64 log-softmax rows over `ids` (one plain forward, no cache, no chunks)."""
+    with torch.inference_mode():
+        return torch.log_softmax(engine.model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+
+
+def test_the_first_step_is_the_models_next_token_distribution(service, engine) -> None:
+    s = Sampler(0.7, 0, 0.9)
+    out = step(service, Step(MESSAGES, sampler=s, settings=SETTINGS))
+    prompt = engine.tokenizer.prompt_ids(MESSAGES)
+    lp = forward(engine, prompt)[-1]
+    assert out.path.tokens == () and out.path.finish_reason == "step"
+    ref = lp.exp()
+    assert [e.id for e in out.next.top] == ref.topk(20).indices.tolist()
+    assert max(abs(e.raw - ref[e.id].item()) for e in out.next.top) < 2e-4
+    assert out.next.entropy == pytest.approx(-(ref * lp).sum().item(), abs=1e-3)
+    sampled = reference(lp.float(), s)  # the lens of the same row, by transformers' warpers
+    assert out.next.p_greedy == pytest.approx(sampled[out.next.greedy_id].item(), abs=1e-3)
+    assert out.next.top[0].text == engine.tokenizer.display(out.next.greedy_id)
+
+
+def test_greedy_steps_follow_the_greedy_reply(service) -> None:
+    reply = service.chat(MESSAGES, SETTINGS)
+    prefix: tuple[int, ...] = ()
+    for _ in range(3):
+        out = step(service, Step(MESSAGES, prefix, settings=SETTINGS))
+        prefix = (*prefix, out.next.greedy_id)
+    out = step(service, Step(MESSAGES, prefix, settings=SETTINGS))
+    assert [t.id for t in out.path.tokens] == [t.id for t in reply.tokens[:3]]
+    assert out.path.chosen == ()
+    for a, b in zip(out.path.tokens, reply.tokens):
+        assert a.prob == pytest.approx(b.prob, abs=2e-4) and a.rank == b.rank == 1
+
+
+def test_a_typed_text_is_scored_as_the_token_sequence_it_is(service, engine) -> None:
+    typed = " Bonjour, mon ami"
+    out = step(service, Step(MESSAGES, force_text=typed, settings=SETTINGS))
+    ids = engine.tokenizer.text_ids(typed)[1]
+    assert len(ids) > 2 and [t.id for t in out.path.tokens] == ids
+    assert out.path.text == typed and out.path.chosen == tuple(range(len(ids)))
+    prompt = engine.tokenizer.prompt_ids(MESSAGES)
+    lp = forward(engine, [*prompt, *ids])
+    for i, (t, tid) in enumerate(zip(out.path.tokens, ids)):
+        assert t.logprob == pytest.approx(lp[len(prompt) - 1 + i, tid].item(), abs=2e-4)
+    assert out.next.greedy_id == int(lp[-1].argmax())
+
+
+def test_a_stepped_path_equals_the_fork_built_the_same_way(service) -> None:
+    original = service.chat(MESSAGES, SETTINGS)
+    at, other = 2, original.tokens[2].top[1].id
+    fork = service.fork(MESSAGES, [t.id for t in original.tokens], at, other, SETTINGS)
+    prefix = tuple(t.id for t in original.tokens[:at])
+    out = step(service, Step(MESSAGES, prefix, force_id=other, settings=SETTINGS))
+    assert out.path.chosen == (at,)
+    done = last(finish(service, Step(MESSAGES, tuple(t.id for t in out.path.tokens), out.path.chosen,
+                                     settings=SETTINGS)))
+    assert [t.id for t in done.tokens] == [t.id for t in fork.tokens]
+    assert max(abs(a.prob - b.prob) for a, b in zip(done.tokens, fork.tokens)) < 2e-4
+    assert done.chosen == (at,) and done.to_json()["tokens"][at]["chosen"] is True
+    assert done.finish_reason in ("stop", "length")
+
+
+def test_finishing_from_the_prompt_is_the_greedy_reply(service) -> None:
+    reply = service.chat(MESSAGES, SETTINGS)
+    done = last(finish(service, Step(MESSAGES, settings=SETTINGS)))
+    assert [t.id for t in done.tokens] == [t.id for t in reply.tokens] and done.chosen == ()
+
+
+def test_a_path_that_ends_on_a_stop_token_has_no_next(service, engine) -> None:
+    stop = min(engine.info.stop_ids)
+    out = step(service, Step(MESSAGES, force_id=stop, settings=SETTINGS))
+    assert out.next is None and out.path.finish_reason == "stop"
+    with pytest.raises(BadInput, match="ended"):
+        finish(service, Step(MESSAGES, (stop,), settings=SETTINGS))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(force_id=10**6), "unknown token id"),
+    (dict(prefix=(1, -3)), "outside this model's vocabulary"),
+    (dict(force_text="hi", force_id=3), "not both"),
+    (dict(chosen=(0,)), "chosen positions"),
+    (dict(sampler=Sampler(top_p=0.0)), "top_p"),
+    (dict(force_text="x" * 2001), "2,000 characters"),
+])
+def test_bad_steps_say_what_is_wrong(service, kwargs, message) -> None:
+    with pytest.raises(BadInput, match=message):
+        step(service, Step(MESSAGES, **kwargs))
+
+
+def test_a_path_beyond_the_context_is_refused(service) -> None:
+    with pytest.raises(InputTooLong):
+        step(service, Step(MESSAGES, (42,) * service.info.context_length))
+
+
+def test_sampler_values_from_a_client_are_checked() -> None:
+    assert parse_sampler(0.7, 40.0, 0.9) == Sampler(0.7, 40, 0.9)
+    for bad in [("hot", 0, 1), (-1, 0, 1), (1, 2.5, 1), (1, 0, 1.5), (float("nan"), 0, 1), (True, 0, 1)]:
+        with pytest.raises(BadInput):
+            parse_sampler(*bad)
