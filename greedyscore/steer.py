@@ -8,6 +8,7 @@ hands the path to the Service as a forced prefix, so greedy decoding takes over 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -17,10 +18,10 @@ import torch
 
 from .errors import BadInput, Unsupported
 from .requests import Rerun, Step
-from .sampler import next_token
+from .sampler import next_token, p_greedy_from_top, sampler_stages
 from .scoring import StepScores, empty_scores, score_rows
 from .service import Event, Service, check_fit, check_vocab, prompt_ids_of, text_ids_of
-from .types import ScoredReply, Stepped, Timings
+from .types import Sampler, ScoredReply, Stepped, Timings
 
 
 def path_of(service: Service, request: Step) -> tuple[list[int], list[int], tuple[int, ...]]:
@@ -92,3 +93,24 @@ def finish(service: Service, request: Step, cancel: threading.Event | None = Non
 def stepped_ids(reply: ScoredReply) -> tuple[list[int], list[int]]:
     """A reply's ids and chosen positions, to step on from (the UI keeps a path as its ScoredReply)."""
     return [t.id for t in reply.tokens], list(reply.chosen)
+
+
+def p_greedy_along(service: Service, prompt: Sequence[int], reply: ScoredReply, sampler: Sampler
+                   ) -> tuple[list[float], bool]:
+    """p(the sampler picks the greedy token) at every position of a reply (each given the reply's own
+    prefix) -> (the values, whether the kept top-k alone gave them). Where the kept alternatives cannot
+    represent the sampler's cut, the whole rows are recomputed in one pass."""
+    kept = [p_greedy_from_top([math.log(a.prob) for a in t.top if a.prob > 0], sampler) for t in reply.tokens]
+    if all(p is not None for p in kept):
+        return [float(p) for p in kept], True
+    ids = [*prompt, *(t.id for t in reply.tokens)]
+    return service.turns.model(_p_greedy_rows, service.engine, ids[:-1], len(prompt) - 1, sampler), False
+
+
+def _p_greedy_rows(engine: object, ids: list[int], start: int, sampler: Sampler) -> list[float]:
+    out = []
+    for chunk in engine.logits(ids, start):  # type: ignore[attr-defined]
+        for row in chunk:
+            stages = sampler_stages(row, sampler)
+            out.append(float(stages[-1][int(stages[0].argmax())]))
+    return out

@@ -118,3 +118,55 @@ def test_sampler_values_from_a_client_are_checked() -> None:
     for bad in [("hot", 0, 1), (-1, 0, 1), (1, 2.5, 1), (1, 0, 1.5), (float("nan"), 0, 1), (True, 0, 1)]:
         with pytest.raises(BadInput):
             parse_sampler(*bad)
+
+
+# --- over real HTTP: /step and /distribution on the launched app --------------------------------
+@pytest.fixture(scope="module")
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server, verbose=False)
+
+
+API_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_distribution_endpoint_matches_a_brute_force_softmax(client, engine) -> None:
+    from greedyscore.types import Message
+
+    out = client.predict(API_MESSAGES, [], 0.7, 5, 0.9, api_name="/distribution")
+    prompt = engine.tokenizer.prompt_ids([Message("user", API_MESSAGES[0]["content"])])
+    lp = forward(engine, prompt)[-1]
+    sampled = reference(lp.float(), Sampler(0.7, 5, 0.9))
+    assert len(out["top"]) == 20 and [e["id"] for e in out["top"]] == lp.topk(20).indices.tolist()
+    for e in out["top"]:
+        assert e["raw"] == pytest.approx(lp[e["id"]].exp().item(), abs=2e-4)
+        assert e["sampled"] == pytest.approx(sampled[e["id"]].item(), abs=2e-3)
+    assert out["rest"]["raw"] == pytest.approx(1 - sum(e["raw"] for e in out["top"]), abs=1e-6)
+    assert out["p_greedy"] == pytest.approx(sampled[int(lp.argmax())].item(), abs=2e-3)
+    assert set(out) >= {"top", "rest", "entropy", "p_greedy"}
+
+
+def test_step_endpoint_builds_a_path_by_hand_and_finishes_it(client) -> None:
+    greedy = client.predict(API_MESSAGES, [], api_name="/distribution")["top"][0]["id"]
+    html, _, first, dist = client.predict(API_MESSAGES, [greedy], [], None, " Lyon, of course", api_name="/step")
+    path = first["path"]
+    assert path["text"].endswith(" Lyon, of course") and path["chosen"] == list(range(1, len(path["tokens"])))
+    assert [t["chosen"] for t in path["tokens"]][0] is False and 'class="gs-step-take"' in dist
+    assert first["next"]["top"][0]["id"] == first["next"]["greedy_id"]
+    ids = [t["id"] for t in path["tokens"]]
+    _, _, done, _ = client.predict(API_MESSAGES, ids, path["chosen"], None, "", 1.0, 0, 1.0, True, 16,
+                                   api_name="/step")
+    assert done["next"] is None and [t["id"] for t in done["path"]["tokens"]][: len(ids)] == ids
+    assert done["path"]["chosen"] == path["chosen"] and len(done["path"]["tokens"]) > len(ids)
+
+
+def test_step_endpoint_refuses_bad_input_and_keeps_serving(client) -> None:
+    from gradio_client.exceptions import AppError
+
+    for args, message in [((API_MESSAGES, [], [], 10**7), "unknown token id"),
+                          ((API_MESSAGES, [], [], None, "", -1.0), "temperature"),
+                          (([], []), "messages")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, api_name="/step")
+    assert client.predict(API_MESSAGES, [], api_name="/distribution")["top"]

@@ -15,6 +15,7 @@ import gradio as gr
 from ..errors import BadInput
 from ..exports import EXPORT_TTL_S, Exports
 from ..render import CSS, View
+from ..render.steer import STEER_CSS
 from ..render.text import neutral
 from ..service import Service
 from ..sharing.document import SharedItem
@@ -24,6 +25,7 @@ from .api import Api
 from .chat import ChatSession, ChatTab, _checked, _source
 from .parts import PRIVATE, Controls, UIConfig, shown_as_gr_errors
 from .share import SharedPanel, Sharing
+from .steer import StepTab
 from .texts import CompareTab, GuessTab, ScoreTab
 
 __all__ = ["ChatSession", "Sharing", "UIConfig", "_checked", "_source", "build_demo", "launch"]
@@ -31,8 +33,9 @@ __all__ = ["ChatSession", "Sharing", "UIConfig", "_checked", "_source", "build_d
 
 def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports | None = None,
                variants: Variants | None = None, sharing: Sharing | None = None) -> gr.Blocks:
-    """The whole app: a shared result (opened by /?r=ID), Chat, Score-text, Guess and Compare
-    tabs, plus API endpoints /chat, /score_text, /fork, /calibration, /compare, /share, /shared.
+    """The whole app: a shared result (opened by /?r=ID), Chat, Score-text, Guess, Step and Compare
+    tabs, plus API endpoints /chat, /score_text, /fork, /step, /distribution, /calibration, /compare,
+    /share, /shared.
     sharing: where Share stores results (None: sharing off)."""
     exports = exports or Exports()
     variants = variants or Variants(service)
@@ -50,6 +53,8 @@ def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports
                 score = ScoreTab(service, controls, exports, config, sharing)
             with gr.Tab("Guess the next token", id="guess"):
                 GuessTab(service, config)
+            with gr.Tab("Step", id="step"):
+                StepTab(service, controls, config)
             with gr.Tab("Compare", id="compare"):
                 CompareTab(variants, config)
         panel.wire(demo, controls.view, config)
@@ -101,4 +106,4 @@ def launch(demo: gr.Blocks, trusted_proxies: str = "", **kwargs: Any) -> None:
     loopback unless set: any local user or proxy could then claim any address and step around the
     share rate limit. Only `trusted_proxies` (default: none) is trusted."""
     os.environ["FORWARDED_ALLOW_IPS"] = trusted_proxies
-    demo.launch(css=CSS, **kwargs)
+    demo.launch(css=CSS + STEER_CSS, **kwargs)

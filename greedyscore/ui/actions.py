@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .. import steer
 from ..align import Comparison
 from ..guess import Game, choices, new_game, play, score_guess
 from ..requests import (
@@ -16,17 +17,20 @@ from ..requests import (
     ScoreConversation,
     ScoreIds,
     ScoreText,
+    Step,
     parse_messages,
     parse_messages_json,
+    parse_sampler,
     parse_settings,
     whole_number,
 )
 from ..service import Service, continuation_score, guess_ids, last, prompt_matches
 from ..sharing.document import Reproduction, SharedItem, reproduction, rerun_plan
-from ..types import Message, ScoredReply, Settings, TextDelta
+from ..types import Message, Sampler, ScoredReply, Settings, Stepped, TextDelta
 from ..variants import Variants, compare_text
 
-__all__ = ["parse_messages", "parse_messages_json", "parse_settings", "whole_number"]  # besides the actions
+# besides the actions
+__all__ = ["parse_messages", "parse_messages_json", "parse_sampler", "parse_settings", "whole_number"]
 Events = Iterator[TextDelta | ScoredReply]
 GAME_TOP_K = 20  # kept per position up front: a one-token guess among them costs no model call
 
@@ -102,3 +106,20 @@ def reproduce(service: Service, item: SharedItem) -> Reproduction:
         request = Rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)
     matches = prompt_matches(service, item.messages, item.reply.prompt_token_ids)
     return reproduction(item.reply, last(service.run(request)), Settings().tolerance, matches)
+
+
+def step(service: Service, messages: Sequence[Message], prefix: Any, chosen: Any, sampler: Sampler,
+         settings: Settings, force_id: Any = None, force_text: str = "") -> Stepped:
+    """One step of a path the visitor builds (`steer`), checked from raw page or API values."""
+    return steer.step(service, Step(tuple(messages), prefix, chosen, force_id, force_text or "", sampler, settings))
+
+
+def finish_path(service: Service, messages: Sequence[Message], prefix: Any, chosen: Any, settings: Settings,
+                cancel: threading.Event | None = None) -> Events:
+    """Greedy from the end of a stepped path, streamed."""
+    return steer.finish(service, Step(tuple(messages), prefix, chosen, settings=settings), cancel)
+
+
+def lens(service: Service, stepped: Stepped, sampler: Sampler) -> tuple[list[float], bool]:
+    """p(sampling picks greedy's token) along a path, and whether the kept top-k alone gave it."""
+    return steer.p_greedy_along(service, stepped.path.prompt_token_ids, stepped.path, sampler)

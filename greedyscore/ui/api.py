@@ -1,5 +1,5 @@
-"""Named endpoints for gradio_client: /chat, /score_text, /fork, /calibration, /compare, /share,
-/shared. Plain inputs, so out-of-range values reach our own validation and its messages; every
+"""Named endpoints for gradio_client: /chat, /score_text, /fork, /calibration, /compare, /step,
+/distribution, /share, /shared. Plain inputs, so out-of-range values reach our own validation and its messages; every
 parameter after the first has a default. The model work is the tabs' own (`actions`)."""
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from typing import Any
 
 import gradio as gr
 
+from ..errors import BadInput
 from ..render import View, render_outputs
 from ..render.calibration import calibration_html, reliability_figure
 from ..render.compare import compare_outputs
-from ..service import Service
+from ..render.steer import distribution_html
+from ..service import Service, last
 from ..sharing.document import share_reply_json
-from ..types import Message, ScoredReply, Settings
+from ..types import Message, ScoredReply, Settings, Stepped
 from ..variants import Variants
 from . import actions
 from .parts import DEFAULT_VIEW, UIConfig, shown_as_gr_errors
@@ -25,7 +27,8 @@ from .share import Sharing
 
 REPLY = (gr.HTML, gr.Plot, gr.JSON, gr.HTML)  # token HTML, figure, tokens JSON, stats HTML
 OUTPUTS = {"chat": REPLY, "score_text": REPLY, "fork": REPLY, "calibration": (gr.JSON, gr.Plot, gr.HTML),
-           "compare": (gr.HTML, gr.Plot, gr.JSON), "share": (gr.JSON,), "shared": REPLY}  # in registration order
+           "compare": (gr.HTML, gr.Plot, gr.JSON), "step": REPLY, "distribution": (gr.JSON,), "share": (gr.JSON,),
+           "shared": REPLY}  # in registration order
 INPUTS = {"str": gr.Textbox, "float": gr.Number, "bool": gr.Checkbox, "Any": gr.JSON}  # by annotation
 DEFAULTS = Settings()  # what an API call gets for every parameter it leaves out
 COLOR_BY, PALETTE, THRESHOLD = DEFAULT_VIEW.color_by, DEFAULT_VIEW.palette, DEFAULT_VIEW.threshold
@@ -116,6 +119,43 @@ class Api:
             msgs = actions.parse_messages(messages)
             reply = actions.fork(self.service, msgs, reply_token_ids, at, token_id, settings)
             return reply_outputs(reply, view, "chat", msgs, settings)
+
+    def step(self, messages: Any, prefix: Any = (), chosen: Any = (), token_id: Any = None, text: str = "",
+             temperature: float = 1.0, sampler_top_k: float = 0, top_p: float = 1.0, finish: bool = False,
+             max_new_tokens: float = DEFAULTS.max_new_tokens, top_k: float = DEFAULTS.top_k,
+             color_by: str = COLOR_BY, palette: str = PALETTE, threshold: float = THRESHOLD) -> tuple:
+        """One step of a reply built by hand: after the prompt and `prefix` (the reply's ids so far;
+        `chosen`: the positions picked by hand), take token_id or the tokens of `text` (or neither), then
+        -> (path HTML, figure, {"path": tokens JSON (a "chosen" flag per token), "next": the next-token
+        distribution as /distribution gives it, null once the path ended}, distribution HTML).
+        finish: greedy from the end of the path instead; "next" is then null."""
+        with shown_as_gr_errors():
+            view = View.make(color_by, palette, threshold)
+            settings = actions.parse_settings(max_new_tokens, top_k)
+            sampler = actions.parse_sampler(temperature, sampler_top_k, top_p)
+            msgs = actions.parse_messages(messages)
+            if finish:
+                stepped = Stepped(last(actions.finish_path(self.service, msgs, prefix, chosen, settings)), None)
+            else:
+                stepped = actions.step(self.service, msgs, prefix, chosen, sampler, settings, token_id, text)
+            page, fig, tokens, _ = reply_outputs(stepped.path, view, "chat", msgs, settings)
+            ended = stepped.next is None
+            return page, fig, {"path": tokens, "next": None if ended else stepped.next.to_json()}, \
+                distribution_html(stepped.next, ended)
+
+    def distribution(self, messages: Any, prefix: Any = (), temperature: float = 1.0, top_k: float = 0,
+                     top_p: float = 1.0) -> dict:
+        """The next-token distribution after the prompt and `prefix` ([] = right after the prompt) ->
+        {"top": [{"id", "text", "raw", "sampled"}, ... 20 by raw probability], "rest": {"raw", "sampled"},
+        "entropy", "p_greedy"}: raw, and through a sampler (temperature (0 = greedy) -> top_k (0 = off)
+        -> top_p (1 = off), renormalised after each)."""
+        with shown_as_gr_errors():
+            sampler = actions.parse_sampler(temperature, top_k, top_p)
+            stepped = actions.step(self.service, actions.parse_messages(messages), prefix, (), sampler,
+                                   Settings(max_new_tokens=1))
+            if stepped.next is None:
+                raise BadInput("the prefix ends on an end-of-turn token: nothing follows it")
+            return stepped.next.to_json()
 
     def share(self, tokens: Any, request: gr.Request) -> dict:
         """Store a result: the tokens JSON that /chat, /fork or /score_text returned -> {"id", "url"}
