@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cli_step import add_step
 from .engine_args import add_engine_args
 from .errors import BadInput, GreedyScoreError
 from .render.text import visible
@@ -33,6 +34,7 @@ EPILOG = """examples:
   python -m greedyscore score "The quick brown fox jumps over the lazy dog."
   python -m greedyscore score --prompt "Name a colour." "Blue."
   python -m greedyscore fork --json --at 5 --token-id 450 "What is the capital of France?"
+  python -m greedyscore step --prefix "[504]" --text " Lyon" --temperature 0.7 "What is the capital of France?"
   python -m greedyscore compare --against int8 --prompt "Capital of France?" "Paris."
   python -m greedyscore chat --backend openai --base-url http://127.0.0.1:8000 "Hi"
   python -m greedyscore chat --json --share "Name a colour."   # then open http://HOST:7860/?r=ID
@@ -56,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score,fork,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{chat,score,fork,step,compare}")
     common, turn = _common_options(), _turn_options()
     sub.add_parser("chat", parents=[common, turn], help="greedy reply with every token's probability",
                    description="Answer PROMPT (or a conversation) greedily and score every generated token.")
     _add_fork(sub, [common, turn])
+    add_step(sub, [common, turn])
     _add_score(sub, [common])
     _add_compare(sub, [common])
     return parser
@@ -158,7 +161,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     (Python's surrogateescape), refused here with the argument's name (`text_input`)."""
     from .text_input import check_text
 
-    positional = "prompt" if args.command in ("chat", "fork") else "text"
+    positional = "prompt" if args.command in ("chat", "fork", "step") else "text"
     for name, value in vars(args).items():
         if isinstance(value, str):
             check_text(value, name.upper() if name == positional else f"--{name.replace('_', '-')}", from_bytes=True)
@@ -183,11 +186,9 @@ def _request(args: argparse.Namespace) -> tuple[Request, list[Message]]:
     settings = Settings(
         max_new_tokens=getattr(args, "max_new_tokens", 128), top_k=args.top_k, verify=getattr(args, "verify", False)
     )
-    messages = _read_messages(args.messages) if args.messages else None
-    if args.command in ("chat", "fork") and messages is None:
-        if args.prompt is None:
-            raise BadInput("empty prompt: give PROMPT or --messages FILE")
-        messages = [Message("user", args.prompt)]
+    messages = _turn_messages(args) if args.command in ("chat", "fork") else None
+    if messages is None and args.messages:
+        messages = _read_messages(args.messages)
     if args.command == "chat":
         return Chat(tuple(messages), settings), messages
     if args.command == "fork":
@@ -201,6 +202,15 @@ def _request(args: argparse.Namespace) -> tuple[Request, list[Message]]:
         raise BadInput("empty text: give TEXT or --messages FILE")
     after = [Message("user", args.prompt)] if args.prompt else []
     return ScoreText(args.text, tuple(after), settings), after
+
+
+def _turn_messages(args: argparse.Namespace) -> list[Message]:
+    """The conversation a chat, fork or step answers: --messages FILE, or PROMPT as one user message."""
+    if args.messages:
+        return _read_messages(args.messages)
+    if args.prompt is None:
+        raise BadInput("empty prompt: give PROMPT or --messages FILE")
+    return [Message("user", args.prompt)]
 
 
 def share(args: argparse.Namespace, reply: ScoredReply, service: Service, messages: list[Message],
@@ -312,6 +322,16 @@ def _main(args: argparse.Namespace, opened: list[Service]) -> int:
             print(json.dumps(cmp.to_json(), ensure_ascii=False))
         else:
             _print_comparison(cmp)
+        return 0
+    if args.command == "step":
+        from .cli_step import print_step, run_step
+
+        stepped = run_step(args, _turn_messages(args), opened)
+        if args.json:
+            print(json.dumps(stepped.to_json(), ensure_ascii=False))
+        else:
+            print_step(stepped, not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty(),
+                       args.color_by)
         return 0
     from .engine_args import share_store
 

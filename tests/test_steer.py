@@ -170,3 +170,30 @@ def test_step_endpoint_refuses_bad_input_and_keeps_serving(client) -> None:
         with pytest.raises(AppError, match=message):
             client.predict(*args, api_name="/step")
     assert client.predict(API_MESSAGES, [], api_name="/distribution")["top"]
+
+
+# --- the CLI twin, as a subprocess -------------------------------------------------------------------
+def test_cli_step_json_equals_the_library_step(service) -> None:
+    import json
+
+    from test_cli import cli
+
+    proc = cli("step", "--json", "--prefix", "[]", "--text", " Lyon", "--temperature", "0.5", "--sampler-top-k", "3",
+               MESSAGES[-1].content)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    ours = step(service, Step((MESSAGES[-1],), force_text=" Lyon", sampler=Sampler(0.5, 3)))
+    assert [t["id"] for t in out["path"]["tokens"]] == [t.id for t in ours.path.tokens]
+    assert out["path"]["chosen"] == list(ours.path.chosen)
+    assert [e["id"] for e in out["next"]["top"]] == [e.id for e in ours.next.top]
+    assert out["next"]["p_greedy"] == pytest.approx(ours.next.p_greedy, abs=1e-3)
+    assert sum(e["sampled"] > 0 for e in out["next"]["top"]) == 3  # top-k 3 kept three
+
+
+def test_cli_step_refuses_bad_input_in_one_line() -> None:
+    from test_cli import assert_one_line_error, cli
+
+    assert_one_line_error(cli("step", "--prefix", "[1, x]", "hi"), "--prefix", code=2)
+    assert_one_line_error(cli("step", "--top-p", "0", "hi"), "top_p", code=2)
+    both = cli("step", "--token-id", "3", "--text", "a", "hi")  # argparse's own refusal, with its usage
+    assert both.returncode == 2 and "not allowed with argument --token-id" in both.stderr
