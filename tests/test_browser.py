@@ -489,3 +489,63 @@ def test_a_stored_share_with_a_lone_surrogate_shows_a_message_and_the_page_keeps
     send(page, "Say OK.")
     wait_reply(page)
     page.context.close()
+
+
+def step_path_len(page) -> int:
+    return page.locator("#gs-step-path .gs-token").count()
+
+
+def wait_path(page, n: int) -> None:
+    page.wait_for_function(f"() => document.querySelectorAll('#gs-step-path .gs-token').length >= {n}",
+                           timeout=120_000)
+
+
+def first_sampled_width(page) -> str:
+    return page.locator("#gs-step-dist .gs-step-row").first.locator(".gs-stage-2").get_attribute("style")
+
+
+def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(app_server)
+    page.get_by_role("tab", name="Step").click()
+    page.locator("#gs-step-msg textarea").fill("What is the capital of France?")
+    page.locator("#gs-step-start").click()
+    takes = page.locator("#gs-step-dist button.gs-step-take")
+    takes.first.wait_for(timeout=120_000)
+    assert takes.count() == 20 and "p(sampling picks the greedy token)" in page.locator("#gs-step-dist").inner_text()
+    greedy_text = takes.first.inner_text()
+    page.locator("#gs-step-greedy").click()  # 1: the greedy token
+    wait_path(page, 1)
+    assert page.locator("#gs-step-path .gs-token").first.inner_text().strip() == greedy_text.strip()
+    assert "model's own greedy choice" in page.locator("#gs-step-path").inner_text()
+    page.locator("#gs-step-dist button.gs-step-take").nth(2).click()  # 2: a listed, not greedy, token
+    wait_path(page, 2)
+    page.wait_for_function("() => document.querySelector('#gs-step-path .gs-step-path').dataset.chosen === '1'",
+                           timeout=60_000)
+    page.locator("#gs-step-text textarea, #gs-step-text input").first.fill(" Paris")  # 3: a typed word
+    page.locator("#gs-step-force").click()
+    page.wait_for_function("() => document.querySelector('#gs-step-path').innerText.includes('Paris')",
+                           timeout=60_000)
+    chosen = page.locator("#gs-step-path .gs-step-path").get_attribute("data-chosen").split(",")
+    assert chosen[0] == "1" and len(chosen) >= 2
+    n = step_path_len(page)
+    # the sampler's bars follow the temperature
+    before = first_sampled_width(page)
+    temp = page.get_by_label("number input for temperature (0 = greedy)")
+    for _ in range(5):
+        temp.fill("0.3")
+        temp.press("Enter")
+        page.wait_for_timeout(300)
+        if temp.input_value() == "0.3":
+            break
+    page.wait_for_function(f"() => {{ const r = document.querySelector('#gs-step-dist .gs-step-row .gs-stage-2');"
+                           f" return r && r.getAttribute('style') !== {before!r}; }}", timeout=60_000)
+    assert "temperature 0.3" in page.locator("#gs-step-dist").inner_text()
+    page.locator("#gs-step-finish").click()
+    page.wait_for_function("() => document.querySelector('#gs-step-dist').innerText.includes('nothing follows')",
+                           timeout=120_000)
+    assert step_path_len(page) > n
+    assert page.locator("#gs-step-path .gs-step-path").get_attribute("data-chosen").split(",") == chosen
+    page.locator("#gs-step-chart .js-plotly-plot").first.wait_for(timeout=30_000)
+    assert "expected tokens before a sampled reply first differs" in page.locator("#gs-step-lens").inner_text()
+    page.close()

@@ -96,7 +96,7 @@ class StepTab:
             source.click(self.clicked, common, outs, **model)
         undo.click(self.undo, common, outs, **NOW)
         for comp in sampler:
-            comp.release(self.again, common, outs, **model)
+            comp.change(self.again, common, outs, trigger_mode="always_last", **model)
         finish.click(Session.arm, [self.box], None, **NOW).then(self.finish, common, outs, **model)
         for comp in controls.view:
             comp.change(self.redraw, common, outs, **PRIVATE)
