@@ -98,6 +98,31 @@ def p_greedy_from_top(top_logprobs: Sequence[float], sampler: Sampler) -> float 
     return probs[0]
 
 
+def p_greedy_rows(logits: torch.Tensor, sampler: Sampler) -> torch.Tensor:
+    """p(the sampler picks the most likely token) for each row of logits [c, vocab] -> [c] float64,
+    without sorting whole rows: top-p needs only the most likely tokens up to its mass (found by
+    widening a top-k until every row's reaches p)."""
+    rows = logits.double()
+    if sampler.temperature == 0:
+        return torch.ones(rows.shape[0], dtype=torch.float64)
+    warm = torch.softmax(rows / sampler.temperature, -1)
+    if 0 < sampler.top_k < warm.shape[-1]:
+        kth = warm.topk(sampler.top_k, -1).values[:, -1:]
+        warm = torch.where(warm >= kth, warm, 0.0)
+        warm = warm / warm.sum(-1, keepdim=True)
+    if sampler.top_p >= 1:
+        return warm.max(-1).values
+    k = min(64, warm.shape[-1])
+    while True:  # the most likely k of each row, sorted, until their mass reaches p everywhere
+        top = warm.topk(k, -1).values
+        if k == warm.shape[-1] or bool((top.sum(-1) >= sampler.top_p).all()):
+            break
+        k = min(k * 8, warm.shape[-1])
+    before = top.cumsum(-1) - top
+    kept = torch.where(before < sampler.top_p, top, 0.0).sum(-1)
+    return top[:, 0] / kept
+
+
 @dataclass(frozen=True)
 class Divergence:
     """Over a greedy reply: how soon a sampled reply would part from it (each position given the

@@ -18,7 +18,7 @@ import torch
 
 from .errors import BadInput, Unsupported
 from .requests import Rerun, Step
-from .sampler import next_token, p_greedy_from_top, sampler_stages
+from .sampler import next_token, p_greedy_from_top, p_greedy_rows
 from .scoring import StepScores, empty_scores, score_rows
 from .service import Event, Service, check_fit, check_vocab, prompt_ids_of, text_ids_of
 from .types import Sampler, ScoredReply, Stepped, Timings
@@ -108,9 +108,5 @@ def p_greedy_along(service: Service, prompt: Sequence[int], reply: ScoredReply, 
 
 
 def _p_greedy_rows(engine: object, ids: list[int], start: int, sampler: Sampler) -> list[float]:
-    out = []
-    for chunk in engine.logits(ids, start):  # type: ignore[attr-defined]
-        for row in chunk:
-            stages = sampler_stages(row, sampler)
-            out.append(float(stages[-1][int(stages[0].argmax())]))
-    return out
+    return [float(p) for chunk in engine.logits(ids, start)  # type: ignore[attr-defined]
+            for p in p_greedy_rows(chunk, sampler)]

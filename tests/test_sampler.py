@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from greedyscore.sampler import divergence, next_token, p_greedy_from_top, sampler_stages
+from greedyscore.sampler import divergence, next_token, p_greedy_from_top, p_greedy_rows, sampler_stages
 from greedyscore.types import Sampler
 
 SAMPLERS = [Sampler(), Sampler(0.7), Sampler(1.5, 5), Sampler(1.0, 0, 0.9), Sampler(0.8, 10, 0.5),
@@ -112,3 +112,12 @@ def test_divergence_against_a_simulation() -> None:
     assert d.expected_agree == pytest.approx(agree / n, abs=0.03)
     assert d.p_same == pytest.approx(same / n, abs=0.01)
     assert d.expected_differ == pytest.approx(sum(1 - x for x in p))
+
+
+@pytest.mark.parametrize("s", SAMPLERS + [Sampler(0.0), Sampler(1.0, 0, 0.999999)], ids=str)
+def test_p_greedy_of_many_rows_equals_the_stage_by_stage_one(s: Sampler) -> None:
+    batch = torch.stack(rows(6, 5000))
+    got = p_greedy_rows(batch, s)
+    for row, p in zip(batch, got):
+        want = 1.0 if s.temperature == 0 else reference(row, s)[int(row.argmax())].item()  # 0: greedy itself
+        assert p.item() == pytest.approx(want, abs=1e-12)
