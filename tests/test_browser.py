@@ -549,3 +549,21 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
     page.locator("#gs-step-chart .js-plotly-plot").first.wait_for(timeout=30_000)
     assert "expected tokens before a sampled reply first differs" in page.locator("#gs-step-lens").inner_text()
     page.close()
+
+
+def test_step_through_the_chats_reply_from_a_token(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app_server)
+    send(page, "What is the capital of France?")
+    wait_reply(page)
+    chat_tokens = page.locator("#gs-reply .gs-token").evaluate_all("els => els.map(e => e.dataset.id)")
+    page.get_by_role("tab", name="Step").click()
+    at = page.get_by_label("from its token (0 = its start)")
+    at.fill("3")
+    at.press("Tab")
+    page.locator("#gs-step-from-chat").click()
+    wait_path(page, 3)
+    path = page.locator("#gs-step-path .gs-token").evaluate_all("els => els.map(e => e.dataset.id)")
+    assert path == chat_tokens[:3]
+    page.locator("#gs-step-dist button.gs-step-take").first.wait_for(timeout=60_000)
+    page.close()

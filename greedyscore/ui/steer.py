@@ -52,7 +52,7 @@ def _sent(evt: gr.EventData) -> tuple[str | None, Any, Any]:
 class StepTab:
     """The Step tab (built by the constructor, handlers as methods)."""
 
-    def __init__(self, service: Service, controls: Controls, config: UIConfig) -> None:
+    def __init__(self, service: Service, controls: Controls, config: UIConfig, chat: gr.State) -> None:
         self.service = service
         gr.Markdown("Build a reply yourself: after the prompt, see the model's next-token distribution (raw, and "
                     "through a sampler), then take the greedy token, click any listed one, or type any text; "
@@ -62,6 +62,11 @@ class StepTab:
             self.system = gr.Textbox(label="system prompt (optional)", scale=2, elem_id="gs-step-system")
             self.msg = gr.Textbox(STEP_EXAMPLE, label="message", scale=4, elem_id="gs-step-msg")
             start = gr.Button("Start", variant="primary", scale=1, elem_id="gs-step-start")
+        with gr.Row():
+            from_chat = gr.Button("…or step through the Chat tab's selected reply", scale=3,
+                                  elem_id="gs-step-from-chat")
+            self.at = gr.Number(0, label="from its token (0 = its start)", precision=0, scale=1, minimum=0,
+                                elem_id="gs-step-at")
         with gr.Row():
             self.temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="temperature (0 = greedy)",
                                          elem_id="gs-step-temp")
@@ -80,12 +85,11 @@ class StepTab:
         self.nums = Numbers("path", "step")
         self.box = gr.State(StepSession())
         self._wire(start, greedy, force, undo, finish, controls, config)
+        from_chat.click(self.from_chat, [chat, self.at, *self.common(controls)], self.outs, **config.model, **PRIVATE)
 
     def _wire(self, start: gr.Button, greedy: gr.Button, force: gr.Button, undo: gr.Button, finish: gr.Button,
               controls: Controls, config: UIConfig) -> None:
-        sampler = [self.temperature, self.sampler_k, self.top_p]
-        common = [self.box, *sampler, controls.max_new, controls.top_k, *controls.view]
-        outs = [self.dist, self.path, self.lens, self.text, *self.nums.outputs[:3]]
+        sampler, common, outs = [self.temperature, self.sampler_k, self.top_p], self.common(controls), self.outs
         model = dict(**config.model, **PRIVATE)
         for trigger in (start.click, self.msg.submit):
             trigger(self.start, [self.system, self.msg, *common], outs, **model)
@@ -100,6 +104,15 @@ class StepTab:
         finish.click(Session.arm, [self.box], None, **NOW).then(self.finish, common, outs, **model)
         for comp in controls.view:
             comp.change(self.redraw, common, outs, **PRIVATE)
+
+    def common(self, controls: Controls) -> list:
+        """Every handler's inputs after its own: the session, the sampler, the settings, the view."""
+        return [self.box, self.temperature, self.sampler_k, self.top_p, controls.max_new, controls.top_k,
+                *controls.view]
+
+    @property
+    def outs(self) -> list:
+        return [self.dist, self.path, self.lens, self.text, *self.nums.outputs[:3]]
 
     # --- what the page shows -----------------------------------------------------------------
     def shown(self, s: StepSession, sampler: Sampler, view: View, reply: ScoredReply | None = None) -> dict:
@@ -130,6 +143,24 @@ class StepTab:
             actions.step(self.service, messages, (), (), sampler, settings)  # checks before anything is dropped
             s.messages, s.steps = tuple(messages), []
             return self._step(s, sampler, settings, view, (), ())
+
+    def from_chat(self, chat: Any, at: float, s: StepSession, *values: Any) -> dict:
+        """The Chat tab's selected reply (or the fork shown beside it), from its token `at` on."""
+        with shown_as_gr_errors():
+            sampler, settings, view = _values(*values)
+            conv = chat.conv
+            if conv.current is None:
+                raise BadInput("ask something in the Chat tab first, and select its reply")
+            reply = conv.current.path(conv.shown)
+            at = actions.whole_number("the token to start from", at or 0)
+            if not 0 <= at <= len(reply.tokens):
+                raise BadInput(f"that reply has {len(reply.tokens)} tokens: start from 0 to {len(reply.tokens)}")
+            chosen = [reply.forked_at] if reply.forked_at is not None and reply.forked_at < at else []
+            messages = conv.messages(conv.selected)
+            stepped = actions.step(self.service, messages, [t.id for t in reply.tokens[:at]], chosen, sampler,
+                                   settings)
+            s.messages, s.steps = tuple(messages), [stepped]
+            return self.shown(s, sampler, view)
 
     def greedy(self, s: StepSession, *values: Any) -> dict:
         with shown_as_gr_errors():
