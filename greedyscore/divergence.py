@@ -31,11 +31,14 @@ def step_rows(logits_a: torch.Tensor, logits_b: torch.Tensor, k: int) -> tuple[l
 
     Example: step_rows(torch.tensor([[0., 1.]]), torch.tensor([[0., 1.]]), 1) -> ([0.0], [1.0], [1], [1])
     """
-    lpa = torch.log_softmax(logits_a.double(), dim=-1)
-    lpb = torch.log_softmax(logits_b.double(), dim=-1)
+    lpa = torch.log_softmax(logits_a, dim=-1, dtype=torch.float64)
+    lpb = torch.log_softmax(logits_b, dim=-1, dtype=torch.float64)
     pa = lpa.exp()
-    # 0 log 0 = 0: an id A gives no probability adds nothing, even where B's log p is -inf
-    kl = torch.where(pa > 0, pa * (lpa - lpb), torch.zeros((), dtype=torch.float64)).sum(dim=-1)
+    kl = (pa * (lpa - lpb)).sum(dim=-1)
+    bad = kl.isnan()  # 0 x -inf: an id A rules out (a -inf logit) counts 0 log 0 = 0, whatever B says
+    if bad.any():
+        pa, lpa, lpb = pa[bad], lpa[bad], lpb[bad]
+        kl[bad] = torch.where(pa > 0, pa * (lpa - lpb), torch.zeros((), dtype=torch.float64)).sum(dim=-1)
     k = min(k, logits_a.shape[-1])
     top_a, top_b = logits_a.topk(k, dim=-1).indices, logits_b.topk(k, dim=-1).indices
     shared = (top_a[:, :, None] == top_b[:, None, :]).any(dim=-1).sum(dim=-1)
