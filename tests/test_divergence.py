@@ -127,6 +127,7 @@ def test_the_summary_and_chart_show_the_steps_escaped():
 
 def test_without_steps_the_reason_is_shown_escaped_and_the_span_view_stays():
     cmp, _ = shown([5, 6, 7], ["a", "b", "c"])
+    assert "gs-cmp-kl" not in compare_html(cmp)  # none asked for: nothing to say
     cmp = replace(cmp, no_divergence="needs <one> tokenizer")
     page = compare_html(cmp)
     assert "gs-cmp-kl-none" in page and "needs &lt;one&gt; tokenizer" in page and "gs-cmp-strip" in page

@@ -80,8 +80,9 @@ def divergence_html(cmp: Comparison) -> str:
     """The per-step summary (mean and largest KL, where the greedy choices differ, mean top-k overlap),
     or why there is none."""
     d = cmp.divergence
-    if d is None:
-        return f'<div class="gs-cmp-kl gs-cmp-kl-none"><p class="gs-cmp-note">{esc(cmp.no_divergence)}</p></div>'
+    if d is None:  # no reason: none was asked for (`align.compare` alone)
+        why = cmp.no_divergence and f'<p class="gs-cmp-note">{esc(cmp.no_divergence)}</p>'
+        return f'<div class="gs-cmp-kl gs-cmp-kl-none">{why}</div>' if why else ""
     n, at, differs = len(d.steps), d.max_at, d.differs_at
     worst = "" if at is None else (f" \u00b7 largest {d.steps[at].kl:.3g} nats at token {at} "
                                    f"<code>{html_visible(cmp.a.tokens[at].text)}</code>")
@@ -131,7 +132,8 @@ def divergence_figure(cmp: Comparison) -> go.Figure:
     where there is no per-step divergence, the reason in place of the chart."""
     d = cmp.divergence
     if d is None:
-        note = dict(text=plotly_text(cmp.no_divergence), showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+        why = cmp.no_divergence or "no per-step divergence was computed"
+        note = dict(text=plotly_text(why), showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
         return go.Figure(layout=dict(title=dict(text="Per-step divergence"), annotations=[note],
                                      xaxis=dict(visible=False), yaxis=dict(visible=False), **PLAIN_LAYOUT))
     return go.Figure(data=_divergence_traces(cmp, d), layout=_divergence_layout(cmp, d))
