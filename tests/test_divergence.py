@@ -113,13 +113,14 @@ def test_the_summary_and_chart_show_the_steps_escaped():
     assert 'class="gs-cmp-kl"' in page and 'class="gs-cmp-kl-summary"' in page and "gs-cmp-strip" in page
     assert "<script>" not in page and "<i>" not in page and "<b>" not in page.replace("<b>A:</b>", "").replace(
         "<b>B:</b>", "")
-    assert "&lt;script&gt;" in page and "largest 2 nats at token 1" in page and "mean KL 0.867" in page
-    assert '<span class="gs-cmp-kl-differs">2</span> of 3 positions' in page and "overlap 67% on average" in page
+    assert "&lt;script&gt;" in page and "largest 2 nats at token #1" in page and "mean KL 0.867" in page
+    assert '<span class="gs-cmp-kl-differs">2</span> of 3 tokens' in page and "overlap 67% on average" in page
     fig = divergence_figure(replace(cmp, divergence=d))
     kl, marks, overlap = fig.data
     assert list(kl.y) == [0.5, 2.0, 0.1] and list(marks.x) == [1, 2] and list(marks.y) == [2.0, 0.1]
     assert list(overlap.y) == [1.0, 0.4, 0.6] and overlap.yaxis == "y2"
     assert all("<script>" not in h and "<b>" not in h for h in kl.hovertext)
+    assert "\u202e" not in page + fig.to_json() and "\\u202eb" in page  # a direction control shown as a mark
     data = replace(cmp, divergence=d).to_json()
     assert [s["greedy_differs"] for s in data["steps"]] == [False, True, True] and data["max_kl_at"] == 1
     assert set(data["steps"][0]) == {"kl", "overlap", "greedy_differs", "argmax_a", "argmax_b"}

@@ -84,9 +84,9 @@ def divergence_html(cmp: Comparison) -> str:
         why = cmp.no_divergence and f'<p class="gs-cmp-note">{esc(cmp.no_divergence)}</p>'
         return f'<div class="gs-cmp-kl gs-cmp-kl-none">{why}</div>' if why else ""
     n, at, differs = len(d.steps), d.max_at, d.differs_at
-    worst = "" if at is None else (f" \u00b7 largest {d.steps[at].kl:.3g} nats at token {at} "
+    worst = "" if at is None else (f" \u00b7 largest {d.steps[at].kl:.3g} nats at token #{at} "
                                    f"<code>{html_visible(cmp.a.tokens[at].text)}</code>")
-    where = ", ".join(f"{i} (A <code>{html_visible(d.steps[i].shown_a)}</code>, B "
+    where = ", ".join(f"#{i} (A <code>{html_visible(d.steps[i].shown_a)}</code>, B "
                       f"<code>{html_visible(d.steps[i].shown_b)}</code>)" for i in differs[:8])
     more = ", \u2026" if len(differs) > 8 else ""
     where = f": {where}{more}" if differs else ""
@@ -94,7 +94,7 @@ def divergence_html(cmp: Comparison) -> str:
     return (f'<div class="gs-cmp-kl"><h4>Per-step divergence, KL(A\u2016B)</h4>'
             f'<p class="gs-cmp-kl-summary">mean KL {d.mean_kl:.3g} nats over {n} tokens{worst} \u00b7 '
             f"top-{d.k} overlap {d.mean_overlap:.0%} on average \u00b7 the greedy choice differs at "
-            f'<span class="gs-cmp-kl-differs">{len(differs)}</span> of {n} positions{where}</p>'
+            f'<span class="gs-cmp-kl-differs">{len(differs)}</span> of {n} tokens{where}</p>'
             f'{notes}<p class="gs-cmp-kl-help"><small>{KL_HELP}</small></p></div>')
 
 
