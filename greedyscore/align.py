@@ -5,6 +5,9 @@ coarsest common segmentation), so every character falls in exactly one span and 
 log-probability on each side is the sum over that side's tokens in it: by the chain rule that
 is log p(span | everything before it), comparable across different tokenizers. Byte tokens of a
 split character (text "") and special tokens count in the span of the character that follows.
+
+When both sides share a tokenizer, a comparison can also carry its per-step divergence (computed in
+`divergence`): at every token, how far B's whole next-token distribution is from A's.
 """
 
 from __future__ import annotations
@@ -40,6 +43,61 @@ class Span:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One position of a same-tokenizer comparison: B's next-token distribution against A's."""
+
+    kl: float  # KL(A || B) in nats, over the whole vocabulary: 0 when B predicts exactly as A
+    overlap: float  # |top-k of A & top-k of B| / k
+    argmax_a: int  # each side's greedy choice there (argmax of its raw logits)
+    argmax_b: int
+    shown_a: str  # those choices' display texts
+    shown_b: str
+
+    @property
+    def greedy_differs(self) -> bool:
+        return self.argmax_a != self.argmax_b
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The per-step divergence along the text: one Step per token (the row that predicts it)."""
+
+    steps: tuple[Step, ...]
+    k: int  # the top-k of `overlap`
+    notes: tuple[str, ...] = ()
+
+    @property
+    def mean_kl(self) -> float:
+        return math.fsum(s.kl for s in self.steps) / len(self.steps) if self.steps else 0.0
+
+    @property
+    def max_at(self) -> int | None:
+        """The position of the largest KL (the first of equals), None for no steps."""
+        return max(range(len(self.steps)), key=lambda i: self.steps[i].kl) if self.steps else None
+
+    @property
+    def differs_at(self) -> list[int]:
+        """The positions where the two sides' greedy choices differ."""
+        return [i for i, s in enumerate(self.steps) if s.greedy_differs]
+
+    @property
+    def mean_overlap(self) -> float:
+        return math.fsum(s.overlap for s in self.steps) / len(self.steps) if self.steps else 1.0
+
+    def to_json(self) -> dict:
+        at = self.max_at
+        return {"steps": [{"kl": s.kl, "overlap": s.overlap, "greedy_differs": s.greedy_differs,
+                           "argmax_a": s.argmax_a, "argmax_b": s.argmax_b} for s in self.steps],
+                "mean_kl": self.mean_kl, "max_kl": None if at is None else self.steps[at].kl, "max_kl_at": at,
+                "greedy_differs_at": self.differs_at, "mean_overlap": self.mean_overlap, "overlap_k": self.k,
+                "divergence_notes": list(self.notes)}
+
+
+NO_STEPS = dict.fromkeys(("steps", "mean_kl", "max_kl", "max_kl_at", "greedy_differs_at", "mean_overlap",
+                          "overlap_k"))
+
+
+@dataclass(frozen=True)
 class Comparison:
     label_a: str
     label_b: str
@@ -48,8 +106,13 @@ class Comparison:
     spans: tuple[Span, ...]
     same_tokens: bool  # both sides tokenised the text identically: spans are tokens
     notes: tuple[str, ...] = ()
+    divergence: Divergence | None = None  # per step: only where both sides share a tokenizer
+    no_divergence: str = ""  # why there is none (another tokenizer, a server engine, not asked)
 
     def to_json(self) -> dict:
+        """Extra keys may be added, none removed. "steps" and the divergence's keys are None where it is
+        undefined, and "divergence_note" says why."""
+        steps = self.divergence.to_json() if self.divergence is not None else dict(NO_STEPS, divergence_notes=[])
         return {
             "a": self.label_a, "b": self.label_b, "same_tokens": self.same_tokens, "notes": list(self.notes),
             "spans": [{"text": s.text, "start": s.start, "stop": s.stop, "logprob_a": s.logprob_a,
@@ -57,6 +120,7 @@ class Comparison:
                        "tokens_b": s.tokens_b} for s in self.spans],
             "total_logprob_a": sum(s.logprob_a for s in self.spans),
             "total_logprob_b": sum(s.logprob_b for s in self.spans),
+            **steps, "divergence_note": self.no_divergence,
         }
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .align import Comparison, compare
+from .divergence import divergence
 from .errors import BadInput
 from .service import Service
 from .types import Message, Settings
@@ -80,10 +81,12 @@ def conversation(system: str, prompt: str) -> list[Message]:
 
 
 def compare_text(variants: Variants, text: str, against: str, prompt: str = "", system_a: str = "",
-                 system_b: str = "", top_k: int = 5, conversation_b: Sequence[Message] = ()) -> Comparison:
+                 system_b: str = "", top_k: int = 5, conversation_b: Sequence[Message] = (),
+                 steps: bool = True) -> Comparison:
     """Score `text` as the reply to A's context (system prompt A, then `prompt`, either optional)
     and to B's: another system prompt, another conversation (`conversation_b`, the messages the
-    reply follows), or the same context on another precision or model; align the two on the text."""
+    reply follows), or the same context on another precision or model; align the two on the text.
+    steps: also the per-step divergence where both sides share a tokenizer (two more passes)."""
     settings = Settings(max_new_tokens=1, top_k=top_k)
     if not text.strip():
         raise BadInput("empty text: paste some text to compare")
@@ -98,5 +101,10 @@ def compare_text(variants: Variants, text: str, against: str, prompt: str = "", 
     b = side.service.score_text(text, settings, messages=context_b)
     if against in (SYSTEM, CONVERSATION):
         what = "system prompt" if against == SYSTEM else "conversation"
-        return compare(a, b, f"{what} A", f"{what} B")
-    return compare(a, b, variants.main.info.name, side.label)
+        cmp = compare(a, b, f"{what} A", f"{what} B")
+    else:
+        cmp = compare(a, b, variants.main.info.name, side.label)
+    if not steps:
+        return replace(cmp, no_divergence="per-step divergence not asked for")
+    found, why = divergence(variants.main, a, side.service, b, top_k)
+    return replace(cmp, divergence=found, no_divergence=why)

@@ -4,6 +4,7 @@ independent forwards."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 
@@ -135,6 +136,11 @@ def test_int8_and_system_prompt_comparisons(variants, service):
 def test_another_model_with_another_tokenizer(variants):
     cmp = compare_text(variants, MIXED, "another model")
     assert not cmp.same_tokens and cmp.notes and "".join(s.text for s in cmp.spans) == MIXED
+    # no per-step divergence across tokenizers: the reason, with both token counts, and no numbers
+    assert cmp.divergence is None and "needs one tokenizer" in cmp.no_divergence
+    assert f"into {len(cmp.a.tokens)} tokens, B into {len(cmp.b.tokens)}" in cmp.no_divergence
+    assert cmp.to_json()["steps"] is None and cmp.to_json()["divergence_note"] == cmp.no_divergence
+    assert "needs one tokenizer" in compare_html(cmp) and "gs-cmp-strip" in compare_html(cmp)
     assert sum(s.tokens_b for s in cmp.spans) == len(cmp.b.tokens) != len(cmp.a.tokens)
     data = json.loads(json.dumps(cmp.to_json(), ensure_ascii=False))
     assert data["total_logprob_b"] == pytest.approx(sum(t.logprob for t in cmp.b.tokens))
@@ -145,3 +151,68 @@ def test_delta_colours_diverge_from_white():
     assert delta_color(0.0) == "rgb(255,255,255)"
     red, blue = delta_color(-5), delta_color(5)
     assert red != blue and red.startswith("rgb(202") and blue.startswith("rgb(5,")
+
+
+def plain_rows(model, ids: list[int], n: int, split: bool = False) -> list[list[float]]:
+    """The n logit rows that predict ids[-n:], as Python floats, from plain forwards of `model`: the
+    whole sequence at once, or (split) its context first into a cache, then the rest in one call."""
+    with torch.inference_mode():
+        if not split:
+            return model(input_ids=torch.tensor([ids])).logits[0, -n - 1:-1].double().tolist()
+        from transformers import DynamicCache
+
+        cache, start = DynamicCache(config=model.config), len(ids) - n - 1
+        model(input_ids=torch.tensor([ids[:start]]), cache=cache, use_cache=True)
+        return model(input_ids=torch.tensor([ids[start:-1]]), cache=cache, use_cache=True).logits[0].double().tolist()
+
+
+def brute_force(row_a: list[float], row_b: list[float], k: int) -> tuple[float, float, int, int]:
+    """(KL(A || B) summed over every id in float64, |top-k A & top-k B| / k as Python sets, argmax A, argmax B)."""
+    def logp(row: list[float]) -> list[float]:
+        top = max(row)
+        log_z = top + math.log(math.fsum(math.exp(x - top) for x in row))
+        return [x - log_z for x in row]
+
+    la, lb = logp(row_a), logp(row_b)
+    kl = math.fsum(math.exp(a) * (a - b) for a, b in zip(la, lb) if math.exp(a) > 0)
+    ids = range(len(row_a))
+    top_a, top_b = (set(heapq.nlargest(k, ids, key=row.__getitem__)) for row in (row_a, row_b))
+    return kl, len(top_a & top_b) / k, max(ids, key=row_a.__getitem__), max(ids, key=row_b.__getitem__)
+
+
+def check_steps(cmp, rows_a: list[list[float]], rows_b: list[list[float]], kl_tol: float) -> list[tuple]:
+    """The comparison's steps against brute force on independent rows; -> the brute-force tuples."""
+    d = cmp.divergence
+    assert d is not None and not cmp.no_divergence and len(d.steps) == len(cmp.a.tokens) == len(rows_a)
+    want = [brute_force(ra, rb, d.k) for ra, rb in zip(rows_a, rows_b)]
+    assert [s.kl for s in d.steps] == pytest.approx([w[0] for w in want], rel=kl_tol, abs=1e-7)
+    assert [s.overlap for s in d.steps] == [w[1] for w in want]
+    assert [(s.argmax_a, s.argmax_b) for s in d.steps] == [(w[2], w[3]) for w in want]
+    assert [s.greedy_differs for s in d.steps] == [w[2] != w[3] for w in want]
+    data = cmp.to_json()
+    assert data["mean_kl"] == pytest.approx(sum(w[0] for w in want) / len(want), rel=kl_tol)
+    assert data["greedy_differs_at"] == [i for i, w in enumerate(want) if w[2] != w[3]]
+    assert [s["kl"] for s in data["steps"]] == [s.kl for s in d.steps] and data["overlap_k"] == d.k
+    return want
+
+
+def test_per_step_kl_of_two_system_prompts_against_two_plain_forwards(variants, engine):
+    text, prompt = "The capital of France is Paris. It is known for the Eiffel Tower.", "What is the capital of France?"
+    cmp = compare_text(variants, text, SYSTEM, prompt, "", "You are a pirate. Answer like one.", top_k=5)
+    n = len(cmp.a.tokens)
+    text_ids = [t.id for t in cmp.a.tokens]
+    rows = [plain_rows(engine.model, [*r.prompt_token_ids, *text_ids], n) for r in (cmp.a, cmp.b)]
+    want = check_steps(cmp, *rows, kl_tol=1e-3)  # float32 both: only the engine's chunking's rounding
+    assert max(w[0] for w in want) > 0.1 and min(w[1] for w in want) < 1  # the pirate does move the predictions
+    assert any(w[2] != w[3] for w in want)  # and changes a greedy choice
+    assert "gs-cmp-kl-summary" in compare_html(cmp)
+
+
+def test_per_step_kl_of_bfloat16_against_two_plain_forwards(variants, engine):
+    cmp = compare_text(variants, "Paris is the capital of France.", "bfloat16", "Name a capital.", top_k=3)
+    bf16 = variants.side("bfloat16").service.engine.model
+    ids, n = [*cmp.a.prompt_token_ids, *(t.id for t in cmp.a.tokens)], len(cmp.a.tokens)
+    # bfloat16 rows depend on which rows are computed together (see the test above): B's forwards are split
+    # as the engine splits a short text (context, then the text), so both round alike; A's is one forward
+    want = check_steps(cmp, plain_rows(engine.model, ids, n), plain_rows(bf16, ids, n, split=True), kl_tol=1e-3)
+    assert all(0 < w[0] < 0.1 for w in want)  # bfloat16: small, never zero

@@ -1,4 +1,5 @@
-"""A Comparison -> side-by-side HTML with a diverging strip of the difference, and its chart."""
+"""A Comparison -> side-by-side HTML with a diverging strip of the difference, and its chart; with one
+tokenizer on both sides, also the per-step divergence (KL, top-k overlap, greedy choices) and its chart."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import math
 
 import plotly.graph_objects as go
 
-from ..align import Comparison, Span, biggest
-from .chart import AXIS_STYLE, PLAIN_LAYOUT, token_label
+from ..align import Comparison, Divergence, Span, biggest
+from .chart import AXIS_STYLE, MAX_TICK_LABELS, PLAIN_LAYOUT, tick_label, token_label
 from .html import tokens_html
 from .text import bdi, esc, html_visible, pct, plotly_text
 from .view import View
 
 CAP = 2.0  # nats: |log p_b - log p_a| beyond this gets the strongest colour
 LESS, MORE = (202, 0, 32), (5, 113, 176)  # red: B less sure; blue: B surer (ColorBrewer RdBu ends)
+KL_COLOR, DIFFERS_COLOR, OVERLAP_COLOR = "#5c7cfa", "#c92a2a", "#2b8a3e"
+KL_HELP = ("At each token: KL(A\u2016B) = \u03a3 p<sub>A</sub> (log p<sub>A</sub> \u2212 log p<sub>B</sub>) over "
+           "the whole vocabulary, in nats (0: B predicts exactly as A); top-k overlap: the share of A's k likeliest "
+           "next tokens among B's; \u25c6 where the greedy choices differ.")
 
 
 def delta_color(delta: float) -> str:
@@ -66,8 +71,31 @@ def compare_html(cmp: Comparison, palette: str = "cividis") -> str:
         f"B {total_b:.2f} nats \u00b7 {len(cmp.spans)} spans</p>{notes}"
         f'<div class="gs-cmp-sides"><div><h4>A: {a}</h4>{tokens_html(cmp.a.tokens, View(palette=palette))}</div>'
         f'<div><h4>B: {b}</h4>{tokens_html(cmp.b.tokens, View(palette=palette))}</div></div>'
-        f"<h4>Difference, B \u2212 A</h4>{_legend()}{_strip(cmp.spans)}<h4>Biggest changes</h4>{changes}</div>"
+        f"<h4>Difference, B \u2212 A</h4>{_legend()}{_strip(cmp.spans)}<h4>Biggest changes</h4>{changes}"
+        f"{divergence_html(cmp)}</div>"
     )
+
+
+def divergence_html(cmp: Comparison) -> str:
+    """The per-step summary (mean and largest KL, where the greedy choices differ, mean top-k overlap),
+    or why there is none."""
+    d = cmp.divergence
+    if d is None:  # no reason: none was asked for (`align.compare` alone)
+        why = cmp.no_divergence and f'<p class="gs-cmp-note">{esc(cmp.no_divergence)}</p>'
+        return f'<div class="gs-cmp-kl gs-cmp-kl-none">{why}</div>' if why else ""
+    n, at, differs = len(d.steps), d.max_at, d.differs_at
+    worst = "" if at is None else (f" \u00b7 largest {d.steps[at].kl:.3g} nats at token #{at} "
+                                   f"<code>{html_visible(cmp.a.tokens[at].text)}</code>")
+    where = ", ".join(f"#{i} (A <code>{html_visible(d.steps[i].shown_a)}</code>, B "
+                      f"<code>{html_visible(d.steps[i].shown_b)}</code>)" for i in differs[:8])
+    more = ", \u2026" if len(differs) > 8 else ""
+    where = f": {where}{more}" if differs else ""
+    notes = "".join(f'<p class="gs-cmp-note">{esc(x)}</p>' for x in d.notes)
+    return (f'<div class="gs-cmp-kl"><h4>Per-step divergence, KL(A\u2016B)</h4>'
+            f'<p class="gs-cmp-kl-summary">mean KL {d.mean_kl:.3g} nats over {n} tokens{worst} \u00b7 '
+            f"top-{d.k} overlap {d.mean_overlap:.0%} on average \u00b7 the greedy choice differs at "
+            f'<span class="gs-cmp-kl-differs">{len(differs)}</span> of {n} tokens{where}</p>'
+            f'{notes}<p class="gs-cmp-kl-help"><small>{KL_HELP}</small></p></div>')
 
 
 def compare_outputs(cmp: Comparison) -> tuple[str, go.Figure, dict]:
@@ -97,3 +125,45 @@ def compare_figure(cmp: Comparison) -> go.Figure:
         margin=dict(l=60, r=70, t=80, b=90), **PLAIN_LAYOUT,
     )
     return go.Figure(data=[bars, pa, pb], layout=layout)
+
+
+def divergence_figure(cmp: Comparison) -> go.Figure:
+    """KL(A||B) per token (bars), \u25c6 where the greedy choices differ, the top-k overlap on a second axis;
+    where there is no per-step divergence, the reason in place of the chart."""
+    d = cmp.divergence
+    if d is None:
+        why = cmp.no_divergence or "no per-step divergence was computed"
+        note = dict(text=plotly_text(why), showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+        return go.Figure(layout=dict(title=dict(text="Per-step divergence"), annotations=[note],
+                                     xaxis=dict(visible=False), yaxis=dict(visible=False), **PLAIN_LAYOUT))
+    return go.Figure(data=_divergence_traces(cmp, d), layout=_divergence_layout(cmp, d))
+
+
+def _divergence_traces(cmp: Comparison, d: Divergence) -> list:
+    xs = list(range(len(d.steps)))
+    hover = [f"{token_label(t.text)}: KL {s.kl:.4g} nats, top-{d.k} overlap {s.overlap:.0%}<br>greedy: A "
+             f"{token_label(s.shown_a)}, B {token_label(s.shown_b)}" for t, s in zip(cmp.a.tokens, d.steps)]
+    kl = go.Bar(x=xs, y=[s.kl for s in d.steps], name="KL(A\u2016B), nats", marker=dict(color=KL_COLOR),
+                hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")
+    at = d.differs_at
+    differs = go.Scatter(x=at, y=[d.steps[i].kl for i in at], name="greedy choice differs", mode="markers",
+                         marker=dict(symbol="diamond", size=9, color=DIFFERS_COLOR, line=dict(color="white", width=1)),
+                         hovertext=[hover[i] for i in at], hovertemplate="%{hovertext}<extra></extra>")
+    overlap = go.Scatter(x=xs, y=[s.overlap for s in d.steps], name=f"top-{d.k} overlap", mode="lines", yaxis="y2",
+                         line=dict(color=OVERLAP_COLOR, width=1, shape="hv"), hoverinfo="skip")
+    return [kl, differs, overlap]
+
+
+def _divergence_layout(cmp: Comparison, d: Divergence) -> dict:
+    every = max(1, -(-len(d.steps) // MAX_TICK_LABELS))
+    xs = list(range(0, len(d.steps), every))
+    return dict(
+        title=dict(text="Per-step divergence of B from A"),
+        xaxis=dict(AXIS_STYLE, title=dict(text="token"), tickmode="array", tickvals=xs,
+                   ticktext=[tick_label(cmp.a.tokens[i]) for i in xs], tickangle=-60),
+        yaxis=dict(AXIS_STYLE, title=dict(text="KL(A\u2016B), nats"), rangemode="tozero"),
+        yaxis2=dict(AXIS_STYLE, title=dict(text=f"top-{d.k} overlap"), overlaying="y", side="right",
+                    range=[0, 1.05], tickformat=".0%", showgrid=False),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        margin=dict(l=60, r=70, t=80, b=90), **PLAIN_LAYOUT,
+    )

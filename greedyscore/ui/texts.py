@@ -13,7 +13,7 @@ from ..exports import Exports
 from ..guess import Game, choices
 from ..render import View, legend_html, render_outputs
 from ..render.calibration import calibration_html, reliability_figure
-from ..render.compare import compare_outputs
+from ..render.compare import compare_outputs, divergence_figure
 from ..render.guess import board_html, round_html, score_html, summary_html, surprisal_figure
 from ..render.text import visible
 from ..service import Service
@@ -176,7 +176,8 @@ class CompareTab:
         self.variants = variants
         gr.Markdown("Score the same text twice, under a second configuration, and see where the model's "
                     "confidence moves: another system prompt, lower precision (bfloat16, int8) or another model. "
-                    "Texts are aligned on characters, so different tokenizers compare fairly.")
+                    "Texts are aligned on characters, so different tokenizers compare fairly. With one tokenizer on "
+                    "both sides, each token also gets the divergence of B's whole next-token distribution from A's.")
         text = gr.Textbox(COMPARE_EXAMPLE[1], lines=3, label="The text (scored as the reply to the prompt, if any)",
                           elem_id="gs-cmp-text")
         with gr.Row():
@@ -193,14 +194,15 @@ class CompareTab:
                                     "...]: what the text replies to, for 'another conversation')",
                                     elem_id="gs-cmp-conv-b")
         run = gr.Button("Compare", variant="primary", elem_id="gs-cmp-btn")
-        self.outputs = [gr.HTML(elem_id="gs-cmp"), gr.Plot(elem_id="gs-cmp-chart", show_label=False),
-                        gr.JSON(label="comparison (JSON)", elem_id="gs-cmp-json")]  # side by side, figure, JSON
-        run.click(self.run, [text, prompt, against, system_a, system_b, conversation_b], self.outputs,
+        shown, chart = gr.HTML(elem_id="gs-cmp"), gr.Plot(elem_id="gs-cmp-chart", show_label=False)
+        self.steps = gr.Plot(elem_id="gs-cmp-kl-chart", show_label=False)  # per-step divergence, or why none
+        self.outputs = [shown, chart, gr.JSON(label="comparison (JSON)", elem_id="gs-cmp-json")]  # as /compare's
+        run.click(self.run, [text, prompt, against, system_a, system_b, conversation_b], [*self.outputs, self.steps],
                   **config.model, **PRIVATE)
 
     def run(self, text: str, prompt: str, against: str, system_a: str, system_b: str, conv_b: str) -> dict:
         with shown_as_gr_errors():
             messages_b = actions.parse_messages_json(conv_b, "conversation B") if against == CONVERSATION else ()
             cmp = actions.compare(self.variants, text, prompt, against, system_a, system_b, conversation_b=messages_b)
-            return dict(zip(self.outputs, compare_outputs(cmp)))
+            return {**dict(zip(self.outputs, compare_outputs(cmp))), self.steps: divergence_figure(cmp)}
 
