@@ -205,6 +205,9 @@ def test_compare_endpoint(client):
     _, _, sp = client.predict(text, "Name a capital.", "another system prompt", "", "Answer in French.",
                               api_name="/compare")
     assert sp["a"] == "system prompt A" and any(abs(s["delta"]) > 1e-3 for s in sp["spans"])
+    n = sum(s["tokens_a"] for s in sp["spans"])  # one tokenizer: a divergence step per token, KL >= 0
+    assert len(sp["steps"]) == n and all(s["kl"] >= 0 and 0 <= s["overlap"] <= 1 for s in sp["steps"])
+    assert sp["mean_kl"] > 0 and "gs-cmp-kl" in page
     with pytest.raises(Exception, match="compare-model"):
         client.predict(text, "", "another model", api_name="/compare")
 

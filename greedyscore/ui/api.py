@@ -101,7 +101,8 @@ class Api:
         "another conversation" (conversation_b: the messages the text replies to), "bfloat16", "int8", or
         "another model" with --compare-model), aligned on characters ->
         (side-by-side HTML, figure, comparison JSON {"spans": [{"text", "logprob_a", "logprob_b", "delta",
-        "points", ...}], "same_tokens", ...})."""
+        "points", ...}], "same_tokens", and with one tokenizer "steps": [{"kl", "overlap", "greedy_differs",
+        "argmax_a", "argmax_b"}], "mean_kl", ...})."""
         with shown_as_gr_errors():
             messages_b = actions.parse_messages(conversation_b) if conversation_b else ()
             return compare_outputs(actions.compare(self.variants, text, prompt, against, system_a, system_b, top_k,
