@@ -94,16 +94,21 @@ def map_html(tokens: Sequence[ScoredToken], view: View = View(), min_tokens: int
     marked = {i for r in runs for i in range(r.start, r.stop)}
     cells = "".join(
         f'<span data-k="{i}"{_RUN if i in marked else ""} style="background:{color_for(v, view.palette)}"'
-        f' title="{i}: {html_visible(t.text, "(partial character)")} {esc(measure_text(t, mode))}"></span>'
+        f' title="{_title(i, t, mode)}"></span>'
         for i, (t, v) in enumerate(zip(tokens, values))
     )
     n = len(tokens)
     label = (f"map of the reply's {n} tokens, coloured by {MODE_SHORT[mode]}: arrow keys move, "
              "Enter jumps to the token")
-    first = f"0: {html_visible(tokens[0].text, '(partial character)')}"
     strip = (f'<div class="gs-map-cells" tabindex="0" role="slider" aria-label="{esc(label)}" aria-valuemin="0"'
-             f' aria-valuemax="{n - 1}" aria-valuenow="0" aria-valuetext="{first}" data-cur="0">{cells}</div>')
+             f' aria-valuemax="{n - 1}" aria-valuenow="0" aria-valuetext="{_title(0, tokens[0], mode)}"'
+             f' data-cur="0">{cells}</div>')
     return f'<div class="gs-map" data-n="{n}">{_head(n, view)}{strip}{_runs_html(runs, view)}</div>'
+
+
+def _title(i: int, t: ScoredToken, mode: str) -> str:
+    """A cell's tooltip (and the strip's spoken value at it), escaped: position, text, number."""
+    return f"{i}: {html_visible(t.text, '(partial character)')} {esc(measure_text(t, mode))}"
 
 
 def _head(n: int, view: View) -> str:
