@@ -7,6 +7,7 @@ it): parse and layout, hover, responsiveness, scrolling through it, and a jump f
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import sys
@@ -74,6 +75,28 @@ JUMP = """() => new Promise(r => { const cells = document.querySelectorAll('.gs-
       at: document.activeElement.dataset.i, kb: document.querySelector('.gs-map').outerHTML.length / 1024})); })"""
 
 
+def layout_ms(browser, doc: str) -> float:
+    """Chromium: a fresh page's parse, style and layout of `doc`."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    t0 = time.perf_counter()
+    page.set_content(doc)
+    page.evaluate("document.body.offsetHeight")  # forces style and layout of every element
+    ms = (time.perf_counter() - t0) * 1000
+    page.close()
+    return ms
+
+
+def map_layout_cost(browser, doc: str, repeats: int = 3) -> tuple[float, float]:
+    """-> median page parse + layout (ms) with the map and with it cut out, runs interleaved."""
+    bare = re.sub(r'<div class="gs-map".*?(?=<div class="gs-tokens">)', "", doc, flags=re.S)
+    assert 'class="gs-map"' in doc and 'class="gs-map"' not in bare  # noqa: S101
+    with_map, without = [], []
+    for _ in range(repeats):
+        with_map.append(layout_ms(browser, doc))
+        without.append(layout_ms(browser, bare))
+    return statistics.median(with_map), statistics.median(without)
+
+
 def browser_times(reply) -> dict[str, float]:
     """Chromium: the conversation as the app draws it (with the map and its script), then the chart
     drawn by an already loaded Plotly (as in the app, where plotly.js is loaded once with the page)."""
@@ -111,6 +134,8 @@ def browser_times(reply) -> dict[str, float]:
         )
         frames = page.evaluate(SCROLL)[1:]
         jump = page.evaluate(JUMP)  # the map's last cell: scrolled to, focused, highlighted, painted
+        page.close()
+        with_map, without_map = map_layout_cost(b, doc)
         chart = b.new_page(viewport={"width": 1280, "height": 900})
         chart.set_content(shell)
         chart.locator("#warm .bars path").first.wait_for()
@@ -126,7 +151,7 @@ def browser_times(reply) -> dict[str, float]:
             "chart_ms": chart_ms, "html_mb": len(doc.encode()) / 2**20, "scroll_frames": len(frames),
             "scroll_p50": frames[len(frames) // 2], "scroll_p95": frames[int(len(frames) * 0.95)],
             "scroll_max": frames[-1], "jump_ms": jump["ms"], "map_cells": jump["cells"], "map_kb": jump["kb"],
-            "jumped_to": jump["at"]}
+            "jumped_to": jump["at"], "with_map_ms": with_map, "without_map_ms": without_map}
 
 
 def main() -> None:
@@ -151,6 +176,8 @@ def main() -> None:
         ["map: a click on its last cell until the token is scrolled to, focused and the frame painted",
          f"{br['jump_ms']:.0f} ms"],
         ["HTML size", f"{br['html_mb']:.1f} MB for {br['tokens']} token elements (split characters are one)"],
+        ["page parse + layout with the map / with it cut out (chromium, medians of 3 interleaved)",
+         f"{br['with_map_ms']:.0f} / {br['without_map_ms']:.0f} ms"],
         ["map HTML size", f"{br['map_kb']:.0f} KB for {br['map_cells']} cells (one per token)"],
     ]
     body = (f"Machine: {machine()}, headless Debian chromium. Commit {git_rev()}. A real 2,000-token "

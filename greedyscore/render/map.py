@@ -129,7 +129,7 @@ def _runs_html(runs: Sequence[Run], view: View) -> str:
     if not runs:
         return f'<div class="gs-map-runs">no token below the threshold ({esc(view.threshold_text())})</div>'
     buttons = "".join(
-        f'<button type="button" data-k="{r.start}" data-stop="{r.stop}" aria-label="jump to token {r.start}">'
+        f'<button type="button" data-k="{r.start}" data-stop="{r.stop}" title="jump to token {r.start}">'
         f"{_span_text(r)} ({r.stop - r.start} {'token' if r.stop - r.start == 1 else 'tokens'}, least confident "
         f"{esc(value_text(view.color_by, r.lowest))})</button>"
         for r in runs
