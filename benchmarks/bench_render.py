@@ -7,6 +7,7 @@ it): parse and layout, hover, responsiveness, scrolling through it, and a jump f
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
@@ -180,8 +181,9 @@ def main() -> None:
          f"{br['with_map_ms']:.0f} / {br['without_map_ms']:.0f} ms"],
         ["map HTML size", f"{br['map_kb']:.0f} KB for {br['map_cells']} cells (one per token)"],
     ]
-    body = (f"Machine: {machine()}, headless Debian chromium. Commit {git_rev()}. A real 2,000-token "
-            f"teacher-forced reply, top-5 alternatives; Python times are medians of 7.\n\n"
+    load = os.getloadavg()[0]  # the cores may be shared: every row then runs slower, the same for each
+    body = (f"Machine: {machine()}, headless Debian chromium, load average {load:.1f} at the end. Commit {git_rev()}. "
+            f"A real 2,000-token teacher-forced reply, top-5 alternatives; Python times are medians of 7.\n\n"
             + table(["what", "time"], rows))
     print(body)
     write_section("Rendering a 2,000-token reply (bench_render.py)", body)
