@@ -567,3 +567,54 @@ def test_step_through_the_chats_reply_from_a_token(browser, app_server):
     assert path == chat_tokens[:3]
     page.locator("#gs-step-dist button.gs-step-take").first.wait_for(timeout=60_000)
     page.close()
+
+
+# --- the map above a long reply --------------------------------------------------------------------
+MAP_MARK = """() => { const gd = document.querySelector('#gs-reply-chart .js-plotly-plot');
+    const s = gd && gd.layout && (gd.layout.shapes || []).find(s => s.name === 'gs-selected');
+    return s ? s.x0 + 0.5 : null; }"""
+FOCUSED = """() => { const a = document.activeElement;
+    return a && a.classList.contains('gs-jumped') ? +a.dataset.i : null; }"""
+
+
+def test_map_of_a_long_reply_jumps_to_a_token_and_marks_the_chart(browser, app_server):
+    """A reply of more than 80 tokens gets a map; a click on a cell, or the keyboard (focus the map,
+    ArrowRight, Enter), focuses that token in the reply and moves the chart's selection to it."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    page.goto(app_server)
+    page.locator("#gs-msg textarea").wait_for()
+    page.get_by_text("Settings").first.click()
+    limit = page.get_by_label("number input for max new tokens")
+    for _ in range(5):  # on a loaded machine the slider can still be settling and take back a first fill
+        limit.fill("160")
+        limit.press("Enter")
+        page.wait_for_timeout(300)
+        if limit.input_value() == "160":
+            break
+    send(page, "Write a very long story about a dragon who learns to paint. Go on for many paragraphs.")
+    page.locator("#gs-reply .gs-map").wait_for(timeout=240_000)
+    n = page.locator(TURN_TOKENS).evaluate_all("els => els.length")
+    cells = page.locator("#gs-reply .gs-map-cells > span")
+    assert cells.count() == int(page.locator("#gs-reply .gs-map").get_attribute("data-n")) > 80 and n > 40
+    page.locator("#gs-reply-chart .js-plotly-plot .bars path").first.wait_for(timeout=60_000)
+    # a token k whose own span starts at k and at k + 1 (not inside a split character), late in the reply
+    k = page.evaluate("""() => { const has = i => document.querySelector(`#gs-reply .gs-token[data-i="${i}"]`);
+        for (let k = 70; ; k++) if (has(k) && has(k + 1)) return k; }""")
+    page.evaluate("window.scrollTo(0, 0)")
+    cells.nth(k).click()
+    page.wait_for_function(f"() => ({FOCUSED})() === {k}", timeout=5000)
+    top = page.locator(f'#gs-reply .gs-token[data-i="{k}"]').evaluate("el => el.getBoundingClientRect().top")
+    assert 0 < top < page.evaluate("innerHeight")  # scrolled into view
+    page.wait_for_function(f"() => ({MAP_MARK})() === {k}", timeout=10_000)
+    # keyboard: the map is reachable, its cursor moves with the arrows, Enter jumps
+    strip = page.locator("#gs-reply .gs-map-cells")
+    strip.focus()
+    page.keyboard.press("ArrowRight")
+    assert strip.get_attribute("aria-valuenow") == str(k + 1)
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => ({FOCUSED})() === {k + 1}", timeout=5000)
+    page.wait_for_function(f"() => ({MAP_MARK})() === {k + 1}", timeout=10_000)
+    if os.environ.get("GREEDYSCORE_SCREENSHOT"):  # for the README: the map, the reply under it, the jumped token
+        page.mouse.move(1275, 5)  # no hover tooltip beside the focused token's
+        page.locator("#gs-reply .gs-turn-reply .gs-bubble").screenshot(path=str(ROOT / "assets" / "map.png"))
+    page.close()

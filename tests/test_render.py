@@ -615,3 +615,109 @@ def test_an_entropy_interval_is_shown_as_one_never_as_a_number():
     rows = list(csv.DictReader(io.StringIO(tokens_csv(reply))))
     assert [r["entropy_max"] for r in rows] == ["", "2.4"]
     assert "entropy_max" not in reply.to_json()["tokens"][0] and reply.to_json()["tokens"][1]["entropy_max"] == 2.4
+
+
+# --- the map above a long reply ---------------------------------------------------------------
+
+
+def _long_tokens(n: int, texts: list[str] | None = None) -> list[ScoredToken]:
+    """n tokens with spread numbers, a special token and split characters (a "" fragment, then its
+    character) among them."""
+    out: list[ScoredToken] = []
+    for i in range(n):
+        p = 0.02 + 0.96 * ((i * 53) % 97) / 97
+        text = texts[i % len(texts)] if texts else f" w{i}"
+        if i % 29 == 5:
+            out.append(tok("", p, id=i, margin=p / 2, entropy=3 * (1 - p)))
+        elif i % 29 == 6 and out[-1].text == "":
+            out.append(tok("好", p, id=i, joined=1, margin=p / 3, entropy=2 * (1 - p)))
+        else:
+            out.append(tok(text, p, id=i, special=i == n - 1, margin=p * 0.8, entropy=2.9 * (1 - p) ** 2))
+    return out
+
+
+def _map_cells(out: str) -> list[dict[str, str | None]]:
+    return [a for tag, a in Doc(out).starts if tag == "span" and "data-k" in a]
+
+
+def _background(style: str | None) -> str:
+    m = re.search(r"background:(#[0-9a-f]{6})", style or "")
+    assert m, style
+    return m.group(1)
+
+
+def test_a_map_above_a_long_reply_only():
+    for n, shown in ((80, False), (81, True), (300, True)):
+        out = tokens_html(_long_tokens(n), View())
+        assert ('class="gs-map"' in out) == shown, n
+        assert len(_map_cells(out)) == (n if shown else 0)
+        assert [int(a["data-k"]) for a in _map_cells(out)] == (list(range(n)) if shown else [])
+    assert 'class="gs-map"' not in tokens_html(_long_tokens(300), View(), token_map=False)
+    assert 'class="gs-map"' in reply_html(make_reply(_long_tokens(81)))
+    strip = next(a for tag, a in Doc(tokens_html(_long_tokens(81))).starts if "gs-map-cells" in (a.get("class") or ""))
+    assert strip["tabindex"] == "0" and strip["aria-valuemax"] == "80"
+
+
+@pytest.mark.parametrize("mode", ["prob", "margin", "entropy"])
+@pytest.mark.parametrize("palette", list(PALETTES))
+def test_map_cells_take_the_colours_of_the_token_spans(mode, palette):
+    """Each cell's colour is the colour of the span that draws its token (a split character's
+    span covers data-n tokens), read back from the reply's own HTML."""
+    tokens = _long_tokens(120)
+    out = tokens_html(tokens, View(mode, palette, 0.5))
+    spans: list[str] = []
+    for t in Doc(out).tokens:
+        spans += [_background(t["attrs"]["style"])] * int(t["attrs"].get("data-n") or 1)
+    assert len(spans) == len(tokens) and any(t["attrs"].get("data-n") for t in Doc(out).tokens)
+    assert [_background(a["style"]) for a in _map_cells(out)] == spans
+
+
+@pytest.mark.parametrize("bad", [*HOSTILE, "ok\u202ekaerb", "a\nb\x07"])
+def test_hostile_token_texts_in_map_titles_stay_text(bad):
+    out = tokens_html(_long_tokens(90, [bad, " fine"]), View())
+    doc = Doc(out)
+    assert not {tag for tag, _ in doc.starts} & {"script", "img", "b", "i"}
+    for _, attrs in doc.starts:
+        assert not [k for k in attrs if k.startswith("on") or k == "autofocus"], attrs
+    titles = [a["title"] for a in _map_cells(out)]
+    assert titles[0] == f"0: {visible(bad, spaces=True)} {pct(0.02)}"
+    assert "\u202e" not in out and "\x07" not in out
+
+
+def _brute_force_runs(values: list[float], threshold: float) -> list[tuple[int, int, float]]:
+    """Every maximal interval of values below the threshold, found by trying all of them."""
+    n, found = len(values), []
+    for a in range(n):
+        for b in range(a + 1, n + 1):
+            inside = all(v < threshold for v in values[a:b])
+            maximal = (a == 0 or values[a - 1] >= threshold) and (b == n or values[b] >= threshold)
+            if inside and maximal:
+                found.append((a, b, math.fsum(threshold - v for v in values[a:b])))
+    return sorted(found, key=lambda r: (-r[2], r[0]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_lowest_runs_are_the_brute_force_ones_and_the_map_marks_them(seed):
+    import random
+
+    from greedyscore.render.map import lowest_runs
+
+    rng = random.Random(seed)
+    values = [rng.random() ** rng.choice((0.5, 1, 2)) for _ in range(rng.randint(81, 140))]
+    threshold = rng.uniform(0.2, 0.8)
+    expected = _brute_force_runs(values, threshold)[:3]
+    runs = lowest_runs(values, threshold, 3)
+    assert [(r.start, r.stop) for r in runs] == [(a, b) for a, b, _ in expected]
+    assert [r.shortfall for r in runs] == pytest.approx([s for _, _, s in expected])
+    assert [r.lowest for r in runs] == [min(values[a:b]) for a, b, _ in expected]
+    tokens = [tok(f" t{i}", v, id=i) for i, v in enumerate(values)]  # probability = the value
+    out = tokens_html(tokens, View("prob", "cividis", threshold))
+    marked = [int(a["data-k"]) for a in _map_cells(out) if a.get("class") == "gs-map-run"]
+    assert marked == sorted(i for a, b, _ in expected for i in range(a, b))
+    jumps = [int(a["data-k"]) for tag, a in Doc(out).starts if tag == "button" and "data-k" in a]
+    assert jumps == [a for a, _, _ in expected]
+
+
+def test_no_run_below_a_zero_threshold():
+    out = tokens_html(_long_tokens(100), View("prob", "cividis", 0.0))
+    assert "no token below the threshold" in out and 'class="gs-map-run"' not in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .colors import DEFAULT_PALETTE, PALETTES, color_for, text_color, token_value
 from .export import cell_text, parse_top, tokens_csv
 from .html import CSS, legend_html, page_html, reply_html, stats_html, tokens_html
+from .map import map_html
 from .outputs import render_numbers, render_outputs
 from .terminal import reply_ansi
 from .view import COLOR_MODES, View
@@ -20,6 +21,7 @@ __all__ = [
     "PALETTES",
     "color_for",
     "legend_html",
+    "map_html",
     "page_html",
     "cell_text",
     "parse_top",

@@ -32,6 +32,7 @@ from .colors import (
     token_value,
     unit_value,
 )
+from .map import map_html
 from .text import bdi, char_mark, entropy_text, esc, html_visible, num, pct, seconds, spoken, sub_invisible
 from .view import View
 
@@ -184,12 +185,14 @@ def display_bytes(t: ScoredToken) -> str:
 
 
 def tokens_html(
-    tokens: Sequence[ScoredToken], view: View = View(), fork: bool = False, shared_until: int | None = None
+    tokens: Sequence[ScoredToken], view: View = View(), fork: bool = False, shared_until: int | None = None,
+    token_map: bool = True,
 ) -> str:
     """All tokens in order inside one pre-wrap block (no legend); split characters as units.
 
     fork: alternatives in tooltips are buttons (data-at, data-token) that fork the reply there.
     shared_until: a fork's shared prefix (dimmed) ends here, and this token is where it diverges.
+    token_map: above a long reply (render/map.py), its map, right before the block.
     """
     check_mode(view.color_by)
     check_palette(view.palette)
@@ -204,7 +207,7 @@ def tokens_html(
             spans.append(token_html(tokens[start], start, view, fork, extra))
         else:
             spans.append(unit_html(tokens[start:stop], start, view, fork, extra))
-    return f'<div class="gs-tokens">{"".join(spans)}</div>'
+    return f'{map_html(tokens, view) if token_map else ""}<div class="gs-tokens">{"".join(spans)}</div>'
 
 
 def reply_html(reply: ScoredReply, view: View = View()) -> str:

@@ -15,6 +15,7 @@ import gradio as gr
 from ..errors import BadInput
 from ..exports import EXPORT_TTL_S, Exports
 from ..render import CSS, View
+from ..render.map import MAP_HEAD
 from ..render.steer import STEER_CSS
 from ..render.text import neutral
 from ..service import Service
@@ -100,10 +101,10 @@ class Continue:
 
 
 def launch(demo: gr.Blocks, trusted_proxies: str = "", **kwargs: Any) -> None:
-    """`demo.launch(**kwargs)` with what it needs besides: the CSS (a launch argument in Gradio 6)
-    and which proxies may name the client. uvicorn rewrites the client address from
-    X-Forwarded-For for the addresses in FORWARDED_ALLOW_IPS (read when Gradio builds its server),
+    """`demo.launch(**kwargs)` with what it needs besides: the CSS and the long replies' map script
+    (launch arguments in Gradio 6) and which proxies may name the client. uvicorn rewrites the
+    client address from X-Forwarded-For for the addresses in FORWARDED_ALLOW_IPS (read when Gradio builds its server),
     loopback unless set: any local user or proxy could then claim any address and step around the
     share rate limit. Only `trusted_proxies` (default: none) is trusted."""
     os.environ["FORWARDED_ALLOW_IPS"] = trusted_proxies
-    demo.launch(css=CSS + STEER_CSS, **kwargs)
+    demo.launch(css=CSS + STEER_CSS, head=MAP_HEAD, **kwargs)
