@@ -330,11 +330,7 @@ def _context_length(engine: Any, hf: Any) -> int:
 def _stop_ids(engine: Any) -> frozenset[int]:
     """What 0.18 stops greedy decoding on (AsyncEngine._determine_gen_config): the chat template's
     stop words, the tokenizer's eos and the generation config's eos."""
-    stop: set[int] = set(getattr(engine, "stop_words", None) or [])
-    eos = engine.tokenizer.eos_token_id
-    if eos is not None:
-        stop.add(eos)
     gen_eos = (getattr(engine, "hf_gen_cfg", None) or {}).get("eos_token_id")
-    if gen_eos is not None:
-        stop.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-    return frozenset(int(s) for s in stop)
+    stop = [*(getattr(engine, "stop_words", None) or []), engine.tokenizer.eos_token_id,
+            *(gen_eos if isinstance(gen_eos, list) else [gen_eos])]
+    return frozenset(int(s) for s in stop if s is not None)

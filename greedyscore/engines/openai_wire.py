@@ -91,9 +91,8 @@ def text_of(choice: dict) -> str:
 
 
 def _message(err: Any) -> str:
-    if isinstance(err, dict):
-        return str(err.get("message") or err.get("msg") or err.get("text") or err)[:300]
-    return str(err)[:300]
+    text = (err.get("message") or err.get("msg") or err.get("text") or err) if isinstance(err, dict) else err
+    return str(text)[:300]
 
 
 def http_error(status: int, url: str, text: str, model: str) -> Exception:
