@@ -155,8 +155,7 @@ class OpenAIEngine:
                 notes = (f"the server's chat template made {n_prompt} prompt tokens, the local tokenizer's "
                          f"{len(local)}: prompt ids unknown, so no rescoring",)
         scores = step_scores(steps, req.top_k, self.info.vocab_size)
-        return Generation(tuple(s.token_id for s in steps), finish, steps=scores, prompt_ids=prompt_ids,
-                          notes=notes)
+        return Generation(tuple(s.token_id for s in steps), finish, steps=scores, prompt_ids=prompt_ids, notes=notes)
 
     def _read_steps(self, choice: dict, top_k: int, at: int) -> list[ServerStep]:
         """A choice's logprob entries -> checked ServerSteps (chat or completions format)."""
