@@ -15,10 +15,8 @@ from ..topk import ServerStep
 
 FLOOR = -9999.0  # vLLM clamps logprobs here (OpenAI's convention): at or below it means "no probability"
 LOGPROB_TIE = 1e-5  # a listed alternative above the greedy token by more than this: not raw argmax
-RAW_LOGPROBS_FIX = (
-    "start LMDeploy's api_server with `--backend pytorch --logprobs-mode raw_logprobs`, or vLLM with its "
-    "default `--logprobs-mode raw_logprobs`, and no penalties"
-)
+RAW_LOGPROBS_FIX = ("start LMDeploy's api_server with `--backend pytorch --logprobs-mode raw_logprobs`, or vLLM with "
+                    "its default `--logprobs-mode raw_logprobs`, and no penalties")
 
 
 class Broken(Exception):

@@ -110,9 +110,8 @@ class SharedItem:
             reply = turn.path(conversation.shown)
         else:
             reply = reply_from_json(d.get("reply"))
-        return SharedItem(d["kind"], reply, _messages(d.get("messages")),
-                          _settings(d.get("settings")), _identity(d.get("model")), _number(d.get("created")),
-                          conversation)
+        return SharedItem(d["kind"], reply, _messages(d.get("messages")), _settings(d.get("settings")),
+                          _identity(d.get("model")), _number(d.get("created")), conversation)
 
 
 def settings_of(reply: ScoredReply) -> Settings:
