@@ -1,13 +1,11 @@
 """Two scorings of the same text, aligned on the text (not on tokens), and compared.
 
-Each side's tokens cover the text; a span ends where *both* sides have a token boundary (the
-coarsest common segmentation), so every character falls in exactly one span and a span's
-log-probability on each side is the sum over that side's tokens in it: by the chain rule that
-is log p(span | everything before it), comparable across different tokenizers. Byte tokens of a
-split character (text "") and special tokens count in the span of the character that follows.
+A span ends where *both* sides have a token boundary, so a span's summed logprob on each side is
+log p(span | everything before it) by the chain rule: comparable across tokenizers. Tokens that
+spell nothing (a split character's bytes, special tokens) count in the span that follows.
 
-When both sides share a tokenizer, a comparison can also carry its per-step divergence (computed in
-`divergence`): at every token, how far B's whole next-token distribution is from A's.
+With one tokenizer a comparison also carries its per-step divergence (`divergence`): at every
+token, how far B's whole next-token distribution is from A's.
 """
 
 from __future__ import annotations
@@ -136,10 +134,8 @@ def _text_and_ends(tokens: Sequence[ScoredToken]) -> tuple[str, list[int]]:
 
 
 def align(tokens_a: Sequence[ScoredToken], tokens_b: Sequence[ScoredToken]) -> list[Span]:
-    """Spans where both tokenisations break. Raises ValueError when the two spell different texts.
-
-    Example: a = ["ab", "c"], b = ["a", "bc"] -> one span "abc" (a: 2 tokens, b: 2 tokens)
-    """
+    """Spans where both tokenisations break; ValueError when the two spell different texts.
+    Example: a = ["ab", "c"], b = ["a", "bc"] -> one span "abc" (a: 2 tokens, b: 2 tokens)"""
     text_a, ends_a = _text_and_ends(tokens_a)
     text_b, ends_b = _text_and_ends(tokens_b)
     if text_a != text_b:
@@ -168,10 +164,8 @@ def _drop_head(tokens: Sequence[ScoredToken], n_chars: int) -> list[ScoredToken]
 
 
 def compare(a: ScoredReply, b: ScoredReply, label_a: str, label_b: str) -> Comparison:
-    """The two scorings side by side, aligned on their text.
-
-    When one side scored a little more of the text (a tokenizer without BOS takes the first token
-    as context, not as a prediction), the extra head is left out and the comparison says so."""
+    """The two scorings side by side, aligned on their text; a head only one side scored (a tokenizer
+    without BOS takes the first token as context) is left out, with a note."""
     ta, tb = _text_and_ends(a.tokens)[0], _text_and_ends(b.tokens)[0]
     notes: list[str] = []
     tokens_a, tokens_b = list(a.tokens), list(b.tokens)

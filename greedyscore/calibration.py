@@ -1,9 +1,6 @@
-"""Is the model as often right as it is sure? Top-1 calibration over teacher-forced text.
-
-At each position of a known text the model's top-1 prediction is right when it equals the real
-next token. Binning positions by the top-1 probability gives a reliability diagram; ECE weighs
-each bin's |accuracy - confidence| by its count, Brier is the mean squared gap between the top-1
-probability and whether it was right. Pure functions on ScoredTokens.
+"""Is the model as often right as it is sure? Top-1 calibration over teacher-forced text: positions
+binned by top-1 probability (a reliability diagram), ECE (count-weighted |accuracy - confidence|)
+and Brier (mean squared gap between the top-1 probability and being right).
 """
 
 from __future__ import annotations
@@ -24,11 +21,8 @@ def top1(t: ScoredToken) -> tuple[float, bool]:
 
 
 def calibration(tokens: Sequence[ScoredToken], n_bins: int = N_BINS) -> Calibration:
-    """Bins [i/n, (i+1)/n), the last one closed (p = 1.0); special tokens (a chat template's
-    markers, near-certain and not the text's) are left out.
-
-    Example: two positions, top-1 0.9 right and 0.6 wrong -> bins 9 (acc 1) and 6 (acc 0);
-    ece = (0.1 + 0.6) / 2, brier = (0.01 + 0.36) / 2."""
+    """Bins [i/n, (i+1)/n), the last closed; special tokens (a template's markers, not the text's) left out.
+    Example: top-1 0.9 right, 0.6 wrong -> ece = (0.1 + 0.6) / 2, brier = (0.01 + 0.36) / 2."""
     pairs = [top1(t) for t in tokens if not t.special]
     edges = [i / n_bins for i in range(1, n_bins)]
     groups: list[list[tuple[float, bool]]] = [[] for _ in range(n_bins)]

@@ -1,8 +1,5 @@
-"""`python -m greedyscore chat|score`: greedy replies and teacher-forced text, every token scored.
-
-Errors inside are domain exceptions; here, at the edge, they become one line on stderr and a
-non-zero exit, never a traceback.
-"""
+"""`python -m greedyscore chat|score|fork|compare`: greedy replies and teacher-forced text, every token
+scored; at this edge errors become one line on stderr and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
@@ -157,8 +154,7 @@ def _read_messages(path: str) -> list[Message]:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Every text argument is Unicode text: invalid UTF-8 in argv arrives as lone surrogates
-    (Python's surrogateescape), refused here with the argument's name (`text_input`)."""
+    """Every text argument is Unicode text (invalid UTF-8 in argv is refused, naming the argument)."""
     from .text_input import check_text
 
     positional = "prompt" if args.command in ("chat", "fork", "step") else "text"
@@ -168,9 +164,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, opened: list[Service]) -> tuple[ScoredReply, Service, list[Message]]:
-    """Build the request first (bad input fails fast, before any model time), then load the engine and
-    run it. -> (the reply, the service that made it, the messages it answered or was scored after);
-    the service is also put in `opened`, for the caller to close."""
+    """The request first (bad input fails before any model time), then the engine -> (the reply, its
+    service, the messages it answered or was scored after); the service also goes in `opened`."""
     from .engine_args import engine_from_args
     from .service import Service
 
@@ -242,8 +237,7 @@ def _reply_ids(raw: str) -> list[int]:
 
 
 def _drain(stream: Iterator[TextDelta | ScoredReply], progress: bool) -> ScoredReply:
-    """Loop over a turn's stream: the reply's tail on stderr while it comes, then the reply.
-    Closed on the way out, so Ctrl-C stops the generation (the Service can then close at once)."""
+    """A turn's stream -> its reply, the tail on stderr meanwhile; closed on the way out (Ctrl-C stops it)."""
     with closing(stream):  # type: ignore[type-var]
         for event in stream:
             if isinstance(event, ScoredReply):
@@ -257,8 +251,7 @@ def _drain(stream: Iterator[TextDelta | ScoredReply], progress: bool) -> ScoredR
 
 
 def run_compare(args: argparse.Namespace, opened: list[Service]):
-    """`compare`: both scorings, aligned (engines load only after the settings check); every
-    Service it loads is put in `opened`, for the caller to close."""
+    """`compare`: both scorings, aligned (engines load after the settings check); Services go in `opened`."""
     from .engine_args import engine_from_args
     from .requests import check_settings
     from .service import Service
@@ -293,8 +286,7 @@ def _print_comparison(cmp) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The edge: errors become one line on stderr; exit 2 for bad input, 1 for anything else.
-    Every Service opened is closed before returning, on every path."""
+    """The edge: errors become one line on stderr (exit 2 for bad input, else 1); every Service closed."""
     args = build_parser().parse_args(argv)
     opened: list[Service] = []
     try:

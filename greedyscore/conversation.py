@@ -1,8 +1,5 @@
-"""A visitor's conversation as data: the turns, their scored replies and each reply's fork tree.
-
-Pure and immutable (each change returns a new Conversation), so the UI keeps one per session in
-`gr.State` and the renderers and the export read it; no model and no gradio here.
-"""
+"""A visitor's conversation as data: the turns, their scored replies and each reply's fork tree. Pure
+and immutable (each change returns a new Conversation): the UI keeps one per session in `gr.State`."""
 
 from __future__ import annotations
 
@@ -56,12 +53,9 @@ class Turn:
         """The turn's reply in the CLI schema, with its fork tree (each fork: parent, at, token_id, reply)."""
         if self.reply is None:
             return {"user": self.user, "reply": None, "forks": []}
-        return {
-            "user": self.user,
-            **self.reply.to_json(),
-            "forks": [{"id": f.id, "parent": f.parent, "at": f.at, "token_id": f.token_id, **f.reply.to_json()}
-                      for f in self.forks],
-        }
+        return {"user": self.user, **self.reply.to_json(),
+                "forks": [{"id": f.id, "parent": f.parent, "at": f.at, "token_id": f.token_id, **f.reply.to_json()}
+                          for f in self.forks]}
 
     @staticmethod
     def from_json(d: Any) -> Turn:
@@ -97,8 +91,7 @@ class Conversation:
     shown: int = ORIGINAL  # in the selected turn: the fork shown beside its parent (ORIGINAL: none)
 
     def messages(self, turn: int | None = None) -> list[Message]:
-        """The messages that produced `turn` (None: those for a new turn after all of them).
-        Turns that never got a reply are left out; forks never change the conversation."""
+        """The messages that produced `turn` (None: a new turn after all), turns without a reply left out."""
         end = len(self.turns) if turn is None else turn
         out: list[Message] = []
         for t in self.turns[:end]:

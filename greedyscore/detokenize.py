@@ -1,17 +1,11 @@
 """Byte-faithful token texts, incrementally: each pushed id gets its share of the decoded text.
 
-Why incremental: a streamed reply is decoded as it grows, and decoding the whole reply at every
-step costs O(n) per token. Here each step decodes a short window that starts a few tokens back,
-on a boundary where text was emitted (never inside a character, so a byte-fallback decoder sees
-whole characters), and keeps what the new token adds: a step costs O(window). The context before
-the new token matters: SentencePiece-style decoders drop the leading space of a window's first
-token, and both decodes drop it alike.
-
-Why byte-faithful: byte-level (and SentencePiece byte-fallback) tokens can end inside a
-multi-byte character (Chinese, emoji). Such a token gets text "" and the token that completes
-the character carries it whole, with `joined` = how many tokens before it belong to it. The
-texts of the non-special tokens join exactly to decode(non-special ids): no U+FFFD appears that
-the reply itself does not contain.
+Incremental: a step decodes a short window starting a few tokens back, on a boundary where text was
+emitted (never inside a character), so it costs O(window), not O(reply); the window's context keeps
+SentencePiece's dropped leading space alike in both decodes.
+Byte-faithful: a token that ends inside a multi-byte character gets text "" and the one completing it
+carries it whole, `joined` counting the tokens before it; the non-special texts join exactly to
+decode(non-special ids), so no U+FFFD appears that the reply itself does not contain.
 """
 
 from __future__ import annotations
@@ -30,13 +24,8 @@ REPLACEMENT = "\ufffd"
 
 
 class Detokenizer:
-    """Push ids one at a time; `push` returns that token's (text, joined).
-
-    Example:
-        d = Detokenizer(tok.decode, tok.is_special)
-        [d.push(i) for i in ids_of("你")]  -> [("", 0), ("你", 1)]   (a 2-token character)
-        d.finish()                         -> every token's (text, joined), in order
-    """
+    """Push ids one at a time; `push` -> that token's (text, joined), `finish` -> every token's.
+    Example: [d.push(i) for i in ids_of("你")] -> [("", 0), ("你", 1)] (a 2-token character)"""
 
     def __init__(self, decode: Decode, is_special: IsSpecial) -> None:
         self.decode = decode
@@ -76,11 +65,8 @@ class Detokenizer:
         return self.out[-1]
 
     def finish(self) -> list[tuple[str, int]]:
-        """Every token's (text, joined), the text ending inside a character settled.
-
-        A reply cut inside a character holds U+FFFD there: the last pending token carries it.
-        A tokenizer whose windows do not compose is redone exactly (O(n^2), never seen so far).
-        """
+        """Every token's (text, joined): a cut character's U+FFFD on its last token; a tokenizer whose
+        windows do not compose redone exactly (O(n^2), never seen so far)."""
         out = list(self.out)
         full = self.decode(self._plain)
         tail = ""
@@ -115,10 +101,7 @@ def _exact(ids: Sequence[int], decode: Decode, is_special: IsSpecial) -> list[tu
 
 
 def token_texts(ids: Sequence[int], decode: Decode, is_special: IsSpecial) -> list[tuple[str, int]]:
-    """Each token's share of the decoded text, as (text, joined).
-
-    Example: ids of "你" split in two byte tokens -> [("", 0), ("你", 1)].
-    """
+    """Each token's share of the decoded text, as (text, joined)."""
     d = Detokenizer(decode, is_special)
     for tok in ids:
         d.push(int(tok))
@@ -126,11 +109,8 @@ def token_texts(ids: Sequence[int], decode: Decode, is_special: IsSpecial) -> li
 
 
 def units(tokens: Sequence[ScoredToken]) -> list[tuple[int, int]]:
-    """(start, stop) runs to draw as one element: a character's fragments (text "" tokens, then
-    the token whose `joined` counts them) form one run; every other token is its own run.
-
-    Example: units([<"">, <"你", joined=1>, <"!">]) -> [(0, 2), (2, 3)]
-    """
+    """(start, stop) runs drawn as one element: a split character's tokens, else one token each.
+    Example: units([<"">, <"你", joined=1>, <"!">]) -> [(0, 2), (2, 3)]"""
     runs, i, n = [], 0, len(tokens)
     while i < n:
         j = i

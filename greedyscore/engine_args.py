@@ -68,8 +68,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    """Load the engine the flags name (raises GreedyScoreError with what to do); a --base-url with
-    the default backend means the remote one."""
+    """The engine the flags name (a --base-url with the default backend: the remote one)."""
     if args.backend == "auto" and args.base_url:
         args.backend = "openai"
     dtype = getattr(args, "dtype", "float32")
@@ -110,17 +109,11 @@ def _lmdeploy_load(args: argparse.Namespace) -> dict[str, object]:
 
 def _api_root(url: str | None) -> str | None:
     """Example: _api_root("http://h:8000/v1/") -> "http://h:8000" (paths are added per call)."""
-    if not url:
-        return url
-    url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    return url.rstrip("/").removesuffix("/v1") if url else url
 
 
 def positive_number(value: object, name: str, most: float = 1e9, whole: bool = False) -> float:
-    """A limit as a user gives it: a number in (0, most] (whole if asked), or BadInput naming `name`.
-
-    Example: positive_number("1.5", "--share-ttl") -> 1.5; positive_number("-1", ...) raises
-    """
+    """A limit as a user gives it: a number in (0, most] (whole if asked), or BadInput naming `name`."""
     kind = "a whole number" if whole else "a number"
     try:
         x = float(value)  # type: ignore[arg-type]
@@ -132,8 +125,7 @@ def positive_number(value: object, name: str, most: float = 1e9, whole: bool = F
 
 
 def positive_flag(name: str, most: float = 1e9, whole: bool = False) -> Callable[[str], float]:
-    """An argparse `type=` for a limit flag (argparse also applies it to a GREEDYSCORE_ default and
-    prefixes its message with the flag)."""
+    """An argparse `type=` for a limit flag (applied to a GREEDYSCORE_ default too)."""
 
     def parse(raw: str) -> float:
         try:
@@ -147,9 +139,8 @@ def positive_flag(name: str, most: float = 1e9, whole: bool = False) -> Callable
 
 def share_store(where: str | None = None, ttl_days: float | None = None, max_mb: float | None = None,
                 per_hour: int | None = None):
-    """The share store (app: --store, --share-ttl, --share-max-mb, --share-rate; else
-    GREEDYSCORE_STORE, GREEDYSCORE_SHARE_TTL, GREEDYSCORE_SHARE_MAX_MB, GREEDYSCORE_SHARE_RATE, so
-    the CLI keeps the demo's limits). Bad limits raise BadInput naming them, before anything runs."""
+    """The share store from the app's flags, else GREEDYSCORE_STORE / _SHARE_TTL / _SHARE_MAX_MB /
+    _SHARE_RATE (so the CLI keeps the demo's limits); bad limits are BadInput before anything runs."""
     from .models import cache_dir
     from .sharing.store import Limits, ShareStore
 

@@ -1,8 +1,5 @@
-"""Download files for scored replies: JSON (the CLI's schema) and CSV, one unguessable folder each.
-
-A long-lived server must not fill its disk, so folders older than `ttl_s` are pruned when a new
-export is written. Several requests prune at once: a folder another request just removed is
-simply gone, never an error for a reply that was already computed.
+"""Download files for scored replies: JSON (the CLI's schema) and CSV, one unguessable folder each;
+folders older than `ttl_s` are pruned at each new export, so a long-lived server does not fill its disk.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""Guess the next token: a learner against the model on a known text (pure game logic).
+"""Guess the next token: a learner against the model on a known text, scored teacher-forced once up
+front and revealed a unit (a token, or a split character's tokens) at a time (pure game logic).
 
-The text is scored teacher-forced once, up front, then revealed one unit at a time (a token, or
-a split character's tokens; whitespace and special tokens are revealed without a round).
-
-Score, in bits per unit (Shannon's guessing game): the model's surprisal is -log2 p(real unit).
-The learner gives a guess, not a distribution, so they are credited with their own hit rate so
-far on it and the rest spread evenly over the other options (`learner_bits`): the vocabulary when
-typing; when picking, the menu, over which the model's probabilities are renormalised too, so
-both play the same game.
+Score: bits per unit (Shannon's guessing game). A learner gives a guess, not a distribution, so they
+are credited with their own hit rate so far (`learner_bits`), the rest spread over the other options:
+the vocabulary when typing, or the menu when picking (the model's probabilities renormalised on it).
 """
 
 from __future__ import annotations
@@ -111,8 +107,7 @@ def new_game(scored: ScoredReply, vocab_size: int, pick: int = 0) -> Game:
 
 
 def rank_among(tok: ScoredToken, token_id: int) -> tuple[float, int] | None:
-    """(logprob, model's rank) of `token_id` at a scored position, when it is in the kept top-k
-    (then every more likely token is in it too, so the rank is exact; ties share a rank)."""
+    """(logprob, rank) of `token_id` at a scored position when it is in the kept top-k (so the rank is exact)."""
     prob = next((a.prob for a in tok.top if a.id == token_id), tok.prob if tok.id == token_id else None)
     if prob is None:
         return None
@@ -121,8 +116,7 @@ def rank_among(tok: ScoredToken, token_id: int) -> tuple[float, int] | None:
 
 
 def stored_guess(game: Game, guess_ids: Sequence[int]) -> tuple[float, int] | None:
-    """(logprob, rank) of a one-token guess from the up-front scoring; None when the model must be
-    asked (several tokens, or outside the top-k kept)."""
+    """(logprob, rank) of a one-token guess from the up-front scoring; None: the model must be asked."""
     if len(guess_ids) != 1:
         return None
     return rank_among(game.scored.tokens[game.current.start], guess_ids[0])
@@ -133,10 +127,8 @@ Scorer = Callable[[Sequence[int]], tuple[float, int]]  # guess ids -> (logprob, 
 
 def score_guess(game: Game, guess: str, tokenize: Callable[[str], list[int]], ask: Scorer
                 ) -> tuple[str, list[int], float, int]:
-    """The learner's guess as the model would most likely continue with it: typed without a
-    leading space, with one too (a word after a word); the form the model finds likelier counts.
-    -> (the guess as scored, its ids, logprob, rank). A one-token form among the kept top-k costs
-    no model call."""
+    """-> (the guess as scored, its ids, logprob, rank): of the guess as typed and with a leading space
+    (a word after a word), the form the model finds likelier."""
     guess = guess.rstrip() if guess.strip() else guess
     forms = [guess] if guess[:1].isspace() or not guess.strip() else [guess, " " + guess]
     best = None
@@ -160,18 +152,15 @@ def is_hit(unit: Unit, tokens: Sequence[ScoredToken], guess: str, guess_ids: Seq
 
 def learner_bits(hits: int, rounds: int, hit: bool, options: int) -> float:
     """Surprisal of a learner who backs their guess with their own hit rate so far.
-
-    Example: learner_bits(0, 0, True, 100) -> 1.0 (confidence 1/2); a miss: log2(99 / 0.5)
-    """
+    Example: learner_bits(0, 0, True, 100) -> 1.0 (confidence 1/2); a miss: log2(99 / 0.5)"""
     confidence = (hits + 1) / (rounds + 2)
     q = confidence if hit else (1 - confidence) / max(options - 1, 1)
     return -math.log2(q)
 
 
 def choices(game: Game) -> list[tuple[str, float]]:
-    """The menu when the learner picks: whole units only (no byte fragments), the real one always
-    among them, the rest the model's likeliest first tokens; shuffled (seeded by the position, so
-    a replay shows the same menu). -> [(text, the model's probability of it)]."""
+    """The pick menu -> [(text, the model's probability)]: the real unit and the model's likeliest whole
+    first tokens, shuffled (seeded by the position: a replay shows the same menu)."""
     unit = game.current
     tok = game.scored.tokens[unit.start]
     menu = {unit.text: math.exp(unit.logprob)}
@@ -187,9 +176,7 @@ def choices(game: Game) -> list[tuple[str, float]]:
 
 def play(game: Game, guess: str, guess_ids: Sequence[int], guess_logprob: float, guess_rank: int,
          menu: Sequence[tuple[str, float]] = ()) -> Game:
-    """The game after one guess at the current unit (the guess already scored by the model).
-
-    With a `menu` (pick mode), both the learner and the model are scored over its options."""
+    """The game after one (scored) guess at the current unit; with a `menu`, both play over its options."""
     if game.done:
         return game
     unit = game.current

@@ -1,9 +1,6 @@
-"""Where models come from: the embedded SmolLM2 wheel, .gguf files, local HF dirs, hub ids.
-
-A .gguf (the embedded model is one) is converted once into a plain safetensors HF model dir in
-the cache (`GREEDYSCORE_CACHE`, default ~/.cache/greedyscore): de-quantizing a GGUF at every load
-is slow, the saved dir reloads fast and LMDeploy can load it too.
-"""
+"""Where models come from: the embedded SmolLM2 wheel, .gguf files, local HF dirs, hub ids. A .gguf is
+converted once into a safetensors HF dir in `GREEDYSCORE_CACHE` (default ~/.cache/greedyscore): that
+reloads fast, and LMDeploy can load it too."""
 
 from __future__ import annotations
 
@@ -57,12 +54,8 @@ def resolve_model(model: str | None) -> tuple[str, str]:
 
 
 def content_key(path: Path, edge: int = 1 << 20) -> str:
-    """A key for a file's content, not its place: size + sha256 of its first and last MiB (a GGUF's
-    header and the end of its tensor data), so a second checkout or a copy of the same wheel finds
-    the conversion already done, and a different file does not.
-
-    Example: content_key(Path("a.gguf")) == content_key(Path("copy-of-a.gguf"))
-    """
+    """A key for a file's content, not its place (size + sha256 of its first and last MiB): a copy of
+    the same wheel finds the conversion already done, a different file does not."""
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with path.open("rb") as f:
@@ -78,12 +71,8 @@ _identities: dict[tuple, str] = {}
 
 
 def weights_identity(source: str | None) -> str | None:
-    """sha256 over a local model dir's config.json and weight files (names and bytes): the same
-    value wherever the same model is, another for any other weights. None where the files are not
-    on this machine (a hub id, a remote server). Computed once per process: it reads every weight byte.
-
-    Example: weights_identity(resolve_model(None)[1]) -> "sha256:3f1c…" (64 hex digits)
-    """
+    """"sha256:..." over a model dir's config.json and weight files (names and bytes), once per process;
+    None where the files are not on this machine (a hub id not cached, a remote server)."""
     folder = Path(source) if source else None
     if folder is not None and not folder.exists() and source and source.count("/") == 1:
         folder = _hub_snapshot(source)  # a hub id: the snapshot from_pretrained loaded, if cached here

@@ -1,9 +1,6 @@
-"""How far a lower-precision model's scores are from float32's: measured once, at load.
-
-Why: bfloat16 runs faster on CPUs with bf16 instructions, but its probabilities are not the
-float32 model's. The UI says so with a number: the largest and mean |Δp| of the chosen tokens
-over a few probe replies, the bfloat16 engine's own scores against the float32 model's
-teacher-forced scores of the same tokens.
+"""How far a lower-precision model's scores are from float32's, measured once at load: bfloat16 is
+faster on CPUs with bf16 instructions, but its probabilities are not float32's, and the UI says by
+how much (max and mean |Δp| of the chosen tokens over a few probe replies).
 """
 
 from __future__ import annotations
@@ -35,8 +32,7 @@ def measure_drift(engine: Engine, reference: Engine, precision: str, probes: tup
 
 
 def drift_from_float32(engine: Engine, device: str) -> Drift:
-    """`engine`'s drift from its own weights in float32, loaded beside it for the measurement, then
-    freed: the load's peak memory is about 1.5x the float32 model's."""
+    """`engine`'s drift from its own weights in float32, loaded beside it and then freed (peak ~1.5x)."""
     print(f"greedyscore: measuring {engine.info.precision} against float32 ...", file=sys.stderr, flush=True)
     reference = load_engine("transformers", engine.info.source, device=device)
     drift = measure_drift(engine, reference, engine.info.precision)
@@ -47,11 +43,8 @@ def drift_from_float32(engine: Engine, device: str) -> Drift:
 
 
 def load_lower_precision(model: str | None, precision: str = "bfloat16") -> Engine:
-    """The transformers engine in `precision` (`--dtype`), its drift from float32 measured at load
-    (its info's `drift`, noted in its score source: what the UI's model line and every reply show).
-
-    Refused on a CPU without bfloat16 instructions: there torch has no fast bfloat16 arithmetic
-    (its prefill and the model's other operations run slower than in float32)."""
+    """The transformers engine in `precision` (`--dtype`), its drift from float32 measured at load;
+    refused on a CPU without bfloat16 instructions (torch would run slower than in float32)."""
     import torch
 
     from .cpu import bf16_instructions

@@ -1,16 +1,10 @@
-"""Where model work runs: one scheduler thread that does continuous batching over a decoder.
+"""Where model work runs: one scheduler thread that does continuous batching over a decoder
+(`engine.decoder()`: `join` a request, `step` every row by a token, `clear` after a failed step).
 
-Every engine hands the scheduler a decoder (`engine.decoder()`) with one protocol: `join` a
-request (its prefill), `step` every joined row by one token (rows that finish or are stopped
-leave, with their Generation), `clear` all rows after a failed step. The transformers engine's
-decoder is its own KV-cached batch; an engine that batches by itself (LMDeploy, a remote server)
-gets `engines.threads.EngineThreads`, where a row is a call in flight. Between steps, waiting
-requests join (up to `max_batch` rows) and other model work runs (`call`), so the model is never
-used by two threads at once and a request that arrives mid-reply starts at the next step.
-
-Bounded: up to `max_pending` accepted requests wait for a row; beyond that, `Busy`. `follow_up`
-is model work of a request already accepted (rescoring its reply): never refused, so a reply once
-generated is not lost.
+Between steps, waiting requests join (up to `max_batch` rows) and other model work runs (`call`), so
+the model is never used by two threads at once and a request arriving mid-reply starts at the next
+step. Up to `max_pending` requests wait for a row, beyond that `Busy`; `follow_up` (an accepted
+request's rescoring) is never refused, so a generated reply is not lost.
 """
 
 from __future__ import annotations
@@ -41,11 +35,8 @@ class _Job:
 
 
 class Scheduler:
-    """A bounded queue and one thread that joins, steps and runs calls over one decoder.
-
-    inline_calls False (an engine that takes concurrent calls): `call` runs on the caller's thread,
-    bounded like a request, instead of between steps.
-    """
+    """A bounded queue and one thread that joins, steps and runs calls over one decoder; inline_calls
+    False (an engine that takes concurrent calls): `call` runs on the caller's thread, bounded alike."""
 
     def __init__(self, decoder: Decoder, max_batch: int = 16, max_pending: int = 64, inline_calls: bool = True):
         self.decoder = decoder
@@ -76,8 +67,7 @@ class Scheduler:
         return self._accept(_Job(Future(), call=partial(fn, *args, **kwargs)), run=not self.inline_calls).result()
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Finish the work already accepted, then end the thread and wait for it. A process must not
-        exit while the thread is inside torch or the C kernel: C++ then aborts it."""
+        """Finish the accepted work, then end the thread (a process exiting inside torch is aborted by C++)."""
         with self._lock:
             self._closed = True
         if self._thread.is_alive():
@@ -163,8 +153,7 @@ class Scheduler:
 
     @staticmethod
     def _starts(job: _Job) -> bool:
-        """A waiting generation may start: not cancelled, and not stopped while it waited (then it
-        ends as "abort" before any model time is spent)."""
+        """A waiting generation may start: not cancelled, nor stopped while it waited (then: "abort")."""
         if not job.future.set_running_or_notify_cancel():
             return False
         cancel = job.request.cancel

@@ -1,8 +1,5 @@
 """One visitor's control over their turns on the shared Service: one model turn at a time, Stop that
-works while a turn waits in the queue or runs, and Clear that a running turn notices.
-
-Pure control (no model, no gradio): the UI keeps a Session per visitor beside their conversation
-and passes `turn()`'s cancel event to `Service.run`.
+works while a turn waits or runs, and Clear that a running turn notices (pure: no model, no gradio).
 """
 
 from __future__ import annotations

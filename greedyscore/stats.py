@@ -1,7 +1,5 @@
-"""What a reply's numbers follow from its tokens, in plain Python: the reply's stats and the
-near-tie rule. `scoring` uses them on fresh scores; `reply_json` derives them again when a reply
-comes back from a client or a store, so a document can never claim numbers its tokens do not have.
-"""
+"""A reply's numbers from its tokens (stats, the near-tie rule), shared by `scoring` and `reply_json`
+(which derives them again, so a document can never claim numbers its tokens do not have)."""
 
 from __future__ import annotations
 
@@ -21,8 +19,5 @@ def reply_stats(logprobs: Sequence[float]) -> ReplyStats:
 
 
 def is_near_tie(prob: float, rescored_prob: float, rescored_rank: int, tolerance: float) -> bool:
-    """Rescoring ranks the token below 1, or moves its probability by more than `tolerance`.
-
-    Example: is_near_tie(0.51, 0.47, 2, 1e-3) -> True; is_near_tie(0.9, 0.9, 1, 1e-3) -> False
-    """
+    """Rescoring ranks the token below 1, or moves its probability by more than `tolerance`."""
     return rescored_rank != 1 or abs(rescored_prob - prob) > tolerance

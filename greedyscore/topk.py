@@ -1,11 +1,8 @@
 """Scores from what a remote server reports: per step, the chosen token's logprob and a top-k list.
 
-Pure maths, like `scoring`, but on partial knowledge. With the whole vocabulary (vLLM
-`top_logprobs: -1`) everything is exact. With only the top-k, probability, logprob and margin
-are still exact (they need only the top two and the chosen token), the rank is exact where the
-chosen token is in the list, and the entropy is known only up to an interval: the residual mass
-r = 1 - sum(top-k) may be piled into as few tokens as the k-th probability allows (lowest
-entropy) or spread evenly over the rest of the vocabulary (highest). Never a made-up number.
+Pure maths on partial knowledge. With only the top-k, probability, logprob and margin are exact,
+the rank is where the chosen token is listed, and the entropy is an interval: the residual mass
+piled into as few tokens as the k-th probability allows, or spread over the rest of the vocabulary.
 """
 
 from __future__ import annotations
@@ -23,12 +20,8 @@ NO_ID = -1  # padding of a short top list (a server that sent fewer than k alter
 
 @dataclass(frozen=True)
 class ServerStep:
-    """One position as a server reported it (ids already resolved).
-
-    `top` holds id -> logprob for the alternatives the server sent, the chosen token merged in
-    (LMDeploy leaves it out); `rank` when the server states it (vLLM prompt_logprobs); `full`
-    when `top` is the whole vocabulary.
-    """
+    """One position as a server reported it: `top` id -> logprob (the chosen token merged in), `rank`
+    when the server states it, `full` when `top` is the whole vocabulary."""
 
     token_id: int
     logprob: float
@@ -40,9 +33,7 @@ class ServerStep:
 def entropy_bounds(probs: Sequence[float], vocab_size: int, cap: float | None = None) -> tuple[float, float]:
     """[lower, upper] entropy (nats) of a distribution over `vocab_size` tokens of which `probs`
     are known and every other token is at most `cap` (default: the smallest known probability).
-
-    Example: entropy_bounds([0.5, 0.5], 10) -> (ln 2, ln 2); entropy_bounds([0.5], 3) -> (ln 2, 1.5 ln 2)
-    """
+    Example: entropy_bounds([0.5, 0.5], 10) -> (ln 2, ln 2); entropy_bounds([0.5], 3) -> (ln 2, 1.5 ln 2)"""
     known = [p for p in probs if p > 0]
     h = -sum(p * math.log(p) for p in known)
     r = max(0.0, 1.0 - sum(known))
@@ -58,11 +49,7 @@ def entropy_bounds(probs: Sequence[float], vocab_size: int, cap: float | None = 
 
 
 def step_scores(steps: Sequence[ServerStep], top_k: int, vocab_size: int) -> StepScores:
-    """ServerSteps -> StepScores: rank the server's, else counted in its list; entropy exact from a
-    full list, else the interval of `entropy_bounds`; short lists padded with NO_ID.
-
-    Example: step_scores([ServerStep(7, 0.0, {7: 0.0}, full=True)], 1, 10).entropy -> tensor([0.])
-    """
+    """ServerSteps -> StepScores: entropy exact from a full list, else `entropy_bounds`; padded with NO_ID."""
     if not steps:
         return empty_scores(top_k)
     rows: list[tuple[float, int, float, float, float, list[int], list[float]]] = []

@@ -32,10 +32,8 @@ def pick_backend(backend: str) -> str:
 
 
 def load_engine(backend: str = "auto", model: str | None = None, base_url: str | None = None, **options) -> Engine:
-    """Load `model` (None = the embedded SmolLM2-135M-Instruct) on `backend`; "openai" connects
-    to the server at `base_url` instead (model None = the server's only model). `options` go to the
-    backend's `load`: e.g. transformers' `precision="bfloat16"` (and `drift=True` to measure it
-    against float32), so the engine's `info` is final when it returns."""
+    """Load `model` (None: the embedded one, or a server's only model) on `backend` ("openai": the server
+    at `base_url`); `options` go to the backend's `load`, so the engine's `info` is final on return."""
     chosen = pick_backend(backend)
     if chosen == "openai":
         if not base_url:

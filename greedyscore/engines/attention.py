@@ -1,11 +1,8 @@
 """A prompt's causal attention through the C kernel (kernels/attention.c); all else through torch's SDPA.
 
-Why: over a long prompt attention is a large part of a float32 prefill on a CPU, and torch's
-flash kernel is slower than our register-blocked products (benchmarks/RESULTS.md).
-`use_kernel_attention` registers ours under NAME (with SDPA's masks) and points the model's
-`config._attn_implementation` at it. It takes only what it computes exactly: one unpadded float32
-sequence attending causally to itself; every other call (padding, a cached prefix, other dtypes)
-goes to SDPA, unchanged.
+Why: over a long prompt attention is a large part of a float32 CPU prefill, and torch's flash kernel is
+slower than ours (benchmarks/RESULTS.md). The kernel takes only what it computes exactly: one unpadded
+float32 sequence attending causally to itself; every other call goes to SDPA, unchanged.
 """
 
 from __future__ import annotations

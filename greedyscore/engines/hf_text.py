@@ -11,8 +11,7 @@ from ..types import Message
 
 
 class HFTokenizer:
-    """The Tokenizer protocol (`engines.base`) over a Hugging Face tokenizer (`hf`): its chat
-    template, its ids, its texts; every engine that has such a tokenizer uses this one."""
+    """The Tokenizer protocol (`engines.base`) over a Hugging Face tokenizer: its chat template, ids, texts."""
 
     def __init__(self, hf: Any) -> None:
         self.hf = hf
@@ -45,8 +44,7 @@ class HFTokenizer:
 
 
 class LMDeployTokenizer(HFTokenizer):
-    """The model's HF tokenizer, prompts templated exactly as 0.18's pipeline does
-    (MultimodalProcessor._get_text_prompt_input): lmdeploy's chat template and tokenizer."""
+    """Prompts templated as 0.18's pipeline does (lmdeploy's chat template and tokenizer)."""
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine.tokenizer.model.model)  # the transformers tokenizer underneath
@@ -61,14 +59,9 @@ class LMDeployTokenizer(HFTokenizer):
 @lru_cache(maxsize=1)
 def _unicode_to_byte() -> dict[str, int]:
     """Inverse of the GPT-2 byte-level alphabet (printable stand-ins for the 256 bytes)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    moved = [b for b in range(256) if b not in keep]  # the other bytes, stood in for by 256, 257, ...
+    return {**{chr(b): b for b in keep}, **{chr(256 + i): b for i, b in enumerate(moved)}}
 
 
 def byte_level_bytes(token: str | None) -> bytes | None:

@@ -1,25 +1,11 @@
 """LMDeploy engine: greedy generation on a `lmdeploy.Pipeline` (TurboMind or PyTorch engine), CUDA only.
 
-Generation runs on token ids: greedyscore builds the prompt ids (the pipeline's own template and
-tokenizer) and hands exactly those to `AsyncEngine.preprocess(..., input_ids=ids)`, so the ids
-scored are by construction the ids the engine consumed. LMDeploy's greedy path reports no usable
-score (top_k=1 renormalises every logprob to 0.0), so the scores are taken in the generating pass,
-on the GPU, from the raw logits the engine decodes with:
-- PyTorch engine: a logits processor (`lmdeploy_steps.StepRecorder`, lmdeploy's `GenerationConfig.logits_processors`,
-  which the sampler calls with each sequence's raw row before any penalty or temperature) keeps each
-  row's float32 top-k and entropy on the GPU; after the reply they are placed on its ids
-  (`scoring.greedy_steps`) and only those numbers are copied. With `logprobs_mode='raw_logprobs'`
-  the engine's own log-softmax comes back too and `scoring.compare_engine_logprobs` cross-checks it.
-- TurboMind: `output_logits='generation'` returns the rows of the generated tokens with the reply;
-  they are scored on the GPU (`scoring.score_logits`) and only the numbers are copied.
-No [prompt + reply, vocab] tensor is made for a reply. Where the rows cannot be placed on the reply
-the Generation says so and carries no scores: the service then rescores exactly the generated ids
-with `score_ids` (one prefill's raw logits, `AsyncEngine.async_get_logits`), as it does for text,
-forks and verification.
-
-Everything from lmdeploy is imported inside functions: importing greedyscore never needs it.
-Tested on CPU against `tests/lmdeploy_standin.py` (lmdeploy's real Pipeline/AsyncEngine code over a
-transformers stand-in for the GPU engine) and on a GPU by `tests/test_gpu.py` (`make gpu-check`).
+The prompt ids are ours, handed to `AsyncEngine.preprocess(input_ids=...)`, so the ids scored are
+the ids consumed. LMDeploy's greedy logprobs are all 0.0 (renormalised after top_k=1), so scores come
+from the raw logits of the generating pass (`lmdeploy_steps`): a logits processor on the PyTorch
+engine, the generated rows (`output_logits`) on TurboMind; where they cannot be placed on the reply,
+the service rescores it with `score_ids`. lmdeploy is imported inside functions only: a CPU install
+never needs it (tested on CPU against `tests/lmdeploy_standin.py`, on a GPU by `tests/test_gpu.py`).
 """
 
 from __future__ import annotations
@@ -96,16 +82,14 @@ class LMDeployEngine:
         self.timeout_s = timeout_s
         self.rescores = rescore_budget or RescoreBudget()
         self.engine_name = backend_name
-        # the PyTorch engine calls a logits processor in this process only with its one-GPU 'uni'
-        # executor; with tp/dp > 1 or LMDEPLOY_EXECUTOR_BACKEND=mp|ray it would be pickled to workers
-        self.records_steps = backend_name == "pytorch" and _in_process(getattr(pipe, "backend_config", None))
+        config = getattr(pipe, "backend_config", None)
+        # a logits processor runs in this process only with the one-GPU 'uni' executor (else pickled to workers)
+        self.records_steps = backend_name == "pytorch" and _in_process(config)
+        # raw_logprobs: the PyTorch engine's logprobs=K are a true log-softmax of the raw logits
+        self.raw_logprobs = backend_name == "pytorch" and getattr(config, "logprobs_mode", None) == "raw_logprobs"
         engine = pipe.async_engine
         self.tokenizer = LMDeployTokenizer(engine)
         hf = self.tokenizer.hf
-        # raw_logprobs: the PyTorch engine's logprobs=K are a true log-softmax of the raw logits
-        self.raw_logprobs = backend_name == "pytorch" and (
-            getattr(getattr(pipe, "backend_config", None), "logprobs_mode", None) == "raw_logprobs"
-        )
         model_vocab = int(getattr(getattr(engine, "hf_cfg", None), "vocab_size", 0) or len(hf))
         vocab_size = min(len(hf), model_vocab)
         # say what the scores are computed from: the dtype of the logits this engine really returns
@@ -122,29 +106,13 @@ class LMDeployEngine:
         )
 
     @classmethod
-    def load(
-        cls,
-        model: str | None = None,
-        engine: str | None = "turbomind",
-        cache_max_entry_count: float | None = None,
-        max_batch_size: int | None = None,
-        session_len: int | None = None,
-        eager_mode: bool = False,
-        max_prefill_token_num: int | None = None,
-        **_: Any,
-    ) -> LMDeployEngine:
-        """Build a pipeline with prefix caching off (async_get_logits needs all rows recomputed).
-
-        Steps: check the settings, lmdeploy and CUDA; resolve the model dir; pick the engine
-        (None: TurboMind when built, else PyTorch); `lmdeploy.pipeline(dir, backend_config=...)`.
-        The PyTorch engine gets `logprobs_mode='raw_logprobs'` so its own logprobs can be
-        cross-checked. `cache_max_entry_count`: the share of free GPU memory for the KV cache
-        (lmdeploy: 0.8); `max_batch_size`: requests decoded together (lmdeploy's default on a big
-        GPU is 1024 request handles, and CUDA graphs captured at a dozen sizes: minutes of start-up);
-        `session_len`: prompt + reply tokens (default: the model's); `eager_mode` (PyTorch engine):
-        no CUDA graphs, the fastest start; `max_prefill_token_num`: the most prompt tokens one
-        prefill step takes (longer prompts are prefilled in chunks; lmdeploy: 8192).
-        """
+    def load(cls, model: str | None = None, engine: str | None = "turbomind",
+             cache_max_entry_count: float | None = None, max_batch_size: int | None = None,
+             session_len: int | None = None, eager_mode: bool = False, max_prefill_token_num: int | None = None,
+             **_: Any) -> LMDeployEngine:
+        """A pipeline with prefix caching off (async_get_logits needs all rows recomputed); engine None:
+        TurboMind when built, else PyTorch (with raw logprobs, to cross-check). The settings are
+        `engine_settings`' (the CLI's --kv-cache, --max-batch-size, --session-len, --eager)."""
         extra = engine_settings(engine, cache_max_entry_count, max_batch_size, session_len, eager_mode,
                                 max_prefill_token_num)
         lmdeploy = _import_lmdeploy()
@@ -183,9 +151,7 @@ class LMDeployEngine:
 
     # --- generation and scoring ----------------------------------------------------------
     def gen_config(self, max_new_tokens: int, top_k: int, recorder: StepRecorder | None = None) -> Any:
-        """Greedy (do_sample=False -> top_k=1), stop token kept, the scores' source for this engine:
-        the recorder on the PyTorch engine (and raw logprobs to cross-check), the generated rows'
-        logits on TurboMind."""
+        """Greedy, stop token kept, with this engine's source of scores (recorder or generated rows)."""
         from lmdeploy import GenerationConfig
 
         return GenerationConfig(
@@ -202,8 +168,7 @@ class LMDeployEngine:
         return EngineThreads(self.generate_batch, max_rows)
 
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
-        """Each request runs as its own request on the pipeline's event loop (LMDeploy batches
-        concurrent requests itself); -> one Generation per request, in order."""
+        """Each request on the pipeline's event loop, concurrently (LMDeploy batches them)."""
         futures = [self._submit(self._generate(r)) for r in requests]
         return [self._wait(f, "a generation") for f in futures]
 
@@ -215,8 +180,7 @@ class LMDeployEngine:
         return asyncio.run_coroutine_threadsafe(coro, thread.loop)
 
     def _wait(self, future: concurrent.futures.Future, what: str) -> Any:
-        """The future's result; a loop whose thread died, or that does not answer within
-        `timeout_s`, is one clear error instead of a visitor waiting forever."""
+        """The future's result; a dead or stuck loop is a clear error, not a visitor waiting forever."""
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
@@ -231,16 +195,8 @@ class LMDeployEngine:
                                       "may be stuck; try again, and restart the server if it persists") from None
 
     async def _generate(self, req: GenerateRequest) -> Generation:
-        """Greedy decoding of exactly req.prompt_ids through `AsyncEngine.preprocess(input_ids=...)`
-        and `AsyncEngine.generate`, scored in the same pass.
-
-        Steps: preprocess our ids (no template: 0.18's preprocess passes `input_ids` through
-        untouched; the test that the engine instance receives exactly our ids, on lmdeploy's real
-        code, is the guard); watch the cancel event (Stop -> `Session.async_abort`, repeated until
-        the request ends); collect the incremental token_ids, raw logprobs and (TurboMind) logits
-        of each output, passing new ids to `on_ids`; the last output carries the finish reason and,
-        with include_stop_str_in_output, the stop id (and its row); then the single-pass scores.
-        """
+        """Greedy decoding of exactly req.prompt_ids (0.18's preprocess passes `input_ids` through
+        untouched), scored in the same pass; Stop aborts the lmdeploy session."""
         from lmdeploy.serve.core.exceptions import RequestError
 
         if req.cancel is not None and req.cancel.is_set():
@@ -289,16 +245,13 @@ class LMDeployEngine:
                           engine_logprobs=tuple(out_.logprobs) if self.raw_logprobs else None, notes=tuple(notes))
 
     def _chunk_rows(self, n_prompt: int) -> int:
-        """The rows the PyTorch engine's sampler sees before a reply: one per prefill chunk
-        before the last (`max_prefill_token_num` tokens each)."""
+        """Rows the PyTorch engine samples before a reply: one per prefill chunk but the last."""
         chunk = int(getattr(self.pipe.backend_config, "max_prefill_token_num", 0) or 0)
         return max(0, -(-n_prompt // chunk) - 1) if chunk > 0 else 0
 
-    def score_ids(
-        self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int, cache: Any = None
-    ) -> StepScores:
-        """Teacher-forced scores from one prefill's raw logits (`async_get_logits([context + target[:-1]])` on
-        the pipeline's own loop): rows len(context)-1 .. end predict the targets. `cache` is unused."""
+    def score_ids(self, context_ids: Sequence[int], target_ids: Sequence[int], top_k: int,
+                  cache: Any = None) -> StepScores:
+        """Teacher-forced scores from one prefill's raw logits (`async_get_logits`); `cache` is unused."""
         if not context_ids:
             raise ValueError("teacher forcing needs at least one context token")
         if not target_ids:
@@ -315,8 +268,7 @@ class LMDeployEngine:
         yield from self._logits([int(i) for i in ids], self.info.vocab_size)[start:].split(CHUNK_ROWS)
 
     def _logits(self, ids: list[int], vocab_size: int) -> torch.Tensor:
-        """Raw logits [len(ids), vocab] of one prefill, CPU, in the model's dtype; within the
-        rescoring budget (each call holds such a tensor on the caller's thread)."""
+        """Raw logits [len(ids), vocab] of one prefill (CPU, model dtype), within the rescoring budget."""
         with self.rescores.hold(len(ids) * vocab_size * 4):  # float32 after .float(): the larger copy
             future = self._submit(self.pipe.async_engine.async_get_logits([ids]))
             return self._wait(future, "a rescoring")[0]
@@ -325,9 +277,8 @@ class LMDeployEngine:
 def engine_settings(engine: str | None, cache_max_entry_count: float | None, max_batch_size: int | None,
                     session_len: int | None, eager_mode: bool,
                     max_prefill_token_num: int | None = None) -> dict[str, Any]:
-    """The backend config's fields, each checked here with a message naming it (lmdeploy's own
-    checks are bare `AssertionError`s): prefix caching and metrics off (a Prometheus logger per
-    pipeline that nothing reads)."""
+    """The backend config's fields, each checked with a message naming it (lmdeploy's checks are bare
+    asserts); prefix caching and metrics (a Prometheus logger nothing reads) off."""
     extra: dict[str, Any] = dict(enable_prefix_caching=False, enable_metrics=False)
     if cache_max_entry_count is not None:
         c = cache_max_entry_count
@@ -351,10 +302,8 @@ def engine_settings(engine: str | None, cache_max_entry_count: float | None, max
 
 
 async def _abort_on(cancel: threading.Event, session: Any, every_s: float = 0.05) -> None:
-    """Once `cancel` is set (a thread event, set from any thread: polled), abort the session, and
-    again every `every_s` until the request ends (the caller cancels this task then):
-    `Session.async_abort` does nothing while the request still waits for a request handle, so one
-    abort sent then is lost and the reply would run to its length."""
+    """Once `cancel` is set, abort the session every `every_s` until the caller cancels this task: an
+    abort sent while the request still waits for a request handle is lost."""
     while True:
         if cancel.is_set():
             await session.async_abort()
@@ -362,8 +311,7 @@ async def _abort_on(cancel: threading.Event, session: Any, every_s: float = 0.05
 
 
 def _in_process(config: Any) -> bool:
-    """Whether the PyTorch engine samples in this process (lmdeploy 0.18's
-    get_distributed_executor_backend: 'uni' for a world of one, unless the environment names another)."""
+    """Whether the PyTorch engine samples in this process (0.18: 'uni' for a world of one, unless set)."""
     world = int(getattr(config, "tp", 1) or 1) * int(getattr(config, "dp", 1) or 1)
     return world == 1 and os.environ.get("LMDEPLOY_EXECUTOR_BACKEND", "uni") == "uni"
 
@@ -378,21 +326,15 @@ def _import_lmdeploy() -> Any:
 
 def _context_length(engine: Any, hf: Any) -> int:
     """The engine's session_len (prompt + reply), else the model config's."""
-    session_len = getattr(engine, "session_len", None)
-    if session_len:
-        return int(session_len)
     cfg = getattr(engine, "hf_cfg", None)
-    return int(getattr(cfg, "max_position_embeddings", 0) or hf.model_max_length)
+    return int(getattr(engine, "session_len", None) or getattr(cfg, "max_position_embeddings", 0)
+               or hf.model_max_length)
 
 
 def _stop_ids(engine: Any) -> frozenset[int]:
     """What 0.18 stops greedy decoding on (AsyncEngine._determine_gen_config): the chat template's
     stop words, the tokenizer's eos and the generation config's eos."""
-    stop: set[int] = set(getattr(engine, "stop_words", None) or [])
-    eos = engine.tokenizer.eos_token_id
-    if eos is not None:
-        stop.add(eos)
     gen_eos = (getattr(engine, "hf_gen_cfg", None) or {}).get("eos_token_id")
-    if gen_eos is not None:
-        stop.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-    return frozenset(int(s) for s in stop)
+    stop = [*(getattr(engine, "stop_words", None) or []), engine.tokenizer.eos_token_id,
+            *(gen_eos if isinstance(gen_eos, list) else [gen_eos])]
+    return frozenset(int(s) for s in stop if s is not None)

@@ -1,6 +1,5 @@
-"""The scores LMDeploy's generating pass yields, without a second forward (`engines/lmdeploy.py`):
-the PyTorch engine's raw logits rows through a logits processor (`StepRecorder`), TurboMind's
-generated rows from its stream of outputs (`Collected`)."""
+"""The scores of LMDeploy's generating pass, without a second forward: the PyTorch engine's rows
+through a logits processor (`StepRecorder`), TurboMind's from its outputs (`Collected`)."""
 
 from __future__ import annotations
 
@@ -16,17 +15,10 @@ from ..scoring import CHUNK_ROWS, StepScores, empty_scores, greedy_steps, score_
 
 
 class StepRecorder:
-    """A logits processor for LMDeploy's PyTorch engine that keeps, for every row its sampler
-    sees for one request, the float32 top-k, ids and entropy (`scoring.summarise_rows`), on the
-    row's device; nothing is copied to the CPU or waited for while decoding.
-
-    lmdeploy calls `processor(all_ids, scores)` per sequence with its raw logits row, before
-    penalties and temperature, and keeps what it returns (the row, unchanged here). A call only
-    copies the row into a buffer of CHUNK rows (one kernel: the sampler runs this for every
-    sequence of every step), and a full buffer is summarised in one batched call, on the engine's
-    own stream; so a request holds at most CHUNK x vocab logits. AsyncEngine deep-copies the
-    GenerationConfig: a copy of the recorder records here (`__deepcopy__`).
-    """
+    """A logits processor for LMDeploy's PyTorch engine: each raw row of one request (before penalties
+    and temperature) is copied into a CHUNK-row buffer on its device, and a full buffer summarised
+    (`scoring.summarise_rows`) in one batched call on the engine's stream: one kernel per step, nothing
+    copied or waited for while decoding. AsyncEngine deep-copies its config: a copy records here."""
 
     CHUNK = 16  # rows a request buffers: 16 x a 152k vocab in bf16 is 4.9 MB, outside lmdeploy's KV budget
 
@@ -61,10 +53,8 @@ class StepRecorder:
             self._n = 0
 
     async def steps(self, chosen: Sequence[int], prefer: int | None = None) -> StepScores | None:
-        """The rows placed on the reply's ids (`scoring.greedy_steps`; `prefer`: the rows expected
-        before the reply's), None where they cannot be placed. The numbers are copied on the
-        engine's stream, after its row copies, and waited for by polling: this runs on the
-        pipeline's event loop, which also drives the engine, so a blocking copy would stall it."""
+        """The rows placed on the reply's ids (`scoring.greedy_steps`), None where they cannot be. The
+        copy is polled, not waited for: this runs on the event loop that also drives the engine."""
         with self._lock:
             self._closed = True
             on_stream = torch.cuda.stream(self._stream) if self._stream is not None else nullcontext()
@@ -86,9 +76,8 @@ class StepRecorder:
 
 
 class Collected:
-    """What the outputs of one `AsyncEngine.generate` stream add up to: ids, raw logprobs, the finish
-    reason and (TurboMind, output_logits='generation') the generated rows' logits, which each
-    streamed output carries cumulatively and the last one, for a kept stop id, as its own row."""
+    """One `AsyncEngine.generate` stream added up: ids, raw logprobs, the finish reason and (TurboMind)
+    the generated rows' logits: cumulative in each output, a kept stop id's row in the last one."""
 
     def __init__(self) -> None:
         self.token_ids: list[int] = []
@@ -121,8 +110,7 @@ class Collected:
                 yield from part.split(size)
 
     def steps(self, ids: list[int], top_k: int) -> StepScores | None:
-        """TurboMind's generated rows (CPU, model dtype), scored where a GPU is, CHUNK_ROWS rows at a
-        time (only those rows and the numbers move); None when they do not match the reply."""
+        """TurboMind's rows scored CHUNK_ROWS at a time (on a GPU if any); None when they do not match."""
         if self.n_rows() != len(ids):
             return None if ids else empty_scores(top_k)
         device = "cuda" if torch.cuda.is_available() else "cpu"

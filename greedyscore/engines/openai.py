@@ -1,19 +1,11 @@
 """A remote OpenAI-compatible server as an Engine: vLLM, LMDeploy's api_server or proxy, llama.cpp.
 
-greedyscore does not run the model here: turns go to `/v1/chat/completions` (streaming,
-temperature 0, neutral penalties, logprobs), so the server applies its own chat template, as
-in production. What comes back is read into the same ServerSteps whatever the server:
-
-- ids: vLLM's "token_id:N" strings (`return_tokens_as_token_ids`) and its per-chunk
-  `token_ids`/`prompt_token_ids` (`return_token_ids`); llama.cpp's `id`; LMDeploy's vocabulary
-  strings, mapped with the model's tokenizer (and its `output_token_logprobs` pairs);
-- LMDeploy leaves the chosen token out of `top_logprobs`: we ask for k + 1 and merge it back;
-- logprobs that are not the model's true probabilities (TurboMind's 0.0 for every greedy token,
-  processed logprobs where the greedy token is not the top-1) are refused with the fix.
-
-Token texts come from the model's tokenizer (byte-faithful; the server's strings are not for
-split characters). Rescoring (verification, forks, scored text) uses vLLM's prompt logprobs on
-`/v1/completions` with token ids; a server without them says so.
+Turns go to `/v1/chat/completions` (streamed, greedy, neutral penalties, logprobs), so the server
+applies its own chat template, as in production. Token ids come as vLLM's "token_id:N" and
+`token_ids`, llama.cpp's `id`, or LMDeploy's vocabulary strings mapped with the local tokenizer
+(which also gives the byte-faithful texts); LMDeploy leaves the chosen token out of `top_logprobs`,
+so k + 1 are asked for. Logprobs that are not the model's true probabilities are refused
+(`openai_wire.check_raw`). Rescoring uses vLLM's prompt logprobs on `/v1/completions`.
 """
 
 from __future__ import annotations
@@ -42,11 +34,7 @@ from .threads import EngineThreads
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 SERVER_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs (and OpenAI's cap)
 NEUTRAL = {  # sent explicitly: servers load a model's own defaults (vLLM) or have their own (llama-cpp-python)
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "repetition_penalty": 1.0,
-    "repeat_penalty": 1.0,
-    "presence_penalty": 0.0,
+    "temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
 }
 
@@ -87,12 +75,7 @@ class OpenAIEngine:
     @classmethod
     def load(cls, base_url: str, model: str | None = None, api_key: str | None = None, tokenizer: str | None = None,
              full_vocab: bool = False, options: HTTPOptions = HTTPOptions()) -> OpenAIEngine:
-        """Connect: list the server's models, pick one, load its tokenizer locally.
-
-        `model` defaults to the server's only model. The tokenizer is `tokenizer` (a local
-        directory), else the directory the server loaded (vLLM's `root`, when it is on this
-        machine), else the embedded model's when that is what the server serves.
-        """
+        """Connect: list the server's models, pick `model` (default: the only one), load its tokenizer."""
         url = base_url.rstrip("/") + "/"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
@@ -131,8 +114,7 @@ class OpenAIEngine:
     def _generate(self, req: GenerateRequest) -> Generation:
         ask = -1 if self.full_vocab else min(req.top_k + 1, SERVER_MAX_LOGPROBS)  # +1: LMDeploy drops the chosen
         common = {**self.extra_body, "model": self.info.name, "stream": True, "max_tokens": req.max_new_tokens,
-                  **NEUTRAL,
-                  "return_tokens_as_token_ids": True, "return_token_ids": True, "return_logprob": True,
+                  **NEUTRAL, "return_tokens_as_token_ids": True, "return_token_ids": True, "return_logprob": True,
                   "stream_options": {"include_usage": True}}
         if req.messages:
             path = "v1/chat/completions"
@@ -168,17 +150,12 @@ class OpenAIEngine:
                 local = ()
                 notes = (f"the local tokenizer cannot template these messages ({ex}): prompt ids unknown, so no "
                          "rescoring",)
-            if not local:
-                prompt_ids = ()
-            elif n_prompt is None or n_prompt == len(local):
-                prompt_ids = local
-            else:
+            prompt_ids = local if local and n_prompt in (None, len(local)) else ()
+            if local and not prompt_ids:
                 notes = (f"the server's chat template made {n_prompt} prompt tokens, the local tokenizer's "
                          f"{len(local)}: prompt ids unknown, so no rescoring",)
-                prompt_ids = ()
         scores = step_scores(steps, req.top_k, self.info.vocab_size)
-        return Generation(tuple(s.token_id for s in steps), finish, steps=scores, prompt_ids=prompt_ids,
-                          notes=notes)
+        return Generation(tuple(s.token_id for s in steps), finish, steps=scores, prompt_ids=prompt_ids, notes=notes)
 
     def _read_steps(self, choice: dict, top_k: int, at: int) -> list[ServerStep]:
         """A choice's logprob entries -> checked ServerSteps (chat or completions format)."""
@@ -201,11 +178,7 @@ class OpenAIEngine:
             token = int(ids[j]) if ids else self._token_id(key)
             if logprob is None:
                 raise ServerRefused(f"the server sent token {at + j} without its logprob. Fix: {RAW_LOGPROBS_FIX}")
-            top = {}
-            for k, v in alts.items():
-                i = self._token_id(k)
-                if v is not None:
-                    top[i] = float(v)
+            top = {i: float(v) for i, v in zip(map(self._token_id, alts), alts.values()) if v is not None}
             step = ServerStep(token, float(logprob), top, full=self.full_vocab)
             check_raw(step, at + j, top_k)
             out.append(step)
@@ -260,11 +233,9 @@ class OpenAIEngine:
         return out[0] if out else {}
 
     def _exchange(self, path: str, body: dict, cancel: threading.Event, on_chunk: Any, started: Any) -> None:
-        """POST and feed each JSON object of the answer (SSE `data:` lines, or the one body) to
-        `on_chunk`. Connection errors, 429/5xx and broken streams are retried with backoff while
-        `started()` is false (nothing shown yet); after that they fail the request. Setting
-        `cancel` shuts the connection's socket down, whatever the request is waiting for (a queue,
-        prefill, a proxy that sends headers late): the server sees the disconnect and aborts."""
+        """POST and feed each JSON object of the answer to `on_chunk`; failures are retried with backoff
+        until `started()` (something shown). `cancel` shuts the socket down, whatever the request waits
+        for: the server sees the disconnect and aborts."""
         url = f"{self.client.base_url}{path}"
         for attempt in range(self.options.retries + 1):
             if cancel.is_set():
@@ -310,8 +281,8 @@ class OpenAIEngine:
 
     @contextmanager
     def _shut_on(self, cancel: threading.Event, conn: dict[str, Any]) -> Iterator[None]:
-        """While inside: when `cancel` is set, shut the request's socket down (a blocked read then
-        returns at once; closing the response from this thread would not wake it)."""
+        """While inside: once `cancel` is set, shut the request's socket down (a blocked read returns;
+        closing the response from this thread would not wake it)."""
         done = threading.Event()
 
         def watch() -> None:
@@ -363,27 +334,29 @@ def _list_models(client: httpx.Client, options: HTTPOptions) -> list[dict]:
 
 
 def _load_tokenizer(model: str, tokenizer: str | None, card: dict) -> tuple[Any, int]:
-    """The model's tokenizer, from a local directory (see OpenAIEngine.load for the order), and
-    the context length its config states (for servers that do not say: LMDeploy, its proxy)."""
+    """The model's tokenizer from `tokenizer`, else the directory the server loaded (vLLM's `root`, when
+    on this machine), else the embedded model's when served; and the context length its config states
+    (for servers that do not say: LMDeploy, its proxy)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from ..models import EMBEDDED_NAME, resolve_model
 
     root = card.get("root")
-    candidates = [tokenizer] if tokenizer else []
-    if not tokenizer and isinstance(root, str) and (Path(root) / "tokenizer_config.json").is_file():
-        candidates.append(root)
-    if not tokenizer and model == EMBEDDED_NAME:
-        candidates.append(resolve_model(None)[1])
-    if not candidates:
+    if tokenizer:
+        where = tokenizer
+    elif isinstance(root, str) and (Path(root) / "tokenizer_config.json").is_file():
+        where = root
+    elif model == EMBEDDED_NAME:
+        where = resolve_model(None)[1]
+    else:
         raise EngineUnavailable(f"greedyscore needs {model!r}'s tokenizer to read token ids exactly: pass --tokenizer "
                                 "DIR (a directory with its tokenizer.json / tokenizer_config.json)")
     try:
-        tok = AutoTokenizer.from_pretrained(candidates[0])
+        tok = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as ex:
-        raise ModelNotFound(f"could not load a tokenizer from {candidates[0]!r}: {ex}".splitlines()[0]) from ex
+        raise ModelNotFound(f"could not load a tokenizer from {where!r}: {ex}".splitlines()[0]) from ex
     try:
-        context = int(getattr(AutoConfig.from_pretrained(candidates[0]), "max_position_embeddings", 0) or 0)
+        context = int(getattr(AutoConfig.from_pretrained(where), "max_position_embeddings", 0) or 0)
     except (OSError, ValueError):  # tokenizer files only
         context = 0
     return tok, context or min(int(tok.model_max_length), 1 << 20)

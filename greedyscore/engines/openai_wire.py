@@ -15,10 +15,8 @@ from ..topk import ServerStep
 
 FLOOR = -9999.0  # vLLM clamps logprobs here (OpenAI's convention): at or below it means "no probability"
 LOGPROB_TIE = 1e-5  # a listed alternative above the greedy token by more than this: not raw argmax
-RAW_LOGPROBS_FIX = (
-    "start LMDeploy's api_server with `--backend pytorch --logprobs-mode raw_logprobs`, or vLLM with its "
-    "default `--logprobs-mode raw_logprobs`, and no penalties"
-)
+RAW_LOGPROBS_FIX = ("start LMDeploy's api_server with `--backend pytorch --logprobs-mode raw_logprobs`, or vLLM with "
+                    "its default `--logprobs-mode raw_logprobs`, and no penalties")
 
 
 class Broken(Exception):
@@ -91,9 +89,8 @@ def text_of(choice: dict) -> str:
 
 
 def _message(err: Any) -> str:
-    if isinstance(err, dict):
-        return str(err.get("message") or err.get("msg") or err.get("text") or err)[:300]
-    return str(err)[:300]
+    text = (err.get("message") or err.get("msg") or err.get("text") or err) if isinstance(err, dict) else err
+    return str(text)[:300]
 
 
 def http_error(status: int, url: str, text: str, model: str) -> Exception:

@@ -1,9 +1,6 @@
-"""The decoder face of an engine that batches by itself (LMDeploy's async engine, a remote server).
-
-A row is one `generate_batch([request])` call in flight on its own thread; the engine interleaves
-them. `step` waits briefly for any call to end, so the scheduler's loop stays free to join newly
-arrived requests and to run other work between waits.
-"""
+"""The decoder face of an engine that batches by itself (LMDeploy's async engine, a remote server): a
+row is one `generate_batch([request])` call in flight on a pool thread; `step` waits only briefly for
+one to end, so the scheduler's loop stays free to join new requests and run other work."""
 
 from __future__ import annotations
 

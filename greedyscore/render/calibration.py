@@ -42,22 +42,19 @@ def reliability_figure(cal: Calibration) -> go.Figure:
         margin=dict(l=60, r=20, t=80, b=60), bargap=0, **PLAIN_LAYOUT,
     )
     if not used:
-        layout["annotations"] = [dict(text="no positions", xref="paper", yref="paper", x=0.5, y=0.5,
-                                      showarrow=False)]
+        layout["annotations"] = [dict(text="no positions", xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False)]
     return go.Figure(data=[bars, marks, diagonal], layout=layout)
 
 
 def calibration_html(cal: Calibration) -> str:
     """ECE, Brier and accuracy in words, with a warning when the text is too short to mean much."""
-    over = [b for b in cal.bins if b.n >= 5 and b.confidence - b.accuracy > 0.1]
-    under = [b for b in cal.bins if b.n >= 5 and b.accuracy - b.confidence > 0.1]
     parts = [f"Top-1 accuracy {cal.accuracy:.0%} over {cal.n} positions; expected calibration error (ECE) "
              f"{cal.ece:.3f}; Brier score {cal.brier:.3f} (0 is perfect)."]
-    if over:
-        parts.append("Over-confident where it said " + ", ".join(f"{b.lo:.0%}\u2013{b.hi:.0%}" for b in over) + ".")
-    if under:
-        parts.append("Under-confident where it said " + ", ".join(f"{b.lo:.0%}\u2013{b.hi:.0%}" for b in under)
-                     + ".")
+    for word, sign in (("Over", 1), ("Under", -1)):
+        ranges = [f"{b.lo:.0%}\u2013{b.hi:.0%}" for b in cal.bins
+                  if b.n >= 5 and sign * (b.confidence - b.accuracy) > 0.1]
+        if ranges:
+            parts.append(f"{word}-confident where it said {', '.join(ranges)}.")
     note = ""
     if cal.n < MIN_POSITIONS:
         note = (f'<p class="gs-cal-warn">Only {cal.n} positions: too few for a meaningful diagram (most bins hold a '

@@ -1,7 +1,5 @@
-"""The conversation coloured in place, and a reply's forks beside it: pure HTML from a Conversation.
-
-Interactive elements carry data attributes that `EXPLORE_JS` turns into Gradio events (the
-renderers stay pure; the UI wires the events):
+"""The conversation coloured in place, and a reply's forks beside it: pure HTML from a Conversation,
+with data attributes that `EXPLORE_JS` turns into Gradio events:
   [data-turn=N]          an assistant turn: click or Enter selects it (chart, stats, export)
   [data-source=N:P]      tokens of path P (0 = the reply, else a fork id) of turn N
   button.gs-fork         an alternative: data-at, data-token -> fork path P there
@@ -15,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compare import ForkComparison, PathCost, compare_fork, forks_that_matter, path_cost
-from ..conversation import ORIGINAL, Conversation, Turn
+from ..conversation import ORIGINAL, Conversation, ForkNode, Turn
 from ..types import ScoredReply
 from .html import legend_html, tokens_html
 from .text import esc, html_visible, num, pct, spoken
@@ -36,8 +34,7 @@ def conversation_html(conv: Conversation, view: View, forks: bool = True, share:
     forks: alternatives are buttons that fork there; share: a Share button on every reply."""
     turns = "".join(_turn_html(n, t, view, n == conv.selected, forks, share) for n, t in enumerate(conv.turns))
     empty = '<div class="gs-conv-empty">Ask something: the reply appears here, every token coloured.</div>'
-    return (f'<div class="gs-reply">{legend_html(view)}'
-            f'<div class="gs-conv">{turns or empty}</div></div>')
+    return f'<div class="gs-reply">{legend_html(view)}<div class="gs-conv">{turns or empty}</div></div>'
 
 
 def _turn_html(n: int, turn: Turn, view: View, selected: bool, forks: bool = True, share: bool = True) -> str:
@@ -76,8 +73,7 @@ def fork_panel_html(conv: Conversation, view: View, busy: str = "", share: bool 
         parts.append(f'<div class="gs-fork-busy" role="status">{esc(busy)}</div>')
     if conv.shown != ORIGINAL:
         node = turn.fork(conv.shown)
-        parent = turn.path(node.parent)
-        parts.append(_beside_html(n, node.parent, parent, node.id, node.reply, view))
+        parts.append(_beside_html(n, turn, node, view))
         if share:
             parts.append(share_button(n, node.id, f"fork {node.id}"))
     return f'<div class="gs-forks">{"".join(parts)}</div>'
@@ -148,30 +144,26 @@ def shown_fork_html(conv: Conversation, view: View) -> str:
     turn = conv.current
     if turn is None or conv.shown == ORIGINAL:
         return ""
-    node = turn.fork(conv.shown)
-    return _beside_html(conv.selected or 0, node.parent, turn.path(node.parent), node.id, node.reply, view, False)
+    return _beside_html(conv.selected or 0, turn, turn.fork(conv.shown), view, False)
 
 
-def _beside_html(n: int, parent_id: int, parent: ScoredReply, fork_id: int, fork: ScoredReply, view: View,
-                 forks: bool = True) -> str:
+def _beside_html(n: int, turn: Turn, node: ForkNode, view: View, forks: bool = True) -> str:
+    """Fork `node` of turn `n` beside the path it forked from."""
+    parent, fork = turn.path(node.parent), node.reply
     cmp = compare_fork(parent, fork)
-    at = cmp.forked_at
-    name = "the reply" if parent_id == ORIGINAL else f"fork {parent_id}"
-    cols = (
-        _column(n, parent_id, parent, at, f"{name} (took {html_visible(parent.tokens[at].text)})", cmp.original, view,
-                forks)
-        + _column(n, fork_id, fork, at, f"fork {fork_id} (took {html_visible(fork.tokens[at].text)})", cmp.fork, view,
-                  forks)
-    )
+    name = "the reply" if node.parent == ORIGINAL else f"fork {node.parent}"
+    cols = (_column(n, node.parent, parent, cmp.forked_at, name, cmp.original, view, forks)
+            + _column(n, node.id, fork, cmp.forked_at, f"fork {node.id}", cmp.fork, view, forks))
     return (f'<div class="gs-beside"><div class="gs-fork-cols">{cols}</div>'
             f'<p class="gs-rejoin">{_rejoin_text(cmp, fork)}</p></div>')
 
 
-def _column(n: int, node: int, reply: ScoredReply, at: int, title: str, cost: PathCost, view: View,
+def _column(n: int, node: int, reply: ScoredReply, at: int, name: str, cost: PathCost, view: View,
             forks: bool = True) -> str:
     tokens = tokens_html(reply.tokens, view, forks, shared_until=at)
     return (
-        f'<div class="gs-fork-col" data-source="{n}:{node}"><div class="gs-fork-head"><b>{title}</b>'
+        f'<div class="gs-fork-col" data-source="{n}:{node}"><div class="gs-fork-head">'
+        f"<b>{name} (took {html_visible(reply.tokens[at].text)})</b>"
         f"<span>total logprob {num(cost.total_logprob)} \u00b7 perplexity {num(cost.perplexity)}"
         f" \u00b7 {cost.n_tokens} tokens</span></div>{tokens}</div>"
     )

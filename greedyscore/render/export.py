@@ -1,11 +1,8 @@
 """Raw numbers for spreadsheets: one CSV row per token (the JSON export is `ScoredReply.to_json`).
 
-Texts are written raw (not made visible) and quoted by the csv module; rows end in "\r\n", so
-a field holding a lone "\r" (a real token) or "\n" is quoted too, and every row reads back with
-csv.reader as one row. A text cell that a spreadsheet would run as a formula (it starts with
-=, +, -, @, tab or carriage return) gets a leading apostrophe, as OWASP recommends against CSV
-injection; so does one that already starts with an apostrophe, so `cell_text` undoes it exactly.
-Numeric cells stay plain numbers. Floats use repr: no digits are lost.
+Texts are raw, quoted by the csv module (rows end in "\r\n", so a lone "\r" token is quoted too); a
+cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP), as does one starting
+with an apostrophe, so `cell_text` undoes it exactly. Floats use repr: no digits are lost.
 """
 
 from __future__ import annotations
@@ -41,38 +38,24 @@ def _escape_alt_text(text: str) -> str:
 
 def format_top(top: tuple[Alternative, ...]) -> str:
     """Alternatives as "text:prob|text:prob"; "\\" and "|" in texts are backslash-escaped.
-
-    Example: format_top((Alternative(1, "a|b", 0.5),)) -> "a\\\\|b:0.5"
-    """
+    Example: format_top((Alternative(1, "a|b", 0.5),)) -> "a\\\\|b:0.5" """
     return "|".join(f"{_escape_alt_text(a.text)}:{_f(a.prob)}" for a in top)
 
 
 def parse_top(field: str) -> list[tuple[str, float]]:
-    """Inverse of format_top (the field as format_top wrote it: `cell_text` of the CSV cell).
-
-    Example: parse_top("a:0.5|b:0.25") -> [("a", 0.5), ("b", 0.25)]
-    """
+    """Inverse of format_top (of `cell_text` of the CSV cell). Example: "a:0.5|b:0.25" -> [("a", 0.5), ("b", 0.25)]"""
     if field == "":
         return []
-    items, cur, i = [], [], 0
-    while i < len(field):
-        ch = field[i]
-        if ch == "\\" and i + 1 < len(field):
-            cur.append(field[i + 1])
-            i += 2
-            continue
-        if ch == "|":
-            items.append("".join(cur))
-            cur = []
+    items, chars = [""], iter(field)
+    for ch in chars:
+        if ch == "\\":
+            items[-1] += next(chars, "\\")  # the escaped character (a trailing backslash stands for itself)
+        elif ch == "|":
+            items.append("")
         else:
-            cur.append(ch)
-        i += 1
-    items.append("".join(cur))
-    out = []
-    for item in items:
-        text, _, prob = item.rpartition(":")  # the prob never holds ":"; the text may
-        out.append((text, float(prob)))
-    return out
+            items[-1] += ch
+    pairs = [item.rpartition(":") for item in items]  # the prob never holds ":"; the text may
+    return [(text, float(prob)) for text, _, prob in pairs]
 
 
 def tokens_csv(reply: ScoredReply) -> str:

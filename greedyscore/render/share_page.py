@@ -1,8 +1,5 @@
-"""A shared result's page parts: what it is and which model made it, a re-run's report, a share link.
-
-Pure HTML from greedyscore/sharing/document.py's data; everything stored came from users or models and is
-escaped exactly as live text is (the coloured tokens go through the same `tokens_html`).
-"""
+"""A shared result's page parts: what it is and which model made it, a re-run's report, a share link;
+everything stored is escaped exactly as live text is."""
 
 from __future__ import annotations
 
@@ -51,23 +48,19 @@ def shared_header_html(item: SharedItem) -> str:
     if item.kind == "chat":
         settings = f"greedy, max {s.max_new_tokens} new tokens, {settings}"
     before = item.context if item.conversation is not None else ()  # a text's prompt: above the text, once
-    context = "".join(f'<li><b>{bdi(c.role)}</b>: {bdi(c.content)}</li>' for c in before)
-    context_html = f'<div class="gs-shared-context">Before this:<ul>{context}</ul></div>' if context else ""
     return (
         f'<div class="gs-shared-head" role="region" aria-label="shared result">'
         f"<b>Shared result</b>: {what}, shared {when(item.created)}, read-only."
         f'<div class="gs-shared-model">Model <code>{bdi(m.name)}</code> \u00b7 backend <code>{bdi(m.backend)}</code>'
         f" \u00b7 weights <code>{bdi(weights_text(m.weights))}</code> \u00b7 {settings}"
-        f" \u00b7 greedyscore {bdi(m.greedyscore)}</div>{context_html}</div>"
+        f" \u00b7 greedyscore {bdi(m.greedyscore)}</div>{messages_html('Before this', before)}</div>"
     )
 
 
-def prompt_html(messages: tuple[Message, ...]) -> str:
-    """A shared text's prompt, shown above it."""
-    if not messages:
-        return ""
+def messages_html(title: str, messages: tuple[Message, ...]) -> str:
+    """Messages shared with a result (those before its turns, a text's prompt), or ""."""
     rows = "".join(f"<li><b>{bdi(m.role)}</b>: {bdi(m.content)}</li>" for m in messages)
-    return f'<div class="gs-shared-context">Scored as the reply to:<ul>{rows}</ul></div>'
+    return f'<div class="gs-shared-context">{title}:<ul>{rows}</ul></div>' if rows else ""
 
 
 def not_shared_html(message: str) -> str:
@@ -123,6 +116,6 @@ def shared_view(item: SharedItem, view: View) -> tuple[str, str, Any, str]:
         body = conversation_html(item.conversation, view, forks=False, share=False) + shown_fork_html(
             item.conversation, view)
     else:
-        body = prompt_html(item.messages) + render_outputs(item.reply, view)[0]
+        body = messages_html("Scored as the reply to", item.messages) + render_outputs(item.reply, view)[0]
     fig, _, stats = render_numbers(item.reply, view)
     return shared_header_html(item), body, fig, stats

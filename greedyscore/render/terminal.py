@@ -1,7 +1,5 @@
-"""Scored reply -> terminal text: tokens on 24-bit ANSI colours, then a legend and a stats line.
-
-Token texts pass through `visible` for control characters first: a model that emits ESC must
-not be able to drive the terminal. Newlines and tabs stay real so the reply keeps its shape.
+"""Scored reply -> terminal text: tokens on 24-bit ANSI colours, then a legend and a stats line. Control
+characters are made visible (a model that emits ESC must not drive the terminal); newlines and tabs stay.
 """
 
 from __future__ import annotations
@@ -19,14 +17,6 @@ def _rgb(hex_color: str) -> str:
     return f"{int(hex_color[1:3], 16)};{int(hex_color[3:5], 16)};{int(hex_color[5:7], 16)}"
 
 
-def term_text(text: str) -> str:
-    """Control characters made visible; newlines and tabs kept.
-
-    Example: term_text("a\\x1b[31mb\\n") -> "a␛[31mb\\n"
-    """
-    return sub_invisible(text, lambda c: c if c in "\n\t" else char_mark(c))
-
-
 def _style(t: ScoredToken, value: float, view: View) -> str:
     bg = color_for(value, view.palette)
     if t.special:  # dimmed, in the scale's colour, no background
@@ -37,7 +27,7 @@ def _style(t: ScoredToken, value: float, view: View) -> str:
 
 def _colored(t: ScoredToken, value: float, view: View) -> str:
     style = _style(t, value, view)
-    pieces = term_text(t.text).split("\n")
+    pieces = sub_invisible(t.text, lambda c: c if c in "\n\t" else char_mark(c)).split("\n")  # newlines, tabs kept
     # close the colour before each line break so the background does not run to the line's end
     return f"{NEWLINE_MARK}{RESET}\n".join(f"{style}{p}" for p in pieces) + RESET
 
@@ -99,10 +89,8 @@ def stats_line(reply: ScoredReply, view: View = View()) -> str:
 
 
 def reply_ansi(reply: ScoredReply, view: View = View(), use_color: bool = True) -> str:
-    """The reply with every token coloured by its confidence, a legend line and a stats line.
-
-    Example: print(reply_ansi(reply)); reply_ansi(reply, use_color=False) -> "[Paris|95.1%]..."
-    """
+    """The reply with every token coloured by its confidence, a legend line and a stats line
+    (use_color False: "[Paris|95.1%]...")."""
     values = [token_value(t, check_mode(view.color_by)) for t in reply.tokens]
     if use_color:
         body = "".join(_colored(t, v, view) for t, v in zip(reply.tokens, values, strict=True))

@@ -1,9 +1,5 @@
-"""A shared result as data: what a link stores, read back, and re-run.
-
-Pure (no model, no store, no gradio). A `SharedItem` keeps what makes a result reproducible:
-the messages, the prompt and reply token ids with every score shown, the settings, and the
-model's identity (name, backend, hash of its weights, greedyscore version), plus the time.
-Nothing about the visitor. `reproduction` compares a stored reply with the one a re-run gave.
+"""A shared result as data (pure): what makes it reproducible (messages, token ids and scores, settings,
+the model's identity, the time; nothing about the visitor), read back, and compared with a re-run.
 """
 
 from __future__ import annotations
@@ -99,9 +95,7 @@ class SharedItem:
 
     @staticmethod
     def from_json(d: Any) -> SharedItem:
-        """The inverse of `to_json`; BadInput (a page message) for anything else, a string that is
-        not text anywhere in it included (so the page, its stream and its exports can always
-        encode what they show)."""
+        """The inverse of `to_json`; BadInput (a page message) for anything else, non-text strings included."""
         check_tree(d, "this shared result")
         if not isinstance(d, dict) or d.get("kind") not in KINDS:
             raise BadInput("this is not a greedyscore shared result")
@@ -116,14 +110,12 @@ class SharedItem:
             reply = turn.path(conversation.shown)
         else:
             reply = reply_from_json(d.get("reply"))
-        return SharedItem(d["kind"], reply, _messages(d.get("messages")),
-                          _settings(d.get("settings")), _identity(d.get("model")), _number(d.get("created")),
-                          conversation)
+        return SharedItem(d["kind"], reply, _messages(d.get("messages")), _settings(d.get("settings")),
+                          _identity(d.get("model")), _number(d.get("created")), conversation)
 
 
 def settings_of(reply: ScoredReply) -> Settings:
-    """The settings that reproduce a reply: as many new tokens as it generated (a reply that ended
-    by itself ends there again; one cut at the limit had exactly that limit), its top-k."""
+    """The settings that reproduce a reply: as many new tokens as it generated, its top-k."""
     generated = len(reply.tokens) - (reply.forked_at + 1 if reply.forked_at is not None else 0)
     top_k = max((len(t.top) for t in reply.tokens), default=1)
     return Settings(max(1, generated), max(1, min(MAX_TOP_K, top_k)), reply.verified)
@@ -158,10 +150,8 @@ def share_reply(kind: str, reply: ScoredReply, messages: tuple[Message, ...], se
 
 
 def share_reply_json(data: Any, model: ModelIdentity, now: float) -> SharedItem:
-    """The tokens JSON that /chat or /score_text returned (its "messages" and "settings" say how it
-    was made). It came from a client: the weights it was made with are not known (Re-run checks
-    it), so only the greedyscore version of `model` is kept, and everything its tokens imply is
-    derived from them (`reply_from_json`)."""
+    """The tokens JSON that /chat or /score_text returned. From a client: its weights are unknown (Re-run
+    checks), so of `model` only the greedyscore version is kept."""
     check_tree(data, "the tokens JSON")
     reply = reply_from_json(data)
     messages = _messages(data.get("messages"))
@@ -208,8 +198,7 @@ def _number(v: Any) -> float:
 # --- re-running ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RerunPlan:
-    """What to run again: greedy from `prompt` (+ a fork's `forced` prefix), or, for text, `prompt`
-    -> `target` teacher-forced."""
+    """What to run again: greedy from `prompt` (+ a fork's `forced` prefix), or `prompt` -> `target`."""
 
     prompt: tuple[int, ...]
     settings: Settings
@@ -274,8 +263,7 @@ class Reproduction:
 
 def reproduction(stored: ScoredReply, now: ScoredReply, tolerance: float,
                  messages_match: bool | None = None) -> Reproduction:
-    """Compare ids and probabilities; the probabilities only where both took the same path so far.
-    tolerance: the server's, never the shared document's."""
+    """Ids, and probabilities while both took the same path; tolerance: the server's, not the document's."""
     a, b = stored.tokens, now.tokens
     if stored.finish_reason == "abort":  # stopped by its visitor: only as far as it went
         b = b[: len(a)]

@@ -1,13 +1,6 @@
-"""A ScoredReply back from its JSON (`ScoredReply.to_json`): for shared results, which come back
-from a store or from an API client, so nothing in them is taken on trust.
-
-Every number is bounded (ids and counts fit 31 bits, probabilities [0, 1], entropies 64 nats),
-a token whose own numbers contradict each other (prob vs exp(logprob), the margin vs its
-alternatives, its probability vs its own entry among them) is refused, and what follows from
-the tokens is derived again, never read: the text, the stats, the near-tie flags (by this
-server's tolerance) and the calibration. A bad field is named.
-
-Example: reply_from_json(reply.to_json()) == reply (calibration included).
+"""A ScoredReply back from its JSON, for shared results from a store or an API client: nothing taken on
+trust. Numbers are bounded, a token whose numbers contradict each other is refused, and what follows
+from the tokens (text, stats, near ties, calibration) is derived again, never read; a bad field is named.
 """
 
 from __future__ import annotations

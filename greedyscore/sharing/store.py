@@ -1,12 +1,7 @@
-"""Shared results, stored so a link can show them again: SQLite by default, PostgreSQL for several
-app processes behind a load balancer.
-
-An item is a JSON document (greedyscore/sharing/document.py builds it); its id is 128 random bits,
-URL-safe. Limits, each with a message that says so: per-item size, total size (oldest evicted
-first), an optional time to live, and a rate per client address (counted in this process).
-
-PostgreSQL goes through psycopg 3 directly rather than SQLAlchemy: one table and four
-statements need no ORM or engine layer, and psycopg is the driver SQLAlchemy would use anyway.
+"""Shared results (JSON documents under 128-bit URL-safe ids), stored so a link can show them again:
+SQLite by default, PostgreSQL for several app processes (psycopg 3 directly: one table and four
+statements need no ORM). Limits: item size, total size (oldest evicted), a time to live, a rate per
+client address.
 """
 
 from __future__ import annotations
@@ -53,8 +48,7 @@ class StoreUnavailable(GreedyScoreError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Every limit is positive and finite (checked here, whoever builds one): a negative time to
-    live once made the clean-up delete the whole store."""
+    """Every limit is positive and finite, whoever builds one (a negative TTL once emptied the store)."""
 
     max_item_bytes: int = 5_000_000
     max_total_bytes: int = 500_000_000
@@ -88,8 +82,7 @@ class _SQLite:
                                    "--no-share)") from ex
 
     def _wal(self) -> None:
-        """Switch the file to write-ahead logging. Processes that open a new store at once race for
-        it, and SQLite answers "database is locked" at once, without its busy wait: try again."""
+        """Write-ahead logging, retried: processes opening a new store at once get "database is locked"."""
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -118,8 +111,7 @@ class _SQLite:
 
 
 class _Postgres:
-    """psycopg 3, one connection per call (autocommit; explicit transactions with an advisory lock
-    where rows are counted and removed). The schema version lives in a one-row table."""
+    """psycopg 3: one autocommit connection per call, locked transactions, the schema in a one-row table."""
 
     name = "PostgreSQL"
 
@@ -172,10 +164,7 @@ def _redact(url: str) -> str:
 
 
 class ShareStore:
-    """Thread-safe and shared by processes: one short connection per call, writes in transactions.
-
-    `where`: a file path (SQLite, created on first use) or a postgresql:// URL.
-    """
+    """Thread-safe and shared by processes; `where`: a file path (SQLite) or a postgresql:// URL."""
 
     def __init__(self, where: str | Path, limits: Limits = Limits(), clock: Callable[[], float] = time.time) -> None:
         self.where = str(where)
@@ -260,8 +249,7 @@ class ShareStore:
             raise NotShared("that shared result is damaged and cannot be shown") from ex
 
     def _evict(self, db: Any, now: float, keep: str) -> None:
-        """Expired items, then the oldest until the total fits; never `keep`, the one just stored,
-        whatever the limits say."""
+        """Expired items, then the oldest until the total fits; never `keep`, the one just stored."""
         if self.limits.ttl_s is not None:
             db.execute("DELETE FROM items WHERE created < ? AND id <> ?", (now - self.limits.ttl_s, keep))
         total = db.execute("SELECT COALESCE(SUM(size), 0) FROM items").fetchone()[0]

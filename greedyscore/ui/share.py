@@ -1,9 +1,5 @@
-"""Share links in the Gradio app: layout and event wiring only.
-
-A Share button stores a result (`ShareStore`, documents from greedyscore/shared.py) and shows
-its link; opening `/?r=ID` shows the stored result read-only at the top of the page, with
-"Continue this conversation" (a copy into the visitor's own session) and "Re-run here" (the
-model of this server again, compared token by token). API: /share and /shared.
+"""Share links in the Gradio app (layout and wiring): a Share button stores a result and shows its
+link; `/?r=ID` shows it read-only at the top of the page, to continue or re-run here.
 """
 
 from __future__ import annotations
@@ -47,8 +43,7 @@ class Sharing:
     service: Service
 
     def put(self, item: SharedItem, request: gr.Request | None) -> tuple[str, str]:
-        """Store the item -> (id, link). The rate limit counts per client address (an API caller
-        gets a new Gradio session for every call)."""
+        """Store the item -> (id, link); rated per client address (an API call is a new Gradio session)."""
         if self.store is None:
             raise BadInput("sharing is off on this server (started with --no-share)")
         client = getattr(getattr(request, "client", None), "host", None) or ""
@@ -61,8 +56,7 @@ class Sharing:
         return SharedItem.from_json(self.store.get(item_id))
 
     def view(self, item_id: Any, view: View) -> tuple[SharedItem, tuple[str, str, Any, str]]:
-        """The item and its page parts; a document that passes the checks yet cannot be drawn is
-        reported as damaged, never as a traceback."""
+        """The item and its page parts; one that passes the checks yet cannot be drawn is "damaged"."""
         item = self.get(item_id)
         try:
             return item, shared_view(item, view)
