@@ -528,6 +528,7 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
                            timeout=60_000)
     chosen = page.locator("#gs-step-path .gs-step-path").get_attribute("data-chosen").split(",")
     assert chosen[0] == "1" and len(chosen) >= 2
+    assert page.locator("#gs-step-path .gs-token.gs-picked").count() == len(chosen)  # outlined
     n = step_path_len(page)
     # the sampler's bars follow the temperature
     before = first_sampled_width(page)
@@ -541,6 +542,9 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
     page.wait_for_function(f"() => {{ const r = document.querySelector('#gs-step-dist .gs-step-row .gs-stage-2');"
                            f" return r && r.getAttribute('style') !== {before!r}; }}", timeout=60_000)
     assert "temperature 0.3" in page.locator("#gs-step-dist").inner_text()
+    page.locator("#gs-step-along input").check()  # the lens along the path, on request
+    page.locator("#gs-step-path .gs-tip-lens").first.wait_for(state="attached", timeout=60_000)
+    assert page.locator("#gs-step-path .gs-tip-lens").count() == n
     page.locator("#gs-step-finish").click()
     page.wait_for_function("() => document.querySelector('#gs-step-dist').innerText.includes('nothing follows')",
                            timeout=120_000)

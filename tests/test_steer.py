@@ -197,3 +197,24 @@ def test_cli_step_refuses_bad_input_in_one_line() -> None:
     assert_one_line_error(cli("step", "--top-p", "0", "hi"), "top_p", code=2)
     both = cli("step", "--token-id", "3", "--text", "a", "hi")  # argparse's own refusal, with its usage
     assert both.returncode == 2 and "not allowed with argument --token-id" in both.stderr
+
+
+# --- rendering (pure) ----------------------------------------------------------------------------------
+def test_the_panel_escapes_what_a_model_says_and_marks_the_picks(service) -> None:
+    from test_app import HOSTILE
+
+    from greedyscore.render.steer import distribution_html, path_html
+    from greedyscore.render.view import View
+    from greedyscore.types import NextToken, SamplerEntry
+
+    top = (SamplerEntry(7, HOSTILE, 0.6, (0.7, 0.8, 1.0)), SamplerEntry(8, "\u202eevil", 0.3, (0.3, 0.2, 0)))
+    view = NextToken(top, 0.1, (0.0, 0.0, 0.0), 1.2, 1.0, 7, Sampler(0.5, 2, 0.9))
+    html = distribution_html(view)
+    assert "<script>" not in html and "<img" not in html and "\u202e" not in html
+    assert html.count('class="gs-step-take"') == 2 and 'data-token="7"' in html
+    assert "temperature 0.5" in html and "top-k 2" in html and "top-p 0.9" in html
+    out = step(service, Step(MESSAGES, force_text=" one two", settings=SETTINGS))
+    page = path_html(out.path, View(), [0.5] * len(out.path.tokens), Sampler(0.5))
+    assert page.count("gs-picked") == len(out.path.chosen) > 1
+    assert page.count('class="gs-tip-lens"') == len(out.path.tokens)
+    assert distribution_html(None, ended=True).count("nothing follows") == 1

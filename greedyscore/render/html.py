@@ -12,7 +12,7 @@ colour alone: a token below the threshold is underlined (gs-low), a near tie out
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from html import escape
 from pathlib import Path
@@ -97,7 +97,7 @@ def _notes(t: ScoredToken) -> str:
     return "".join(f'<span class="{cls}">{esc(text)}</span>' for cls, text in notes)
 
 
-def _numbers(t: ScoredToken, fork_at: int | None, head: str) -> str:
+def _numbers(t: ScoredToken, fork_at: int | None, head: str, note: str = "") -> str:
     """One token's block in a tooltip: its text and id, probability, numbers, alternatives, notes."""
     kind = " \u00b7 special" if t.special else ""
     return (
@@ -106,14 +106,15 @@ def _numbers(t: ScoredToken, fork_at: int | None, head: str) -> str:
         f'<span class="gs-tip-nums">logprob {num(t.logprob)} \u00b7 entropy {entropy_text(t.entropy, t.entropy_max)}'
         f" \u00b7 margin {pct(t.margin)} \u00b7 rank {t.rank}</span>"
         f"{_alternatives(t, fork_at)}{_notes(t)}"
+        + (f'<span class="gs-tip-lens">{esc(note)}</span>' if note else "")
     )
 
 
-def tooltip_html(t: ScoredToken, fork_at: int | None = None) -> str:
+def tooltip_html(t: ScoredToken, fork_at: int | None = None, note: str = "") -> str:
     """The hover/focus card: probability, logprob, entropy, margin, rank, top-k bars, notes.
     With fork_at (the token's position), each alternative is a button that forks the reply there."""
     head = html_visible(t.text, "(partial character)")
-    return f'<span class="gs-tip" role="tooltip">{_numbers(t, fork_at, head)}</span>'
+    return f'<span class="gs-tip" role="tooltip">{_numbers(t, fork_at, head, note)}</span>'
 
 
 def _classes(tokens: Sequence[ScoredToken], value: float, threshold: float, extra: str) -> str:
@@ -127,7 +128,8 @@ def _classes(tokens: Sequence[ScoredToken], value: float, threshold: float, extr
     return cls
 
 
-def token_html(t: ScoredToken, i: int, view: View = View(), fork: bool = False, extra_class: str = "") -> str:
+def token_html(t: ScoredToken, i: int, view: View = View(), fork: bool = False, extra_class: str = "",
+               note: str = "") -> str:
     """One focusable token span with its numbers as data-* attributes and its tooltip."""
     value = token_value(t, view.color_by)
     bg = color_for(value, view.palette)
@@ -144,12 +146,13 @@ def token_html(t: ScoredToken, i: int, view: View = View(), fork: bool = False, 
         f' data-prob="{float(t.prob)!r}" data-logprob="{float(t.logprob)!r}"'
         f' data-entropy="{float(t.entropy)!r}" data-margin="{float(t.margin)!r}" data-rank="{t.rank}"{extra}'
         f' aria-label="{esc(label)}" style="background:{bg};color:{text_color(bg)};--gs-bg:{bg}">'
-        f"{body_html(t.text)}{tooltip_html(t, i if fork else None)}</span>"
+        f"{body_html(t.text)}{tooltip_html(t, i if fork else None, note)}</span>"
     )
 
 
 def unit_html(
-    parts: Sequence[ScoredToken], i: int, view: View = View(), fork: bool = False, extra_class: str = ""
+    parts: Sequence[ScoredToken], i: int, view: View = View(), fork: bool = False, extra_class: str = "",
+    notes: Sequence[str] = (),
 ) -> str:
     """A character split over several byte tokens, drawn as one unit with its character. Its
     colour is the character's confidence (probability: the product of the fragments'; margin
@@ -162,7 +165,7 @@ def unit_html(
     label = f"{spoken(text)}, {len(parts)} tokens, {pct(joint)}"
     heads = [f"fragment {k + 1} of {len(parts)}: {esc(display_bytes(t))}" for k, t in enumerate(parts)]
     blocks = "".join(
-        f'<span class="gs-frag">{_numbers(t, i + k if fork else None, head)}</span>'
+        f'<span class="gs-frag">{_numbers(t, i + k if fork else None, head, notes[k] if notes else "")}</span>'
         for k, (t, head) in enumerate(zip(parts, heads))
     )
     tip = (
@@ -186,13 +189,14 @@ def display_bytes(t: ScoredToken) -> str:
 
 def tokens_html(
     tokens: Sequence[ScoredToken], view: View = View(), fork: bool = False, shared_until: int | None = None,
-    token_map: bool = True,
+    token_map: bool = True, chosen: Collection[int] = (), notes: Sequence[str] = (),
 ) -> str:
     """All tokens in order inside one pre-wrap block (no legend); split characters as units.
 
     fork: alternatives in tooltips are buttons (data-at, data-token) that fork the reply there.
     shared_until: a fork's shared prefix (dimmed) ends here, and this token is where it diverges.
     token_map: above a long reply (render/map.py), its map, right before the block.
+    chosen: positions picked by hand (step mode), outlined; notes: one more tooltip line per token.
     """
     check_mode(view.color_by)
     check_palette(view.palette)
@@ -203,17 +207,19 @@ def tokens_html(
         extra = ""
         if shared_until is not None:
             extra = " gs-shared" if stop <= shared_until else " gs-diverge" if start <= shared_until < stop else ""
+        if any(start <= c < stop for c in chosen):
+            extra += " gs-picked"
         if stop - start == 1:
-            spans.append(token_html(tokens[start], start, view, fork, extra))
+            spans.append(token_html(tokens[start], start, view, fork, extra, notes[start] if notes else ""))
         else:
-            spans.append(unit_html(tokens[start:stop], start, view, fork, extra))
+            spans.append(unit_html(tokens[start:stop], start, view, fork, extra, notes[start:stop]))
     return f'{map_html(tokens, view) if token_map else ""}<div class="gs-tokens">{"".join(spans)}</div>'
 
 
 def reply_html(reply: ScoredReply, view: View = View()) -> str:
     """The legend followed by the reply's tokens: what a `gr.HTML` output shows."""
     return (f'<div class="gs-reply">{legend_html(view)}'
-            f"{tokens_html(reply.tokens, view, shared_until=reply.forked_at)}</div>")
+            f"{tokens_html(reply.tokens, view, shared_until=reply.forked_at, chosen=reply.chosen)}</div>")
 
 
 def legend_html(view: View = View()) -> str:

@@ -7,10 +7,11 @@ Interactive elements carry data attributes that `STEER_JS` turns into Gradio eve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..sampler import divergence
-from ..types import NextToken, ScoredReply
+from ..types import NextToken, Sampler, ScoredReply
 from .html import legend_html, tokens_html
 from .text import esc, html_visible, pct
 from .view import View
@@ -27,7 +28,10 @@ def _bar(p: float, cls: str, what: str) -> str:
 
 
 def _sampler_text(view: NextToken) -> str:
-    s = view.sampler
+    return _sampler_words(view.sampler)
+
+
+def _sampler_words(s: Sampler) -> str:
     parts = ["greedy (temperature 0)" if s.temperature == 0 else f"temperature {s.temperature:g}",
              f"top-k {s.top_k}" if s.top_k else "top-k off", f"top-p {s.top_p:g}" if s.top_p < 1 else "top-p off"]
     return " \u2192 ".join(parts)
@@ -64,18 +68,23 @@ def distribution_html(view: NextToken | None, ended: bool = False) -> str:
     )
 
 
-def path_html(reply: ScoredReply | None, view: View) -> str:
-    """The path so far, coloured like any reply, the visitor's picks outlined and listed."""
+def path_html(reply: ScoredReply | None, view: View, p_greedy: Sequence[float] = (), sampler: Sampler | None = None
+              ) -> str:
+    """The path so far, coloured like any reply, the visitor's picks outlined and listed; with `p_greedy`,
+    each token's tooltip also says how likely `sampler` was to keep the greedy token there."""
     if reply is None:
         return f'<div class="gs-reply">{legend_html(view)}<div class="gs-step-empty">No path yet.</div></div>'
     marked = set(reply.chosen)
+    said = _sampler_words(sampler) if sampler is not None else ""
+    notes = [f"{said}: p(it picks the greedy token here) {pct(p)}" for p in p_greedy]
     picks = ", ".join(f"{i} ({html_visible(reply.tokens[i].text)})" for i in sorted(marked))
     note = (f'<p class="gs-step-picks">Chosen by you (outlined): {picks}</p>' if marked
             else '<p class="gs-step-picks">Every token so far is the model\'s own greedy choice.</p>')
+    note += '<p class="gs-step-key">An alternative in a token\'s tooltip restarts the path there with it.</p>'
     state = {"step": "paused: take a token, or finish greedily", "stop": "ended on an end-of-turn token",
              "length": "cut at the token limit", "abort": "stopped"}.get(reply.finish_reason, "")
     return (f'<div class="gs-reply gs-step-path" data-chosen="{",".join(map(str, sorted(marked)))}">'
-            f"{legend_html(view)}{tokens_html(reply.tokens, view)}{note}"
+            f"{legend_html(view)}{tokens_html(reply.tokens, view, fork=True, chosen=marked, notes=notes)}{note}"
             f'<p class="gs-step-state">{len(reply.tokens)} tokens \u00b7 {esc(state)}</p></div>')
 
 

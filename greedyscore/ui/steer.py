@@ -29,6 +29,10 @@ class StepSession(Session):
 
     messages: tuple[Message, ...] = ()
     steps: list[Stepped] = field(default_factory=list)
+    along: bool = False  # the sampler's lens along the path, and in every token's tooltip
+
+    def show_along(self, on: bool) -> None:
+        self.along = bool(on)
 
     @property
     def now(self) -> Stepped | None:
@@ -72,6 +76,8 @@ class StepTab:
                                          elem_id="gs-step-temp")
             self.sampler_k = gr.Slider(0, 100, value=0, step=1, label="sampler top-k (0 = off)", elem_id="gs-step-topk")
             self.top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="top-p (1 = off)", elem_id="gs-step-topp")
+        self.along = gr.Checkbox(False, label="also along the path: how likely this sampler was to keep each greedy "
+                                 "token (in every token's tooltip, and for the whole path)", elem_id="gs-step-along")
         self.dist = gr.HTML(distribution_html(None), elem_id="gs-step-dist", js_on_load=STEER_JS)
         with gr.Row():
             greedy = gr.Button("Take the greedy token", elem_id="gs-step-greedy", scale=1)
@@ -104,6 +110,8 @@ class StepTab:
         finish.click(Session.arm, [self.box], None, **NOW).then(self.finish, common, outs, **model)
         for comp in controls.view:
             comp.change(self.redraw, common, outs, **PRIVATE)
+        self.along.change(StepSession.show_along, [self.box, self.along], None, **NOW).then(
+            self.redraw, common, outs, **model)
 
     def common(self, controls: Controls) -> list:
         """Every handler's inputs after its own: the session, the sampler, the settings, the view."""
@@ -121,13 +129,13 @@ class StepTab:
         path = reply if reply is not None else (now.path if now else None)
         dist = distribution_html(now.next if now and reply is None else None,
                                  ended=reply is not None or bool(now and now.next is None))
-        lens = ""
-        if path is not None and path.tokens:
+        lens, p_greedy = "", []
+        if s.along and path is not None and path.tokens:
             p_greedy, from_top = actions.lens(self.service, Stepped(path, None), sampler)
             how = ("from the kept alternatives" if from_top else
                    "recomputed from whole rows: the kept alternatives cannot represent this sampler's cut")
             lens = lens_html(p_greedy) + f'<p class="gs-step-key">({how})</p>'
-        return {self.dist: dist, self.path: path_html(path, view), self.lens: lens, self.text: "",
+        return {self.dist: dist, self.path: path_html(path, view, p_greedy, sampler), self.lens: lens, self.text: "",
                 **self.nums.show(path, view)}
 
     def _step(self, s: StepSession, sampler: Sampler, settings: Settings, view: View, prefix: Any, chosen: Any,
