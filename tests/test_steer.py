@@ -218,3 +218,30 @@ def test_the_panel_escapes_what_a_model_says_and_marks_the_picks(service) -> Non
     assert page.count("gs-picked") == len(out.path.chosen) > 1
     assert page.count('class="gs-tip-lens"') == len(out.path.tokens)
     assert distribution_html(None, ended=True).count("nothing follows") == 1
+
+
+# --- sharing a path built by hand ------------------------------------------------------------------------
+def test_a_shared_path_keeps_its_picks_and_reruns_as_it_was(service) -> None:
+    import time
+
+    from greedyscore.sharing.document import SharedItem, share_reply
+    from greedyscore.ui.actions import reproduce
+
+    paused = step(service, Step(MESSAGES, force_text=" Lyon is", settings=SETTINGS)).path
+    done = last(finish(service, Step(MESSAGES, tuple(t.id for t in paused.tokens), paused.chosen, settings=SETTINGS)))
+    for reply in (paused, done):
+        item = share_reply("chat", reply, MESSAGES, SETTINGS, service.identity, time.time())
+        back = SharedItem.from_json(item.to_json())  # through the stored document
+        assert back.reply.chosen == reply.chosen and back.reply.finish_reason == reply.finish_reason
+        again = reproduce(service, back)
+        assert again.reproduced, (reply.finish_reason, again.verdict)
+        assert again.n_now == len(reply.tokens)
+
+
+def test_a_shared_path_over_http_shows_its_picks(client) -> None:
+    _, _, out, _ = client.predict(API_MESSAGES, [], [], None, " Lyon", api_name="/step")
+    link = client.predict(out["path"], api_name="/share")
+    page, _, doc, _ = client.predict(link["id"], api_name="/shared")
+    reply = doc["conversation"]["turns"][0] if "conversation" in doc else doc["reply"]  # a turn holds its reply
+    assert reply["chosen"] == out["path"]["chosen"] and reply["finish_reason"] == "step"
+    assert page.count("gs-picked") == len(out["path"]["chosen"])

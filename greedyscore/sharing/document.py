@@ -213,7 +213,11 @@ def rerun_plan(item: SharedItem) -> RerunPlan:
     settings = replace(item.settings, verify=False)  # the comparison is the check
     if item.kind == "text":
         return RerunPlan(reply.prompt_token_ids, settings, target=ids)
+    if reply.finish_reason == "step":  # a path paused by hand: its tokens scored again, as they were
+        return RerunPlan(reply.prompt_token_ids, settings, target=ids)
     forced = ids[: reply.forked_at + 1] if reply.forked_at is not None else ()
+    if reply.chosen:  # built by hand, then finished greedily: the picks forced, greedy after the last
+        forced = ids[: max(reply.chosen) + 1]
     if reply.finish_reason == "abort":  # stopped: as many new tokens as it had
         settings = replace(settings, max_new_tokens=max(1, len(ids) - len(forced)))
     return RerunPlan(reply.prompt_token_ids, settings, forced, reply.forked_at)

@@ -13,7 +13,7 @@ from ..errors import BadInput
 from ..stats import is_near_tie, reply_stats
 from ..types import Alternative, ScoredReply, ScoredToken, Settings, Timings
 
-FINISH_REASONS = ("stop", "length", "abort")
+FINISH_REASONS = ("stop", "length", "abort", "step")
 MAX_ID = 2**31 - 1  # token ids, ranks, counts: every vocabulary and context is far below
 MAX_ENTROPY = 64.0  # nats: log of a 2^64-token vocabulary is 44
 MAX_SECONDS = 1e7
@@ -131,6 +131,10 @@ def reply_from_json(d: Any) -> ScoredReply:
     forked_at = _int(d, "forked_at", "the reply", optional=True)
     if forked_at is not None and forked_at >= len(tokens):
         raise BadInput("not a greedyscore reply JSON: forked_at is beyond its tokens")
+    chosen = d.get("chosen", [])
+    if not isinstance(chosen, list) or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(tokens)
+                                           for c in chosen):
+        raise BadInput("not a greedyscore reply JSON: chosen must list positions of its tokens")
     return ScoredReply(
         model=_str(d, "model", "the reply"), backend=_str(d, "backend", "the reply"),
         text="".join(t.text for t in tokens if not t.special),
@@ -141,4 +145,5 @@ def reply_from_json(d: Any) -> ScoredReply:
         score_source=_str(d, "score_source", "the reply", ""),
         forked_at=forked_at,
         calibration=calibration(tokens) if cal is not None else None,
+        chosen=tuple(sorted(set(chosen))),
     )

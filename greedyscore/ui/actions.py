@@ -100,7 +100,7 @@ def guess(service: Service, game: Game, said: str) -> Game:
 def reproduce(service: Service, item: SharedItem) -> Reproduction:
     """Run a shared result again on this server's model and compare."""
     plan = rerun_plan(item)
-    if item.kind == "text":
+    if plan.target:  # a scored text, or a path paused by hand
         request = ScoreIds(plan.prompt, plan.target, plan.settings)
     else:
         request = Rerun(plan.prompt, plan.settings, plan.forced, plan.forked_at, item.messages)

@@ -3,6 +3,7 @@ text), the next-token distribution raw and through a sampler, then "finish greed
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from ..render.explore import live_html
 from ..render.steer import STEER_JS, distribution_html, lens_html, path_html
 from ..service import Service
 from ..session import Session
+from ..sharing.document import share_reply
 from ..types import Message, Sampler, ScoredReply, Settings, Stepped, TextDelta
 from . import actions
-from .parts import DEFAULT_VIEW, NOW, PRIVATE, Controls, Numbers, UIConfig, shown_as_gr_errors
+from .parts import DEFAULT_VIEW, NOW, PRIVATE, Controls, Numbers, UIConfig, link_box, shown_as_gr_errors
+from .share import Sharing
 
 STEP_EXAMPLE = "Write one sentence about the sea."
 
@@ -56,8 +59,9 @@ def _sent(evt: gr.EventData) -> tuple[str | None, Any, Any]:
 class StepTab:
     """The Step tab (built by the constructor, handlers as methods)."""
 
-    def __init__(self, service: Service, controls: Controls, config: UIConfig, chat: gr.State) -> None:
-        self.service = service
+    def __init__(self, service: Service, controls: Controls, config: UIConfig, chat: gr.State,
+                 sharing: Sharing) -> None:
+        self.service, self.sharing = service, sharing
         gr.Markdown("Build a reply yourself: after the prompt, see the model's next-token distribution (raw, and "
                     "through a sampler), then take the greedy token, click any listed one, or type any text; "
                     "step again, or finish greedily. Your picks are outlined; every token keeps its true "
@@ -87,15 +91,25 @@ class StepTab:
             undo = gr.Button("Undo", elem_id="gs-step-undo", scale=0)
             finish = gr.Button("Finish greedily from here", variant="primary", elem_id="gs-step-finish", scale=1)
         self.path = gr.HTML(path_html(None, DEFAULT_VIEW), elem_id="gs-step-path", js_on_load=STEER_JS)
+        with gr.Row():
+            share = gr.Button("Share this path", elem_id="gs-step-share", size="sm", scale=0,
+                              visible=sharing.store is not None)
+            self.link = link_box()
         self.lens = gr.HTML("", elem_id="gs-step-lens")
         self.nums = Numbers("path", "step")
         self.box = gr.State(StepSession())
+        # every handler's inputs after its own (the session, the sampler, the settings, the view), and outputs
+        self.common = [self.box, self.temperature, self.sampler_k, self.top_p, controls.max_new, controls.top_k,
+                       *controls.view]
+        self.outs = [self.dist, self.path, self.lens, self.text, *self.nums.outputs[:3]]
         self._wire(start, greedy, force, undo, finish, controls, config)
-        from_chat.click(self.from_chat, [chat, self.at, *self.common(controls)], self.outs, **config.model, **PRIVATE)
+        from_chat.click(self.from_chat, [chat, self.at, *self.common], self.outs, **config.model, **PRIVATE)
+        share.click(self.share_stepped, [self.box, controls.max_new, controls.top_k], [self.link], queue=False,
+                    **PRIVATE)
 
     def _wire(self, start: gr.Button, greedy: gr.Button, force: gr.Button, undo: gr.Button, finish: gr.Button,
               controls: Controls, config: UIConfig) -> None:
-        sampler, common, outs = [self.temperature, self.sampler_k, self.top_p], self.common(controls), self.outs
+        sampler, common, outs = [self.temperature, self.sampler_k, self.top_p], self.common, self.outs
         model = dict(**config.model, **PRIVATE)
         for trigger in (start.click, self.msg.submit):
             trigger(self.start, [self.system, self.msg, *common], outs, **model)
@@ -112,15 +126,6 @@ class StepTab:
             comp.change(self.redraw, common, outs, **PRIVATE)
         self.along.change(StepSession.show_along, [self.box, self.along], None, **NOW).then(
             self.redraw, common, outs, **model)
-
-    def common(self, controls: Controls) -> list:
-        """Every handler's inputs after its own: the session, the sampler, the settings, the view."""
-        return [self.box, self.temperature, self.sampler_k, self.top_p, controls.max_new, controls.top_k,
-                *controls.view]
-
-    @property
-    def outs(self) -> list:
-        return [self.dist, self.path, self.lens, self.text, *self.nums.outputs[:3]]
 
     # --- what the page shows -----------------------------------------------------------------
     def shown(self, s: StepSession, sampler: Sampler, view: View, reply: ScoredReply | None = None) -> dict:
@@ -232,6 +237,15 @@ class StepTab:
                     else:
                         s.steps.append(Stepped(event, None))
                         yield self.shown(s, sampler, view, event)
+
+    def share_stepped(self, s: StepSession, max_new: float, top_k: float, request: gr.Request) -> dict:
+        """A link to the path (paused or finished), picks and all."""
+        with shown_as_gr_errors():
+            if s.now is None or not s.now.path.tokens:
+                raise BadInput("build a path first: take a token or two")
+            item = share_reply("chat", s.now.path, s.messages, actions.parse_settings(max_new, top_k),
+                               actions.identity(self.service), time.time())
+            return {self.link: self.sharing.link(item, request)}
 
     def redraw(self, s: StepSession, *values: Any) -> dict:
         with shown_as_gr_errors():
