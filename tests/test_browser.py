@@ -545,6 +545,13 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
     page.locator("#gs-step-along input").check()  # the lens along the path, on request
     page.locator("#gs-step-path .gs-tip-lens").first.wait_for(state="attached", timeout=60_000)
     assert page.locator("#gs-step-path .gs-tip-lens").count() == n
+    if os.environ.get("GREEDYSCORE_SCREENSHOT"):  # the sampler's bars and the path with its picks, for the README
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.mouse.move(0, 0)
+        top, bottom = (page.locator(sel).bounding_box() for sel in ("#gs-step-temp", "#gs-step-path"))
+        page.screenshot(path=str(ROOT / "assets" / "step.png"), full_page=True,
+                        clip={"x": 0, "y": top["y"] - 8, "width": 1280,
+                              "height": bottom["y"] + bottom["height"] - top["y"] + 16})
     page.locator("#gs-step-finish").click()
     page.wait_for_function("() => document.querySelector('#gs-step-dist').innerText.includes('nothing follows')",
                            timeout=120_000)
