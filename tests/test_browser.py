@@ -559,6 +559,7 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
     assert page.locator("#gs-step-path .gs-step-path").get_attribute("data-chosen").split(",") == chosen
     page.locator("#gs-step-chart .js-plotly-plot").first.wait_for(timeout=30_000)
     assert "expected tokens before a sampled reply first differs" in page.locator("#gs-step-lens").inner_text()
+    page.wait_for_function("() => document.querySelector('#gs-step-json a') !== null", timeout=30_000)  # export
     page.locator("#gs-step-share").click()  # the path, picks and all, as a link
     page.wait_for_function("() => [...document.querySelectorAll('#gs-share-link input.gs-share-url')].some("
                            "e => e.offsetParent && e.value.includes('?r='))", timeout=30_000)

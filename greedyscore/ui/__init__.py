@@ -55,7 +55,7 @@ def build_demo(service: Service, config: UIConfig = UIConfig(), exports: Exports
             with gr.Tab("Guess the next token", id="guess"):
                 GuessTab(service, config)
             with gr.Tab("Step", id="step"):
-                StepTab(service, controls, config, chat.box, sharing)
+                StepTab(service, controls, config, chat.box, sharing, exports)
             with gr.Tab("Compare", id="compare"):
                 CompareTab(variants, config)
         panel.wire(demo, controls.view, config)

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import BadInput
+from ..exports import Exports
 from ..render import View
 from ..render.explore import live_html
 from ..render.steer import STEER_JS, distribution_html, lens_html, path_html
@@ -60,8 +61,8 @@ class StepTab:
     """The Step tab (built by the constructor, handlers as methods)."""
 
     def __init__(self, service: Service, controls: Controls, config: UIConfig, chat: gr.State,
-                 sharing: Sharing) -> None:
-        self.service, self.sharing = service, sharing
+                 sharing: Sharing, exports: Exports) -> None:
+        self.service, self.sharing, self.exports = service, sharing, exports
         gr.Markdown("Build a reply yourself: after the prompt, see the model's next-token distribution (raw, and "
                     "through a sampler), then take the greedy token, click any listed one, or type any text; "
                     "step again, or finish greedily. Your picks are outlined; every token keeps its true "
@@ -101,7 +102,7 @@ class StepTab:
         # every handler's inputs after its own (the session, the sampler, the settings, the view), and outputs
         self.common = [self.box, self.temperature, self.sampler_k, self.top_p, controls.max_new, controls.top_k,
                        *controls.view]
-        self.outs = [self.dist, self.path, self.lens, self.text, *self.nums.outputs[:3]]
+        self.outs = [self.dist, self.path, self.lens, self.text, *self.nums.outputs]
         self._wire(start, greedy, force, undo, finish, controls, config)
         from_chat.click(self.from_chat, [chat, self.at, *self.common], self.outs, **config.model, **PRIVATE)
         share.click(self.share_stepped, [self.box, controls.max_new, controls.top_k], [self.link], queue=False,
@@ -141,7 +142,7 @@ class StepTab:
                    "recomputed from whole rows: the kept alternatives cannot represent this sampler's cut")
             lens = lens_html(p_greedy) + f'<p class="gs-step-key">({how})</p>'
         return {self.dist: dist, self.path: path_html(path, view, p_greedy, sampler), self.lens: lens, self.text: "",
-                **self.nums.show(path, view)}
+                **self.nums.show(path, view, self.exports.write(path, path.to_json()) if path else (None, None))}
 
     def _step(self, s: StepSession, sampler: Sampler, settings: Settings, view: View, prefix: Any, chosen: Any,
               **force: Any) -> dict:
