@@ -32,6 +32,19 @@ def open_page(browser, url: str):
     return page
 
 
+def fill_number(page, label: str, value: str) -> None:
+    """A slider's number box set to `value`: on a loaded machine the slider can still be settling and take
+    back a first fill, so it is filled until it holds."""
+    box = page.get_by_label(label)
+    for _ in range(5):
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        if box.input_value() == value:
+            break
+    assert box.input_value() == value
+
+
 def test_chat_tokens_tooltip_chart_screenshot(browser, app_server):
     page = browser.new_page(viewport={"width": 1280, "height": 1500})
     page.goto(app_server)
@@ -310,14 +323,7 @@ def test_one_model_event_at_a_time_per_visitor_and_clear_stays_clear(browser, ap
     ask(page, "What is the capital of France?", 1)
     # a reply long enough to still be running when the fork is asked for (the server's default is 32 tokens)
     page.get_by_text("Settings").first.click()
-    tokens = page.get_by_label("number input for max new tokens")
-    for _ in range(5):  # on a loaded machine the slider can still be settling and take back a first fill
-        tokens.fill("600")
-        tokens.press("Enter")
-        page.wait_for_timeout(300)
-        if tokens.input_value() == "600":
-            break
-    assert tokens.input_value() == "600"
+    fill_number(page, "number input for max new tokens", "600")
     send(page, "Write a very long story about a dragon who learns to paint.")
     page.wait_for_function("() => { const l = document.querySelector('#gs-live .gs-bubble');"
                            " return l && l.innerText.trim().length > 10; }", timeout=120_000)
@@ -532,13 +538,7 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
     n = step_path_len(page)
     # the sampler's bars follow the temperature
     before = first_sampled_width(page)
-    temp = page.get_by_label("number input for temperature (0 = greedy)")
-    for _ in range(5):
-        temp.fill("0.3")
-        temp.press("Enter")
-        page.wait_for_timeout(300)
-        if temp.input_value() == "0.3":
-            break
+    fill_number(page, "number input for temperature (0 = greedy)", "0.3")
     page.wait_for_function(f"() => {{ const r = document.querySelector('#gs-step-dist .gs-step-row .gs-stage-2');"
                            f" return r && r.getAttribute('style') !== {before!r}; }}", timeout=60_000)
     assert "temperature 0.3" in page.locator("#gs-step-dist").inner_text()
@@ -599,13 +599,7 @@ def test_map_of_a_long_reply_jumps_to_a_token_and_marks_the_chart(browser, app_s
     page.goto(app_server)
     page.locator("#gs-msg textarea").wait_for()
     page.get_by_text("Settings").first.click()
-    limit = page.get_by_label("number input for max new tokens")
-    for _ in range(5):  # on a loaded machine the slider can still be settling and take back a first fill
-        limit.fill("160")
-        limit.press("Enter")
-        page.wait_for_timeout(300)
-        if limit.input_value() == "160":
-            break
+    fill_number(page, "number input for max new tokens", "160")
     send(page, "Write a very long story about a dragon who learns to paint. Go on for many paragraphs.")
     page.locator("#gs-reply .gs-map").wait_for(timeout=240_000)
     n = page.locator(TURN_TOKENS).evaluate_all("els => els.length")
