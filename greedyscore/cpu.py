@@ -1,8 +1,15 @@
-"""What this CPU can do fast: bfloat16 instructions (for `--dtype bfloat16`)."""
+"""What this CPU can do fast: bfloat16 instructions (for `--dtype bfloat16`); where model work must
+run so that torch's OpenMP threads keep spinning between a decode step's products."""
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # x86: AVX-512 BF16 (Cooper Lake, Zen 4 and later) or AMX (Sapphire Rapids and later); Arm: the BF16 extension
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -26,3 +33,34 @@ def bf16_instructions(cpuinfo: str | None = None) -> list[str]:
         except OSError:  # not Linux: nothing to read the flags from
             return []
     return sorted(cpu_flags(cpuinfo) & BF16_FLAGS)
+
+
+def in_a_thread_of_its_own(fn: Callable[..., T]) -> Callable[..., T]:
+    """fn, made to run in a new thread that ends when it returns (its exception raised in the caller).
+
+    Why: torch's OpenMP (libgomp) keeps a pool of worker threads for every thread that ever ran a
+    parallel region, for that thread's life. Once the pools together hold more threads than there
+    are CPUs, libgomp throttles them all: a worker spins 100 times, not 300,000, before it sleeps on
+    a futex, and each of a torch decode step's ~200 small parallel products pays a wake-up. Loading
+    a model in the main thread (which never ends) and decoding in the scheduler's is just that; a
+    load in a thread that ends leaves no pool behind, and the decoding thread's is then the only one."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        box: list[tuple[bool, Any]] = []
+
+        def work() -> None:
+            try:
+                box.append((True, fn(*args, **kwargs)))
+            except BaseException as ex:  # noqa: BLE001 - raised in the caller's thread
+                box.append((False, ex))
+
+        worker = threading.Thread(target=work, name=f"greedyscore-{fn.__name__}")
+        worker.start()
+        worker.join()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    return run

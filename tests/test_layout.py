@@ -4,6 +4,12 @@ in column blocks)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -72,9 +78,6 @@ def test_the_laid_out_model_lets_go_of_the_loaded_file():
     weight, so while one view lives the whole file stays resident (~0.5 GB here). After the layout
     no tensor of the model may point into the file: it is unmapped (a fresh process: other tests
     map the same file)."""
-    import subprocess
-    import sys
-
     code = ("from greedyscore.engines.transformers import TransformersEngine\n"
             "e = TransformersEngine.load(None, device='cpu')\n"
             "from pathlib import Path\n"
@@ -82,3 +85,59 @@ def test_the_laid_out_model_lets_go_of_the_loaded_file():
             "print(e.info.layout, any(line.endswith('.safetensors') for line in maps.splitlines()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["native", "False"]
+
+
+# --- where the model work runs: one OpenMP pool, the decoding thread's --------------------------
+
+POOL_PROBE = """
+import os, sys, threading, time
+import torch
+torch.set_num_threads(2)
+from greedyscore.cpu import in_a_thread_of_its_own
+
+def tasks():
+    return len(os.listdir('/proc/self/task'))
+
+def parallel_work():
+    return float(torch.ones(1 << 22).sum())  # a reduction torch splits over its OpenMP threads
+
+def settled(want, limit_s=5.0):
+    end = time.monotonic() + limit_s
+    while tasks() != want and time.monotonic() < end:
+        time.sleep(0.01)
+    return tasks()
+
+base = tasks()
+assert in_a_thread_of_its_own(parallel_work)() == 1 << 22
+after_own_thread = settled(base)
+parallel_work()
+after_main = settled(base + 1)
+print(base, after_own_thread, after_main)
+"""
+
+
+def test_parallel_work_in_a_thread_of_its_own_leaves_no_openmp_pool_behind():
+    """What the load's thread of its own is for: libgomp keeps a pool of workers for each thread that
+    ran a parallel region, for that thread's life; one in the main thread stays (and would throttle
+    the decoding thread's pool: greedyscore/cpu.py), one in a thread that ends goes with it."""
+    if not Path("/proc/self/task").is_dir() or "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("counts OpenMP's threads in /proc: Linux, torch on OpenMP")
+    out = subprocess.run([sys.executable, "-c", POOL_PROBE], capture_output=True, text=True, timeout=120, check=True)
+    base, after_own_thread, after_main = map(int, out.stdout.split())
+    assert after_own_thread == base  # the thread's pool (one worker for 2 threads) went with it
+    assert after_main == base + 1  # the main thread's stays: the state a load in the main thread left
+
+
+def test_the_engine_loads_and_lays_out_in_a_thread_that_ends_and_raises_its_errors_in_the_caller(monkeypatch):
+    from greedyscore.engines import transformers as hf
+    from greedyscore.errors import BadInput
+
+    seen: list[threading.Thread] = []
+    real = hf.cpu_layout
+    monkeypatch.setattr(hf, "cpu_layout", lambda model, precision: seen.append(threading.current_thread())
+                        or real(model, precision))
+    engine = hf.TransformersEngine.load(None, device="cpu")
+    assert engine.info.layout in ("native", "split") and len(seen) == 1
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
+    with pytest.raises(BadInput, match="unknown precision"):
+        hf.TransformersEngine.load(None, device="cpu", precision="float16")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import threading
 
 import pytest
 import torch
@@ -130,12 +131,15 @@ def _tiny() -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
-def script(kernel_s: float, torch_s: float, seen: list | None = None):
-    """A gate clock that runs the work and says it took kernel_s or torch_s seconds."""
+def script(kernel_s: float, torch_s: float, seen: list | None = None, threads: list | None = None):
+    """A gate clock that runs the work and says it took kernel_s or torch_s seconds (the paths it
+    timed put in `seen`, the threads it timed them in in `threads`)."""
     def timer(path, work):
         work()
         if seen is not None:
             seen.append(path)
+        if threads is not None:
+            threads.append(threading.current_thread())
         return {"kernel": kernel_s, "torch": torch_s}[path]
     return timer
 
@@ -174,10 +178,11 @@ def test_the_gate_uses_the_kernel_only_where_it_measures_faster(fresh, tmp_path,
             library = tmp_path / f"{precision}-{kernel_s}.so"  # a new file: a loaded one must not change
             shutil.copy(built("native").path, library)
             k = native.Kernel(ctypes.CDLL(str(library)), library)
-            seen = []
-            monkeypatch.setattr(gate, "clock", script(kernel_s, torch_s, seen))
+            seen, threads = [], []
+            monkeypatch.setattr(gate, "clock", script(kernel_s, torch_s, seen, threads))
             d = gate.choose(k, "", precision, "native")
             assert seen == ["kernel", "torch", "torch", "kernel", "kernel", "torch"]  # interleaved, each first in turn
+            assert set(threads) == {threading.current_thread()}  # timed where the engine loads: no other pool
             assert d.used == (kernel_s < torch_s) and d.reason == gate.MEASURED and not d.cached
             assert (d.kernel_ms, d.torch_ms) == (pytest.approx(kernel_s * 1e3), pytest.approx(torch_s * 1e3))
             said = capsys.readouterr().err

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..cpu import in_a_thread_of_its_own
 from ..errors import BadInput, EngineUnavailable, ModelNotFound
 from ..models import resolve_model
 from ..scoring import CHUNK_ROWS, StepScores, empty_scores, score_chunks
@@ -74,6 +75,7 @@ class TransformersEngine:
         )
 
     @classmethod
+    @in_a_thread_of_its_own  # no OpenMP pool left in the caller's thread: decoding's stays unthrottled (cpu.py)
     def load(cls, model: str | None = None, device: str | None = None, precision: str = "float32",
              drift: bool = False, **_: Any) -> TransformersEngine:
         """Load once: resolve/convert the model, then from_pretrained (float32 on CPU by default).

@@ -4,10 +4,11 @@ be slower elsewhere (AVX2: two registers a vector, no fused multiply-adds; bench
 
 Timed is what decoding spends its time on: whole decode steps (`LlamaStep`) of a random Llama
 with the embedded model's layer shapes (MODEL), ROWS rows, the C step against the same step over
-`layout.torch_layout`, interleaved, the best of REPS, in a thread of its own as the service's
-worker decodes. Single products would mislead: oneDNN's bfloat16 product beats the kernel's, yet
-its decode step (hundreds of torch calls, each an OpenMP region whose threads sleep between calls)
-is slower than the C step, whose barriers spin. The decision, per precision, thread count and
+`layout.torch_layout`, interleaved, the best of REPS, in the calling thread: the engine loads
+(and so gates) in a thread of its own, in the state its decoding thread will be in (one OpenMP
+pool: cpu.in_a_thread_of_its_own). Single products would mislead: oneDNN's bfloat16 product beats
+the kernel's, yet its decode step (hundreds of torch calls, each an OpenMP region) can be slower
+than the C step, whose barriers spin. The decision, per precision, thread count and
 torch version, is kept beside the built library (`<library>.json`): a new source, compiler,
 target or CPU measures again, a second load does not.
 """
@@ -20,7 +21,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9
 ROWS = (1, 8)  # one reply; a batch of eight
 CONTEXT = 64  # cached positions each step attends to
 REPS = 5
+TIMED_IN = "the loading thread"  # before: a thread of its own beside the main one's OpenMP pool (torch throttled)
 
 def forced() -> str:
     """$GREEDYSCORE_NATIVE as given, trimmed and lower-cased ("" when unset): in ON, OFF, or neither."""
@@ -84,7 +85,7 @@ class Decision:
 
 def measure(kernel: Kernel, precision: str) -> tuple[float, float]:
     """(kernel, torch) ms per step of the test model (its ROWS steps together), the best of REPS
-    interleaved runs each, timed in a thread of its own."""
+    interleaved runs each, timed in the calling thread (the one that loads the model)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ..layout import torch_layout
@@ -114,21 +115,12 @@ def measure(kernel: Kernel, precision: str) -> tuple[float, float]:
     runs = {path: work(path) for path in steps}
     best = {path: float("inf") for path in steps}
 
-    def timed() -> None:
-        for run in runs.values():
-            run()  # warm-up
-        for rep in range(REPS):  # interleaved, each first in turn: a busy moment of the machine hits both
-            for path in ("kernel", "torch") if rep % 2 == 0 else ("torch", "kernel"):
-                best[path] = min(best[path], clock(path, runs[path]))  # `clock`: a test may script it
-
-    in_a_thread(timed)
+    for run in runs.values():
+        run()  # warm-up
+    for rep in range(REPS):  # interleaved, each first in turn: a busy moment of the machine hits both
+        for path in ("kernel", "torch") if rep % 2 == 0 else ("torch", "kernel"):
+            best[path] = min(best[path], clock(path, runs[path]))  # `clock`: a test may script it
     return best["kernel"] * 1000, best["torch"] * 1000
-
-
-def in_a_thread(fn: Callable[[], None]) -> None:
-    """Run fn in a thread of its own, as the service's worker decodes (its exception raised here)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="greedyscore-gate") as pool:
-        pool.submit(fn).result()
 
 
 def choose(kernel: Kernel | None, why_not: str, precision: str, march: str) -> Decision:
@@ -166,7 +158,8 @@ def cached(library: Path, precision: str, march: str) -> Decision | None:
 
 def _entry(precision: str) -> str:
     """A decision's name in the file: what it depends on besides the library (the test itself too)."""
-    test = hashlib.sha256(json.dumps([MODEL, ROWS, CONTEXT, REPS], sort_keys=True).encode()).hexdigest()[:8]
+    how = [MODEL, ROWS, CONTEXT, REPS, TIMED_IN]
+    test = hashlib.sha256(json.dumps(how, sort_keys=True).encode()).hexdigest()[:8]
     return f"{precision}, {torch.get_num_threads()} threads, torch {torch.__version__}, test {test}"
 
 
