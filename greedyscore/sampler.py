@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -121,22 +120,3 @@ def p_greedy_rows(logits: torch.Tensor, sampler: Sampler) -> torch.Tensor:
     before = top.cumsum(-1) - top
     kept = torch.where(before < sampler.top_p, top, 0.0).sum(-1)
     return top[:, 0] / kept
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """Over a greedy reply: how soon a sampled reply would part from it (each position given the
-    greedy prefix before it)."""
-
-    p_same: float  # probability that sampling reproduces the whole reply
-    expected_agree: float  # expected number of leading tokens sampling reproduces before the first difference
-    expected_differ: float  # expected number of positions where the sampled token differs from greedy's
-
-
-def divergence(p_greedy: Sequence[float]) -> Divergence:
-    """Example: divergence([1.0, 0.5]) -> Divergence(p_same=0.5, expected_agree=1.5, expected_differ=0.5)"""
-    run, agree = 1.0, 0.0
-    for p in p_greedy:
-        run *= p
-        agree += run
-    return Divergence(run, agree, sum(1 - p for p in p_greedy))

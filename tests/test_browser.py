@@ -514,7 +514,7 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     page.goto(app_server)
     page.get_by_role("tab", name="Step").click()
-    page.locator("#gs-step-msg textarea").fill("What is the capital of France?")
+    page.locator("#gs-step-msg textarea").fill("Write a very long story about a dragon who learns to paint.")
     page.locator("#gs-step-start").click()
     takes = page.locator("#gs-step-dist button.gs-step-take")
     takes.first.wait_for(timeout=120_000)
@@ -552,13 +552,22 @@ def test_step_by_hand_greedy_clicked_typed_then_finish(browser, app_server):
         page.screenshot(path=str(ROOT / "assets" / "step.png"), full_page=True,
                         clip={"x": 0, "y": top["y"] - 8, "width": 1280,
                               "height": bottom["y"] + bottom["height"] - top["y"] + 16})
+    page.get_by_text("Settings").first.click()
+    fill_number(page, "number input for max new tokens", "110")  # a path long enough for its map
     page.locator("#gs-step-finish").click()
     page.wait_for_function("() => document.querySelector('#gs-step-dist').innerText.includes('nothing follows')",
-                           timeout=120_000)
+                           timeout=180_000)
     assert step_path_len(page) > n
     assert page.locator("#gs-step-path .gs-step-path").get_attribute("data-chosen").split(",") == chosen
     page.locator("#gs-step-chart .js-plotly-plot").first.wait_for(timeout=30_000)
     assert "expected tokens before a sampled reply first differs" in page.locator("#gs-step-lens").inner_text()
+    assert step_path_len(page) > 80  # the map above the finished path: a cell jumps to its token, the chart follows
+    k = page.evaluate("""() => { const has = i => document.querySelector(`#gs-step-path .gs-token[data-i="${i}"]`);
+        for (let k = 60; ; k++) if (has(k) && has(k + 1)) return k; }""")
+    page.locator("#gs-step-path .gs-map-cells > span").nth(k).click()
+    page.wait_for_function(f"() => ({FOCUSED})() === {k}", timeout=5000)
+    page.wait_for_function(f"() => ({MAP_MARK.replace('gs-reply-chart', 'gs-step-chart')})() === {k}",
+                           timeout=10_000)
     page.wait_for_function("() => document.querySelector('#gs-step-json a') !== null", timeout=30_000)  # export
     page.locator("#gs-step-share").click()  # the path, picks and all, as a link
     page.wait_for_function("() => [...document.querySelectorAll('#gs-share-link input.gs-share-url')].some("

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from greedyscore.sampler import divergence, next_token, p_greedy_from_top, p_greedy_rows, sampler_stages
+from greedyscore.sampler import next_token, p_greedy_from_top, p_greedy_rows, sampler_stages
+from greedyscore.stats import divergence
 from greedyscore.types import Sampler
 
 SAMPLERS = [Sampler(), Sampler(0.7), Sampler(1.5, 5), Sampler(1.0, 0, 0.9), Sampler(0.8, 10, 0.5),

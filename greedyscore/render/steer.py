@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..sampler import divergence
+from ..stats import divergence
 from ..types import NextToken, Sampler, ScoredReply
 from .html import legend_html, tokens_html
 from .text import esc, html_visible, pct
