@@ -4,8 +4,8 @@ run so that torch's OpenMP threads keep spinning between a decode step's product
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,20 +47,7 @@ def in_a_thread_of_its_own(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> T:
-        box: list[tuple[bool, Any]] = []
-
-        def work() -> None:
-            try:
-                box.append((True, fn(*args, **kwargs)))
-            except BaseException as ex:  # noqa: BLE001 - raised in the caller's thread
-                box.append((False, ex))
-
-        worker = threading.Thread(target=work, name=f"greedyscore-{fn.__name__}")
-        worker.start()
-        worker.join()
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value
+        with ThreadPoolExecutor(1, thread_name_prefix=f"greedyscore-{fn.__name__}") as pool:  # joined on exit
+            return pool.submit(fn, *args, **kwargs).result()
 
     return run
