@@ -16,10 +16,11 @@ from dataclasses import replace
 
 import torch
 
+from .engines.base import Engine
 from .errors import BadInput, Unsupported
 from .requests import Rerun, Step
 from .sampler import next_token, p_greedy_from_top, p_greedy_rows
-from .scoring import StepScores, empty_scores, score_rows
+from .scoring import StepScores, score_chunks
 from .service import Event, Service, check_fit, check_vocab, prompt_ids_of, text_ids_of
 from .types import Sampler, ScoredReply, Stepped, Timings
 
@@ -57,25 +58,32 @@ def step(service: Service, request: Step) -> Stepped:
                                      request.settings.top_k)
     reply = service.turns.reply(prompt, path, steps, None, request.settings, "stop" if ended else "step", (),
                                 Timings(0.0, time.perf_counter() - t0))
-    tok = service.tokenizer
-    view = None if ended else next_token(row, request.sampler, tok.display)
-    return Stepped(replace(reply, chosen=chosen), view)
+    stepped = Stepped(replace(reply, chosen=chosen), None, None if ended else row)
+    return stepped if ended else relook(service, stepped, request.sampler)
 
 
-def _rows(engine: object, ids: list[int], start: int, path: Sequence[int], top_k: int
+def relook(service: Service, stepped: Stepped, sampler: Sampler) -> Stepped:
+    """The same step through another sampler, from its kept row: no model call."""
+    return replace(stepped, next=next_token(stepped.logits, sampler, service.tokenizer.display))
+
+
+def _rows(engine: Engine, ids: list[int], start: int, path: Sequence[int], top_k: int
           ) -> tuple[StepScores, torch.Tensor]:
-    """One pass: the path's scores (rows before the last) and the last row, the next token's logits."""
-    parts, pending, done = [], None, 0
-    for chunk in engine.logits(ids, start):  # type: ignore[attr-defined]
-        if pending is not None:
-            parts.append(score_rows(pending, torch.tensor(path[done : done + len(pending)]), top_k))
-            done += len(pending)
-        pending = chunk
-    assert pending is not None
-    if len(pending) > 1:
-        parts.append(score_rows(pending[:-1], torch.tensor(path[done:]), top_k))
-    steps = StepScores.cat(parts) if parts else empty_scores(top_k)
-    return steps, pending[-1].float().clone()
+    """One pass: the path's scores (every row but the last) and the last row, the next token's logits."""
+    last: list[torch.Tensor] = []
+
+    def all_but_the_last() -> Iterator[torch.Tensor]:
+        held = None
+        for chunk in engine.logits(ids, start):
+            if held is not None:
+                yield held
+            held = chunk
+        if len(held) > 1:
+            yield held[:-1]
+        last.append(held[-1].float().clone())
+
+    steps = score_chunks(all_but_the_last(), torch.tensor(path, dtype=torch.long), top_k)
+    return steps, last[0]
 
 
 def finish(service: Service, request: Step, cancel: threading.Event | None = None) -> Iterator[Event]:
@@ -90,11 +98,6 @@ def finish(service: Service, request: Step, cancel: threading.Event | None = Non
     return marked()
 
 
-def stepped_ids(reply: ScoredReply) -> tuple[list[int], list[int]]:
-    """A reply's ids and chosen positions, to step on from (the UI keeps a path as its ScoredReply)."""
-    return [t.id for t in reply.tokens], list(reply.chosen)
-
-
 def p_greedy_along(service: Service, prompt: Sequence[int], reply: ScoredReply, sampler: Sampler
                    ) -> tuple[list[float], bool]:
     """p(the sampler picks the greedy token) at every position of a reply (each given the reply's own
@@ -107,6 +110,5 @@ def p_greedy_along(service: Service, prompt: Sequence[int], reply: ScoredReply, 
     return service.turns.model(_p_greedy_rows, service.engine, ids[:-1], len(prompt) - 1, sampler), False
 
 
-def _p_greedy_rows(engine: object, ids: list[int], start: int, sampler: Sampler) -> list[float]:
-    return [float(p) for chunk in engine.logits(ids, start)  # type: ignore[attr-defined]
-            for p in p_greedy_rows(chunk, sampler)]
+def _p_greedy_rows(engine: Engine, ids: list[int], start: int, sampler: Sampler) -> list[float]:
+    return [float(p) for chunk in engine.logits(ids, start) for p in p_greedy_rows(chunk, sampler)]

@@ -252,6 +252,9 @@ class Stepped:
 
     path: ScoredReply
     next: NextToken | None
+    # the next token's raw logits row (torch, not in the JSON): another sampler looks through it with no
+    # model call; None once the path has ended, or dropped when a later step is taken
+    logits: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path.to_json(), "next": self.next.to_json() if self.next is not None else None}

@@ -27,10 +27,6 @@ def _bar(p: float, cls: str, what: str) -> str:
             f'style="width:{width}"></span><span class="gs-step-num">{pct(p)}</span></span>')
 
 
-def _sampler_text(view: NextToken) -> str:
-    return _sampler_words(view.sampler)
-
-
 def _sampler_words(s: Sampler) -> str:
     parts = ["greedy (temperature 0)" if s.temperature == 0 else f"temperature {s.temperature:g}",
              f"top-k {s.top_k}" if s.top_k else "top-k off", f"top-p {s.top_p:g}" if s.top_p < 1 else "top-p off"]
@@ -58,7 +54,7 @@ def distribution_html(view: NextToken | None, ended: bool = False) -> str:
                    zip((view.rest_raw, *view.rest_stages), STAGE_NAMES))
     return (
         f'<div class="gs-step-dist"><p class="gs-step-summary">Next token: entropy {view.entropy:.3f} nats '
-        f"\u00b7 sampler {esc(_sampler_text(view))} \u00b7 <b>p(sampling picks the greedy token) "
+        f"\u00b7 sampler {esc(_sampler_words(view.sampler))} \u00b7 <b>p(sampling picks the greedy token) "
         f"{pct(view.p_greedy)}</b></p>"
         f'<table class="gs-step-table"><thead><tr><th>#</th><th>token (click to take)</th><th>id</th>{head}'
         f"</tr></thead><tbody>{''.join(rows)}<tr class=\"gs-step-rest\"><td></td><td>every other token</td><td>"

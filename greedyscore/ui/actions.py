@@ -114,6 +114,11 @@ def step(service: Service, messages: Sequence[Message], prefix: Any, chosen: Any
     return steer.step(service, Step(tuple(messages), prefix, chosen, force_id, force_text or "", sampler, settings))
 
 
+def relook(service: Service, stepped: Stepped, sampler: Sampler) -> Stepped:
+    """The same step through another sampler, from the row it kept: no model call."""
+    return steer.relook(service, stepped, sampler)
+
+
 def finish_path(service: Service, messages: Sequence[Message], prefix: Any, chosen: Any, settings: Settings,
                 cancel: threading.Event | None = None) -> Events:
     """Greedy from the end of a stepped path, streamed."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gradio as gr
@@ -19,7 +19,7 @@ from ..render.steer import STEER_JS, distribution_html, lens_html, path_html
 from ..service import Service
 from ..session import Session
 from ..sharing.document import share_reply
-from ..types import Message, Sampler, ScoredReply, Settings, Stepped, TextDelta
+from ..types import Message, Sampler, Settings, Stepped, TextDelta
 from . import actions
 from .parts import DEFAULT_VIEW, NOW, PRIVATE, Controls, Numbers, UIConfig, link_box, shown_as_gr_errors
 from .share import Sharing
@@ -37,6 +37,12 @@ class StepSession(Session):
 
     def show_along(self, on: bool) -> None:
         self.along = bool(on)
+
+    def push(self, stepped: Stepped) -> None:
+        """A new step; the one before it lets go of its logits row (Undo back to it steps again)."""
+        if self.steps:
+            self.steps[-1] = replace(self.steps[-1], logits=None)
+        self.steps.append(stepped)
 
     @property
     def now(self) -> Stepped | None:
@@ -129,12 +135,11 @@ class StepTab:
             self.redraw, common, outs, **model)
 
     # --- what the page shows -----------------------------------------------------------------
-    def shown(self, s: StepSession, sampler: Sampler, view: View, reply: ScoredReply | None = None) -> dict:
-        """The distribution, the path (or a finished reply), the sampler's lens along it, the numbers."""
+    def shown(self, s: StepSession, sampler: Sampler, view: View) -> dict:
+        """The distribution (none once the path has ended), the path, the sampler's lens along it, the numbers."""
         now = s.now
-        path = reply if reply is not None else (now.path if now else None)
-        dist = distribution_html(now.next if now and reply is None else None,
-                                 ended=reply is not None or bool(now and now.next is None))
+        path = now.path if now else None
+        dist = distribution_html(now.next if now else None, ended=bool(now and now.next is None))
         lens, p_greedy = "", []
         if s.along and path is not None and path.tokens:
             p_greedy, from_top = actions.lens(self.service, Stepped(path, None), sampler)
@@ -146,7 +151,7 @@ class StepTab:
 
     def _step(self, s: StepSession, sampler: Sampler, settings: Settings, view: View, prefix: Any, chosen: Any,
               **force: Any) -> dict:
-        s.steps.append(actions.step(self.service, s.messages, prefix, chosen, sampler, settings, **force))
+        s.push(actions.step(self.service, s.messages, prefix, chosen, sampler, settings, **force))
         return self.shown(s, sampler, view)
 
     # --- handlers -----------------------------------------------------------------------------
@@ -154,9 +159,9 @@ class StepTab:
         with shown_as_gr_errors():
             sampler, settings, view = _values(*values)
             messages = ([Message("system", system)] if (system or "").strip() else []) + [Message("user", message)]
-            actions.step(self.service, messages, (), (), sampler, settings)  # checks before anything is dropped
-            s.messages, s.steps = tuple(messages), []
-            return self._step(s, sampler, settings, view, (), ())
+            first = actions.step(self.service, messages, (), (), sampler, settings)  # fails before anything is dropped
+            s.messages, s.steps = tuple(messages), [first]
+            return self.shown(s, sampler, view)
 
     def from_chat(self, chat: Any, at: float, s: StepSession, *values: Any) -> dict:
         """The Chat tab's selected reply (or the fork shown beside it), from its token `at` on."""
@@ -209,11 +214,14 @@ class StepTab:
             return self._step(s, sampler, settings, view, ids, chosen, force_id=token)
 
     def again(self, s: StepSession, *values: Any) -> dict:
-        """The sampler changed: the same path, looked at again."""
+        """The sampler changed: the same path, looked at again (through its kept row, else one more pass)."""
         with shown_as_gr_errors():
             sampler, settings, view = _values(*values)
             if s.now is None:
                 return gr.skip()
+            if s.now.logits is not None:
+                s.steps[-1] = actions.relook(self.service, s.now, sampler)
+                return self.shown(s, sampler, view)
             ids, chosen = s.ids()
             s.steps.pop()
             return self._step(s, sampler, settings, view, ids, chosen)
@@ -236,8 +244,8 @@ class StepTab:
                     if isinstance(event, TextDelta):
                         yield {self.dist: live_html(event.text)} if event.delta else gr.skip()
                     else:
-                        s.steps.append(Stepped(event, None))
-                        yield self.shown(s, sampler, view, event)
+                        s.push(Stepped(event, None))
+                        yield self.shown(s, sampler, view)
 
     def share_stepped(self, s: StepSession, max_new: float, top_k: float, request: gr.Request) -> dict:
         """A link to the path (paused or finished), picks and all."""
@@ -251,8 +259,7 @@ class StepTab:
     def redraw(self, s: StepSession, *values: Any) -> dict:
         with shown_as_gr_errors():
             sampler, _, view = _values(*values)
-            now = s.now
-            return self.shown(s, sampler, view, now.path if now and now.next is None else None)
+            return self.shown(s, sampler, view)
 
 
 def _values(temperature: float, sampler_k: float, top_p: float, max_new: float, top_k: float, color_by: str,
