@@ -1,6 +1,7 @@
 """What step mode costs: one step (the path scored + the next-token distribution, one teacher-forced
-pass) at several path lengths, beside the sampler lens along a path (from the kept top-k, and
-recomputed from whole rows when the kept ones cannot represent the cut).
+pass) at several path lengths; a sampler change (the step's kept row looked at again); the sampler
+lens along a path (from the kept top-k, and recomputed from whole rows when the kept ones cannot
+represent the cut).
 
     python benchmarks/bench_steer.py [--lengths 0 100 500 1000] [--repeats 3]
 """
@@ -37,7 +38,7 @@ def main() -> None:
     from greedyscore.engines import load_engine
     from greedyscore.requests import Step
     from greedyscore.service import Service
-    from greedyscore.steer import p_greedy_along, step
+    from greedyscore.steer import p_greedy_along, relook, step
     from greedyscore.types import Message, Sampler, Settings
 
     service = Service(load_engine("transformers", None, device="cpu"))
@@ -50,7 +51,11 @@ def main() -> None:
         s = timed(lambda r=request: step(service, r), args.repeats)
         rows.append([f"step after {n} path tokens", f"{s * 1000:.0f} ms"])
     n = max(args.lengths)
-    path = step(service, Step(messages, tuple(ids[:n]), settings=settings)).path
+    stepped = step(service, Step(messages, tuple(ids[:n]), settings=settings))
+    path = stepped.path
+    again = timed(lambda: relook(service, stepped, Sampler(0.5, 40, 0.8)), args.repeats)
+    rows.append([f"a sampler change after {n} path tokens (the step's kept row, no model call)",
+                 f"{again * 1000:.1f} ms"])
     prompt = path.prompt_token_ids
     kept = timed(lambda: p_greedy_along(service, prompt, path, Sampler(0.7, 3, 0.9)), args.repeats)
     full = timed(lambda: p_greedy_along(service, prompt, path, Sampler(0.7, 0, 0.9)), args.repeats)
